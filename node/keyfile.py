@@ -1,0 +1,74 @@
+"""Identity key files: the one place an `Identity` touches the disk.
+
+The file holds the private seed, so it is created readable and writable by its owner only
+(mode 0600), written atomically (temp file, fsync, rename), and refused on load if anyone else
+could read it, as ssh does with private keys.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from records import DHTError, Identity
+
+
+class KeyFileError(DHTError):
+    """A key file is missing, unreadable, malformed or readable by others."""
+
+
+def save_identity(identity: Identity, path: str | os.PathLike[str]) -> None:
+    """Write `identity` to `path` (mode 0600), replacing any file there atomically."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(identity.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def load_identity(path: str | os.PathLike[str]) -> Identity:
+    """Read the identity at `path`; `KeyFileError` if it is absent, malformed or not private."""
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode
+        data = target.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read identity file {target}: {exc.strerror}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"identity file {target} is accessible by others (mode {stat.filemode(mode)}); "
+            f"run: chmod 600 {target}"
+        )
+    try:
+        return Identity.from_bytes(data)
+    except DHTError as exc:
+        raise KeyFileError(f"identity file {target}: {exc}") from exc
+
+
+def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
+    """The identity at `path`, generating and saving a new one if there is no file yet."""
+    target = Path(path)
+    if target.exists():
+        return load_identity(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity.generate()
+    save_identity(identity, target)
+    return identity
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

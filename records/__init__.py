@@ -1,0 +1,58 @@
+"""Pure, synchronous core of the DHT: identities, record formats, construction and validation.
+
+Nothing here touches sockets, files, clocks or an event loop; time comes in as `now` (Unix ms).
+"""
+
+from records.errors import DHTError, InvalidRecord, RecordTooLarge
+from records.identity import Identity, identity_id, verify_signature
+from records.keys import location, meta_key, namespace_of, presence_key
+from records.meta import MetaValidator, make_meta_record
+from records.meta_pb2 import SignedUserMeta, UserMeta
+from records.presence import (
+    PresenceValidator,
+    make_announcement,
+    make_presence_record,
+    make_put_record,
+)
+from records.presence_pb2 import AnnouncementMessage, SignedAnnouncement
+from records.record_pb2 import Record, Value
+from records.registry import default_validator, default_validators
+from records.validation import (
+    MAX_RECORD_SIZE,
+    NamespacedValidator,
+    Validator,
+    decode_record,
+    encode_record,
+)
+
+__all__ = [
+    "MAX_RECORD_SIZE",
+    "AnnouncementMessage",
+    "DHTError",
+    "Identity",
+    "InvalidRecord",
+    "MetaValidator",
+    "NamespacedValidator",
+    "PresenceValidator",
+    "Record",
+    "RecordTooLarge",
+    "SignedAnnouncement",
+    "SignedUserMeta",
+    "UserMeta",
+    "Validator",
+    "Value",
+    "decode_record",
+    "default_validator",
+    "default_validators",
+    "encode_record",
+    "identity_id",
+    "location",
+    "make_announcement",
+    "make_meta_record",
+    "make_presence_record",
+    "make_put_record",
+    "meta_key",
+    "namespace_of",
+    "presence_key",
+    "verify_signature",
+]

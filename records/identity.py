@@ -1,0 +1,126 @@
+"""Ed25519 identities for users and nodes (DESIGN §2).
+
+An identity's ID is the SHA-1 of its 32-byte public key: 20 bytes, a position in the 160-bit
+Kademlia key space that its holder cannot choose. IDs are written as lowercase hex.
+
+This module does no I/O: `Identity.to_bytes`/`Identity.from_bytes` give the key file's contents;
+reading and writing the file (owner-only permissions) is `node.keyfile`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+from records.errors import DHTError
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+ID_SIZE = 20
+_FILE_HEADER = b"kadnode-ed25519-seed-v1\n"
+
+
+def identity_id(public_key: bytes) -> bytes:
+    """The 20-byte ID of an ed25519 public key: SHA-1 of its 32 bytes."""
+    return hashlib.sha1(public_key).digest()
+
+
+def is_hex_id(text: str) -> bool:
+    """True if `text` is a 40-digit lowercase hex ID."""
+    return len(text) == 2 * ID_SIZE and all(c in "0123456789abcdef" for c in text)
+
+
+def signing_input(context: bytes, payload: bytes) -> bytes:
+    """What is actually signed: a context label, a NUL, then the payload.
+
+    The label (``b"dht-announcement-v1"``, ``b"dht-user-meta-v1"`` ...) keeps a signature made for
+    one kind of message from being accepted as another whose bytes happen to parse the same.
+    """
+    return context + b"\x00" + payload
+
+
+def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    """True if `signature` is a valid detached ed25519 signature of `data` by `public_key`."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        nacl.bindings.crypto_sign_open(signature + data, public_key)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    except (nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        return False  # not a point on the curve, and the like
+    return True
+
+
+class InvalidKeyFile(DHTError):
+    """Key file contents are not a key this program wrote."""
+
+
+class Identity:
+    """An ed25519 key pair with its derived ID.
+
+    >>> me = Identity.from_seed(bytes(32))
+    >>> len(me.public_key), len(me.id), len(me.sign(b"x"))
+    (32, 20, 64)
+    """
+
+    __slots__ = ("_signing_key", "id", "public_key")
+
+    def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
+        self._signing_key = signing_key
+        self.public_key: bytes = bytes(signing_key.verify_key)
+        self.id: bytes = identity_id(self.public_key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A new random identity."""
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        """The identity whose private key is the 32-byte `seed` (deterministic)."""
+        if len(seed) != 32:
+            raise ValueError(f"an ed25519 seed is 32 bytes, got {len(seed)}")
+        return cls(nacl.signing.SigningKey(seed))
+
+    @property
+    def id_hex(self) -> str:
+        """The ID as 40 lowercase hex digits."""
+        return self.id.hex()
+
+    def sign(self, data: bytes) -> bytes:
+        """A 64-byte detached ed25519 signature of `data`."""
+        return self._signing_key.sign(data).signature
+
+    def to_bytes(self) -> bytes:
+        """The key file's contents (secret: the private seed, in hex)."""
+        return _FILE_HEADER + bytes(self._signing_key).hex().encode("ascii") + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Identity:
+        """Parse what `to_bytes` wrote; raises `InvalidKeyFile` on anything else."""
+        if not data.startswith(_FILE_HEADER):
+            raise InvalidKeyFile("not a kadnode identity file (bad header)")
+        body = data[len(_FILE_HEADER) :].strip()
+        try:
+            seed = bytes.fromhex(body.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidKeyFile("identity file body is not hex") from exc
+        if len(seed) != 32:
+            raise InvalidKeyFile(f"identity seed is {len(seed)} bytes, expected 32")
+        return cls.from_seed(seed)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Identity):
+            return NotImplemented
+        return hmac.compare_digest(bytes(self._signing_key), bytes(other._signing_key))
+
+    def __hash__(self) -> int:
+        return hash(self.public_key)
+
+    def __repr__(self) -> str:
+        return f"Identity(id={self.id_hex})"  # never the secret

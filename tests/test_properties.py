@@ -1,0 +1,136 @@
+"""Laws of select and consolidate, and codec round-trips, checked with hypothesis."""
+
+from __future__ import annotations
+
+import functools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from records import (
+    Identity,
+    PresenceValidator,
+    Record,
+    Value,
+    decode_record,
+    default_validator,
+    encode_record,
+    presence_key,
+)
+from records.presence import parse_announcement
+from tests.records_factory import HOUR, NOW, identity, meta, presence
+
+KEY = presence_key(identity("alice").id)
+NODES = [f"node-{i}" for i in range(5)]
+
+
+@functools.cache
+def presence_pool() -> list[Record]:
+    return [
+        presence(node=node, now=NOW + step * 1000, ttl_ms=(step + 1) * 2000)
+        for node in NODES
+        for step in range(4)
+    ]
+
+
+@functools.cache
+def meta_pool() -> list[Record]:
+    return [meta(name=f"n{i}", now=NOW + i // 2, ttl_ms=HOUR) for i in range(6)]
+
+
+presence_records = st.sampled_from(presence_pool())
+record_lists = st.lists(presence_records, min_size=1, max_size=6)
+nows = st.one_of(st.none(), st.integers(min_value=NOW, max_value=NOW + 12_000))
+validators = st.sampled_from([PresenceValidator(), PresenceValidator(max_devices=2)])
+
+
+@given(st.data(), validators, record_lists, nows)
+def test_consolidate_is_commutative(
+    data: st.DataObject, v: PresenceValidator, records: list[Record], now: int | None
+) -> None:
+    shuffled = data.draw(st.permutations(records))
+    assert v.consolidate(KEY, records, now) == v.consolidate(KEY, shuffled, now)
+
+
+@given(validators, record_lists, nows)
+def test_consolidate_is_idempotent(
+    v: PresenceValidator, records: list[Record], now: int | None
+) -> None:
+    once = v.consolidate(KEY, records, now)
+    assert v.consolidate(KEY, [once], now) == once
+    assert v.consolidate(KEY, [once, once], now) == once
+    assert v.consolidate(KEY, records + records, now) == once
+
+
+@given(validators, record_lists, record_lists, record_lists, nows)
+def test_consolidate_is_associative(
+    v: PresenceValidator, a: list[Record], b: list[Record], c: list[Record], now: int | None
+) -> None:
+    def merge(*groups: Record) -> Record:
+        return v.consolidate(KEY, list(groups), now)
+
+    left = merge(merge(*a, *b), *c)
+    right = merge(*a, merge(*b, *c))
+    assert left == right == merge(*a, *b, *c)
+
+
+@settings(max_examples=50)
+@given(record_lists)
+def test_consolidated_records_stay_valid(records: list[Record]) -> None:
+    merged = default_validator().consolidate(KEY, records, NOW)
+    if merged.values:
+        default_validator().validate(KEY, merged, NOW)
+
+
+@given(st.data(), st.lists(st.sampled_from(meta_pool()), min_size=1, max_size=6))
+def test_select_winner_is_order_independent(data: st.DataObject, records: list[Record]) -> None:
+    v = default_validator()
+    key = records[0].key
+    shuffled = data.draw(st.permutations(records))
+    assert records[v.select(key, records)] == shuffled[v.select(key, shuffled)]
+
+
+@given(st.data(), record_lists)
+def test_presence_select_is_order_independent(data: st.DataObject, records: list[Record]) -> None:
+    v = default_validator()
+    shuffled = data.draw(st.permutations(records))
+    assert records[v.select(KEY, records)] == shuffled[v.select(KEY, shuffled)]
+
+
+values = st.builds(
+    Value,
+    id2=st.text(max_size=50),
+    creationDate=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    expirationDate=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    value=st.binary(max_size=300),
+)
+
+
+@given(
+    st.text(max_size=100),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.text(max_size=50),
+    st.lists(values, max_size=5),
+)
+def test_record_codec_round_trips(key: str, update: int, id1: str, vals: list[Value]) -> None:
+    record = Record(key=key, updateDate=update, id1=id1)
+    record.values.extend(vals)
+    data = encode_record(record)
+    assert decode_record(data, max_size=len(data)) == record
+    assert encode_record(decode_record(data, max_size=len(data))) == data
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_identity_file_round_trips(seed: bytes) -> None:
+    me = Identity.from_seed(seed)
+    assert Identity.from_bytes(me.to_bytes()) == me
+
+
+@settings(max_examples=20)
+@given(st.sampled_from(NODES), st.integers(min_value=0, max_value=10**6))
+def test_announcement_round_trips(node: str, offset: int) -> None:
+    record = presence(node=node, now=NOW + offset)
+    envelope, message = parse_announcement(record.values[0].value)
+    assert envelope.SerializeToString(deterministic=True) == record.values[0].value
+    assert message.created == NOW + offset
+    assert message.node_identity == identity(node).public_key
