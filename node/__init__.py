@@ -1,3 +1,21 @@
-"""The asyncio DHT node and the services built on it."""
+"""The asyncio DHT node: `DHTNode` configured by a `NodeConfig`."""
 
-__all__: list[str] = []
+from node.config import Clock, LoopClock, NodeConfig, SystemClock
+from node.errors import NodeNotRunning, PutFailed, StoreFull
+from node.server import DHTNode
+from node.storage import MemoryBackend, RecordBackend, RecordStore, SqliteBackend
+
+__all__ = [
+    "Clock",
+    "DHTNode",
+    "LoopClock",
+    "MemoryBackend",
+    "NodeConfig",
+    "NodeNotRunning",
+    "PutFailed",
+    "RecordBackend",
+    "RecordStore",
+    "SqliteBackend",
+    "StoreFull",
+    "SystemClock",
+]

@@ -23,6 +23,7 @@ from records.validation import (
     Validator,
     decode_record,
     encode_record,
+    without_expired,
 )
 
 __all__ = [
@@ -55,4 +56,5 @@ __all__ = [
     "namespace_of",
     "presence_key",
     "verify_signature",
+    "without_expired",
 ]

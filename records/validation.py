@@ -58,6 +58,19 @@ def decode_record(data: bytes, max_size: int = MAX_RECORD_SIZE) -> Record:
     return record
 
 
+def without_expired(record: Record, now: int) -> Record:
+    """`record` minus the values expired at `now` (the same object if none is).
+
+    Values are signed one by one, so dropping some leaves the others valid. Holders and getters
+    prune before validating, since `validate` refuses a record with any expired value.
+    """
+    if all(v.expirationDate > now for v in record.values):
+        return record
+    pruned = Record(key=record.key, updateDate=record.updateDate, id1=record.id1)
+    pruned.values.extend(v for v in record.values if v.expirationDate > now)
+    return pruned
+
+
 def check_lifetime(
     created: int, expiration: int, now: int, *, max_ttl_ms: int, clock_skew_ms: int
 ) -> None:

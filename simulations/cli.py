@@ -15,6 +15,26 @@ from typing import Protocol, cast
 
 # name -> (module, one-line description)
 ENTRIES: dict[str, tuple[str, str]] = {
+    "lookup": (
+        "simulations.scenarios.lookup",
+        "steady state: get latency percentiles, rounds and messages per lookup",
+    ),
+    "churn": (
+        "simulations.scenarios.churn",
+        "Poisson joins and silent departures; live records retrievable over time",
+    ),
+    "mass-failure": (
+        "simulations.scenarios.mass_failure",
+        "a share of nodes dies at once, silently; gets before and after",
+    ),
+    "partition": (
+        "simulations.scenarios.partition",
+        "split the network, update records on each side, heal, measure convergence",
+    ),
+    "expiry": (
+        "simulations.scenarios.expiry",
+        "days of virtual time: dead records vanish, live ones stay through republish",
+    ),
     "bench-validate": (
         "simulations.bench_validate",
         "presence records validated per second vs. two raw ed25519 verifications",
@@ -45,10 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(argv: Sequence[str]) -> dict[str, object]:
+    """Run the scenario named by `argv` (as on the command line) and return its result."""
+    args = build_parser().parse_args(argv)
+    if args.scenario is None:
+        raise SystemExit("no scenario given; see --list")
+    return _load(args.scenario).main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one scenario and print its result as JSON."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.list or args.scenario is None:
         for name, (_, description) in ENTRIES.items():
             print(f"{name:16} {description}")

@@ -1,0 +1,163 @@
+"""Node configuration and the injectable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from records import Identity, Validator
+
+DEFAULT_PORT = 8468
+MiB = 1024 * 1024
+
+
+class Clock(Protocol):
+    """Wall-clock time for record dates. The node never reads the system clock itself."""
+
+    def now_ms(self) -> int:
+        """Current Unix time in milliseconds."""
+        ...
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now_ms(self) -> int:
+        """Current Unix time in milliseconds."""
+        return time.time_ns() // 1_000_000
+
+
+class LoopClock:
+    """Wall time that follows an event loop's clock: ``epoch_ms`` plus the loop's seconds.
+
+    On a virtual-time loop (the simulator's) record dates then move with virtual time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, epoch_ms: int) -> None:
+        self._loop = loop
+        self._offset_ms = epoch_ms - int(loop.time() * 1000)
+
+    def now_ms(self) -> int:
+        """``epoch_ms`` plus the loop time elapsed since this clock was made."""
+        return self._offset_ms + int(self._loop.time() * 1000)
+
+
+# Shaped like ``loop.create_datagram_endpoint(protocol_factory, local_addr=...)`` (DESIGN §5).
+EndpointFactory = Callable[..., Awaitable[tuple[asyncio.DatagramTransport, Any]]]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a `DHTNode` can be told. Defaults suit a node on the public internet.
+
+    Times are seconds (they drive the event loop) except where a name ends in ``_ms``.
+    """
+
+    host: str = "0.0.0.0"
+    """Address to bind."""
+    port: int = DEFAULT_PORT
+    """UDP port to bind; 0 picks a free one."""
+    data_dir: Path | None = None
+    """Where the key (``node.key``) and records (``records.sqlite3``) live. None: nothing on disk
+    (a fresh identity each start unless `identity` is given, records in memory only)."""
+    bootstrap: tuple[tuple[str, int], ...] = ()
+    """(ip, port) of nodes to join through."""
+    identity: Identity | None = None
+    """Use this identity instead of the key file in `data_dir`."""
+
+    k: int = 20
+    """Bucket size and how many closest nodes a lookup must hear from."""
+    alpha: int = 3
+    """Requests a lookup keeps in flight."""
+    replicas: int = 5
+    """How many of the closest nodes store each record (r)."""
+
+    min_timeout: float = 0.05
+    """Lower bound of the adaptive per-peer RPC timeout."""
+    max_timeout: float = 5.0
+    """Upper bound of the adaptive per-peer RPC timeout."""
+    initial_timeout: float = 1.0
+    """Timeout before any round trip has been measured."""
+    stale_after: int = 3
+    """Consecutive failures after which a contact is replaced (if a replacement is waiting)."""
+    drop_after: int = 5
+    """Consecutive failures after which a contact is dropped even with no replacement."""
+
+    refresh_interval: float = 3600.0
+    """A bucket without lookups for this long is refreshed (paper §2.3)."""
+    republish_interval: float = 1800.0
+    """Originators re-put their records this often until they expire."""
+    replicate_interval: float = 600.0
+    """Holders push records to close nodes that do not have them yet this often."""
+    sweep_interval: float = 60.0
+    """Expired records are removed this often."""
+    bootstrap_retry_interval: float = 60.0
+    """A node with an empty routing table retries its bootstrap nodes this often (checked at
+    each sweep)."""
+
+    max_store_bytes: int = 64 * MiB
+    """Quota on the bytes of records held."""
+    stores_per_source_per_s: float = 20.0
+    """Sustained store requests accepted per source address per second."""
+    store_burst: int = 100
+    """Store requests a source may send at once before being throttled."""
+    max_pending_requests: int = 512
+    """Requests handled concurrently (those that must wait on disk); more are dropped."""
+    max_outstanding_calls: int = 10_000
+    """RPCs this node may have in flight; more fail at once."""
+
+    seed: int | None = None
+    """Seed for the node's random choices (simulations); None: unpredictable."""
+    clock: Clock = field(default_factory=SystemClock, compare=False)
+    """Wall clock for record dates."""
+    validator: Validator | None = field(default=None, compare=False)
+    """Record validator; None: `records.default_validator()`."""
+    transport_factory: EndpointFactory | None = field(default=None, compare=False)
+    """Datagram endpoint factory; None: the event loop's UDP sockets."""
+    backend: Any = field(default=None, compare=False)
+    """A `node.storage.RecordBackend` to persist records in; None: SQLite in `data_dir` if set."""
+
+    def __post_init__(self) -> None:
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "bootstrap", _addresses(self.bootstrap))
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 0..65535")
+        for name in ("k", "alpha", "replicas", "stale_after", "drop_after", "store_burst"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.replicas > self.k:
+            problems.append(f"replicas ({self.replicas}) cannot exceed k ({self.k})")
+        if not 0 < self.min_timeout <= self.initial_timeout <= self.max_timeout:
+            problems.append("need 0 < min_timeout <= initial_timeout <= max_timeout")
+        if self.drop_after < self.stale_after:
+            problems.append("drop_after must be at least stale_after")
+        for name in (
+            "refresh_interval",
+            "republish_interval",
+            "replicate_interval",
+            "sweep_interval",
+            "bootstrap_retry_interval",
+            "stores_per_source_per_s",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.max_store_bytes < 0:
+            problems.append("max_store_bytes cannot be negative")
+        if problems:
+            raise ValueError("invalid NodeConfig: " + "; ".join(problems))
+
+
+def _addresses(items: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in items:
+        host, port = item
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port <= 65535:
+            raise ValueError(f"bootstrap address {item!r} is not (host, port)")
+        out.append((host, port))
+    return tuple(out)

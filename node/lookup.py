@@ -1,0 +1,238 @@
+"""Iterative lookups with `alpha` requests always in flight (no lockstep rounds).
+
+The stock crawler (`kademlia.crawling`) sends `alpha` requests, waits for all of them (or a 5 s
+timeout), then starts the next round, so one dead peer stalls every round. Here each answer,
+failure or stall immediately starts the next request to the closest peer not yet asked, and a
+request slower than its peer's expected round trip stops counting against `alpha` (its answer is
+still used if it comes) and gives up its place among the closest to the next candidate. The
+lookup ends once the `count` closest peers it knows (not counting failed or stalled ones) have
+answered; when the closest peer known has answered, the rest of those `count` are asked at once
+(the paper's final round).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.routing import Address
+
+NEW, WAITING, STALLED, ANSWERED, FAILED = range(5)
+
+OnReply = Callable[[bool, Any], None]
+# query(peer, on_reply, on_stall): send the lookup's request to `peer`; on_reply(ok, answer) once
+# answered or timed out, on_stall() if the answer is later than the peer's expected round trip.
+Query = Callable[["Peer", OnReply, Callable[[], None]], None]
+
+
+class Peer:
+    """A node met during a lookup."""
+
+    __slots__ = ("address", "depth", "distance", "id", "state", "value")
+
+    def __init__(self, node_id: bytes, address: Address, distance: int, depth: int) -> None:
+        self.id = node_id
+        self.address = address
+        self.distance = distance
+        self.depth = depth  # 1 for a seed, n+1 for a peer learned from a depth-n peer
+        self.state = NEW
+        self.value: bytes | None = None
+
+    def __lt__(self, other: Peer) -> bool:
+        return self.distance < other.distance
+
+    def __repr__(self) -> str:
+        return f"Peer({self.id.hex()[:12]}, depth={self.depth}, state={self.state})"
+
+
+@dataclass
+class LookupResult:
+    """What a lookup found."""
+
+    closest: list[Peer]
+    """Peers that answered, nearest the target first, at most `count`."""
+    holders: list[Peer] = field(default_factory=list)
+    """Peers that answered with a value (find_value), in the order they answered."""
+    messages: int = 0
+    """Requests sent."""
+    rounds: int = 0
+    """Hops: the deepest `depth` among `closest` (a seed is hop 1)."""
+    failures: int = 0
+    """Requests that timed out or got an unusable answer."""
+
+
+def _node_entry(item: Any) -> tuple[bytes, Address] | None:
+    """An ``(id, ip, port)`` triple from a find answer, or None if it is malformed."""
+    if type(item) is not list and type(item) is not tuple:
+        return None
+    if len(item) != 3:
+        return None
+    node_id, ip, port = item
+    if (
+        type(node_id) is bytes
+        and len(node_id) == 20
+        and type(ip) is str
+        and 0 < len(ip) <= 64
+        and type(port) is int
+        and 0 < port <= 65535
+    ):
+        return node_id, (ip, port)
+    return None
+
+
+def parse_find_reply(body: Any) -> tuple[bytes | None, list[Any]]:
+    """(value or None, raw node entries) of a find_node / find_value answer.
+
+    A value answer is ``{"value": bytes}`` (stock) or ``{"value": bytes, "nodes": [...]}`` (ours,
+    so a lookup can keep going past a holder). Raises `ValueError` if it is neither shape. Node
+    entries are checked one by one as they are used (`_node_entry`).
+    """
+    if isinstance(body, dict):
+        value = body.get("value")
+        if not isinstance(value, bytes):
+            raise ValueError("value answer without bytes")
+        nodes = body.get("nodes", [])
+        return value, nodes if isinstance(nodes, list) else []
+    if isinstance(body, list):
+        return None, body
+    raise ValueError(f"unexpected answer type {type(body).__name__}")
+
+
+class Lookup:
+    """One iterative lookup of `target`; run it with ``await lookup.run()``."""
+
+    def __init__(
+        self,
+        target: bytes,
+        seeds: Iterable[tuple[bytes, Address]],
+        *,
+        own_id: bytes,
+        count: int,
+        alpha: int,
+        query: Query,
+        max_nodes_per_reply: int = 20,
+    ) -> None:
+        self.target = target
+        self._target_long = int.from_bytes(target, "big")
+        self._own_id = own_id
+        self._count = count
+        self._alpha = alpha
+        self._query = query
+        self._limit = max_nodes_per_reply
+        self._peers: dict[bytes, Peer] = {}
+        self._sorted: list[Peer] = []
+        self._active = 0
+        self._result = LookupResult(closest=[])
+        self._done: asyncio.Future[LookupResult] = asyncio.get_running_loop().create_future()
+        for node_id, address in seeds:
+            self._add(node_id, address, depth=1)
+
+    async def run(self) -> LookupResult:
+        """Query until the `count` closest known peers have answered; return what was found."""
+        self._pump()
+        try:
+            return await self._done
+        finally:
+            self._finish()
+
+    def _add(self, node_id: bytes, address: Address, depth: int) -> None:
+        if node_id == self._own_id or node_id in self._peers:
+            return
+        peer = Peer(node_id, address, int.from_bytes(node_id, "big") ^ self._target_long, depth)
+        self._peers[node_id] = peer
+        bisect.insort(self._sorted, peer)
+
+    def _pump(self) -> None:
+        if self._done.done():
+            return
+        live = 0
+        pending = False
+        # Once the closest peer known has answered, no closer one is likely to appear: ask the
+        # rest of the window at once instead of `alpha` at a time (paper §2.3's final round).
+        converged = False
+        for peer in self._sorted:
+            state = peer.state
+            # A stalled peer (later than its expected round trip) is treated as failed here: the
+            # next candidate takes its place in the window at once. If it answers after all, it
+            # is counted again.
+            if state in (FAILED, STALLED):
+                continue
+            if live == 0 and state == ANSWERED:
+                converged = True
+            if state == NEW:
+                if converged or self._active < self._alpha:
+                    self._launch(peer)
+                pending = True
+            elif state == WAITING:
+                pending = True
+            live += 1
+            if live >= self._count:
+                break
+        if not pending:
+            self._done.set_result(self._result)
+
+    def _launch(self, peer: Peer) -> None:
+        peer.state = WAITING
+        self._active += 1
+        self._result.messages += 1
+        self._query(
+            peer,
+            lambda ok, body: self._on_reply(peer, ok, body),
+            lambda: self._on_stall(peer),
+        )
+
+    def _on_stall(self, peer: Peer) -> None:
+        if peer.state == WAITING and not self._done.done():
+            peer.state = STALLED
+            self._active -= 1
+            self._pump()
+
+    def _on_reply(self, peer: Peer, ok: bool, body: Any) -> None:
+        if self._done.done():
+            return
+        if peer.state == WAITING:
+            self._active -= 1
+        try:
+            value, nodes = parse_find_reply(body) if ok else (None, [])
+        except ValueError:
+            ok = False
+        if not ok:
+            peer.state = FAILED
+            self._result.failures += 1
+        else:
+            peer.state = ANSWERED
+            if value is not None:
+                peer.value = value
+                self._result.holders.append(peer)
+            self._add_entries(nodes[: self._limit], peer.depth + 1)
+        self._pump()
+
+    def _add_entries(self, entries: list[Any], depth: int) -> None:
+        peers = self._peers
+        # Peers far beyond the window can only matter if many closer ones fail; skip them.
+        horizon = 3 * self._count
+        cutoff = self._sorted[horizon - 1].distance if len(self._sorted) >= horizon else None
+        for item in entries:
+            try:
+                if item[0] in peers:  # most entries name peers met already: check that first
+                    continue
+            except (TypeError, IndexError, KeyError):
+                continue
+            entry = _node_entry(item)
+            if entry is None:
+                continue
+            node_id, address = entry
+            if (
+                cutoff is not None
+                and (int.from_bytes(node_id, "big") ^ self._target_long) >= cutoff
+            ):
+                continue
+            self._add(node_id, address, depth)
+
+    def _finish(self) -> None:
+        closest = [p for p in self._sorted if p.state == ANSWERED][: self._count]
+        self._result.closest = closest
+        self._result.rounds = max((p.depth for p in closest), default=0)

@@ -1,0 +1,438 @@
+"""RPC handling on rpcudp's framing: ping, store, find_node, find_value (and stun).
+
+`DHTProtocol` subclasses `kademlia.protocol.KademliaProtocol` for its RPC names and framing but
+replaces its request path: no task per datagram (handlers run inside `datagram_received` unless
+they must wait on disk), every malformed, oversized or unknown input is dropped and counted by
+reason, a handler error answers at once instead of leaving the caller to time out, requests are
+rate-limited per source, and timeouts adapt to each peer's measured round-trip time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import os
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kademlia.protocol import KademliaProtocol
+from rpcudp.protocol import RPCProtocol
+
+from node.config import Clock, NodeConfig
+from node.errors import ProtocolError, StoreFull
+from node.routing import Address, Contact, RoutingTable, RttSpread
+from node.storage import RecordStore
+from node.wire import REQUEST, decode, encode_request, encode_response
+from records import InvalidRecord, decode_record
+
+log = logging.getLogger(__name__)
+
+Reply = tuple[bool, Any]
+RPC_NAMES = ("ping", "store", "find_node", "find_value", "stun")
+_ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2, "stun": 0}
+
+
+@dataclass
+class NodeStats:
+    """Counters a node keeps about its traffic (exported as metrics by the control API)."""
+
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Datagrams dropped, by reason."""
+    requests_in: Counter[str] = field(default_factory=Counter)
+    """Requests answered, by RPC name."""
+    requests_out: Counter[str] = field(default_factory=Counter)
+    """Requests sent, by RPC name."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Records refused by our store, by reason."""
+    timeouts: int = 0
+    """Requests we sent that got no answer in time."""
+    late_answers: int = 0
+    """Answers that arrived after their request had timed out."""
+
+
+class _TokenBuckets:
+    """Per-source token buckets with a bounded number of sources (least recently used evicted)."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 4096) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, source: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+OnReply = Callable[[bool, Any], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    on_reply: OnReply
+    address: Address
+    sent_at: float
+    timeout_at: float
+    node_id: bytes | None
+    on_stall: Callable[[], None] | None = None
+    stall_at: float = math.inf
+
+
+class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no type hints
+    """The node's datagram protocol: answers RPCs and makes them."""
+
+    def __init__(
+        self,
+        *,
+        own_id: bytes,
+        table: RoutingTable,
+        store: RecordStore,
+        config: NodeConfig,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        # KademliaProtocol.__init__ would build the stock routing table; only rpcudp's state is
+        # wanted from the base classes.
+        RPCProtocol.__init__(self, wait_timeout=config.max_timeout)
+        self.source_node = None
+        self.router = table
+        self.storage = store
+        self.own_id = own_id
+        self.table = table
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.stats = NodeStats()
+        self.rtt = RttSpread()
+        # Calls that timed out recently: a late answer still proves the peer alive and teaches
+        # us its real round trip.
+        self._expired: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._loop = asyncio.get_running_loop()
+        self._outstanding: dict[bytes, _Pending] = {}
+        # Deadlines (stall or timeout) of calls in flight, (when, seq, msg_id), on 1 ms ticks,
+        # with one event-loop timer for the earliest: far cheaper than a timer per call.
+        self._deadlines: list[tuple[float, int, bytes]] = []
+        self._deadline_seq = 0
+        self._wakeup_at = math.inf
+        self._wakeups: list[asyncio.TimerHandle] = []
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._store_limits = _TokenBuckets(config.stores_per_source_per_s, config.store_burst)
+        self._secure_ids = config.seed is None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # rpcudp turns every unknown attribute into a remote call; a typo should be an error.
+        raise AttributeError(name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        self.transport = transport  # type: ignore[assignment]
+
+    def error_received(self, exc: Exception) -> None:
+        """An ICMP error for something we sent (e.g. port unreachable): the peer times out."""
+        self.stats.dropped["icmp_error"] += 1
+
+    async def close(self) -> None:
+        """Fail every call in flight, cancel handlers and close the transport."""
+        outstanding = list(self._outstanding.values())
+        self._outstanding.clear()
+        self._expired.clear()
+        self._deadlines.clear()
+        for handle in self._wakeups:
+            handle.cancel()
+        self._wakeups.clear()
+        for pending in outstanding:
+            pending.on_reply(False, None)
+        tasks = list(self._handler_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Decode one datagram and answer it or resolve the call it answers."""
+        try:
+            message = decode(data)
+        except ProtocolError as exc:
+            self.stats.dropped[exc.reason] += 1
+            return
+        if message.kind == REQUEST:
+            self._handle_request(message.msg_id, message.body, addr)
+        else:
+            self._handle_response(message.msg_id, message.body, addr)
+
+    def _handle_request(self, msg_id: bytes, body: Any, addr: Address) -> None:
+        if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
+            self.stats.dropped["malformed"] += 1
+            return
+        name, args = body
+        if name not in _ARITY:
+            self.stats.dropped["unknown_rpc"] += 1
+            return
+        if len(args) != _ARITY[name] or not _ids_ok(args[:1] if name == "ping" else args[:2]):
+            self.stats.dropped["bad_arguments"] += 1
+            return
+        self.stats.requests_in[name] += 1
+        try:
+            if name == "ping":
+                self._heard(args[0], addr)
+                result: Any = self.own_id
+            elif name == "find_node":
+                self._heard(args[0], addr)
+                result = self._closest_as_list(args[1], exclude=args[0])
+            elif name == "find_value":
+                self._heard(args[0], addr)
+                result = self._find_value(args[1], exclude=args[0])
+            elif name == "stun":
+                result = [addr[0], addr[1]]
+            else:
+                self._heard(args[0], addr)
+                self._store(msg_id, args, addr)
+                return
+        except Exception:
+            log.exception("error answering %s from %s", name, addr)
+            self.stats.dropped["handler_error"] += 1
+            result = None
+        self._send(encode_response(msg_id, result), addr)
+
+    def _heard(self, node_id: bytes, addr: Address) -> None:
+        head = self.table.heard_from(node_id, addr, self._loop.time(), verified=False)
+        if head is not None:
+            self.ping_contact(head)
+
+    def _closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+        target = int.from_bytes(key, "big")
+        contacts = self.table.closest(target, self.config.k, exclude=exclude, good_only=True)
+        return [[c.id, c.address[0], c.address[1]] for c in contacts]
+
+    def _find_value(self, key: bytes, exclude: bytes) -> Any:
+        entry = self.store.get(key, self.clock.now_ms())
+        nodes = self._closest_as_list(key, exclude)
+        if entry is None:
+            return nodes
+        return {"value": entry.data, "nodes": nodes}
+
+    def _store(self, msg_id: bytes, args: list[Any], addr: Address) -> None:
+        node_id, key, value = args
+        if not isinstance(value, bytes):
+            self._refuse(msg_id, addr, "malformed_record")
+            return
+        if not self._store_limits.allow(addr[0], self._loop.time()):
+            self.stats.dropped["rate_limited"] += 1
+            self._send(encode_response(msg_id, [False, "rate_limited"]), addr)
+            return
+        try:
+            record = decode_record(value)
+            accepted = self.store.accept(key, record, self.clock.now_ms(), source=node_id)
+        except (InvalidRecord, StoreFull) as exc:
+            self._refuse(msg_id, addr, exc.reason)
+            return
+        if accepted.write is None:
+            self._send(encode_response(msg_id, True), addr)
+            return
+        if len(self._handler_tasks) >= self.config.max_pending_requests:
+            self.stats.dropped["overloaded"] += 1
+            return
+        task = self._loop.create_task(self._finish_store(msg_id, accepted.write, addr))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _finish_store(self, msg_id: bytes, write: Any, addr: Address) -> None:
+        try:
+            await write
+        except Exception:
+            log.exception("could not persist a record from %s", addr)
+            self._refuse(msg_id, addr, "storage_error")
+            return
+        self._send(encode_response(msg_id, True), addr)
+
+    def _refuse(self, msg_id: bytes, addr: Address, reason: str) -> None:
+        self.stats.refused[reason] += 1
+        self._send(encode_response(msg_id, [False, reason]), addr)
+
+    def _handle_response(self, msg_id: bytes, body: Any, addr: Address) -> None:
+        pending = self._outstanding.get(msg_id)
+        late = pending is None
+        if pending is None:
+            pending = self._expired.get(msg_id)
+            if pending is None:
+                self.stats.dropped["unexpected_response"] += 1
+                return
+        if pending.address != addr:
+            self.stats.dropped["wrong_source"] += 1
+            return
+        if late:
+            del self._expired[msg_id]
+            self.stats.late_answers += 1
+        else:
+            del self._outstanding[msg_id]
+        rtt = self._loop.time() - pending.sent_at
+        self.rtt.observe(rtt)
+        node_id = pending.node_id
+        if node_id is None and isinstance(body, bytes) and len(body) == 20:
+            node_id = body  # a ping to an address whose node we did not know yet
+        if node_id is not None:
+            head = self.table.heard_from(node_id, addr, self._loop.time(), verified=True)
+            contact = self.table.get(node_id)
+            if contact is not None:
+                contact.observe_rtt(rtt)
+            if head is not None:
+                self.ping_contact(head)
+        if not late:
+            pending.on_reply(True, body)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, addr)
+
+    def _new_msg_id(self) -> bytes:
+        if self._secure_ids:
+            return os.urandom(20)
+        return self.rng.getrandbits(160).to_bytes(20, "big")
+
+    def _estimates(self, node_id: bytes | None) -> tuple[float, float]:
+        """(timeout, expected round trip) for a request to `node_id`, unbounded."""
+        contact = self.table.get(node_id) if node_id is not None else None
+        if contact is not None and contact.srtt:
+            return contact.srtt + 4 * contact.rttvar, contact.srtt + 2 * contact.rttvar
+        if self.rtt.known:
+            return 2 * self.rtt.slow, self.rtt.slow
+        return self.config.initial_timeout, self.config.initial_timeout / 2
+
+    def _bounded_estimates(self, node_id: bytes | None) -> tuple[float, float]:
+        timeout, expected = self._estimates(node_id)
+        cfg = self.config
+        timeout = min(cfg.max_timeout, max(cfg.min_timeout, timeout))
+        return timeout, min(timeout, max(cfg.min_timeout / 2, expected))
+
+    def timeout_for(self, node_id: bytes | None) -> float:
+        """The adaptive timeout for a request to `node_id`: RTO from its measured round trips
+        (RFC 6298), or for a node not measured yet twice the recent 90th percentile over all
+        peers; always within [min_timeout, max_timeout]."""
+        return self._bounded_estimates(node_id)[0]
+
+    def expected_rtt(self, node_id: bytes | None) -> float:
+        """How long an answer from `node_id` should take; past it a lookup stops waiting."""
+        return self._bounded_estimates(node_id)[1]
+
+    def request(
+        self,
+        address: Address,
+        name: str,
+        args: list[Any],
+        node_id: bytes | None,
+        on_reply: OnReply,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
+        """Send request `name` to `address`; `on_reply(True, answer)` runs when it is answered,
+        `on_reply(False, None)` after the adaptive timeout (or at once if too many calls are in
+        flight). `on_stall()`, if given, runs when the answer is later than expected but the call
+        has not timed out yet. `node_id`, when known, is the node expected to answer: its round
+        trip is measured and its failures counted."""
+        if len(self._outstanding) >= self.config.max_outstanding_calls:
+            self.stats.dropped["too_many_calls"] += 1
+            on_reply(False, None)
+            return
+        msg_id = self._new_msg_id()
+        data = encode_request(msg_id, name, args)
+        now = self._loop.time()
+        timeout, expected = self._bounded_estimates(node_id)
+        pending = _Pending(on_reply, address, now, now + timeout, node_id)
+        self._outstanding[msg_id] = pending
+        self._add_deadline(pending.timeout_at, msg_id)
+        if on_stall is not None and expected < timeout:
+            pending.on_stall = on_stall
+            pending.stall_at = now + expected
+            self._add_deadline(pending.stall_at, msg_id)
+        self.stats.requests_out[name] += 1
+        self._send(data, address)
+
+    def call(
+        self, address: Address, name: str, args: list[Any], node_id: bytes | None = None
+    ) -> asyncio.Future[Reply]:
+        """`request` as a future of ``(True, answer)`` or ``(False, None)``."""
+        future: asyncio.Future[Reply] = self._loop.create_future()
+
+        def resolve(ok: bool, body: Any) -> None:
+            if not future.done():
+                future.set_result((ok, body))
+
+        self.request(address, name, args, node_id, resolve)
+        return future
+
+    def _add_deadline(self, when: float, msg_id: bytes) -> None:
+        when = math.ceil(when * 1000.0) / 1000.0
+        self._deadline_seq += 1
+        heapq.heappush(self._deadlines, (when, self._deadline_seq, msg_id))
+        if when < self._wakeup_at:
+            self._schedule_wakeup(when)
+
+    def _schedule_wakeup(self, when: float) -> None:
+        self._wakeup_at = when
+        self._wakeups.append(self._loop.call_at(when, self._expire_due))
+
+    def _expire_due(self) -> None:
+        now = self._loop.time() + 1e-6
+        self._wakeups = [h for h in self._wakeups if h.when() > now]
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, msg_id = heapq.heappop(deadlines)
+            pending = self._outstanding.get(msg_id)
+            if pending is None:
+                continue  # answered already
+            if pending.timeout_at <= now:
+                self._on_timeout(msg_id, pending)
+            elif pending.on_stall is not None and pending.stall_at <= now:
+                on_stall, pending.on_stall = pending.on_stall, None
+                on_stall()
+        if deadlines and (deadlines[0][0] < self._wakeup_at or self._wakeup_at <= now):
+            self._schedule_wakeup(deadlines[0][0])
+        elif not deadlines:
+            self._wakeup_at = math.inf
+
+    def _on_timeout(self, msg_id: bytes, pending: _Pending) -> None:
+        del self._outstanding[msg_id]
+        self.stats.timeouts += 1
+        self._expired[msg_id] = pending
+        if len(self._expired) > 1024:
+            self._expired.popitem(last=False)
+        if pending.node_id is not None:
+            self.table.failed(pending.node_id)
+        pending.on_reply(False, None)
+
+    def ping_contact(self, contact: Contact) -> asyncio.Future[Reply]:
+        """Ping a contact (ping-before-evict); the routing table hears of the outcome."""
+        return self.call(contact.address, "ping", [self.own_id], contact.id)
+
+    def ping_address(self, address: Address) -> asyncio.Future[Reply]:
+        """Ping an address whose node ID we may not know (bootstrap)."""
+        return self.call(address, "ping", [self.own_id])
+
+    def store_at(
+        self, address: Address, node_id: bytes, key: bytes, data: bytes
+    ) -> asyncio.Future[Reply]:
+        """A store request of record bytes `data` at location `key`."""
+        return self.call(address, "store", [self.own_id, key, data], node_id)
+
+
+def _ids_ok(values: list[Any]) -> bool:
+    return all(isinstance(v, bytes) and len(v) == 20 for v in values)

@@ -1,0 +1,467 @@
+"""DHTNode: a Kademlia node storing validated, signed records (DESIGN §4).
+
+Lifecycle: ``await node.start()`` binds the endpoint, loads the identity and held records, joins
+through the bootstrap nodes and starts one maintenance task (bucket refresh, republish,
+re-replication, expiry); ``await node.stop()`` ends every task the node owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
+
+from kademlia.network import Server
+from kademlia.node import Node
+
+from node.config import NodeConfig
+from node.errors import NodeNotRunning, PutFailed, StoreFull
+from node.keyfile import load_or_create_identity
+from node.lookup import Lookup, LookupResult, Peer
+from node.protocol import DHTProtocol, NodeStats, OnReply, Reply
+from node.routing import Address, RoutingTable
+from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
+from records import (
+    MAX_RECORD_SIZE,
+    Identity,
+    InvalidRecord,
+    NamespacedValidator,
+    Record,
+    RecordTooLarge,
+    Validator,
+    decode_record,
+    default_validator,
+    encode_record,
+    location,
+    without_expired,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "node.key"
+RECORDS_FILE = "records.sqlite3"
+
+
+class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
+    """A DHT node. Subclasses `kademlia.network.Server` and replaces its lookups, storage and
+    maintenance; see the module docstring for the lifecycle."""
+
+    def __init__(self, config: NodeConfig | None = None) -> None:
+        self.config = config or NodeConfig()
+        cfg = self.config
+        # The stock Server's attributes, for code that inspects them; its storage is ours.
+        self.ksize = cfg.k
+        self.alpha = cfg.alpha
+        self.node: Node | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.protocol: DHTProtocol | None = None
+        self.refresh_loop = None
+        self.save_state_loop = None
+
+        self.clock = cfg.clock
+        self.rng = random.Random(cfg.seed)
+        self.validator: Validator = cfg.validator or default_validator()
+        self.identity: Identity | None = cfg.identity
+        self.table: RoutingTable | None = None
+        self.store: RecordStore | None = None
+        self.storage: RecordStore | None = None
+        self.last_lookup: LookupResult | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self._last_bootstrap = -math.inf
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def id(self) -> bytes:
+        """This node's 20-byte ID (SHA-1 of its public key)."""
+        if self.identity is None:
+            raise NodeNotRunning("the node's identity is loaded by start()")
+        return self.identity.id
+
+    @property
+    def address(self) -> Address:
+        """The (host, port) actually bound."""
+        if self.transport is None:
+            raise NodeNotRunning("the node is not running")
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return (host, port)
+
+    @property
+    def running(self) -> bool:
+        """True between `start()` and `stop()`."""
+        return self._running
+
+    @property
+    def stats(self) -> NodeStats:
+        """Traffic counters."""
+        return self._protocol().stats
+
+    async def start(self) -> None:
+        """Bind, load identity and records, join the network, start maintenance."""
+        if self._running:
+            raise RuntimeError("node already started")
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        if self.identity is None:
+            if cfg.data_dir is not None:
+                self.identity = load_or_create_identity(cfg.data_dir / KEY_FILE)
+            elif cfg.seed is not None:
+                self.identity = Identity.from_seed(self.rng.randbytes(32))
+            else:
+                self.identity = Identity.generate()
+        self.node = Node(self.identity.id)
+        backend: RecordBackend | None = cfg.backend
+        if backend is None and cfg.data_dir is not None:
+            backend = SqliteBackend(cfg.data_dir / RECORDS_FILE)
+        self.store = self.storage = RecordStore(
+            self.validator, max_bytes=cfg.max_store_bytes, backend=backend
+        )
+        loaded = await self.store.open(self.clock.now_ms())
+        self.table = RoutingTable(
+            self.identity.id,
+            k=cfg.k,
+            stale_after=cfg.stale_after,
+            drop_after=cfg.drop_after,
+            now=loop.time(),
+        )
+        protocol = DHTProtocol(
+            own_id=self.identity.id,
+            table=self.table,
+            store=self.store,
+            config=cfg,
+            clock=self.clock,
+            rng=self.rng,
+        )
+        factory = cfg.transport_factory or loop.create_datagram_endpoint
+        try:
+            transport, _ = await factory(lambda: protocol, local_addr=(cfg.host, cfg.port))
+        except BaseException:
+            await self.store.close()
+            raise
+        self.transport, self.protocol = transport, protocol
+        self._running = True
+        log.info(
+            "node started id=%s address=%s:%d records=%d",
+            self.identity.id_hex,
+            *self.address,
+            loaded,
+        )
+        self._spawn(self._maintain())
+        if cfg.bootstrap:
+            await self.bootstrap(cfg.bootstrap)
+
+    async def stop(self) -> None:
+        """Stop every task the node owns, fail calls in flight, close the endpoint and store."""
+        if not self._running:
+            return
+        self._running = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.protocol is not None:
+            await self.protocol.close()
+        if self.store is not None:
+            await self.store.close()
+        self.transport = None
+        log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
+
+    async def __aenter__(self) -> DHTNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _protocol(self) -> DHTProtocol:
+        if self.protocol is None or not self._running:
+            raise NodeNotRunning("the node is not running: call start() first")
+        return self.protocol
+
+    def _parts(self) -> tuple[DHTProtocol, RoutingTable, RecordStore]:
+        protocol = self._protocol()
+        assert self.table is not None
+        assert self.store is not None
+        return protocol, self.table, self.store
+
+    # -- joining ---------------------------------------------------------------------------
+
+    async def bootstrap(self, addrs: Iterable[Address]) -> int:
+        """Ping `addrs`, then look up our own ID to fill the routing table.
+
+        Returns how many of `addrs` answered (0 leaves the node alone; maintenance retries).
+        """
+        protocol, table, _ = self._parts()
+        self._last_bootstrap = asyncio.get_running_loop().time()
+        replies = await asyncio.gather(*(protocol.ping_address((a[0], a[1])) for a in addrs))
+        answered = sum(1 for ok, body in replies if ok and isinstance(body, bytes))
+        if answered:
+            await self.lookup_nodes(self.id)
+            self._spawn(self._fill_buckets())
+        else:
+            log.warning("no bootstrap node answered; will retry")
+        log.info("bootstrap answered=%d contacts=%d", answered, len(table))
+        return answered
+
+    def bootstrappable_neighbors(self) -> list[Address]:
+        """Addresses of the closest contacts, to bootstrap from later."""
+        _, table, _ = self._parts()
+        return [c.address for c in table.closest(int.from_bytes(self.id, "big"), self.config.k)]
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    async def _lookup(self, target: bytes, rpc: str, count: int) -> LookupResult:
+        protocol, table, _ = self._parts()
+        target_long = int.from_bytes(target, "big")
+        table.mark_lookup(target_long, asyncio.get_running_loop().time())
+        seeds = table.closest(target_long, self.config.k, good_only=True)
+        if len(seeds) < self.config.alpha:
+            seeds = table.closest(target_long, self.config.k)
+
+        args = [self.id, target]
+
+        def query(peer: Peer, on_reply: OnReply, on_stall: Callable[[], None]) -> None:
+            protocol.request(peer.address, rpc, args, peer.id, on_reply, on_stall)
+
+        lookup = Lookup(
+            target,
+            ((c.id, c.address) for c in seeds),
+            own_id=self.id,
+            count=count,
+            alpha=self.config.alpha,
+            query=query,
+            max_nodes_per_reply=self.config.k,
+        )
+        result = await lookup.run()
+        self.last_lookup = result
+        return result
+
+    async def lookup_nodes(self, target: bytes, count: int | None = None) -> LookupResult:
+        """The `count` (default k) closest nodes to `target` that answered (find_node)."""
+        return await self._lookup(target, "find_node", count or self.config.k)
+
+    async def _fill_buckets(self) -> None:
+        """After joining, meet a few nodes in every bucket that is not full (paper §2.3 refreshes
+        every bucket farther than the closest neighbour; a short lookup per bucket suffices to
+        populate it, at a fraction of the messages)."""
+        _, table, _ = self._parts()
+        for bucket in list(table.buckets):
+            if len(bucket.contacts) < self.config.k and not bucket.covers(table.own_long_id):
+                target = bucket.lo + self.rng.randrange(bucket.size)
+                await self.lookup_nodes(target.to_bytes(20, "big"), count=self.config.alpha)
+
+    # -- put / get -------------------------------------------------------------------------
+
+    async def put(self, record: Record) -> int:
+        """Validate `record`, keep it (this node republishes it) and store it on the `replicas`
+        closest nodes. Returns how many of them acknowledged.
+
+        Raises `InvalidRecord` (with the validator's reason) or `RecordTooLarge` for a bad record,
+        and `PutFailed` if no node acknowledged.
+        """
+        _, _, store = self._parts()
+        now = self.clock.now_ms()
+        size = record.ByteSize()
+        if size > MAX_RECORD_SIZE:
+            raise RecordTooLarge(size, MAX_RECORD_SIZE)
+        self.validator.validate(record.key, record, now)
+        loc = location(record.key)
+        data = encode_record(record)
+        try:
+            accepted = store.accept(loc, record, now, origin=True)
+        except StoreFull:
+            log.warning("local store full: %s is put but will not be republished", record.key)
+        else:
+            if accepted.write is not None:
+                await accepted.write
+            data = accepted.entry.data
+        acks, reasons = await self._store_on_closest(loc, data)
+        if acks == 0:
+            raise PutFailed(f"no node stored {record.key}", reasons)
+        return acks
+
+    async def _store_on_closest(self, loc: bytes, data: bytes) -> tuple[int, Counter[str]]:
+        protocol, _, store = self._parts()
+        result = await self._lookup(loc, "find_node", self.config.k)
+        targets = result.closest[: self.config.replicas]
+        replies = await asyncio.gather(
+            *(protocol.store_at(p.address, p.id, loc, data) for p in targets)
+        )
+        reasons: Counter[str] = Counter()
+        acks = 0
+        entry = store.get(loc, self.clock.now_ms())
+        for peer, (ok, body) in zip(targets, replies, strict=True):
+            if ok and body is True:
+                acks += 1
+                if entry is not None and entry.data == data:
+                    entry.holders.add(peer.id)
+            elif not ok:
+                reasons["timeout"] += 1
+            elif isinstance(body, list) and len(body) == 2 and isinstance(body[1], str):
+                reasons[body[1][:40]] += 1
+            else:
+                reasons["bad_answer"] += 1
+        if not targets:
+            reasons["no_peers"] += 1
+        return acks, reasons
+
+    async def get(self, path: str) -> Record | None:
+        """The record at `path`: collected from the closest holders, each copy validated, merged
+        (or the best selected) with any local copy; stale or missing close copies are then
+        written back. Returns None if no valid record exists."""
+        protocol, _, store = self._parts()
+        _check_known_namespace(self.validator, path)
+        loc = location(path)
+        result = await self._lookup(loc, "find_value", self.config.k)
+        now = self.clock.now_ms()
+        found: list[Record] = []
+        local = store.get(loc, now)
+        if local is not None:
+            found.append(local.record)
+        for peer in result.holders:
+            record = self._valid_answer(path, peer.value, now)
+            if record is not None:
+                found.append(record)
+        if not found:
+            return None
+        merged = self.validator.consolidate(path, found, now)
+        if not merged.values:
+            return None
+        best = encode_record(merged)
+        for peer in result.closest[: self.config.replicas]:
+            if peer.value != best:
+                protocol.store_at(peer.address, peer.id, loc, best)
+        if local is not None and local.data != best:
+            self._accept_quietly(loc, merged, now)
+        return merged
+
+    def _valid_answer(self, path: str, data: bytes | None, now: int) -> Record | None:
+        if data is None:
+            return None
+        try:
+            record = without_expired(decode_record(data), now)
+            if record.key != path:
+                raise InvalidRecord("key_mismatch", "answer is a record for another key")
+            self.validator.validate(path, record, now)
+        except InvalidRecord as exc:
+            self._protocol().stats.dropped[f"bad_answer.{exc.reason}"] += 1
+            return None
+        return record
+
+    def _accept_quietly(self, loc: bytes, record: Record, now: int) -> None:
+        _, _, store = self._parts()
+        try:
+            accepted = store.accept(loc, record, now)
+        except (InvalidRecord, StoreFull) as exc:
+            log.debug("not keeping a fresher copy of %s: %s", record.key, exc)
+            return
+        if accepted.write is not None:
+            self._spawn(_log_failure(accepted.write, "saving a fresher copy"))
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Run the periodic jobs, each at its own interval, with a random first offset."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        jobs: list[tuple[float, Callable[[], Awaitable[None]]]] = [
+            (cfg.sweep_interval, self._sweep),
+            (cfg.replicate_interval, self._replicate),
+            (cfg.republish_interval, self._republish),
+            (min(cfg.refresh_interval / 4, 600.0), self._refresh),
+        ]
+        now = loop.time()
+        due = [now + interval * (0.5 + self.rng.random() / 2) for interval, _ in jobs]
+        while True:
+            soonest = min(range(len(jobs)), key=due.__getitem__)
+            await asyncio.sleep(max(0.0, due[soonest] - loop.time()))
+            interval, job = jobs[soonest]
+            due[soonest] = loop.time() + interval * (0.9 + self.rng.random() / 5)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance job %s failed", getattr(job, "__name__", job))
+
+    async def _sweep(self) -> None:
+        """Drop expired records; rejoin if every contact is gone."""
+        _, table, store = self._parts()
+        work = store.sweep(self.clock.now_ms())
+        if work is not None:
+            await work
+        now = asyncio.get_running_loop().time()
+        if (
+            len(table) == 0
+            and self.config.bootstrap
+            and now - self._last_bootstrap >= self.config.bootstrap_retry_interval
+        ):
+            await self.bootstrap(self.config.bootstrap)
+
+    async def _replicate(self) -> None:
+        """Push each held record to those of its closest known nodes not known to hold it."""
+        protocol, table, store = self._parts()
+        now = self.clock.now_ms()
+        for loc, entry in store:
+            if entry.expires <= now:
+                continue
+            targets = table.closest(
+                int.from_bytes(loc, "big"), self.config.replicas, good_only=True
+            )
+            for contact in targets:
+                if contact.id not in entry.holders:
+                    future = protocol.store_at(contact.address, contact.id, loc, entry.data)
+                    future.add_done_callback(_note_holder(entry, contact.id))
+
+    async def _republish(self) -> None:
+        """Originators re-store their records on the current closest nodes."""
+        _, _, store = self._parts()
+        now = self.clock.now_ms()
+        for loc, entry in store:
+            if entry.origin and entry.expires > now:
+                await self._store_on_closest(loc, entry.data)
+
+    async def _refresh(self) -> None:
+        """Look up a random ID in every bucket that saw no lookup for `refresh_interval`."""
+        _, table, _ = self._parts()
+        now = asyncio.get_running_loop().time()
+        for bucket in table.stale_buckets(now, self.config.refresh_interval):
+            target = bucket.lo + self.rng.randrange(bucket.size)
+            # A short lookup meets (and so re-checks) enough nodes of the bucket's range.
+            await self.lookup_nodes(target.to_bytes(20, "big"), count=self.config.alpha)
+
+
+def _check_known_namespace(validator: Validator, path: str) -> None:
+    """Refuse a get for a namespace no validator knows, with the validator's own error."""
+    if isinstance(validator, NamespacedValidator):
+        validator.validator_for(path)
+
+
+def _note_holder(entry: StoredRecord, node_id: bytes) -> Callable[[asyncio.Future[Reply]], None]:
+    data = entry.data
+
+    def done(future: asyncio.Future[Reply]) -> None:
+        ok, body = future.result()
+        if ok and body is True and entry.data == data:
+            entry.holders.add(node_id)
+
+    return done
+
+
+async def _log_failure(work: Awaitable[None], what: str) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("%s failed", what)

@@ -1,0 +1,325 @@
+"""RecordStore: validated, consolidated records in memory, written through to a backend.
+
+Only records that pass the validator are kept; a record arriving for a location already held is
+merged with the held one by the validator's `consolidate`, so an older copy never replaces a
+newer one. With a `SqliteBackend` each accepted store is committed (SQLite WAL) before the store
+is acknowledged, so an acknowledged record survives ``kill -9``; a restarted node reloads and
+re-validates what it held.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+from node.errors import StoreFull
+from records import (
+    InvalidRecord,
+    Record,
+    Validator,
+    decode_record,
+    encode_record,
+    location,
+    without_expired,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RecordBackend(Protocol):
+    """Where a `RecordStore` persists records."""
+
+    async def open(self) -> None:
+        """Prepare for use."""
+        ...
+
+    async def load(self) -> list[tuple[bytes, bool]]:
+        """Every saved record: (record bytes, put through this node)."""
+        ...
+
+    async def save(self, loc: bytes, data: bytes, expires: int, origin: bool) -> None:
+        """Durably save one record, replacing any at `loc`."""
+        ...
+
+    async def delete(self, locs: Sequence[bytes]) -> None:
+        """Forget the records at `locs`."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources; pending saves are complete when this returns."""
+        ...
+
+
+class MemoryBackend:
+    """Keeps "persisted" records in a dict: a node restarted in the same process (a simulated
+    crash and restart) finds what it held. Nothing reaches the disk."""
+
+    def __init__(self) -> None:
+        self.saved: dict[bytes, tuple[bytes, bool]] = {}
+
+    async def open(self) -> None:
+        """Nothing to prepare."""
+
+    async def load(self) -> list[tuple[bytes, bool]]:
+        """Every saved record."""
+        return list(self.saved.values())
+
+    async def save(self, loc: bytes, data: bytes, expires: int, origin: bool) -> None:
+        """Keep `data` at `loc`."""
+        self.saved[loc] = (data, origin)
+
+    async def delete(self, locs: Sequence[bytes]) -> None:
+        """Forget `locs`."""
+        for loc in locs:
+            self.saved.pop(loc, None)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class SqliteBackend:
+    """Records in one SQLite file (WAL journal), through aiosqlite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        """Open (creating) the database file and its table."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode, NORMAL loses nothing when the process dies (kill -9); only a power
+            # failure can take back the last commits.
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS records ("
+                " location BLOB PRIMARY KEY, data BLOB NOT NULL,"
+                " expires INTEGER NOT NULL, origin INTEGER NOT NULL)"
+            )
+            await db.commit()
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("SqliteBackend used before open() or after close()")
+        return self._db
+
+    async def load(self) -> list[tuple[bytes, bool]]:
+        """Every saved record."""
+        async with self._conn().execute("SELECT data, origin FROM records") as cursor:
+            return [(bytes(data), bool(origin)) async for data, origin in cursor]
+
+    async def save(self, loc: bytes, data: bytes, expires: int, origin: bool) -> None:
+        """Insert or replace one record and commit."""
+        db = self._conn()
+        await db.execute(
+            "INSERT OR REPLACE INTO records (location, data, expires, origin) VALUES (?, ?, ?, ?)",
+            (loc, data, expires, int(origin)),
+        )
+        await db.commit()
+
+    async def delete(self, locs: Sequence[bytes]) -> None:
+        """Delete records and commit."""
+        if not locs:
+            return
+        db = self._conn()
+        await db.executemany("DELETE FROM records WHERE location = ?", [(loc,) for loc in locs])
+        await db.commit()
+
+    async def close(self) -> None:
+        """Close the connection (it commits nothing pending: every save committed already)."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+
+@dataclass(slots=True)
+class StoredRecord:
+    """One record held by the store."""
+
+    record: Record
+    data: bytes
+    """Canonical bytes of `record`."""
+    expires: int
+    """When the last value expires (Unix ms)."""
+    next_expiry: int
+    """When the first value expires: the sweep rewrites the record then."""
+    origin: bool = False
+    """Put through this node, which therefore republishes it."""
+    holders: set[bytes] = field(default_factory=set)
+    """IDs of nodes known to hold exactly this version (replication skips them)."""
+
+
+@dataclass(slots=True)
+class Accepted:
+    """The outcome of `RecordStore.accept`."""
+
+    entry: StoredRecord
+    changed: bool
+    """False when the store already held this record or a newer one."""
+    write: Awaitable[None] | None
+    """Awaited before acknowledging, when the store persists."""
+
+
+class RecordStore:
+    """Validated records by DHT location, with a byte quota and optional persistence."""
+
+    def __init__(
+        self, validator: Validator, *, max_bytes: int, backend: RecordBackend | None = None
+    ) -> None:
+        self.validator = validator
+        self.max_bytes = max_bytes
+        self.backend = backend
+        self._entries: dict[bytes, StoredRecord] = {}
+        self._pruned: dict[bytes, None] = {}  # pruned in memory since the last sweep
+        self.bytes_used = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[tuple[bytes, StoredRecord]]:
+        return iter(list(self._entries.items()))
+
+    async def open(self, now: int) -> int:
+        """Open the backend and load what it holds (re-validated at `now`); returns the count."""
+        if self.backend is None:
+            return 0
+        await self.backend.open()
+        dropped: list[bytes] = []
+        for data, origin in await self.backend.load():
+            try:
+                record = decode_record(data)
+            except InvalidRecord as exc:
+                log.warning("unreadable record in the store, left in place: %s", exc)
+                continue
+            loc = location(record.key)
+            try:
+                self.accept(loc, record, now, origin=origin, persist=False)
+            except (InvalidRecord, StoreFull) as exc:
+                log.info("dropping stored record %s: %s", record.key, exc)
+                dropped.append(loc)
+        if dropped:
+            await self.backend.delete(dropped)
+        return len(self._entries)
+
+    async def close(self) -> None:
+        """Close the backend."""
+        if self.backend is not None:
+            await self.backend.close()
+
+    def get(self, loc: bytes, now: int) -> StoredRecord | None:
+        """The record at `loc` if one is held with a value still alive at `now`."""
+        entry = self._entries.get(loc)
+        if entry is None or entry.expires <= now:
+            return None
+        if entry.next_expiry <= now:
+            self._prune(loc, entry, now)
+            self._pruned[loc] = None
+        return entry
+
+    def accept(
+        self,
+        loc: bytes,
+        record: Record,
+        now: int,
+        *,
+        origin: bool = False,
+        source: bytes | None = None,
+        persist: bool = True,
+    ) -> Accepted:
+        """Validate `record` and merge it into what is held at `loc`.
+
+        Raises `InvalidRecord` (with its reason) for a record the validator refuses or one sent
+        to the wrong location, and `StoreFull` when the byte quota would be exceeded.
+        """
+        key = record.key
+        pruned = without_expired(record, now)
+        if record.values and not pruned.values:
+            raise InvalidRecord("expired", "every value has expired")
+        record = pruned
+        self.validator.validate(key, record, now)
+        if location(key) != loc:
+            raise InvalidRecord(
+                "location_mismatch", "the record's key does not hash to this location"
+            )
+        held = self._entries.get(loc)
+        merged = self.validator.consolidate(key, [held.record, record] if held else [record], now)
+        data = encode_record(merged)
+        if held is not None and data == held.data:
+            if source is not None:
+                held.holders.add(source)
+            if origin and not held.origin:
+                held.origin = True
+                return Accepted(held, False, self._save(loc, held) if persist else None)
+            return Accepted(held, False, None)
+        old_size = len(held.data) if held else 0
+        if self.bytes_used - old_size + len(data) > self.max_bytes:
+            raise StoreFull(f"holding {len(data)} more bytes would exceed {self.max_bytes}")
+        expirations = [v.expirationDate for v in merged.values]
+        entry = StoredRecord(
+            record=merged,
+            data=data,
+            expires=max(expirations),
+            next_expiry=min(expirations),
+            origin=origin or (held is not None and held.origin),
+        )
+        if source is not None and data == encode_record(record):
+            entry.holders.add(source)
+        self._entries[loc] = entry
+        self.bytes_used += len(data) - old_size
+        return Accepted(entry, True, self._save(loc, entry) if persist else None)
+
+    def _save(self, loc: bytes, entry: StoredRecord) -> Awaitable[None] | None:
+        if self.backend is None:
+            return None
+        return self.backend.save(loc, entry.data, entry.expires, entry.origin)
+
+    def _prune(self, loc: bytes, entry: StoredRecord, now: int) -> None:
+        """Drop `entry`'s values expired at `now` (it must keep at least one)."""
+        merged = self.validator.consolidate(entry.record.key, [entry.record], now)
+        data = encode_record(merged)
+        expirations = [v.expirationDate for v in merged.values]
+        self.bytes_used += len(data) - len(entry.data)
+        entry.record, entry.data = merged, data
+        entry.expires, entry.next_expiry = max(expirations), min(expirations)
+        entry.holders.clear()
+
+    def sweep(self, now: int) -> Awaitable[None] | None:
+        """Drop values expired at `now` (and records left empty); returns the backend's work."""
+        gone: list[bytes] = []
+        rewrites = dict(self._pruned)
+        self._pruned.clear()
+        for loc, entry in list(self._entries.items()):
+            if entry.next_expiry > now:
+                continue
+            if entry.expires <= now:
+                del self._entries[loc]
+                self.bytes_used -= len(entry.data)
+                gone.append(loc)
+                rewrites.pop(loc, None)
+                continue
+            self._prune(loc, entry, now)
+            rewrites[loc] = None
+        if self.backend is None or not (gone or rewrites):
+            return None
+        return self._persist_sweep(
+            gone, [(loc, self._entries[loc]) for loc in rewrites if loc in self._entries]
+        )
+
+    async def _persist_sweep(
+        self, gone: list[bytes], rewrites: list[tuple[bytes, StoredRecord]]
+    ) -> None:
+        assert self.backend is not None
+        await self.backend.delete(gone)
+        for loc, entry in rewrites:
+            await self.backend.save(loc, entry.data, entry.expires, entry.origin)

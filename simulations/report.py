@@ -1,0 +1,132 @@
+"""Scenario output: ``result.json``, PNG plots, and a progress bar on stderr."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Progress(Protocol):
+    """What scenarios report progress to."""
+
+    def update(self, n: float = 1) -> Any:
+        """Advance by `n`."""
+        ...
+
+    def set_postfix_str(self, text: str) -> Any:
+        """Show a short status next to the bar."""
+        ...
+
+    def close(self) -> None:
+        """Finish the bar."""
+        ...
+
+
+class _Silent:
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: float, description: str, *, quiet: bool) -> Progress:
+    """A tqdm bar on stderr, or nothing when `quiet` or stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return _Silent()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the 'sim' extra; the run must not depend on it
+        return _Silent()
+    bar: Progress = tqdm(total=total, desc=description, file=sys.stderr, leave=False)
+    return bar
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def write_result(out: Path, result: dict[str, Any]) -> Path:
+    """Write ``out/result.json`` (keys sorted, so equal runs give equal files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "result.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_cdf(path: Path, series: Mapping[str, Sequence[float]], xlabel: str, title: str) -> None:
+    """A CDF plot of each named series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in series.items():
+        ordered = sorted(values)
+        if not ordered:
+            continue
+        ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
+        ax.step(ordered, ys, where="post", label=f"{name} (n={len(ordered)})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of gets")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_series(
+    path: Path,
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> None:
+    """Lines over a shared x axis (e.g. success over time)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker=".", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_histogram(path: Path, values: Sequence[float], xlabel: str, title: str) -> None:
+    """A histogram with one bar per integer value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if values:
+        low, high = int(min(values)), int(max(values))
+        ax.hist(values, bins=range(low, high + 2), align="left", rwidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("lookups")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit("plots need matplotlib: pip install -e '.[sim]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,1 @@
+"""Scenarios run on the simulated network (``python -m simulations SCENARIO``)."""

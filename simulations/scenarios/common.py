@@ -1,0 +1,235 @@
+"""What every scenario shares: arguments, the workload (signed presence records of synthetic
+users, each announced through a node), measuring gets, and writing results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from records import Identity, Record, make_presence_record
+from simulations.clock import run_virtual
+from simulations.harness import GetSample, Percentiles, SimNode, Simulation
+from simulations.report import (
+    Progress,
+    peak_rss_mb,
+    plot_cdf,
+    plot_histogram,
+    plot_series,
+    progress_bar,
+    write_result,
+)
+
+MINUTE = 60.0
+HOUR = 3600.0
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: int) -> None:
+    """Options every scenario takes."""
+    parser.add_argument("--nodes", type=int, default=nodes, help=f"network size ({nodes})")
+    parser.add_argument("--keys", type=int, default=keys, help=f"records to put ({keys})")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    parser.add_argument("--loss", type=float, default=0.0, help="datagram loss rate (0)")
+    parser.add_argument("--out", type=Path, help="write result.json and PNG plots here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """Refuse nonsense before starting a long run."""
+    if args.nodes < 2:
+        raise SystemExit("--nodes must be at least 2")
+    if args.keys < 1:
+        raise SystemExit("--keys must be at least 1")
+    if not 0.0 <= args.loss < 1.0:
+        raise SystemExit("--loss must be in [0, 1)")
+
+
+@dataclass
+class Tracked:
+    """A synthetic user's presence record and the node it announces through."""
+
+    user: Identity
+    origin: SimNode
+    record: Record
+    live: bool = True
+
+
+@dataclass
+class Outcome:
+    """What a scenario measured."""
+
+    metrics: dict[str, Any]
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    """Get latencies (ms) by phase, for the CDF plot."""
+    timeline: tuple[list[float], dict[str, list[float]]] | None = None
+    """(x values in minutes, series): success over time."""
+    messages: list[int] = field(default_factory=list)
+    """Messages per lookup, for the histogram."""
+
+
+def user_identity(seed: int, index: int) -> Identity:
+    """The same synthetic user for the same seed and index."""
+    return Identity.from_seed(hashlib.sha256(f"user-{seed}-{index}".encode()).digest())
+
+
+def announce(sim: Simulation, user: Identity, origin: SimNode, ttl_ms: int) -> Record:
+    """A fresh presence record: `user` reachable through `origin`, signed by both."""
+    seed = hashlib.sha256(user.public_key + origin.identity.public_key).digest()
+    return make_presence_record(
+        user,
+        origin.identity,
+        handshake_key=seed,
+        presence_key=hashlib.sha256(seed).digest(),
+        now=sim.now_ms(),
+        ttl_ms=ttl_ms,
+    )
+
+
+async def put_records(sim: Simulation, count: int, ttl_ms: int) -> list[Tracked]:
+    """`count` users, each announced through a random running node (puts run concurrently)."""
+    live = sim.live()
+    tracked = []
+    for index in range(count):
+        origin = sim.rng.choice(live)
+        user = user_identity(sim.seed, index)
+        tracked.append(Tracked(user, origin, announce(sim, user, origin, ttl_ms)))
+    await asyncio.gather(*(republish(t) for t in tracked))
+    return tracked
+
+
+async def republish(item: Tracked) -> None:
+    """Put `item`'s record through its origin (failures are measured by later gets)."""
+    node = item.origin.node
+    if node is None or not node.running:
+        return
+    try:
+        await node.put(item.record)
+    except Exception:  # a put can fail under churn; the scenario measures gets, not puts
+        return
+
+
+async def measure_gets(
+    sim: Simulation, items: Sequence[Tracked], *, concurrency: int = 64
+) -> list[GetSample]:
+    """One get per item from a random running node, at most `concurrency` at a time."""
+    semaphore = asyncio.Semaphore(concurrency)
+    vias = [sim.rng.choice(sim.live()) for _ in items]
+
+    async def one(item: Tracked, via: SimNode) -> GetSample:
+        async with semaphore:
+            if not via.alive:
+                via = sim.rng.choice(sim.live())
+            return await sim.timed_get(via, item.record.key, item.record)
+
+    return list(await asyncio.gather(*(one(i, v) for i, v in zip(items, vias, strict=True))))
+
+
+def summarize(samples: Sequence[GetSample], prefix: str = "") -> dict[str, float]:
+    """get_ok, latency percentiles, messages and rounds of `samples` (DESIGN §8 names)."""
+    if not samples:
+        return {f"{prefix}get_ok": 0.0}
+    ms = Percentiles.of([s.ms for s in samples])
+    messages = Percentiles.of([s.messages for s in samples])
+    rounds = Percentiles.of([s.rounds for s in samples])
+    return {
+        f"{prefix}gets": len(samples),
+        f"{prefix}get_ok": round(sum(s.ok for s in samples) / len(samples), 5),
+        f"{prefix}get_p50_ms": round(ms.p50, 1),
+        f"{prefix}get_p95_ms": round(ms.p95, 1),
+        f"{prefix}get_p99_ms": round(ms.p99, 1),
+        f"{prefix}messages_p50": messages.p50,
+        f"{prefix}messages_p95": messages.p95,
+        f"{prefix}rounds_p50": rounds.p50,
+        f"{prefix}rounds_p95": rounds.p95,
+    }
+
+
+async def grow(sim: Simulation, nodes: int, progress: Progress) -> None:
+    """Start the network, showing progress."""
+    progress.set_postfix_str("joining")
+    await sim.grow(nodes, progress=progress.update)
+
+
+def run_scenario(
+    name: str,
+    args: argparse.Namespace,
+    body: Callable[[Simulation, Progress], Awaitable[Outcome]],
+    *,
+    total: float,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run `body` on a fresh simulation in virtual time and report it.
+
+    Returns the flat metrics printed as JSON; with ``--out`` also writes ``result.json`` (config,
+    metrics, wall time, peak RSS) and the plots.
+    """
+    check_common(args)
+    started = time.perf_counter()
+    progress = progress_bar(total, name, quiet=args.quiet)
+    sim_config = dict(config or {})
+
+    async def main() -> Outcome:
+        sim = Simulation(seed=args.seed, loss=args.loss, config=sim_config)
+        try:
+            return await body(sim, progress)
+        finally:
+            await sim.stop_all()
+
+    try:
+        outcome = run_virtual(main())
+    finally:
+        progress.close()
+    wall = round(time.perf_counter() - started, 1)
+    flat = {
+        "scenario": name,
+        "nodes": args.nodes,
+        "keys": args.keys,
+        "seed": args.seed,
+        **outcome.metrics,
+        "wall_s": wall,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if args.out is not None:
+        arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        result = {
+            "scenario": name,
+            "config": {"arguments": arguments, "node": sim_config},
+            "metrics": outcome.metrics,
+            "wall_s": wall,
+            "peak_rss_mb": flat["peak_rss_mb"],
+        }
+        write_result(args.out, result)
+        _plots(args.out, name, outcome)
+    return flat
+
+
+def _plots(out: Path, name: str, outcome: Outcome) -> None:
+    if outcome.latencies:
+        plot_cdf(
+            out / "latency_cdf.png",
+            outcome.latencies,
+            "get latency (virtual ms)",
+            f"{name}: get latency",
+        )
+    if outcome.timeline is not None:
+        xs, series = outcome.timeline
+        plot_series(
+            out / "success_over_time.png",
+            xs,
+            series,
+            "virtual minutes",
+            "fraction of gets that succeeded",
+            f"{name}: success over time",
+        )
+    if outcome.messages:
+        plot_histogram(
+            out / "messages_per_lookup.png",
+            outcome.messages,
+            "messages per lookup",
+            f"{name}: messages per lookup",
+        )

@@ -1,0 +1,188 @@
+"""The simulator: real nodes on a virtual network; each scenario at small scale, determinism,
+and proof that the real validators run inside the simulation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from node.wire import decode, encode_request
+from records import encode_record, location
+from simulations.cli import run
+from simulations.clock import run_virtual
+from simulations.harness import Simulation
+from simulations.network import SimNetwork
+from simulations.scenarios.common import announce, user_identity
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_virtual_time_runs_fast_and_in_order() -> None:
+    fired: list[tuple[str, float]] = []
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        loop.call_later(3600, lambda: fired.append(("late", loop.time())))
+        loop.call_later(60, lambda: fired.append(("early", loop.time())))
+        await asyncio.sleep(24 * 3600)
+        return loop.time()
+
+    assert run_virtual(main()) == pytest.approx(24 * 3600)
+    assert [name for name, _ in fired] == ["early", "late"]
+    assert fired[0][1] == pytest.approx(60)
+
+
+def test_network_delays_losses_partitions_and_crashes() -> None:
+    async def main() -> dict[str, list[float]]:
+        net = SimNetwork(seed=3, loss=0.5)
+        got: dict[str, list[float]] = {"b": [], "c": []}
+        loop = asyncio.get_running_loop()
+
+        class Recorder(asyncio.DatagramProtocol):
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                got[self.name].append(loop.time())
+
+        a_host, b_host, c_host = net.new_host(), net.new_host(), net.new_host()
+        a, _ = await net.create_endpoint(asyncio.DatagramProtocol, local_addr=(a_host, 0))
+        b, _ = await net.create_endpoint(lambda: Recorder("b"), local_addr=(b_host, 0))
+        c, _ = await net.create_endpoint(lambda: Recorder("c"), local_addr=(c_host, 0))
+        for _ in range(200):
+            a.sendto(b"x", b.get_extra_info("sockname"))
+        await asyncio.sleep(1)
+        assert 60 < len(got["b"]) < 140  # about half lost
+        rtt = net.rtt(a_host, b_host)
+        assert 0.010 <= rtt <= 0.300
+        assert all(t >= rtt / 2 * 0.9 - 0.001 for t in got["b"])
+        net.loss = 0.0
+        net.partition([{a_host, b_host}, {c_host}])
+        a.sendto(b"x", c.get_extra_info("sockname"))
+        net.heal()
+        net.crash(c_host)
+        a.sendto(b"x", c.get_extra_info("sockname"))
+        await asyncio.sleep(1)
+        for transport in (a, b, c):
+            transport.close()
+        assert net.counters["dropped_partition"] == 1
+        assert net.counters["dropped_down"] == 1
+        return got
+
+    assert run_virtual(main())["c"] == []
+
+
+def scenario(*argv: str) -> dict[str, object]:
+    return run([*argv, "--quiet"])
+
+
+def test_lookup_scenario() -> None:
+    result = scenario("lookup", "--nodes", "150", "--keys", "30", "--gets", "150")
+    assert result["get_ok"] == 1.0
+    assert result["rounds_p50"] <= 3  # type: ignore[operator]
+    assert result["messages_p50"] <= 30  # type: ignore[operator]
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    argv = ["lookup", "--nodes", "80", "--keys", "20", "--gets", "60", "--seed", "7"]
+    first = scenario(*argv, "--out", str(tmp_path / "a"))
+    second = scenario(*argv, "--out", str(tmp_path / "b"))
+    for volatile in ("wall_s", "peak_rss_mb"):
+        first.pop(volatile)
+        second.pop(volatile)
+    assert first == second
+    a = json.loads((tmp_path / "a" / "result.json").read_text())
+    b = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert a["metrics"] == b["metrics"]
+    assert {p.name for p in (tmp_path / "a").iterdir()} >= {
+        "result.json",
+        "latency_cdf.png",
+        "messages_per_lookup.png",
+    }
+    third = scenario(*argv[:-1], "8")
+    assert third["datagrams"] != first["datagrams"]
+
+
+def test_mass_failure_scenario() -> None:
+    result = scenario("mass-failure", "--nodes", "150", "--keys", "60", "--kill", "0.2")
+    assert result["killed"] == 30
+    assert result["get_ok"] == 1.0
+    assert result["after_get_ok"] >= 0.98  # type: ignore[operator]
+
+
+def test_churn_scenario() -> None:
+    result = scenario("churn", "--nodes", "120", "--keys", "30", "--hours", "0.5")
+    assert result["departures"] > 10  # type: ignore[operator]
+    assert result["joins"] > 10  # type: ignore[operator]
+    assert result["min_sample_ok"] >= 0.95  # type: ignore[operator]
+
+
+def test_partition_scenario() -> None:
+    result = scenario(
+        "partition", "--nodes", "100", "--keys", "30", "--split", "10", "--after", "30"
+    )
+    assert result["during_get_ok"] >= 0.9  # type: ignore[operator]
+    assert result["after_heal_newest_final"] >= 0.97  # type: ignore[operator]
+
+
+def test_expiry_scenario() -> None:
+    result = scenario("expiry", "--nodes", "40", "--keys", "20", "--days", "1")
+    assert result["min_sample_live_ok"] == 1.0
+    assert result["dead_records_stored_end"] == 0
+    assert result["dead_gets_answered_after_expiry"] == 0
+
+
+def test_forged_record_refused_inside_the_simulation() -> None:
+    async def main() -> tuple[object, object]:
+        sim = Simulation(seed=5)
+        await sim.grow(30)
+        user = user_identity(5, 0)
+        origin, target, via = sim.nodes[3], sim.nodes[10], sim.nodes[20]
+        record = announce(sim, user, origin, ttl_ms=3600_000)
+        value = record.values[0]
+        value.value = value.value[:-1] + bytes([value.value[-1] ^ 1])  # break the node signature
+        loc = location(record.key)
+        assert origin.node is not None
+        assert target.node is not None
+        assert via.node is not None
+        assert origin.node.protocol is not None
+        # send the store RPC by hand, as a malicious node would
+        reply = await origin.node.protocol.store_at(
+            target.address, target.identity.id, loc, encode_record(record)
+        )
+        got = await via.node.get(record.key)
+        await sim.stop_all()
+        return reply, got
+
+    reply, got = run_virtual(main())
+    assert reply == (True, [False, "bad_node_signature"])
+    assert got is None
+
+
+def test_wire_bytes_are_real_datagrams() -> None:
+    async def main() -> tuple[bool, object]:
+        sim = Simulation(seed=2)
+        await sim.grow(3)
+        node = sim.nodes[0].node
+        assert node is not None
+        assert node.protocol is not None
+        answer = await node.protocol.call(sim.nodes[1].address, "ping", [node.id])
+        await sim.stop_all()
+        return answer
+
+    ok, body = run_virtual(main())
+    assert ok
+    assert body == sim_id(1)
+    assert decode(encode_request(b"\x00" * 20, "ping", [b"\x01" * 20])).body == [
+        "ping",
+        [b"\x01" * 20],
+    ]
+
+
+def sim_id(index: int) -> bytes:
+    """The ID the simulation of seed 2 gives its node `index` (the same in every run)."""
+    sim = Simulation(seed=2)
+    return [sim.new_host() for _ in range(index + 1)][-1].identity.id
