@@ -76,7 +76,7 @@ class NodeConfig:
     replicas: int = 5
     """How many of the closest nodes store each record (r)."""
 
-    min_timeout: float = 0.05
+    min_timeout: float = 0.02
     """Lower bound of the adaptive per-peer RPC timeout."""
     max_timeout: float = 5.0
     """Upper bound of the adaptive per-peer RPC timeout."""

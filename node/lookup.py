@@ -213,7 +213,7 @@ class Lookup:
     def _add_entries(self, entries: list[Any], depth: int) -> None:
         peers = self._peers
         # Peers far beyond the window can only matter if many closer ones fail; skip them.
-        horizon = 3 * self._count
+        horizon = 2 * self._count
         cutoff = self._sorted[horizon - 1].distance if len(self._sorted) >= horizon else None
         for item in entries:
             try:

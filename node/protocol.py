@@ -129,6 +129,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._store_limits = _TokenBuckets(config.stores_per_source_per_s, config.store_burst)
         self._secure_ids = config.seed is None
+        self._closed = False
         self.transport: asyncio.DatagramTransport | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -147,6 +148,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
 
     async def close(self) -> None:
         """Fail every call in flight, cancel handlers and close the transport."""
+        self._closed = True
         outstanding = list(self._outstanding.values())
         self._outstanding.clear()
         self._expired.clear()
@@ -316,7 +318,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             return contact.srtt + 4 * contact.rttvar, contact.srtt + 2 * contact.rttvar
         if self.rtt.known:
             return 2 * self.rtt.slow, self.rtt.slow
-        return self.config.initial_timeout, self.config.initial_timeout / 2
+        # Nothing measured yet (a node that has only been asked, never asked): wait the cautious
+        # initial timeout, but let a lookup move on early (a stall costs a message, not a fault).
+        return self.config.initial_timeout, 2 * self.config.min_timeout
 
     def _bounded_estimates(self, node_id: bytes | None) -> tuple[float, float]:
         timeout, expected = self._estimates(node_id)
@@ -348,6 +352,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         flight). `on_stall()`, if given, runs when the answer is later than expected but the call
         has not timed out yet. `node_id`, when known, is the node expected to answer: its round
         trip is measured and its failures counted."""
+        if self._closed:
+            on_reply(False, None)
+            return
         if len(self._outstanding) >= self.config.max_outstanding_calls:
             self.stats.dropped["too_many_calls"] += 1
             on_reply(False, None)

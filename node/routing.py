@@ -9,6 +9,7 @@ caller (the event loop's clock), never from `time.monotonic()`.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 ID_BITS = 160
@@ -97,7 +98,9 @@ class Contact(RttEstimator):
 
 
 class Bucket:
-    """Contacts whose IDs share the bucket's prefix, least recently seen first."""
+    """Contacts whose IDs share the bucket's prefix, least recently seen first.
+
+    Buckets order by their lowest ID (`lo`), which also breaks ties when sorting."""
 
     __slots__ = ("contacts", "depth", "last_lookup", "lo", "replacements", "size")
 
@@ -108,6 +111,9 @@ class Bucket:
         self.contacts: dict[bytes, Contact] = {}
         self.replacements: dict[bytes, Contact] = {}
         self.last_lookup = now
+
+    def __lt__(self, other: Bucket) -> bool:
+        return self.lo < other.lo
 
     def covers(self, long_id: int) -> bool:
         """True if `long_id` falls in this bucket's range."""
@@ -139,6 +145,7 @@ class RoutingTable:
         self.drop_after = drop_after
         self.ping_interval = ping_interval
         self.buckets: list[Bucket] = [Bucket(0, 0, now)]
+        self._los: list[int] = [0]  # each bucket's lowest ID, for bisect
 
     def __len__(self) -> int:
         return sum(len(b.contacts) for b in self.buckets)
@@ -149,11 +156,9 @@ class RoutingTable:
 
     def bucket_for(self, long_id: int) -> Bucket:
         """The bucket whose range holds `long_id`."""
-        # Buckets are ordered by range; only the own-ID bucket ever splits, so few exist.
-        for bucket in self.buckets:
-            if long_id < bucket.lo + bucket.size:
-                return bucket
-        raise ValueError(f"ID {long_id:#x} is outside the 160-bit space")
+        if not 0 <= long_id < 1 << ID_BITS:
+            raise ValueError(f"ID {long_id:#x} is outside the 160-bit space")
+        return self.buckets[bisect.bisect_right(self._los, long_id) - 1]
 
     def get(self, node_id: bytes) -> Contact | None:
         """The contact with `node_id`, if it is in a bucket (not the replacement cache)."""
@@ -253,14 +258,15 @@ class RoutingTable:
         last request failed.
         """
         found: list[Contact] = []
-        for bucket in sorted(self.buckets, key=lambda b: b.distance_floor(target)):
+        for _, bucket in sorted((b.distance_floor(target), b) for b in self.buckets if b.contacts):
+            # (distance, seq, contact) tuples sort in C; seq keeps contacts from being compared
             members = [
-                c
-                for c in bucket.contacts.values()
+                (c.long_id ^ target, i, c)
+                for i, c in enumerate(bucket.contacts.values())
                 if c.id != exclude and not (good_only and c.failures)
             ]
-            members.sort(key=lambda c: c.long_id ^ target)
-            found.extend(members)
+            members.sort()
+            found.extend(c for _, _, c in members)
             if len(found) >= count:
                 return found[:count]
         return found
@@ -290,3 +296,4 @@ class RoutingTable:
                 newest = next(reversed(half.replacements))
                 half.contacts[newest] = half.replacements.pop(newest)
         self.buckets[index : index + 1] = [low, high]
+        self._los[index : index + 1] = [low.lo, high.lo]

@@ -22,8 +22,8 @@ from node.config import NodeConfig
 from node.errors import NodeNotRunning, PutFailed, StoreFull
 from node.keyfile import load_or_create_identity
 from node.lookup import Lookup, LookupResult, Peer
-from node.protocol import DHTProtocol, NodeStats, OnReply, Reply
-from node.routing import Address, RoutingTable
+from node.protocol import DHTProtocol, NodeStats, OnReply
+from node.routing import Address, Contact, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
 from records import (
     MAX_RECORD_SIZE,
@@ -411,19 +411,46 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             await self.bootstrap(self.config.bootstrap)
 
     async def _replicate(self) -> None:
-        """Push each held record to those of its closest known nodes not known to hold it."""
-        protocol, table, store = self._parts()
+        """Make sure each held record sits on the `replicas` closest live nodes we know."""
+        _, _, store = self._parts()
         now = self.clock.now_ms()
-        for loc, entry in store:
-            if entry.expires <= now:
-                continue
-            targets = table.closest(
-                int.from_bytes(loc, "big"), self.config.replicas, good_only=True
+        entries = [(loc, entry) for loc, entry in store if entry.expires > now]
+        limit = asyncio.Semaphore(8)
+
+        async def one(loc: bytes, entry: StoredRecord) -> None:
+            async with limit:
+                await self._replicate_entry(loc, entry)
+
+        await asyncio.gather(*(one(loc, entry) for loc, entry in entries))
+
+    async def _replicate_entry(self, loc: bytes, entry: StoredRecord) -> None:
+        """Store `entry` on the closest known nodes not known to hold it, in waves: a node that
+        does not answer gives its turn to the next closest, until `replicas` nodes (this one
+        included, if it is among the closest) hold it or the candidates run out."""
+        protocol, table, _ = self._parts()
+        target = int.from_bytes(loc, "big")
+        replicas = self.config.replicas
+        candidates = table.closest(target, 2 * replicas, good_only=True)
+        own_distance = int.from_bytes(self.id, "big") ^ target
+        closer = sum(1 for c in candidates[:replicas] if c.long_id ^ target < own_distance)
+        needed = replicas - (1 if closer < replicas else 0)
+        queue = list(reversed(candidates))
+        data = entry.data
+        while needed > 0 and queue:
+            wave: list[Contact] = []
+            while queue and len(wave) < needed:
+                contact = queue.pop()
+                if contact.id in entry.holders:
+                    needed -= 1
+                else:
+                    wave.append(contact)
+            replies = await asyncio.gather(
+                *(protocol.store_at(c.address, c.id, loc, data) for c in wave)
             )
-            for contact in targets:
-                if contact.id not in entry.holders:
-                    future = protocol.store_at(contact.address, contact.id, loc, entry.data)
-                    future.add_done_callback(_note_holder(entry, contact.id))
+            for contact, (ok, body) in zip(wave, replies, strict=True):
+                if ok and body is True and entry.data == data:
+                    entry.holders.add(contact.id)
+                    needed -= 1
 
     async def _republish(self) -> None:
         """Originators re-store their records on the current closest nodes."""
@@ -447,17 +474,6 @@ def _check_known_namespace(validator: Validator, path: str) -> None:
     """Refuse a get for a namespace no validator knows, with the validator's own error."""
     if isinstance(validator, NamespacedValidator):
         validator.validator_for(path)
-
-
-def _note_holder(entry: StoredRecord, node_id: bytes) -> Callable[[asyncio.Future[Reply]], None]:
-    data = entry.data
-
-    def done(future: asyncio.Future[Reply]) -> None:
-        ok, body = future.result()
-        if ok and body is True and entry.data == data:
-            entry.holders.add(node_id)
-
-    return done
 
 
 async def _log_failure(work: Awaitable[None], what: str) -> None:

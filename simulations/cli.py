@@ -35,6 +35,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "simulations.scenarios.expiry",
         "days of virtual time: dead records vanish, live ones stay through republish",
     ),
+    "bench-loopback": (
+        "simulations.bench_loopback",
+        "our node vs. stock kademlia on real loopback UDP, before and after killing nodes",
+    ),
     "bench-validate": (
         "simulations.bench_validate",
         "presence records validated per second vs. two raw ed25519 verifications",

@@ -20,6 +20,7 @@ from typing import Any
 
 Address = tuple[str, int]
 SIM_PORT = 8468
+_DIAGONAL = math.sqrt(2)
 
 
 class SimTransport(asyncio.DatagramTransport):
@@ -93,7 +94,7 @@ class SimNetwork:
         self.rtt_max = rtt_max
         self.jitter = jitter
         self._endpoints: dict[Address, SimTransport] = {}
-        self._positions: dict[str, tuple[float, float]] = {}
+        self._positions: dict[str, complex] = {}
         self._groups: dict[str, int] | None = None
         self._down: set[str] = set()
         self._hosts = 0
@@ -112,7 +113,7 @@ class SimNetwork:
         self._hosts += 1
         n = self._hosts
         host = f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
-        self._positions[host] = (self._rng.random(), self._rng.random())
+        self._positions[host] = complex(self._rng.random(), self._rng.random())
         return host
 
     async def create_endpoint(
@@ -162,8 +163,7 @@ class SimNetwork:
 
     def rtt(self, a: str, b: str) -> float:
         """The base round-trip time between two hosts (seconds), before jitter."""
-        (ax, ay), (bx, by) = self._positions[a], self._positions[b]
-        distance = math.hypot(ax - bx, ay - by) / math.sqrt(2)
+        distance = abs(self._positions[a] - self._positions[b]) / _DIAGONAL
         return self.rtt_min + (self.rtt_max - self.rtt_min) * distance
 
     def send(self, source: SimTransport, data: bytes, dest: Address) -> None:

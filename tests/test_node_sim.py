@@ -1,0 +1,128 @@
+"""Node behaviour over virtual time: re-replication, republish, restarts, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from records import Record, location
+from simulations.clock import run_virtual
+from simulations.harness import SimNode, Simulation
+from simulations.scenarios.common import announce, user_identity
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def holders(sim: Simulation, record: Record) -> list[SimNode]:
+    loc = location(record.key)
+    now = sim.now_ms()
+    return [
+        n
+        for n in sim.live()
+        if n.node is not None and n.node.store is not None and n.node.store.get(loc, now)
+    ]
+
+
+def closest_live(sim: Simulation, record: Record, count: int) -> list[SimNode]:
+    target = int.from_bytes(location(record.key), "big")
+    return sorted(sim.live(), key=lambda n: int.from_bytes(n.identity.id, "big") ^ target)[:count]
+
+
+def test_holders_re_replicate_when_holders_die() -> None:
+    async def main() -> tuple[int, int]:
+        sim = Simulation(seed=11)
+        await sim.grow(60)
+        origin = sim.nodes[0]
+        record = announce(sim, user_identity(11, 0), origin, ttl_ms=6 * 3600_000)
+        assert origin.node is not None
+        await origin.node.put(record)
+        first = [n for n in holders(sim, record) if n is not origin]
+        # three of the holders die at once; the originator too, so only holders can repair
+        for victim in [*first[:3], origin]:
+            await sim.crash(victim)
+        before = len(holders(sim, record))
+        await asyncio.sleep(15 * 60)  # more than the replication interval
+        wanted = closest_live(sim, record, 5)
+        after = sum(1 for n in wanted if n in holders(sim, record))
+        await sim.stop_all()
+        return before, after
+
+    before, after = run_virtual(main())
+    assert before <= 3
+    assert after == 5  # the five closest live nodes all hold it again
+
+
+def test_restarted_node_serves_what_it_held() -> None:
+    async def main() -> tuple[bool, Record | None]:
+        sim = Simulation(seed=12)
+        await sim.grow(30)
+        origin = sim.nodes[1]
+        record = announce(sim, user_identity(12, 0), origin, ttl_ms=3600_000)
+        assert origin.node is not None
+        await origin.node.put(record)
+        holder = next(n for n in holders(sim, record) if n is not origin)
+        await sim.crash(holder)
+        await asyncio.sleep(60)
+        node = await sim.start(holder, via=[sim.nodes[2]])
+        assert node.store is not None
+        held = node.store.get(location(record.key), sim.now_ms()) is not None
+        # ask the restarted node alone
+        assert node.protocol is not None
+        asker = sim.nodes[3].node
+        assert asker is not None
+        assert asker.protocol is not None
+        ok, answer = await asker.protocol.call(
+            holder.address, "find_value", [asker.id, location(record.key)], holder.identity.id
+        )
+        await sim.stop_all()
+        got = None
+        if ok and isinstance(answer, dict):
+            from records import decode_record
+
+            got = decode_record(answer["value"])
+        return held, got
+
+    held, got = run_virtual(main())
+    assert held
+    assert got is not None
+
+
+def test_originator_republishes_to_new_closest_nodes() -> None:
+    async def main() -> int:
+        sim = Simulation(seed=13, config={"replicate_interval": 24 * 3600.0})
+        await sim.grow(40)
+        origin = sim.nodes[0]
+        record = announce(sim, user_identity(13, 0), origin, ttl_ms=6 * 3600_000)
+        assert origin.node is not None
+        await origin.node.put(record)
+        for victim in [n for n in holders(sim, record) if n is not origin]:
+            await sim.crash(victim)  # every holder but the originator is gone
+        await asyncio.sleep(40 * 60)  # holders' replication is off; republish (30 min) is not
+        wanted = closest_live(sim, record, 5)
+        count = sum(1 for n in wanted if n in holders(sim, record))
+        await sim.stop_all()
+        return count
+
+    assert run_virtual(main()) >= 4
+
+
+def test_stop_during_a_get_ends_it() -> None:
+    async def main() -> object:
+        sim = Simulation(seed=14)
+        await sim.grow(20)
+        node = sim.nodes[5].node
+        assert node is not None
+        record = announce(sim, user_identity(14, 0), sim.nodes[5], ttl_ms=3600_000)
+        getter = asyncio.ensure_future(node.get(record.key))
+        await asyncio.sleep(0.05)
+        await node.stop()
+        try:
+            result: object = await asyncio.wait_for(getter, 10)
+        except Exception as exc:
+            result = exc
+        await sim.stop_all()
+        return result
+
+    result = run_virtual(main())
+    assert result is None or isinstance(result, Exception)
