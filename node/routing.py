@@ -183,6 +183,10 @@ class RoutingTable:
         if known is not None:
             if known.address != address and not verified:
                 return None
+            if verified:
+                # an answer from a member shows the bucket's range is reachable: as good as a
+                # lookup into it for the purpose of refreshing (paper §2.3)
+                bucket.last_lookup = now
             known.address = address
             known.failures = 0
             known.last_seen = now

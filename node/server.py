@@ -69,7 +69,6 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         self.table: RoutingTable | None = None
         self.store: RecordStore | None = None
         self.storage: RecordStore | None = None
-        self.last_lookup: LookupResult | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._last_bootstrap = -math.inf
@@ -179,11 +178,21 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as a task owned by the node (cancelled by `stop()`); not once stopped."""
+        if not self._running:
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if isinstance(exc, NodeNotRunning):
+                return  # the node stopped under it
+            log.error("background task failed", exc_info=exc)
 
     def _protocol(self) -> DHTProtocol:
         if self.protocol is None or not self._running:
@@ -244,9 +253,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             query=query,
             max_nodes_per_reply=self.config.k,
         )
-        result = await lookup.run()
-        self.last_lookup = result
-        return result
+        return await lookup.run()
 
     async def lookup_nodes(self, target: bytes, count: int | None = None) -> LookupResult:
         """The `count` (default k) closest nodes to `target` that answered (find_node)."""
@@ -260,7 +267,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         for bucket in list(table.buckets):
             if len(bucket.contacts) < self.config.k and not bucket.covers(table.own_long_id):
                 target = bucket.lo + self.rng.randrange(bucket.size)
-                await self.lookup_nodes(target.to_bytes(20, "big"), count=self.config.alpha)
+                await self.lookup_nodes(target.to_bytes(20, "big"), count=1)
 
     # -- put / get -------------------------------------------------------------------------
 
@@ -321,10 +328,19 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         """The record at `path`: collected from the closest holders, each copy validated, merged
         (or the best selected) with any local copy; stale or missing close copies are then
         written back. Returns None if no valid record exists."""
-        protocol, _, store = self._parts()
+        record, _ = await self.get_with_lookup(path)
+        return record
+
+    async def get_with_lookup(self, path: str) -> tuple[Record | None, LookupResult]:
+        """`get`, and the lookup behind it (messages, rounds, holders) for measurements."""
+        self._parts()
         _check_known_namespace(self.validator, path)
         loc = location(path)
         result = await self._lookup(loc, "find_value", self.config.k)
+        return self._merge_answers(path, loc, result), result
+
+    def _merge_answers(self, path: str, loc: bytes, result: LookupResult) -> Record | None:
+        protocol, _, store = self._parts()
         now = self.clock.now_ms()
         found: list[Record] = []
         local = store.get(loc, now)

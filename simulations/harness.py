@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node import DHTNode, LoopClock, MemoryBackend, NodeConfig
-from node.lookup import LookupResult
 from records import Identity, Record
 from simulations.network import SIM_PORT, SimNetwork
 
@@ -32,6 +31,8 @@ class SimNode:
     host: str
     backend: MemoryBackend
     node: DHTNode | None = None
+    crashed: bool = False
+    """Stopped by `Simulation.crash` (it may be restarted on its store)."""
 
     @property
     def alive(self) -> bool:
@@ -111,6 +112,7 @@ class Simulation:
         self.rng = random.Random(f"simulation-{seed}")
         self.config_overrides = dict(config or {})
         self.nodes: list[SimNode] = []
+        self._running: dict[int, SimNode] = {}  # by index, in start order
         self._clock: LoopClock | None = None
 
     @property
@@ -127,7 +129,7 @@ class Simulation:
 
     def live(self) -> list[SimNode]:
         """Nodes currently running."""
-        return [n for n in self.nodes if n.alive]
+        return [n for n in self._running.values() if n.alive]
 
     def new_host(self) -> SimNode:
         """A new host with a deterministic identity (not started)."""
@@ -160,14 +162,19 @@ class Simulation:
         self.network.recover(sim_node.host)
         node = DHTNode(self.node_config(sim_node, [v.address for v in via]))
         sim_node.node = node
+        sim_node.crashed = False
+        self._running[sim_node.index] = sim_node
         await node.start()
         return node
 
     async def crash(self, sim_node: SimNode) -> None:
         """Silently kill `sim_node`: its traffic vanishes, its tasks stop, its store is kept."""
         self.network.crash(sim_node.host)
+        sim_node.crashed = True
+        self._running.pop(sim_node.index, None)
         if sim_node.node is not None:
-            await sim_node.node.stop()
+            node, sim_node.node = sim_node.node, None  # a stopped node's memory is not kept
+            await node.stop()
 
     async def grow(
         self, count: int, *, progress: Callable[[int], None] | None = None
@@ -199,16 +206,10 @@ class Simulation:
         assert via.node is not None
         loop = asyncio.get_running_loop()
         start = loop.time()
-        record = await via.node.get(key)
+        record, result = await via.node.get_with_lookup(key)
         elapsed_ms = (loop.time() - start) * 1000
-        result: LookupResult | None = via.node.last_lookup
         ok = record is not None if expect is None else _holds(record, expect)
-        return GetSample(
-            ok=ok,
-            ms=elapsed_ms,
-            messages=result.messages if result else 0,
-            rounds=result.rounds if result else 0,
-        )
+        return GetSample(ok=ok, ms=elapsed_ms, messages=result.messages, rounds=result.rounds)
 
 
 def _holds(got: Record | None, expect: Record) -> bool:

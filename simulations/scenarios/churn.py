@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import time
 from typing import Any
 
 from simulations.harness import GetSample, Simulation
@@ -55,7 +56,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     async def body(sim: Simulation, progress: Progress) -> Outcome:
         loop = asyncio.get_running_loop()
+        started_wall = time.perf_counter()
         await grow(sim, args.nodes, progress)
+        grown_wall = time.perf_counter()
+        grown_datagrams = sim.network.counters["sent"]
         await asyncio.sleep(5 * MINUTE)
         tracked = await put_records(sim, args.keys, ttl_ms=int(RECORD_TTL * 1000))
         start = loop.time()
@@ -64,7 +68,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         joins: set[asyncio.Task[None]] = set()
 
         async def join() -> None:
-            departed = [n for n in sim.nodes if not n.alive and n.node is not None]
+            departed = [n for n in sim.nodes if n.crashed]
             live = sim.live()
             if departed and sim.rng.random() < 0.5:
                 node = sim.rng.choice(departed)
@@ -125,6 +129,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "min_sample_ok": min(ok_series) if ok_series else 0.0,
             "samples": len(ok_series),
             "live_nodes_end": len(sim.live()),
+            "datagrams_join": grown_datagrams,
+            "datagrams_churn": sim.network.counters["sent"] - grown_datagrams,
+            "wall_join_s": round(grown_wall - started_wall, 1),
             **counts,
         }
         return Outcome(
