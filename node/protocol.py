@@ -75,6 +75,9 @@ class _TokenBuckets:
 
 
 OnReply = Callable[[bool, Any], None]
+# A call that timed out: (address, sent at, node ID), kept a while for a late answer.
+_Expired = tuple[Address, float, bytes | None]
+_MAX_EXPIRED = 256
 
 
 @dataclass(slots=True)
@@ -117,7 +120,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.rtt = RttSpread()
         # Calls that timed out recently: a late answer still proves the peer alive and teaches
         # us its real round trip.
-        self._expired: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._expired: OrderedDict[bytes, _Expired] = OrderedDict()
         self._loop = asyncio.get_running_loop()
         self._outstanding: dict[bytes, _Pending] = {}
         # Deadlines (stall or timeout) of calls in flight, (when, seq, msg_id), on 1 ms ticks,
@@ -271,23 +274,23 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
 
     def _handle_response(self, msg_id: bytes, body: Any, addr: Address) -> None:
         pending = self._outstanding.get(msg_id)
-        late = pending is None
-        if pending is None:
-            pending = self._expired.get(msg_id)
-            if pending is None:
-                self.stats.dropped["unexpected_response"] += 1
-                return
-        if pending.address != addr:
+        if pending is not None:
+            address, sent_at, node_id = pending.address, pending.sent_at, pending.node_id
+        elif (expired := self._expired.get(msg_id)) is not None:
+            address, sent_at, node_id = expired
+        else:
+            self.stats.dropped["unexpected_response"] += 1
+            return
+        if address != addr:
             self.stats.dropped["wrong_source"] += 1
             return
-        if late:
+        if pending is None:
             del self._expired[msg_id]
             self.stats.late_answers += 1
         else:
             del self._outstanding[msg_id]
-        rtt = self._loop.time() - pending.sent_at
+        rtt = self._loop.time() - sent_at
         self.rtt.observe(rtt)
-        node_id = pending.node_id
         if node_id is None and isinstance(body, bytes) and len(body) == 20:
             node_id = body  # a ping to an address whose node we did not know yet
         if node_id is not None:
@@ -297,7 +300,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
                 contact.observe_rtt(rtt)
             if head is not None:
                 self.ping_contact(head)
-        if not late:
+        if pending is not None:
             pending.on_reply(True, body)
 
     # -- sending ---------------------------------------------------------------------------
@@ -419,8 +422,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     def _on_timeout(self, msg_id: bytes, pending: _Pending) -> None:
         del self._outstanding[msg_id]
         self.stats.timeouts += 1
-        self._expired[msg_id] = pending
-        if len(self._expired) > 1024:
+        # only what a late answer needs: not the callbacks (and whatever they hold)
+        self._expired[msg_id] = (pending.address, pending.sent_at, pending.node_id)
+        if len(self._expired) > _MAX_EXPIRED:
             self._expired.popitem(last=False)
         if pending.node_id is not None:
             self.table.failed(pending.node_id)

@@ -118,7 +118,8 @@ async def measure_gets(
 ) -> list[GetSample]:
     """One get per item from a random running node, at most `concurrency` at a time."""
     semaphore = asyncio.Semaphore(concurrency)
-    vias = [sim.rng.choice(sim.live()) for _ in items]
+    live = sim.live()
+    vias = [sim.rng.choice(live) for _ in items]
 
     async def one(item: Tracked, via: SimNode) -> GetSample:
         async with semaphore:
