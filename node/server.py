@@ -43,6 +43,7 @@ from records import (
 log = logging.getLogger(__name__)
 
 KEY_FILE = "node.key"
+_RETRIES_PER_SWEEP = 16
 RECORDS_FILE = "records.sqlite3"
 
 
@@ -314,6 +315,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 acks += 1
                 if entry is not None and entry.data == data:
                     entry.holders.add(peer.id)
+                    entry.published = True
             elif not ok:
                 reasons["timeout"] += 1
             elif isinstance(body, list) and len(body) == 2 and isinstance(body[1], str):
@@ -413,11 +415,16 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 log.exception("maintenance job %s failed", getattr(job, "__name__", job))
 
     async def _sweep(self) -> None:
-        """Drop expired records; rejoin if every contact is gone."""
+        """Drop expired records; rejoin if every contact is gone; retry originated records no
+        node has acknowledged yet (a put that failed, or records reloaded after a restart)."""
         _, table, store = self._parts()
         work = store.sweep(self.clock.now_ms())
         if work is not None:
             await work
+        unpublished = [(loc, e) for loc, e in store if e.origin and not e.published]
+        for loc, entry in unpublished[:_RETRIES_PER_SWEEP]:
+            if len(table):
+                await self._store_on_closest(loc, entry.data)
         now = asyncio.get_running_loop().time()
         if (
             len(table) == 0

@@ -158,6 +158,8 @@ class StoredRecord:
     """Put through this node, which therefore republishes it."""
     holders: set[bytes] = field(default_factory=set)
     """IDs of nodes known to hold exactly this version (replication skips them)."""
+    published: bool = False
+    """For an originated record: some node acknowledged storing this version."""
 
 
 @dataclass(slots=True)

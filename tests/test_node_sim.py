@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from node import PutFailed
 from records import Record, location
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
@@ -126,3 +127,26 @@ def test_stop_during_a_get_ends_it() -> None:
 
     result = run_virtual(main())
     assert result is None or isinstance(result, Exception)
+
+
+def test_failed_put_is_retried_once_peers_appear() -> None:
+    async def main() -> tuple[str, int]:
+        sim = Simulation(seed=15)
+        lonely = sim.new_host()
+        node = await sim.start(lonely)
+        record = announce(sim, user_identity(15, 0), lonely, ttl_ms=3600_000)
+        try:
+            await node.put(record)
+            outcome = "stored"
+        except PutFailed as exc:
+            outcome = str(exc)
+        for _ in range(8):
+            await sim.start(sim.new_host(), via=[lonely])
+        await asyncio.sleep(3 * 60)  # a few sweeps
+        count = len([n for n in holders(sim, record) if n is not lonely])
+        await sim.stop_all()
+        return outcome, count
+
+    outcome, count = run_virtual(main())
+    assert "no node stored" in outcome
+    assert count >= 5
