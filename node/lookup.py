@@ -153,12 +153,16 @@ class Lookup:
         # Once the closest peer known has answered, no closer one is likely to appear: ask the
         # rest of the window at once instead of `alpha` at a time (paper §2.3's final round).
         converged = False
+        stalled = False
         for peer in self._sorted:
             state = peer.state
-            # A stalled peer (later than its expected round trip) is treated as failed here: the
-            # next candidate takes its place in the window at once. If it answers after all, it
-            # is counted again.
-            if state in (FAILED, STALLED):
+            # A stalled peer (later than its expected round trip) is passed over here: the next
+            # candidate takes its place in the window at once. If it answers after all, it is
+            # counted again.
+            if state == FAILED:
+                continue
+            if state == STALLED:
+                stalled = True
                 continue
             if live == 0 and state == ANSWERED:
                 converged = True
@@ -171,7 +175,9 @@ class Lookup:
             live += 1
             if live >= self._count:
                 break
-        if not pending:
+        # Done when the window is full of answers, or when nothing is left to wait for; while
+        # the window is short, stalled peers may still answer and fill it.
+        if not pending and (live >= self._count or not stalled):
             self._done.set_result(self._result)
 
     def _launch(self, peer: Peer) -> None:

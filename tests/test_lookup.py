@@ -137,3 +137,12 @@ async def test_malformed_answers_count_as_failures() -> None:
     result = await run(net, [0, 1], count=3)
     assert result.closest == []
     assert result.failures == 2
+
+
+async def test_slow_peers_are_waited_for_when_nobody_can_replace_them() -> None:
+    # five peers, all slower than their expected round trip: the lookup must not end with
+    # fewer answers than there are peers
+    everyone = list(range(5))
+    net = ScriptedNetwork({n: everyone for n in everyone}, delay=0.2, stall=0.01)
+    result = await run(net, everyone, count=20)
+    assert sorted(p.id for p in result.closest) == sorted(nid(n) for n in everyone)
