@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,22 +65,12 @@ def write_result(out: Path, result: dict[str, Any]) -> Path:
 
 def plot_cdf(path: Path, series: Mapping[str, Sequence[float]], xlabel: str, title: str) -> None:
     """A CDF plot of each named series."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in series.items():
-        ordered = sorted(values)
-        if not ordered:
-            continue
-        ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
-        ax.step(ordered, ys, where="post", label=f"{name} (n={len(ordered)})")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("fraction of gets")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _axes(path, xlabel, "fraction of gets", title, legend="lower right") as ax:
+        for name, values in series.items():
+            ordered = sorted(values)
+            if ordered:
+                ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
+                ax.step(ordered, ys, where="post", label=f"{name} (n={len(ordered)})")
 
 
 def plot_series(
@@ -91,37 +82,22 @@ def plot_series(
     title: str,
 ) -> None:
     """Lines over a shared x axis (e.g. success over time)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ys in series.items():
-        ax.plot(xs, ys, marker=".", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _axes(path, xlabel, ylabel, title, legend="best") as ax:
+        for name, ys in series.items():
+            ax.plot(xs, ys, marker=".", label=name)
 
 
 def plot_histogram(path: Path, values: Sequence[float], xlabel: str, title: str) -> None:
     """A histogram with one bar per integer value."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if values:
-        low, high = int(min(values)), int(max(values))
-        ax.hist(values, bins=range(low, high + 2), align="left", rwidth=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("lookups")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _axes(path, xlabel, "lookups", title, legend=None) as ax:
+        if values:
+            low, high = int(min(values)), int(max(values))
+            ax.hist(values, bins=range(low, high + 2), align="left", rwidth=0.8)
 
 
-def _pyplot() -> Any:
+@contextlib.contextmanager
+def _axes(path: Path, xlabel: str, ylabel: str, title: str, *, legend: str | None) -> Iterator[Any]:
+    """Axes to draw on; labelled, saved to `path` and closed afterwards."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -129,4 +105,17 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(figsize=(6, 4))
+    ax: Any = axes
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if legend is not None:
+            ax.legend(loc=legend)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
