@@ -243,6 +243,12 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             self.stats.dropped["rate_limited"] += 1
             self._send(encode_response(msg_id, [False, "rate_limited"]), addr)
             return
+        if (
+            self.store.backend is not None
+            and len(self._handler_tasks) >= self.config.max_pending_requests
+        ):
+            self.stats.dropped["overloaded"] += 1  # too many writes waiting on the disk
+            return
         try:
             record = decode_record(value)
             accepted = self.store.accept(key, record, self.clock.now_ms(), source=node_id)
@@ -251,9 +257,6 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             return
         if accepted.write is None:
             self._send(encode_response(msg_id, True), addr)
-            return
-        if len(self._handler_tasks) >= self.config.max_pending_requests:
-            self.stats.dropped["overloaded"] += 1
             return
         task = self._loop.create_task(self._finish_store(msg_id, accepted.write, addr))
         self._handler_tasks.add(task)

@@ -107,6 +107,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             raise RuntimeError("node already started")
         cfg = self.config
         loop = asyncio.get_running_loop()
+        if cfg.data_dir is not None:
+            cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the key
         if self.identity is None:
             if cfg.data_dir is not None:
                 self.identity = load_or_create_identity(cfg.data_dir / KEY_FILE)

@@ -257,9 +257,11 @@ class RecordStore:
         held = self._entries.get(loc)
         merged = self.validator.consolidate(key, [held.record, record] if held else [record], now)
         data = encode_record(merged)
+        # the sender holds our version only if it sent exactly that
+        holder = source if source is not None and encode_record(record) == data else None
         if held is not None and data == held.data:
-            if source is not None:
-                held.holders.add(source)
+            if holder is not None:
+                held.holders.add(holder)
             if origin and not held.origin:
                 held.origin = True
                 return Accepted(held, False, self._save(loc, held) if persist else None)
@@ -275,8 +277,8 @@ class RecordStore:
             next_expiry=min(expirations),
             origin=origin or (held is not None and held.origin),
         )
-        if source is not None and data == encode_record(record):
-            entry.holders.add(source)
+        if holder is not None:
+            entry.holders.add(holder)
         self._entries[loc] = entry
         self.bytes_used += len(data) - old_size
         return Accepted(entry, True, self._save(loc, entry) if persist else None)

@@ -110,3 +110,14 @@ async def test_memory_backend_keeps_records_across_restarts() -> None:
     await write
     second = store(backend)
     assert await second.open(NOW) == 1
+
+
+def test_a_stale_sender_is_not_counted_as_holding_the_newest() -> None:
+    s = store()
+    old, new = presence(now=NOW), presence(now=NOW + 10)
+    loc = location(old.key)
+    s.accept(loc, new, NOW + 10, source=b"a" * 20)
+    s.accept(loc, old, NOW + 10, source=b"b" * 20)  # b sent an older copy
+    held = s.get(loc, NOW + 10)
+    assert held is not None
+    assert held.holders == {b"a" * 20}
