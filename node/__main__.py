@@ -1,9 +1,11 @@
-"""``python -m node``: run a DHT node until SIGINT or SIGTERM (DESIGN §8)."""
+"""``python -m node``: run a DHT node until SIGINT or SIGTERM (DESIGN §8); ``python -m node
+ctl ...`` drives a running one (see `node.ctl`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import socket
@@ -13,8 +15,12 @@ from pathlib import Path
 
 import platformdirs
 
+from node import ctl
+from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
 from node.config import DEFAULT_PORT, NodeConfig
 from node.keyfile import KeyFileError
+from node.logs import configure_logging
+from node.metrics import MetricsServer
 from node.server import DHTNode
 
 log = logging.getLogger("node")
@@ -39,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m node``."""
     parser = argparse.ArgumentParser(
         prog="python -m node",
-        description="Run a Kademlia DHT node that stores signed, validated records.",
+        allow_abbrev=False,  # else ctl's --api would be taken for a prefix of --api-host
+        description="Run a Kademlia DHT node that stores signed, validated records, "
+        "or drive a running one with 'ctl'.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument(
@@ -63,10 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="a node to join through; repeat for several",
     )
     parser.add_argument(
+        "--api-host", default="127.0.0.1", help="control API address (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help=f"control API TCP port, 0 for any (default {DEFAULT_API_PORT})",
+    )
+    parser.add_argument("--no-api", action="store_true", help="do not serve the control API")
+    parser.add_argument(
+        "--api-allow-remote",
+        action="store_true",
+        help="allow the control API on a non-loopback address (whoever reaches it controls "
+        "the node)",
+    )
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)"
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log verbosity (default INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines as key=value text or JSON (default text)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="ctl")
+    ctl.add_arguments(
+        sub.add_parser(
+            "ctl",
+            help="drive a running node through its control API",
+            description="Drive a running node through its control API.",
+        )
     )
     return parser
 
@@ -83,32 +125,65 @@ def resolve(addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
     return out
 
 
-async def run(config: NodeConfig) -> None:
-    """Start the node, print its ID and address, wait for a signal, stop cleanly."""
+async def run(config: NodeConfig, args: argparse.Namespace) -> None:
+    """Start the node (and its API and metrics), print its ID and address, wait for a signal or
+    a shutdown request, stop cleanly."""
     node = DHTNode(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    api: ControlServer | None = None
+    metrics: MetricsServer | None = None
+    api_file = config.data_dir / ctl.API_FILE if config.data_dir is not None else None
     await node.start()
-    host, port = node.address
-    print(f"node {node.id.hex()} listening on {host}:{port}", flush=True)
     try:
+        if not args.no_api:
+            api = ControlServer(
+                node,
+                host=args.api_host,
+                port=args.api_port,
+                allow_remote=args.api_allow_remote,
+                on_shutdown=stop.set,
+            )
+            api_port = await api.start()
+            if api_file is not None:
+                _write_api_file(api_file, args.api_host, api_port)
+        if args.metrics_port is not None:
+            metrics = MetricsServer(node, host=args.metrics_host, port=args.metrics_port)
+            await metrics.start()
+        host, port = node.address
+        print(f"node {node.id.hex()} listening on {host}:{port}", flush=True)
+        if api is not None:
+            print(f"control API on {args.api_host}:{api.port}", flush=True)
+        if metrics is not None:
+            print(f"metrics on http://{args.metrics_host}:{metrics.port}/metrics", flush=True)
         await stop.wait()
     finally:
         log.info("stopping")
+        if api is not None:
+            await api.stop()
+            if api_file is not None:
+                api_file.unlink(missing_ok=True)
+        if metrics is not None:
+            await metrics.stop()
         await node.stop()
         print("node stopped", flush=True)
+
+
+def _write_api_file(path: Path, host: str, port: int) -> None:
+    """Tell `ctl` where the API is (written atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"host": host, "port": port}), encoding="utf-8")
+    tmp.replace(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    if args.command == "ctl":
+        return ctl.main(args)
+    configure_logging(args.log_level, args.log_format)
     try:
         config = NodeConfig(
             host=args.host,
@@ -116,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             bootstrap=tuple(resolve(args.bootstrap)),
         )
-        asyncio.run(run(config))
+        if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
+            raise ValueError(
+                f"--api-host {args.api_host} is reachable from other machines; "
+                "add --api-allow-remote if that is meant"
+            )
+        asyncio.run(run(config, args))
     except (ValueError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ rate-limited per source, and timeouts adapt to each peer's measured round-trip t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import logging
 import math
@@ -53,6 +54,31 @@ class NodeStats:
     """Requests we sent that got no answer in time."""
     late_answers: int = 0
     """Answers that arrived after their request had timed out."""
+    lookup_seconds: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
+    """How long lookups took."""
+
+
+# Upper bounds (seconds) of the lookup latency histogram's buckets.
+LOOKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Counts of observations per bucket (cumulative form is made when exported)."""
+
+    bounds: tuple[float, ...] = LOOKUP_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LOOKUP_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        """How many observations."""
+        return sum(self.counts)
 
 
 class _TokenBuckets:

@@ -8,11 +8,12 @@ re-replication, expiry); ``await node.stop()`` ends every task the node owns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from kademlia.network import Server
@@ -33,6 +34,7 @@ from records import (
     Record,
     RecordTooLarge,
     Validator,
+    countersign,
     decode_record,
     default_validator,
     encode_record,
@@ -256,7 +258,11 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             query=query,
             max_nodes_per_reply=self.config.k,
         )
-        return await lookup.run()
+        started = asyncio.get_running_loop().time()
+        try:
+            return await lookup.run()
+        finally:
+            protocol.stats.lookup_seconds.observe(asyncio.get_running_loop().time() - started)
 
     async def lookup_nodes(self, target: bytes, count: int | None = None) -> LookupResult:
         """The `count` (default k) closest nodes to `target` that answered (find_node)."""
@@ -366,6 +372,38 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         if local is not None and local.data != best:
             self._accept_quietly(loc, merged, now)
         return merged
+
+    async def watch(self, path: str, *, poll_interval: float = 5.0) -> AsyncIterator[Record]:
+        """Every new version of the record at `path`: the current one first (if any), then each
+        newer one, whether it reaches this node in a store or shows up when the network is asked
+        again (every `poll_interval` seconds)."""
+        _, _, store = self._parts()
+        _check_known_namespace(self.validator, path)
+        wake = asyncio.Event()
+        stop_listening = store.listen(location(path), lambda _entry: wake.set())
+        last: bytes | None = None
+        try:
+            while True:
+                record = await self.get(path)
+                if record is not None and (data := encode_record(record)) != last:
+                    last = data
+                    yield record
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll_interval)
+                wake.clear()
+        finally:
+            stop_listening()
+
+    async def announce(self, message: bytes, client_signature: bytes) -> int:
+        """Countersign a client's announcement that it is reachable through this node and put
+        it; see `records.client_announcement`. Returns how many nodes stored it."""
+        record = countersign(message, client_signature, self._identity())
+        return await self.put(record)
+
+    def _identity(self) -> Identity:
+        if self.identity is None:
+            raise NodeNotRunning("the node's identity is loaded by start()")
+        return self.identity
 
     def _valid_answer(self, path: str, data: bytes | None, now: int) -> Record | None:
         if data is None:

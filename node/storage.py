@@ -10,7 +10,7 @@ re-validates what it held.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -184,10 +184,25 @@ class RecordStore:
         self.backend = backend
         self._entries: dict[bytes, StoredRecord] = {}
         self._pruned: dict[bytes, None] = {}  # pruned in memory since the last sweep
+        self._listeners: dict[bytes, list[Callable[[StoredRecord], None]]] = {}
         self.bytes_used = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def listen(self, loc: bytes, callback: Callable[[StoredRecord], None]) -> Callable[[], None]:
+        """Call `callback` with the new entry whenever the record at `loc` changes; returns a
+        function that stops it."""
+        self._listeners.setdefault(loc, []).append(callback)
+
+        def stop() -> None:
+            callbacks = self._listeners.get(loc, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._listeners.pop(loc, None)
+
+        return stop
 
     def __iter__(self) -> Iterator[tuple[bytes, StoredRecord]]:
         return iter(list(self._entries.items()))
@@ -281,6 +296,8 @@ class RecordStore:
             entry.holders.add(holder)
         self._entries[loc] = entry
         self.bytes_used += len(data) - old_size
+        for callback in list(self._listeners.get(loc, ())):
+            callback(entry)
         return Accepted(entry, True, self._save(loc, entry) if persist else None)
 
     def _save(self, loc: bytes, entry: StoredRecord) -> Awaitable[None] | None:

@@ -10,6 +10,8 @@ from records.meta import MetaValidator, make_meta_record
 from records.meta_pb2 import SignedUserMeta, UserMeta
 from records.presence import (
     PresenceValidator,
+    client_announcement,
+    countersign,
     make_announcement,
     make_presence_record,
     make_put_record,
@@ -42,6 +44,8 @@ __all__ = [
     "UserMeta",
     "Validator",
     "Value",
+    "client_announcement",
+    "countersign",
     "decode_record",
     "default_validator",
     "default_validators",

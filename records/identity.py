@@ -96,6 +96,18 @@ class Identity:
         """A 64-byte detached ed25519 signature of `data`."""
         return self._signing_key.sign(data).signature
 
+    @property
+    def x25519_public_key(self) -> bytes:
+        """The X25519 public key that goes with this ed25519 key (RFC 7748 birational map):
+        a node's handshake key, a client's presence key."""
+        return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(self.public_key)
+
+    def x25519_private_key(self) -> bytes:
+        """The X25519 private key matching `x25519_public_key` (secret)."""
+        return nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+            bytes(self._signing_key) + self.public_key
+        )
+
     def to_bytes(self) -> bytes:
         """The key file's contents (secret: the private seed, in hex)."""
         return _FILE_HEADER + bytes(self._signing_key).hex().encode("ascii") + b"\n"

@@ -20,7 +20,8 @@ from records.identity import (
     signing_input,
     verify_signature,
 )
-from records.keys import parse_id_path, presence_key
+from records.keys import parse_id_path
+from records.keys import presence_key as presence_path
 from records.presence_pb2 import AnnouncementMessage, SignedAnnouncement
 from records.record_pb2 import Record, Value
 from records.validation import (
@@ -41,6 +42,61 @@ MAX_PRESENCE_VALUE_SIZE = 480  # a real announcement Value is about 400 bytes
 _RECORD_OVERHEAD = 128  # key, id1, updateDate and framing of a presence record
 
 
+def client_announcement(
+    client: Identity,
+    node_public_key: bytes,
+    *,
+    handshake_key: bytes,
+    presence_key: bytes,
+    expiration: int,
+    now: int,
+) -> tuple[bytes, bytes]:
+    """The client's half of an announcement: (marshaled `AnnouncementMessage`, client signature).
+
+    The node named by `node_public_key` adds its signature with `countersign`. `handshake_key`
+    (the node's) and `presence_key` (the client's) are 32-byte X25519 public keys; `expiration`
+    and `now` are Unix ms.
+    """
+    for name, key in (
+        ("node_public_key", node_public_key),
+        ("handshake_key", handshake_key),
+        ("presence_key", presence_key),
+    ):
+        if len(key) != PUBLIC_KEY_SIZE:
+            raise ValueError(f"{name} must be 32 bytes, got {len(key)}")
+    message = AnnouncementMessage(
+        node_identity=node_public_key,
+        client_identity=client.public_key,
+        handshake_key=handshake_key,
+        fingerprint=hashlib.sha256(node_public_key).digest(),
+        expiration=expiration,
+        presence_key=presence_key,
+        created=now,
+    ).SerializeToString(deterministic=True)
+    return message, client.sign(signing_input(ANNOUNCEMENT_CONTEXT, message))
+
+
+def countersign(message: bytes, client_signature: bytes, node: Identity) -> Record:
+    """The node's half: check the client's signature and that the message names `node`, sign it,
+    and wrap it in a record ready to put. Raises `InvalidRecord` if the client's half is bad."""
+    try:
+        parsed = AnnouncementMessage.FromString(message)
+    except DecodeError as exc:
+        raise InvalidRecord("malformed_value", f"announcement does not parse: {exc}") from exc
+    if parsed.node_identity != node.public_key:
+        raise InvalidRecord("node_id_mismatch", "the announcement names another node")
+    signed = signing_input(ANNOUNCEMENT_CONTEXT, message)
+    if not verify_signature(parsed.client_identity, signed, client_signature):
+        raise InvalidRecord("bad_client_signature", "the client's signature does not verify")
+    envelope = SignedAnnouncement(
+        message=message, client_signature=client_signature, node_signature=node.sign(signed)
+    ).SerializeToString(deterministic=True)
+    uid = identity_id(parsed.client_identity)
+    return make_put_record(
+        presence_path(uid), uid.hex(), node.id_hex, envelope, parsed.expiration, parsed.created
+    )
+
+
 def make_announcement(
     client: Identity,
     node: Identity,
@@ -50,28 +106,19 @@ def make_announcement(
     expiration: int,
     now: int,
 ) -> bytes:
-    """A marshaled `SignedAnnouncement` that `client` is reachable through `node`.
-
-    `handshake_key` (the node's) and `presence_key` (the client's) are 32-byte X25519 public keys;
-    `expiration` and `now` are Unix ms. Both identities sign the same message bytes.
-    """
-    for name, key in (("handshake_key", handshake_key), ("presence_key", presence_key)):
-        if len(key) != PUBLIC_KEY_SIZE:
-            raise ValueError(f"{name} must be a 32-byte X25519 public key, got {len(key)} bytes")
-    message = AnnouncementMessage(
-        node_identity=node.public_key,
-        client_identity=client.public_key,
+    """A marshaled `SignedAnnouncement` that `client` is reachable through `node`, both halves
+    made here (`client_announcement` then `countersign` when they live in different places)."""
+    message, client_signature = client_announcement(
+        client,
+        node.public_key,
         handshake_key=handshake_key,
-        fingerprint=hashlib.sha256(node.public_key).digest(),
-        expiration=expiration,
         presence_key=presence_key,
-        created=now,
-    ).SerializeToString(deterministic=True)
+        expiration=expiration,
+        now=now,
+    )
     signed = signing_input(ANNOUNCEMENT_CONTEXT, message)
     return SignedAnnouncement(
-        message=message,
-        client_signature=client.sign(signed),
-        node_signature=node.sign(signed),
+        message=message, client_signature=client_signature, node_signature=node.sign(signed)
     ).SerializeToString(deterministic=True)
 
 
@@ -118,13 +165,8 @@ def make_presence_record(
         now=now,
     )
     return make_put_record(
-        presence_key_path(client), client.id_hex, node.id_hex, announcement, expiration, now
+        presence_path(client.id), client.id_hex, node.id_hex, announcement, expiration, now
     )
-
-
-def presence_key_path(client: Identity) -> str:
-    """The presence path of `client`."""
-    return presence_key(client.id)
 
 
 def parse_announcement(data: bytes) -> tuple[SignedAnnouncement, AnnouncementMessage]:

@@ -34,6 +34,7 @@ def no_leaked_fds_or_temp_files() -> Iterator[None]:
     fds_before = _open_fds()
     temp_before = _temp_entries()
     yield
+    gc.collect()  # objects that close their descriptors when collected (gRPC's) go first
     leaked_fds = _open_fds() - fds_before - _event_loop_fds()
     leaked = {
         fd: what

@@ -4,7 +4,8 @@ how many live records can be got, sampled over time.
 Sessions are exponential with median ``--session`` minutes, so each node leaves at rate
 ln 2 / session; joins come at the same total rate, keeping the size steady. Half the joins are
 returning nodes (same identity and store), half are new. A record is live while the node its
-user announces through runs; users re-announce before their record expires.
+user announces through runs (and it has not expired); users re-announce every hour, and as soon
+as their node comes back.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 node = sim.new_host()
             counts["joins"] += 1
             await sim.start(node, via=[sim.rng.choice(live)])
+            # a device coming back online announces its users again, as an app would
+            back = [t for t in tracked if t.origin is node]
+            for item in back:
+                item.record = announce(sim, item.user, item.origin, int(RECORD_TTL * 1000))
+            await asyncio.gather(*(republish(i) for i in back))
 
         async def churn() -> None:
             rate = args.nodes * math.log(2) / (args.session * MINUTE)  # departures per second
@@ -112,7 +118,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for _ in range(samples_total):
                 await asyncio.sleep(args.sample_every * MINUTE)
-                live_items: list[Tracked] = [t for t in tracked if t.origin.alive]
+                now_ms = sim.now_ms()
+                live_items: list[Tracked] = [
+                    t
+                    for t in tracked
+                    if t.origin.alive and t.record.values[0].expirationDate > now_ms
+                ]
                 samples = await measure_gets(sim, live_items)
                 all_samples.extend(samples)
                 ok = sum(s.ok for s in samples) / len(samples) if samples else 1.0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node import NodeNotRunning
 from records import Identity, Record, make_presence_record
 from simulations.clock import run_virtual
 from simulations.harness import GetSample, Percentiles, SimNode, Simulation
@@ -123,9 +124,14 @@ async def measure_gets(
 
     async def one(item: Tracked, via: SimNode) -> GetSample:
         async with semaphore:
-            if not via.alive:
-                via = sim.rng.choice(sim.live())
-            return await sim.timed_get(via, item.record.key, item.record)
+            for _ in range(3):
+                if not via.alive:
+                    via = sim.rng.choice(sim.live())
+                try:
+                    return await sim.timed_get(via, item.record.key, item.record)
+                except NodeNotRunning:
+                    continue  # the asking node left mid-get; that says nothing of the record
+            return GetSample(ok=False, ms=0.0, messages=0, rounds=0)
 
     return list(await asyncio.gather(*(one(i, v) for i, v in zip(items, vias, strict=True))))
 
