@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow the control API on a non-loopback address (whoever reaches it controls "
         "the node)",
     )
+    parser.add_argument(
+        "--key-server",
+        action="store_true",
+        help="also serve the anonymous key exchange (Post Key / Get Key) on the node's UDP port",
+    )
+    parser.add_argument(
+        "--key-ttl", type=float, default=300.0, help="seconds a posted key part is kept (300)"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument(
         "--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)"
@@ -190,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             data_dir=args.data_dir,
             bootstrap=tuple(resolve(args.bootstrap)),
+            key_server=args.key_server,
+            key_ttl=args.key_ttl,
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
             raise ValueError(

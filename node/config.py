@@ -110,6 +110,13 @@ class NodeConfig:
     max_outstanding_calls: int = 10_000
     """RPCs this node may have in flight; more fail at once."""
 
+    key_server: bool = False
+    """Serve the anonymous key exchange's Post Key / Get Key (seed 002) on the node's port."""
+    key_ttl: float = 300.0
+    """Seconds a posted key part is kept before it is dropped unfetched."""
+    key_max_parts: int = 10_000
+    """Key parts held at most (a full server answers "offline")."""
+
     seed: int | None = None
     """Seed for the node's random choices (simulations); None: unpredictable."""
     clock: Clock = field(default_factory=SystemClock, compare=False)
@@ -128,7 +135,15 @@ class NodeConfig:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is not in 0..65535")
-        for name in ("k", "alpha", "replicas", "stale_after", "drop_after", "store_burst"):
+        for name in (
+            "k",
+            "alpha",
+            "replicas",
+            "stale_after",
+            "drop_after",
+            "store_burst",
+            "key_max_parts",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         if self.replicas > self.k:
@@ -144,6 +159,7 @@ class NodeConfig:
             "sweep_interval",
             "bootstrap_retry_interval",
             "stores_per_source_per_s",
+            "key_ttl",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")

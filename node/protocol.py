@@ -159,6 +159,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self._store_limits = _TokenBuckets(config.stores_per_source_per_s, config.store_burst)
         self._secure_ids = config.seed is None
         self._closed = False
+        # Datagrams whose first byte is a key here go to that handler instead of rpcudp's
+        # decoding (rpcudp's own start with 0x00 or 0x01).
+        self.services: dict[int, Callable[[bytes, Address], None]] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -199,6 +202,13 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """Decode one datagram and answer it or resolve the call it answers."""
+        if data and data[0] in self.services:  # another protocol sharing the port (key exchange)
+            try:
+                self.services[data[0]](data, addr)
+            except Exception:
+                log.exception("error handling a datagram of kind %#x from %s", data[0], addr)
+                self.stats.dropped["handler_error"] += 1
+            return
         try:
             message = decode(data)
         except ProtocolError as exc:
@@ -337,6 +347,10 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     def _send(self, data: bytes, addr: Address) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(data, addr)
+
+    def send_datagram(self, data: bytes, addr: Address) -> None:
+        """Send raw bytes from the node's port (for services sharing it)."""
+        self._send(data, addr)
 
     def _new_msg_id(self) -> bytes:
         if self._secure_ids:

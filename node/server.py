@@ -21,6 +21,7 @@ from kademlia.node import Node
 
 from node.config import NodeConfig
 from node.errors import NodeNotRunning, PutFailed, StoreFull
+from node.keyexchange import KeyExchange
 from node.keyfile import load_or_create_identity
 from node.lookup import Lookup, LookupResult, Peer
 from node.protocol import DHTProtocol, NodeStats, OnReply
@@ -72,6 +73,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         self.table: RoutingTable | None = None
         self.store: RecordStore | None = None
         self.storage: RecordStore | None = None
+        self.key_exchange: KeyExchange | None = None
+        """The anonymous key-exchange service (seed 002), once started."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._last_bootstrap = -math.inf
@@ -148,6 +151,14 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             await self.store.close()
             raise
         self.transport, self.protocol = transport, protocol
+        self.key_exchange = KeyExchange(
+            protocol,
+            serve=cfg.key_server,
+            ttl=cfg.key_ttl,
+            max_parts=cfg.key_max_parts,
+            rng=self.rng,
+            find_servers=lambda: asyncio.ensure_future(self._key_servers()),
+        )
         self._running = True
         log.info(
             "node started id=%s address=%s:%d records=%d",
@@ -169,6 +180,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.key_exchange is not None:
+            await self.key_exchange.close()
         if self.protocol is not None:
             await self.protocol.close()
         if self.store is not None:
@@ -399,6 +412,12 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         it; see `records.client_announcement`. Returns how many nodes stored it."""
         record = countersign(message, client_signature, self._identity())
         return await self.put(record)
+
+    async def _key_servers(self) -> list[Address]:
+        """Candidate key servers: the nodes closest to a random ID (spread over the network)."""
+        target = self.rng.getrandbits(160).to_bytes(20, "big")
+        result = await self.lookup_nodes(target)
+        return [peer.address for peer in result.closest]
 
     def _identity(self) -> Identity:
         if self.identity is None:

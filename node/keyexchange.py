@@ -1,0 +1,327 @@
+"""Anonymous key exchange (seed 002) on a node: the key-server role and the client.
+
+*Key server* (``NodeConfig.key_server``, ``python -m node --key-server``): holds posted key parts
+by the hash of their key ID for a short TTL, in bounded memory. A new post from a sender (an
+IP:port) replaces the sender's previous one (seed 002: "write over any other requests it has
+made"); Get Key hands a part out once and forgets it. A node without the role answers Post and
+Get with the seed's "offline" status.
+
+*Client* (every node): `KeyExchange.send_key` makes or takes a key of at least 16 bytes whose
+last byte is 0xFF, splits it into parts of allowed sizes, posts each part to a different key
+server found through the DHT, and sends the receiver a Signal naming where the parts wait. A node
+receiving a Signal fetches the parts, reassembles and checks the key, answers with the parts it
+used, and hands the key to the application (`KeyExchange.received`).
+
+All of it travels over the node's own UDP port (see `records.rke` for the framing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.errors import NodeNotRunning
+from node.protocol import DHTProtocol
+from node.routing import Address
+from records import DHTError
+from records.rke import (
+    GET_KEY,
+    KEY_LAST_BYTE,
+    PADDING_SIZE,
+    POST_KEY,
+    SIGNAL,
+    GetKeyStatus,
+    PartLocation,
+    PostKeyStatus,
+    RkeError,
+    SignalStatus,
+    check_key,
+    decode_get_key,
+    decode_get_key_answer,
+    decode_post_key,
+    decode_signal,
+    decode_signal_answer,
+    encode_get_key,
+    encode_get_key_answer,
+    encode_post_key,
+    encode_signal,
+    encode_signal_answer,
+    key_id_hash,
+    parse_response,
+    request,
+    response,
+    split_sizes,
+)
+
+log = logging.getLogger(__name__)
+
+
+class KeyExchangeFailed(DHTError):
+    """A key could not be posted, signalled or collected."""
+
+
+@dataclass(slots=True)
+class _HeldPart:
+    part: bytes
+    sender: Address
+    expires: float
+
+
+class KeyExchange:
+    """One node's key-exchange service (server role optional) and client."""
+
+    def __init__(
+        self,
+        protocol: DHTProtocol,
+        *,
+        serve: bool,
+        ttl: float,
+        max_parts: int,
+        rng: random.Random,
+        find_servers: Callable[[], asyncio.Future[list[Address]]] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.serve = serve
+        self.ttl = ttl
+        self.max_parts = max_parts
+        self.rng = rng
+        self.find_servers = find_servers
+        self.stats: Counter[str] = Counter()
+        self.received: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
+        """Keys reassembled from signals, for the application to take."""
+        self._parts: OrderedDict[bytes, _HeldPart] = OrderedDict()  # by key-ID hash, oldest first
+        self._by_sender: dict[Address, bytes] = {}
+        # calls in flight by challenge: (server, command, answer)
+        self._pending: dict[bytes, tuple[Address, int, asyncio.Future[tuple[int, bytes]]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        for command in (POST_KEY, GET_KEY, SIGNAL):
+            protocol.services[command] = self._on_request
+            protocol.services[0x80 | command] = self._on_response
+
+    @property
+    def parts_held(self) -> dict[bytes, bytes]:
+        """Parts this node holds now, by key-ID hash (for inspection)."""
+        self._expire()
+        return {h: held.part for h, held in self._parts.items()}
+
+    async def close(self) -> None:
+        """Stop: fail calls in flight, cancel signal handling."""
+        for _, _, future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        self._pending.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- server side -----------------------------------------------------------------------
+
+    def _on_request(self, data: bytes, addr: Address) -> None:
+        command, body = data[0], data[1:]
+        challenge = body[:16]
+        self.stats[f"requests.{command}"] += 1
+        if command == POST_KEY:
+            status = self._post(body, addr)
+            self._answer(POST_KEY, status, challenge, addr)
+        elif command == GET_KEY:
+            status, answer = self._get(body)
+            self._answer(GET_KEY, status, challenge, addr, answer)
+        else:
+            self._signal(body, addr)
+
+    def _answer(
+        self, command: int, status: int, challenge: bytes, addr: Address, body: bytes = b"\xe3\xe3"
+    ) -> None:
+        self.stats[f"answers.{command}.{status}"] += 1
+        self.protocol.send_datagram(response(command, status, challenge, body), addr)
+
+    def _expire(self) -> None:
+        now = self._loop.time()
+        while self._parts:
+            key_hash, held = next(iter(self._parts.items()))
+            if held.expires > now:
+                break
+            self._forget(key_hash)
+
+    def _forget(self, key_hash: bytes) -> _HeldPart | None:
+        held = self._parts.pop(key_hash, None)
+        if held is not None and self._by_sender.get(held.sender) == key_hash:
+            del self._by_sender[held.sender]
+        return held
+
+    def _post(self, body: bytes, addr: Address) -> int:
+        if not self.serve:
+            return PostKeyStatus.OFFLINE
+        post, status = decode_post_key(body)
+        if post is None:
+            return status
+        self._expire()
+        previous = self._by_sender.get(addr)
+        if previous is not None:  # seed 002: a new request writes over the sender's last one
+            self._forget(previous)
+        if len(self._parts) >= self.max_parts:
+            return PostKeyStatus.OFFLINE  # full: "service temporarily offline"
+        key_hash = key_id_hash(post.key_id)
+        self._forget(key_hash)
+        self._parts[key_hash] = _HeldPart(post.part, addr, self._loop.time() + self.ttl)
+        self._by_sender[addr] = key_hash
+        return PostKeyStatus.SUCCESS
+
+    def _get(self, body: bytes) -> tuple[int, bytes]:
+        if not self.serve:
+            return GetKeyStatus.OFFLINE, b"\xe3\xe3"
+        parsed = decode_get_key(body)
+        if parsed is None:
+            return GetKeyStatus.FAIL, b"\xe3\xe3"
+        self._expire()
+        _, key_hash = parsed
+        held = self._forget(key_hash)  # handed out once, then forgotten
+        if held is None:
+            return GetKeyStatus.KEY_NOT_FOUND, b"\xe3\xe3"
+        return GetKeyStatus.SUCCESS, encode_get_key_answer(key_hash, held.sender[0], held.part)
+
+    # -- receiving a signal ----------------------------------------------------------------
+
+    def _signal(self, body: bytes, addr: Address) -> None:
+        parsed = decode_signal(body)
+        if parsed is None:
+            self._answer(SIGNAL, SignalStatus.FAIL, body[:16], addr, encode_signal_answer([]))
+            return
+        challenge, locations = parsed
+        task = self._loop.create_task(self._collect(challenge, locations, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _collect(
+        self, challenge: bytes, locations: list[PartLocation], addr: Address
+    ) -> None:
+        answers = await asyncio.gather(
+            *(self.get_part(loc.key_hash, (loc.host, loc.port)) for loc in locations),
+            return_exceptions=True,
+        )
+        parts = [a if isinstance(a, bytes) else None for a in answers]
+        used = [p is not None for p in parts]
+        key = b"".join(p for p in parts if p is not None)
+        complete = all(used)
+        try:
+            check_key(key)
+        except RkeError:
+            complete = False
+        if complete:
+            if self.received.full():
+                self.received.get_nowait()  # keep the newest keys
+            self.received.put_nowait(key)
+        status = SignalStatus.SUCCESS if complete else SignalStatus.FAIL
+        self._answer(SIGNAL, status, challenge, addr, encode_signal_answer(used))
+
+    # -- client side -----------------------------------------------------------------------
+
+    def _on_response(self, data: bytes, addr: Address) -> None:
+        try:
+            command, status, challenge, body = parse_response(data)
+        except RkeError:
+            self.stats["dropped.malformed_response"] += 1
+            return
+        waiting = self._pending.get(challenge)
+        if waiting is None or waiting[:2] != (addr, command):
+            self.stats["dropped.unexpected_response"] += 1
+            return
+        del self._pending[challenge]
+        if not waiting[2].done():
+            waiting[2].set_result((status, body))
+
+    async def _call(
+        self, command: int, body: bytes, addr: Address, within: float
+    ) -> tuple[int, bytes]:
+        if self.protocol.transport is None:
+            raise NodeNotRunning("the node is not running")
+        challenge = body[:16]
+        future: asyncio.Future[tuple[int, bytes]] = self._loop.create_future()
+        self._pending[challenge] = (addr, command, future)
+        self.protocol.send_datagram(request(command, body), addr)
+        try:
+            return await asyncio.wait_for(future, within)
+        except TimeoutError:
+            raise KeyExchangeFailed(f"no answer from {addr[0]}:{addr[1]}") from None
+        finally:
+            self._pending.pop(challenge, None)
+
+    def _timeout(self) -> float:
+        return 2 * self.protocol.timeout_for(None)
+
+    def _random(self, size: int) -> bytes:
+        return os.urandom(size) if self.protocol.config.seed is None else self.rng.randbytes(size)
+
+    async def post_part(self, part: bytes, server: Address) -> bytes:
+        """Post one part to `server`; returns its key-ID hash. `KeyExchangeFailed` if refused."""
+        key_id = self._random(16)
+        start = self.rng.randrange(PADDING_SIZE - len(part) + 1)
+        body = encode_post_key(self._random(16), key_id, part, start, self._random(PADDING_SIZE))
+        status, _ = await self._call(POST_KEY, body, server, self._timeout())
+        if status != PostKeyStatus.SUCCESS:
+            raise KeyExchangeFailed(f"{server[0]}:{server[1]} refused the part (status {status})")
+        return key_id_hash(key_id)
+
+    async def get_part(self, key_hash: bytes, server: Address) -> bytes:
+        """Fetch (and so remove) the part stored under `key_hash` at `server`."""
+        body = encode_get_key(self._random(16), key_hash)
+        status, answer = await self._call(GET_KEY, body, server, self._timeout())
+        if status != GetKeyStatus.SUCCESS:
+            raise KeyExchangeFailed(f"{server[0]}:{server[1]} has no such part (status {status})")
+        try:
+            return decode_get_key_answer(answer).part
+        except RkeError as exc:
+            raise KeyExchangeFailed(f"bad Get Key answer from {server}: {exc}") from exc
+
+    def new_key(self, size: int = 32) -> bytes:
+        """A random key of `size` bytes whose last byte is 0xFF (seed 002)."""
+        key = self._random(size - 1) + bytes([KEY_LAST_BYTE])
+        check_key(key)
+        return key
+
+    async def send_key(
+        self, receiver: Address, key: bytes | None = None, servers: list[Address] | None = None
+    ) -> bytes:
+        """Post `key` (a new 32-byte one by default) in parts to different key servers and
+        signal `receiver`; returns the key once the receiver has reassembled it."""
+        key = key if key is not None else self.new_key()
+        check_key(key)
+        sizes = split_sizes(len(key), [self.rng.randrange(6) for _ in range(len(key))])
+        if servers is None:
+            if self.find_servers is None:
+                raise KeyExchangeFailed("no way to find key servers")
+            servers = await self.find_servers()
+        own = (
+            self.protocol.transport.get_extra_info("sockname") if self.protocol.transport else None
+        )
+        candidates = [s for s in servers if s != receiver and s != own]
+        locations: list[PartLocation] = []
+        offset = 0
+        for size in sizes:
+            part = key[offset : offset + size]
+            while True:  # the next candidate takes over from one that refuses or is silent
+                if not candidates:
+                    raise KeyExchangeFailed("not enough key servers for the parts")
+                server = candidates.pop(0)
+                try:
+                    key_hash = await self.post_part(part, server)
+                except KeyExchangeFailed as exc:
+                    log.debug("key server %s:%d passed over: %s", *server, exc)
+                    continue
+                locations.append(PartLocation(key_hash, server[0], server[1]))
+                break
+            offset += size
+        body = encode_signal(self._random(16), locations)
+        status, answer = await self._call(SIGNAL, body, receiver, 4 * self._timeout())
+        used = decode_signal_answer(answer, len(locations))
+        if status != SignalStatus.SUCCESS or not all(used):
+            raise KeyExchangeFailed(f"the receiver could not collect every part (used {used})")
+        return key
