@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from node import DHTNode, SystemClock
 from node.api import ControlServer
 from node.metrics import MetricsServer
 from records import encode_record, make_meta_record, meta_key, presence_key
-from tests.loopback import loopback_config
+from tests.loopback import loopback_network
 from tests.records_factory import identity
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,20 +44,9 @@ async def ctl(api: str, *args: str, stdin: bytes | None = None) -> tuple[int, An
     return proc.returncode or 0, lines[-1] if len(lines) == 1 else lines, err.decode()
 
 
-@contextlib.asynccontextmanager
-async def network(count: int) -> AsyncIterator[list[DHTNode]]:
+def network(count: int) -> contextlib.AbstractAsyncContextManager[list[DHTNode]]:
     """`count` nodes on the real clock (records made by ctl are dated now)."""
-    nodes: list[DHTNode] = []
-    try:
-        for _ in range(count):
-            bootstrap = (nodes[0].address,) if nodes else ()
-            node = DHTNode(loopback_config(bootstrap=bootstrap, clock=SystemClock()))
-            await node.start()
-            nodes.append(node)
-        yield nodes
-    finally:
-        for node in nodes:
-            await node.stop()
+    return loopback_network(count, clock=SystemClock())
 
 
 async def test_every_method_through_the_cli(tmp_path: Path) -> None:
