@@ -224,7 +224,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             self.stats.dropped["malformed"] += 1
             return
         name, args = body
-        if name not in _ARITY:
+        if not isinstance(name, str) or name not in _ARITY:
             self.stats.dropped["unknown_rpc"] += 1
             return
         if len(args) != _ARITY[name] or not _ids_ok(args[:1] if name == "ping" else args[:2]):

@@ -35,6 +35,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "simulations.scenarios.expiry",
         "days of virtual time: dead records vanish, live ones stay through republish",
     ),
+    "fuzz": (
+        "simulations.fuzz",
+        "hostile datagrams at a live node: crashes (must be 0), memory, drops by reason",
+    ),
     "bench-loopback": (
         "simulations.bench_loopback",
         "our node vs. stock kademlia on real loopback UDP, before and after killing nodes",
