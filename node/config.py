@@ -102,9 +102,18 @@ class NodeConfig:
     max_store_bytes: int = 64 * MiB
     """Quota on the bytes of records held."""
     stores_per_source_per_s: float = 20.0
-    """Sustained store requests accepted per source address per second."""
+    """Sustained store requests accepted per source per second (a source is an IP address; on
+    loopback, where many nodes share one, an IP and port)."""
     store_burst: int = 100
     """Store requests a source may send at once before being throttled."""
+    lookups_per_source_per_s: float = 100.0
+    """Sustained ping / find_node / find_value requests answered per source per second."""
+    lookup_burst: int = 500
+    """Such requests a source may send at once before being throttled."""
+    stores_per_s: float = 2_000.0
+    """Store requests accepted per second from everyone together."""
+    lookups_per_s: float = 20_000.0
+    """Ping / find_node / find_value requests answered per second from everyone together."""
     max_pending_requests: int = 512
     """Requests handled concurrently (those that must wait on disk); more are dropped."""
     max_outstanding_calls: int = 10_000
@@ -142,6 +151,7 @@ class NodeConfig:
             "stale_after",
             "drop_after",
             "store_burst",
+            "lookup_burst",
             "key_max_parts",
         ):
             if getattr(self, name) < 1:
@@ -159,6 +169,9 @@ class NodeConfig:
             "sweep_interval",
             "bootstrap_retry_interval",
             "stores_per_source_per_s",
+            "lookups_per_source_per_s",
+            "stores_per_s",
+            "lookups_per_s",
             "key_ttl",
         ):
             if getattr(self, name) <= 0:

@@ -157,6 +157,12 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self._wakeups: list[asyncio.TimerHandle] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._store_limits = _TokenBuckets(config.stores_per_source_per_s, config.store_burst)
+        self._lookup_limits = _TokenBuckets(config.lookups_per_source_per_s, config.lookup_burst)
+        # everyone together: one bucket each, a second's worth of burst
+        self._all_stores = _TokenBuckets(config.stores_per_s, max(1, int(config.stores_per_s)), 1)
+        self._all_lookups = _TokenBuckets(
+            config.lookups_per_s, max(1, int(config.lookups_per_s)), 1
+        )
         self._secure_ids = config.seed is None
         self._closed = False
         # Datagrams whose first byte is a key here go to that handler instead of rpcudp's
@@ -230,6 +236,8 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         if len(args) != _ARITY[name] or not _ids_ok(args[:1] if name == "ping" else args[:2]):
             self.stats.dropped["bad_arguments"] += 1
             return
+        if name != "store" and not self._allow_lookup(addr):
+            return
         self.stats.requests_in[name] += 1
         try:
             if name == "ping":
@@ -253,6 +261,17 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             result = None
         self._send(encode_response(msg_id, result), addr)
 
+    def _allow_lookup(self, addr: Address) -> bool:
+        """Per-source, then global, budget for answering ping / find_* (drops are counted)."""
+        now = self._loop.time()
+        if not self._lookup_limits.allow(_source(addr), now):
+            self.stats.dropped["rate_limited_lookup"] += 1
+            return False
+        if not self._all_lookups.allow("*", now):
+            self.stats.dropped["rate_limited_global"] += 1
+            return False
+        return True
+
     def _heard(self, node_id: bytes, addr: Address) -> None:
         head = self.table.heard_from(node_id, addr, self._loop.time(), verified=False)
         if head is not None:
@@ -275,8 +294,13 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         if not isinstance(value, bytes):
             self._refuse(msg_id, addr, "malformed_record")
             return
-        if not self._store_limits.allow(addr[0], self._loop.time()):
+        now = self._loop.time()
+        if not self._store_limits.allow(_source(addr), now):
             self.stats.dropped["rate_limited"] += 1
+            self._send(encode_response(msg_id, [False, "rate_limited"]), addr)
+            return
+        if not self._all_stores.allow("*", now):
+            self.stats.dropped["rate_limited_global"] += 1
             self._send(encode_response(msg_id, [False, "rate_limited"]), addr)
             return
         if (
@@ -486,6 +510,15 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     ) -> asyncio.Future[Reply]:
         """A store request of record bytes `data` at location `key`."""
         return self.call(address, "store", [self.own_id, key, data], node_id)
+
+
+def _source(addr: Address) -> str:
+    """What rate limits count by: the IP address, but on loopback (many nodes, one address)
+    the IP and port."""
+    host = addr[0]
+    if host.startswith("127.") or host == "::1":
+        return f"{host}:{addr[1]}"
+    return host
 
 
 def _ids_ok(values: list[Any]) -> bool:

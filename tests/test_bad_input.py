@@ -23,10 +23,14 @@ def request(name: object, args: object) -> bytes:
 
 
 async def exchange(sock: socket.socket, address: tuple[str, int], data: bytes) -> bytes:
-    """Send `data` and wait for the answer."""
+    """Send request `data` and wait for its answer (the node may also send us requests of its
+    own, once it has taken our socket for a node: those are skipped)."""
     loop = asyncio.get_running_loop()
     await loop.sock_sendto(sock, data, address)
-    return await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+    while True:
+        answer = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+        if answer[:21] == b"\x01" + data[1:21]:
+            return answer
 
 
 async def answers_before_ping(
@@ -117,4 +121,59 @@ async def test_store_flood_from_one_source_is_throttled() -> None:
         assert node.stats.dropped["rate_limited"] == 3
     finally:
         sock.close()
+        await node.stop()
+
+
+async def test_a_flooding_source_is_throttled_while_others_still_store() -> None:
+    from tests.loopback import loopback_network
+    from tests.records_factory import meta
+
+    async with loopback_network(6, store_burst=20, stores_per_source_per_s=5.0) as nodes:
+        target = nodes[0]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        flood = encode_request(MSG_ID, "store", [b"\x01" * 20, b"\x02" * 20, b"junk"])
+        try:
+            answers = []
+            for i in range(300):
+                answers.append(decode(await exchange(sock, target.address, flood)).body)
+                if i % 60 == 0:  # meanwhile everyone else's stores still land on this node
+                    record = meta(user=f"user{i}", name=f"User {i}")
+                    assert await nodes[1 + i % 5].put(record) >= 4
+        finally:
+            sock.close()
+        throttled = answers.count([False, "rate_limited"])
+        assert throttled >= 250
+        assert throttled + answers.count([False, "malformed_record"]) == 300
+        assert target.stats.dropped["rate_limited"] == throttled
+        assert target.store is not None
+        assert len(target.store) >= 1  # the real stores were accepted
+
+
+async def test_lookups_are_rate_limited_per_source_and_overall() -> None:
+    node = DHTNode(
+        loopback_config(lookup_burst=10, lookups_per_source_per_s=1.0, lookups_per_s=25.0)
+    )
+    await node.start()
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        loop = asyncio.get_running_loop()
+        query = encode_request(MSG_ID, "find_node", [b"\x01" * 20, b"\x02" * 20])
+        for sock in socks:
+            for _ in range(15):
+                await loop.sock_sendto(sock, query, node.address)
+        await asyncio.sleep(0.2)
+        dropped = node.stats.dropped
+        assert dropped["rate_limited_lookup"] == 3 * 5  # each source: 10 answered, 5 dropped
+        assert dropped["rate_limited_global"] == 30 - 25  # and 25 in all
+        assert node.stats.requests_in["find_node"] == 25
+    finally:
+        for sock in socks:
+            sock.close()
         await node.stop()
