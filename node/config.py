@@ -119,6 +119,10 @@ class NodeConfig:
     max_outstanding_calls: int = 10_000
     """RPCs this node may have in flight; more fail at once."""
 
+    get_paths: int = 1
+    """Disjoint paths a get's lookup takes (S/Kademlia); more resist malicious nodes at the cost
+    of messages (each path finds its own k closest)."""
+
     key_server: bool = False
     """Serve the anonymous key exchange's Post Key / Get Key (seed 002) on the node's port."""
     key_ttl: float = 300.0
@@ -152,6 +156,7 @@ class NodeConfig:
             "drop_after",
             "store_burst",
             "lookup_burst",
+            "get_paths",
             "key_max_parts",
         ):
             if getattr(self, name) < 1:

@@ -83,6 +83,45 @@ def _node_entry(item: Any) -> tuple[bytes, Address] | None:
     return None
 
 
+async def disjoint_lookup(
+    target: bytes,
+    seeds: list[tuple[bytes, Address]],
+    *,
+    paths: int,
+    own_id: bytes,
+    count: int,
+    alpha: int,
+    query: Query,
+    max_nodes_per_reply: int = 20,
+) -> LookupResult:
+    """S/Kademlia's disjoint lookup: the seeds are dealt round-robin to `paths` lookups that run
+    side by side and never ask the same peer, so one path's answers cannot be poisoned by peers
+    met on another. Returns the union: every path's answered peers and holders."""
+    claimed: dict[bytes, Peer] = {}
+    lookups = [
+        Lookup(
+            target,
+            seeds[i::paths],
+            own_id=own_id,
+            count=count,
+            alpha=alpha,
+            query=query,
+            max_nodes_per_reply=max_nodes_per_reply,
+            claimed=claimed,
+        )
+        for i in range(paths)
+    ]
+    results = await asyncio.gather(*(lookup.run() for lookup in lookups))
+    closest = sorted({id(p): p for r in results for p in r.closest}.values())
+    return LookupResult(
+        closest=closest,
+        holders=[p for r in results for p in r.holders],
+        messages=sum(r.messages for r in results),
+        rounds=max(r.rounds for r in results),
+        failures=sum(r.failures for r in results),
+    )
+
+
 def parse_find_reply(body: Any) -> tuple[bytes | None, list[Any]]:
     """(value or None, raw node entries) of a find_node / find_value answer.
 
@@ -114,6 +153,7 @@ class Lookup:
         alpha: int,
         query: Query,
         max_nodes_per_reply: int = 20,
+        claimed: dict[bytes, Peer] | None = None,
     ) -> None:
         self.target = target
         self._target_long = int.from_bytes(target, "big")
@@ -122,7 +162,9 @@ class Lookup:
         self._alpha = alpha
         self._query = query
         self._limit = max_nodes_per_reply
-        self._peers: dict[bytes, Peer] = {}
+        # Peers met so far; shared between the paths of a disjoint lookup, so that a peer one
+        # path has met is never asked by another.
+        self._peers: dict[bytes, Peer] = {} if claimed is None else claimed
         self._sorted: list[Peer] = []
         self._active = 0
         self._result = LookupResult(closest=[])

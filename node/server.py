@@ -23,7 +23,7 @@ from node.config import NodeConfig
 from node.errors import NodeNotRunning, PutFailed, StoreFull
 from node.keyexchange import KeyExchange
 from node.keyfile import load_or_create_identity
-from node.lookup import Lookup, LookupResult, Peer
+from node.lookup import Lookup, LookupResult, Peer, disjoint_lookup
 from node.protocol import DHTProtocol, NodeStats, OnReply
 from node.routing import Address, Contact, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
@@ -249,7 +249,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
 
     # -- lookups ---------------------------------------------------------------------------
 
-    async def _lookup(self, target: bytes, rpc: str, count: int) -> LookupResult:
+    async def _lookup(self, target: bytes, rpc: str, count: int, paths: int = 1) -> LookupResult:
         protocol, table, _ = self._parts()
         target_long = int.from_bytes(target, "big")
         table.mark_lookup(target_long, asyncio.get_running_loop().time())
@@ -262,17 +262,28 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         def query(peer: Peer, on_reply: OnReply, on_stall: Callable[[], None]) -> None:
             protocol.request(peer.address, rpc, args, peer.id, on_reply, on_stall)
 
-        lookup = Lookup(
-            target,
-            ((c.id, c.address) for c in seeds),
-            own_id=self.id,
-            count=count,
-            alpha=self.config.alpha,
-            query=query,
-            max_nodes_per_reply=self.config.k,
-        )
         started = asyncio.get_running_loop().time()
         try:
+            if paths > 1:
+                return await disjoint_lookup(
+                    target,
+                    [(c.id, c.address) for c in seeds],
+                    paths=paths,
+                    own_id=self.id,
+                    count=count,
+                    alpha=self.config.alpha,
+                    query=query,
+                    max_nodes_per_reply=self.config.k,
+                )
+            lookup = Lookup(
+                target,
+                ((c.id, c.address) for c in seeds),
+                own_id=self.id,
+                count=count,
+                alpha=self.config.alpha,
+                query=query,
+                max_nodes_per_reply=self.config.k,
+            )
             return await lookup.run()
         finally:
             protocol.stats.lookup_seconds.observe(asyncio.get_running_loop().time() - started)
@@ -359,7 +370,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         self._parts()
         _check_known_namespace(self.validator, path)
         loc = location(path)
-        result = await self._lookup(loc, "find_value", self.config.k)
+        result = await self._lookup(loc, "find_value", self.config.k, self.config.get_paths)
         return self._merge_answers(path, loc, result), result
 
     def _merge_answers(self, path: str, loc: bytes, result: LookupResult) -> Record | None:

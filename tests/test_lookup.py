@@ -146,3 +146,47 @@ async def test_slow_peers_are_waited_for_when_nobody_can_replace_them() -> None:
     net = ScriptedNetwork({n: everyone for n in everyone}, delay=0.2, stall=0.01)
     result = await run(net, everyone, count=20)
     assert sorted(p.id for p in result.closest) == sorted(nid(n) for n in everyone)
+
+
+async def test_disjoint_paths_never_share_a_peer() -> None:
+    from node.lookup import disjoint_lookup
+
+    everyone = list(range(80))
+    net = ScriptedNetwork({n: everyone for n in everyone})
+    seeds = sorted(everyone, key=lambda n: -int.from_bytes(nid(n), "big"))[:9]
+    result = await disjoint_lookup(
+        TARGET,
+        [(nid(n), ("127.0.0.1", 1000 + n)) for n in seeds],
+        paths=3,
+        own_id=nid(-1),
+        count=5,
+        alpha=2,
+        query=net.query,
+    )
+    assert len(net.asked) == len(set(net.asked))  # no peer asked twice, by any path
+    assert result.messages == len(net.asked)
+    # together the paths still find the closest nodes of all
+    assert [p.id for p in result.closest[:5]] == closest_ids(everyone, 5)
+
+
+def test_a_get_over_three_disjoint_paths_finds_the_record() -> None:
+    from simulations.clock import run_virtual
+    from simulations.harness import Simulation
+    from simulations.scenarios.common import announce, user_identity
+
+    async def main() -> tuple[bool, int]:
+        sim = Simulation(seed=41, config={"get_paths": 3})
+        await sim.grow(60)
+        record = announce(sim, user_identity(41, 0), sim.nodes[2], ttl_ms=3600_000)
+        node = sim.nodes[2].node
+        reader = sim.nodes[40].node
+        assert node is not None
+        assert reader is not None
+        await node.put(record)
+        got, lookup = await reader.get_with_lookup(record.key)
+        await sim.stop_all()
+        return got == record, len(lookup.holders)
+
+    found, holders = run_virtual(main())
+    assert found
+    assert holders >= 2
