@@ -62,6 +62,8 @@ class LookupResult:
     """Hops: the deepest `depth` among `closest` (a seed is hop 1)."""
     failures: int = 0
     """Requests that timed out or got an unusable answer."""
+    liars: int = 0
+    """Peers whose value failed validation (their answers were dropped)."""
 
 
 def _node_entry(item: Any) -> tuple[bytes, Address] | None:
@@ -93,21 +95,27 @@ async def disjoint_lookup(
     alpha: int,
     query: Query,
     max_nodes_per_reply: int = 20,
+    accept_value: Callable[[Peer, bytes], bool] | None = None,
+    claimed: dict[bytes, Peer] | None = None,
 ) -> LookupResult:
     """S/Kademlia's disjoint lookup: the seeds are dealt round-robin to `paths` lookups that run
     side by side and never ask the same peer, so one path's answers cannot be poisoned by peers
     met on another. Returns the union: every path's answered peers and holders."""
-    claimed: dict[bytes, Peer] = {}
+    claimed = {} if claimed is None else claimed
+    # S/Kademlia: the paths share the parallelism; a path that meets no malicious node on its
+    # way is the one that matters, and fewer requests per hop make such a path likelier.
+    per_path_alpha = max(1, alpha // paths)
     lookups = [
         Lookup(
             target,
             seeds[i::paths],
             own_id=own_id,
             count=count,
-            alpha=alpha,
+            alpha=per_path_alpha,
             query=query,
             max_nodes_per_reply=max_nodes_per_reply,
             claimed=claimed,
+            accept_value=accept_value,
         )
         for i in range(paths)
     ]
@@ -119,6 +127,7 @@ async def disjoint_lookup(
         messages=sum(r.messages for r in results),
         rounds=max(r.rounds for r in results),
         failures=sum(r.failures for r in results),
+        liars=sum(r.liars for r in results),
     )
 
 
@@ -154,6 +163,7 @@ class Lookup:
         query: Query,
         max_nodes_per_reply: int = 20,
         claimed: dict[bytes, Peer] | None = None,
+        accept_value: Callable[[Peer, bytes], bool] | None = None,
     ) -> None:
         self.target = target
         self._target_long = int.from_bytes(target, "big")
@@ -165,6 +175,10 @@ class Lookup:
         # Peers met so far; shared between the paths of a disjoint lookup, so that a peer one
         # path has met is never asked by another.
         self._peers: dict[bytes, Peer] = {} if claimed is None else claimed
+        # A value that fails this check marks its sender a liar: its whole answer is dropped
+        # (the nodes it named too) and it counts as failed, so it fills no place among the
+        # closest (S/Kademlia: results are accepted on validated records only).
+        self._accept_value = accept_value
         self._sorted: list[Peer] = []
         self._active = 0
         self._result = LookupResult(closest=[])
@@ -247,6 +261,10 @@ class Lookup:
             value, nodes = parse_find_reply(body) if ok else (None, [])
         except ValueError:
             ok = False
+        if ok and value is not None and self._accept_value is not None:
+            ok = self._accept_value(peer, value)
+            if not ok:
+                self._result.liars += 1
         if not ok:
             peer.state = FAILED
             self._result.failures += 1

@@ -104,6 +104,7 @@ OnReply = Callable[[bool, Any], None]
 # A call that timed out: (address, sent at, node ID), kept a while for a late answer.
 _Expired = tuple[Address, float, bytes | None]
 _MAX_EXPIRED = 256
+_MAX_BANNED = 4096
 
 
 @dataclass(slots=True)
@@ -168,6 +169,8 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         # Datagrams whose first byte is a key here go to that handler instead of rpcudp's
         # decoding (rpcudp's own start with 0x00 or 0x01).
         self.services: dict[int, Callable[[bytes, Address], None]] = {}
+        # Nodes caught serving invalid records: out of the routing table, never asked again.
+        self.banned: OrderedDict[bytes, None] = OrderedDict()
         self.transport: asyncio.DatagramTransport | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -272,7 +275,18 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             return False
         return True
 
+    def ban(self, node_id: bytes) -> None:
+        """Stop trusting `node_id` (it served a record that failed validation)."""
+        self.banned[node_id] = None
+        self.banned.move_to_end(node_id)
+        if len(self.banned) > _MAX_BANNED:
+            self.banned.popitem(last=False)
+        self.table.remove(node_id)
+        self.stats.dropped["banned_node"] += 1
+
     def _heard(self, node_id: bytes, addr: Address) -> None:
+        if node_id in self.banned:
+            return
         head = self.table.heard_from(node_id, addr, self._loop.time(), verified=False)
         if head is not None:
             self.ping_contact(head)
@@ -356,7 +370,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.rtt.observe(rtt)
         if node_id is None and isinstance(body, bytes) and len(body) == 20:
             node_id = body  # a ping to an address whose node we did not know yet
-        if node_id is not None:
+        if node_id is not None and node_id not in self.banned:
             head = self.table.heard_from(node_id, addr, self._loop.time(), verified=True)
             contact = self.table.get(node_id)
             if contact is not None:

@@ -23,7 +23,7 @@ from node.config import NodeConfig
 from node.errors import NodeNotRunning, PutFailed, StoreFull
 from node.keyexchange import KeyExchange
 from node.keyfile import load_or_create_identity
-from node.lookup import Lookup, LookupResult, Peer, disjoint_lookup
+from node.lookup import FAILED, Lookup, LookupResult, Peer, disjoint_lookup
 from node.protocol import DHTProtocol, NodeStats, OnReply
 from node.routing import Address, Contact, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
@@ -53,6 +53,9 @@ RECORDS_FILE = "records.sqlite3"
 class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
     """A DHT node. Subclasses `kademlia.network.Server` and replaces its lookups, storage and
     maintenance; see the module docstring for the lifecycle."""
+
+    protocol_class: type[DHTProtocol] = DHTProtocol
+    """The datagram protocol a node speaks (a simulation's misbehaving nodes override it)."""
 
     def __init__(self, config: NodeConfig | None = None) -> None:
         self.config = config or NodeConfig()
@@ -136,7 +139,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             drop_after=cfg.drop_after,
             now=loop.time(),
         )
-        protocol = DHTProtocol(
+        protocol = self.protocol_class(
             own_id=self.identity.id,
             table=self.table,
             store=self.store,
@@ -249,13 +252,26 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
 
     # -- lookups ---------------------------------------------------------------------------
 
-    async def _lookup(self, target: bytes, rpc: str, count: int, paths: int = 1) -> LookupResult:
+    async def _lookup(
+        self,
+        target: bytes,
+        rpc: str,
+        count: int,
+        paths: int = 1,
+        accept_value: Callable[[Peer, bytes], bool] | None = None,
+    ) -> LookupResult:
         protocol, table, _ = self._parts()
         target_long = int.from_bytes(target, "big")
         table.mark_lookup(target_long, asyncio.get_running_loop().time())
         seeds = table.closest(target_long, self.config.k, good_only=True)
         if len(seeds) < self.config.alpha:
             seeds = table.closest(target_long, self.config.k)
+        # banned nodes count as already met (and failed): no path will ask them
+        claimed: dict[bytes, Peer] = {}
+        for node_id in protocol.banned:
+            liar = Peer(node_id, ("0.0.0.0", 0), 0, 0)
+            liar.state = FAILED
+            claimed[node_id] = liar
 
         args = [self.id, target]
 
@@ -274,6 +290,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                     alpha=self.config.alpha,
                     query=query,
                     max_nodes_per_reply=self.config.k,
+                    accept_value=accept_value,
+                    claimed=claimed,
                 )
             lookup = Lookup(
                 target,
@@ -283,6 +301,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 alpha=self.config.alpha,
                 query=query,
                 max_nodes_per_reply=self.config.k,
+                claimed=claimed,
+                accept_value=accept_value,
             )
             return await lookup.run()
         finally:
@@ -370,20 +390,31 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         self._parts()
         _check_known_namespace(self.validator, path)
         loc = location(path)
-        result = await self._lookup(loc, "find_value", self.config.k, self.config.get_paths)
-        return self._merge_answers(path, loc, result), result
+        valid: dict[bytes, Record] = {}
+        protocol = self._protocol()
 
-    def _merge_answers(self, path: str, loc: bytes, result: LookupResult) -> Record | None:
+        def accept(peer: Peer, data: bytes) -> bool:
+            record = self._valid_answer(path, data, self.clock.now_ms())
+            if record is None:
+                protocol.ban(peer.id)
+                return False
+            valid[peer.id] = record
+            return True
+
+        result = await self._lookup(
+            loc, "find_value", self.config.k, self.config.get_paths, accept_value=accept
+        )
+        return self._merge_answers(path, loc, result, list(valid.values())), result
+
+    def _merge_answers(
+        self, path: str, loc: bytes, result: LookupResult, answers: list[Record]
+    ) -> Record | None:
         protocol, _, store = self._parts()
         now = self.clock.now_ms()
-        found: list[Record] = []
+        found: list[Record] = list(answers)
         local = store.get(loc, now)
         if local is not None:
             found.append(local.record)
-        for peer in result.holders:
-            record = self._valid_answer(path, peer.value, now)
-            if record is not None:
-                found.append(record)
         if not found:
             return None
         merged = self.validator.consolidate(path, found, now)

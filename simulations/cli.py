@@ -35,6 +35,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "simulations.scenarios.expiry",
         "days of virtual time: dead records vanish, live ones stay through republish",
     ),
+    "adversarial": (
+        "simulations.scenarios.adversarial",
+        "a share of colluding malicious nodes; gets over one path vs. disjoint paths",
+    ),
     "fuzz": (
         "simulations.fuzz",
         "hostile datagrams at a live node: crashes (must be 0), memory, drops by reason",

@@ -113,6 +113,8 @@ class Simulation:
         self.config_overrides = dict(config or {})
         self.nodes: list[SimNode] = []
         self._running: dict[int, SimNode] = {}  # by index, in start order
+        self.node_class: Callable[[SimNode], type[DHTNode]] = lambda _: DHTNode
+        """Which node class a host runs (a scenario may make some misbehave)."""
         self._clock: LoopClock | None = None
 
     @property
@@ -160,7 +162,7 @@ class Simulation:
         if sim_node.alive:
             raise RuntimeError(f"node {sim_node.index} is already running")
         self.network.recover(sim_node.host)
-        node = DHTNode(self.node_config(sim_node, [v.address for v in via]))
+        node = self.node_class(sim_node)(self.node_config(sim_node, [v.address for v in via]))
         sim_node.node = node
         sim_node.crashed = False
         self._running[sim_node.index] = sim_node

@@ -186,3 +186,14 @@ def sim_id(index: int) -> bytes:
     """The ID the simulation of seed 2 gives its node `index` (the same in every run)."""
     sim = Simulation(seed=2)
     return [sim.new_host() for _ in range(index + 1)][-1].identity.id
+
+
+def test_adversarial_scenario_never_returns_a_forged_record() -> None:
+    result = scenario(
+        "adversarial", "--nodes", "120", "--keys", "20", "--gets", "60", "--malicious", "0.2"
+    )
+    assert result["malicious_nodes"] > 10  # type: ignore[operator]
+    assert result["1path_forged_returned"] == 0
+    assert result["3paths_forged_returned"] == 0
+    assert result["flood_stores_throttled"] > 0  # type: ignore[operator]
+    assert result["3paths_get_ok"] >= 0.8  # type: ignore[operator]

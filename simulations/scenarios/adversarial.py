@@ -1,0 +1,219 @@
+"""``adversarial``: a share of the nodes is malicious and colludes; can honest nodes still get
+honest records, and is a forged record ever returned?
+
+Malicious nodes (``--malicious``, a share of all nodes, spread through the network) answer every
+find_node and find_value with only their fellow colluders closest to the target; acknowledge
+stores but keep only the first version they see (so they serve stale copies); answer find_value
+with that stale copy or a forged one (its signed bytes altered); and flood honest nodes with junk
+stores. The same network and workload run twice: gets over one lookup path, then over
+``--paths`` disjoint paths (S/Kademlia).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import random
+from typing import Any
+
+from node import DHTNode
+from node.protocol import DHTProtocol
+from node.routing import Address
+from node.wire import encode_request, encode_response
+from records import DHTError, InvalidRecord, Record, decode_record, default_validator
+from simulations.harness import GetSample, SimNode, Simulation
+from simulations.report import Progress
+from simulations.scenarios.common import (
+    HOUR,
+    MINUTE,
+    Outcome,
+    Tracked,
+    add_common_arguments,
+    announce,
+    run_scenario,
+    summarize,
+    user_identity,
+)
+
+
+class Colluders:
+    """What the malicious nodes know of each other: IDs and addresses, by ID."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.members: dict[int, tuple[bytes, Address]] = {}
+
+    def join(self, node_id: bytes, address: Address) -> None:
+        long_id = int.from_bytes(node_id, "big")
+        bisect.insort(self.ids, long_id)
+        self.members[long_id] = (node_id, address)
+
+    def closest(self, target: int, count: int) -> list[list[Any]]:
+        ranked = sorted(self.ids, key=lambda i: i ^ target)[:count]
+        return [[self.members[i][0], *self.members[i][1]] for i in ranked]
+
+
+def malicious_node_class(colluders: Colluders, seed: int) -> type[DHTNode]:
+    """A `DHTNode` whose protocol lies as the module docstring says."""
+    rng = random.Random(f"malice-{seed}")
+
+    class MaliciousProtocol(DHTProtocol):
+        def _closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+            return colluders.closest(int.from_bytes(key, "big"), self.config.k)
+
+        def _find_value(self, key: bytes, exclude: bytes) -> Any:
+            nodes = self._closest_as_list(key, exclude)
+            held = self.store.get(key, self.clock.now_ms())
+            if held is None:
+                return nodes
+            data = held.data
+            if rng.random() < 0.5:  # a forgery: the signed bytes altered
+                at = len(data) - 1 - rng.randrange(64)
+                data = data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1 :]
+            return {"value": data, "nodes": nodes}
+
+        def _store(self, msg_id: bytes, args: list[Any], addr: Address) -> None:
+            _, key, value = args
+            if self.store.get(key, self.clock.now_ms()) is None and isinstance(value, bytes):
+                # keep the first version only: later ones are "stored" and dropped; junk ignored
+                with contextlib.suppress(DHTError):
+                    self.store.accept(key, decode_record(value), self.clock.now_ms(), persist=False)
+            self._send(encode_response(msg_id, True), addr)
+
+    class MaliciousNode(DHTNode):
+        protocol_class = MaliciousProtocol
+
+        async def start(self) -> None:
+            await super().start()
+            colluders.join(self.id, self.address)
+
+    return MaliciousNode
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``adversarial``."""
+    add_common_arguments(parser, nodes=2000, keys=200)
+    parser.add_argument(
+        "--malicious", type=float, default=0.2, help="share of malicious nodes (0.2)"
+    )
+    parser.add_argument("--paths", type=int, default=3, help="disjoint paths for gets (3)")
+    parser.add_argument("--gets", type=int, default=1000, help="gets per round (1000)")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``adversarial``."""
+    if not 0 <= args.malicious < 1 or args.paths < 1 or args.gets < 1:
+        raise SystemExit("need 0 <= --malicious < 1, --paths >= 1, --gets >= 1")
+
+    async def body(sim: Simulation, progress: Progress) -> Outcome:
+        colluders = Colluders()
+        evil_class = malicious_node_class(colluders, args.seed)
+        evil: set[int] = set()
+        chooser = random.Random(f"who-is-evil-{args.seed}")
+        for index in range(args.nodes):
+            if index > 0 and chooser.random() < args.malicious:
+                evil.add(index)
+        sim.node_class = lambda n: evil_class if n.index in evil else DHTNode
+        progress.set_postfix_str("joining")
+        await sim.grow(args.nodes, progress=progress.update)
+        honest = [n for n in sim.live() if n.index not in evil]
+        flood = asyncio.get_running_loop().create_task(_flood(sim, evil, honest))
+        try:
+            await asyncio.sleep(5 * MINUTE)
+            tracked = await _put_honestly(sim, honest, args.keys)
+            await asyncio.sleep(MINUTE)
+            metrics: dict[str, Any] = {"malicious_nodes": len(evil), "paths": args.paths}
+            latencies: dict[str, list[float]] = {}
+            for paths, label in ((1, "1path_"), (args.paths, f"{args.paths}paths_")):
+                for n in sim.live():
+                    assert n.node is not None
+                    n.node.config = _with_paths(n.node, paths)
+                items = [sim.rng.choice(tracked) for _ in range(args.gets)]
+                samples, forged = await _gets(sim, honest, items)
+                metrics.update(summarize(samples, label))
+                metrics[f"{label}forged_returned"] = forged
+                latencies[f"{paths} path(s)"] = [s.ms for s in samples]
+                progress.update(args.gets)
+        finally:
+            flood.cancel()
+            await asyncio.gather(flood, return_exceptions=True)
+        dropped = sum(n.node.stats.dropped["rate_limited"] for n in honest if n.node is not None)
+        metrics["flood_stores_throttled"] = dropped
+        return Outcome(metrics=metrics, latencies=latencies)
+
+    return run_scenario("adversarial", args, body, total=args.nodes + 2 * args.gets)
+
+
+def _with_paths(node: DHTNode, paths: int) -> Any:
+    return dataclasses.replace(node.config, get_paths=paths)
+
+
+async def _put_honestly(sim: Simulation, honest: list[SimNode], count: int) -> list[Tracked]:
+    tracked = []
+    for index in range(count):
+        origin = sim.rng.choice(honest)
+        user = user_identity(sim.seed, index)
+        tracked.append(Tracked(user, origin, announce(sim, user, origin, int(2 * HOUR * 1000))))
+
+    async def put(item: Tracked) -> None:
+        assert item.origin.node is not None
+        with contextlib.suppress(DHTError):  # a failed put shows in the gets
+            await item.origin.node.put(item.record)
+
+    await asyncio.gather(*(put(t) for t in tracked))
+    return tracked
+
+
+async def _gets(
+    sim: Simulation, honest: list[SimNode], items: list[Tracked]
+) -> tuple[list[GetSample], int]:
+    """Gets from honest nodes; also counts returned records that are not valid (forgeries)."""
+    validator = default_validator()
+    forged = 0
+    semaphore = asyncio.Semaphore(64)
+
+    async def one(item: Tracked) -> GetSample:
+        nonlocal forged
+        via = sim.rng.choice(honest)
+        assert via.node is not None
+        async with semaphore:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            record, lookup = await via.node.get_with_lookup(item.record.key)
+            elapsed = (loop.time() - start) * 1000
+        if record is not None:
+            try:
+                validator.validate(record.key, record, sim.now_ms())
+            except InvalidRecord:
+                forged += 1
+        ok = record is not None and _current(record, item.record)
+        return GetSample(ok=ok, ms=elapsed, messages=lookup.messages, rounds=lookup.rounds)
+
+    samples = list(await asyncio.gather(*(one(i) for i in items)))
+    return samples, forged
+
+
+def _current(got: Record, expect: Record) -> bool:
+    have = {v.id2: v.value for v in got.values}
+    return all(have.get(v.id2) == v.value for v in expect.values)
+
+
+async def _flood(sim: Simulation, evil: set[int], honest: list[SimNode]) -> None:
+    """Ten malicious nodes each send 40 junk stores a second (twice the per-source allowance)
+    to one honest node of their choosing."""
+    rng = random.Random(f"flood-{sim.seed}")
+    flooders = sorted(evil)[:10]
+    targets = {index: rng.choice(honest).address for index in flooders}
+    while True:
+        await asyncio.sleep(1)
+        for index in flooders:
+            node = sim.nodes[index].node
+            if node is None or node.protocol is None:
+                continue
+            junk = [node.id, rng.randbytes(20), b"\x00junk"]
+            for _ in range(40):
+                request = encode_request(rng.randbytes(20), "store", junk)
+                node.protocol.send_datagram(request, targets[index])
