@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,12 +96,12 @@ async def disjoint_lookup(
     query: Query,
     max_nodes_per_reply: int = 20,
     accept_value: Callable[[Peer, bytes], bool] | None = None,
-    claimed: dict[bytes, Peer] | None = None,
+    exclude: Container[bytes] = (),
 ) -> LookupResult:
     """S/Kademlia's disjoint lookup: the seeds are dealt round-robin to `paths` lookups that run
     side by side and never ask the same peer, so one path's answers cannot be poisoned by peers
     met on another. Returns the union: every path's answered peers and holders."""
-    claimed = {} if claimed is None else claimed
+    claimed: dict[bytes, Peer] = {}
     # S/Kademlia: the paths share the parallelism; a path that meets no malicious node on its
     # way is the one that matters, and fewer requests per hop make such a path likelier.
     per_path_alpha = max(1, alpha // paths)
@@ -116,6 +116,7 @@ async def disjoint_lookup(
             max_nodes_per_reply=max_nodes_per_reply,
             claimed=claimed,
             accept_value=accept_value,
+            exclude=exclude,
         )
         for i in range(paths)
     ]
@@ -164,6 +165,7 @@ class Lookup:
         max_nodes_per_reply: int = 20,
         claimed: dict[bytes, Peer] | None = None,
         accept_value: Callable[[Peer, bytes], bool] | None = None,
+        exclude: Container[bytes] = (),
     ) -> None:
         self.target = target
         self._target_long = int.from_bytes(target, "big")
@@ -179,6 +181,7 @@ class Lookup:
         # (the nodes it named too) and it counts as failed, so it fills no place among the
         # closest (S/Kademlia: results are accepted on validated records only).
         self._accept_value = accept_value
+        self._exclude = exclude  # never asked (e.g. nodes caught lying)
         self._sorted: list[Peer] = []
         self._active = 0
         self._result = LookupResult(closest=[])
@@ -195,7 +198,7 @@ class Lookup:
             self._finish()
 
     def _add(self, node_id: bytes, address: Address, depth: int) -> None:
-        if node_id == self._own_id or node_id in self._peers:
+        if node_id == self._own_id or node_id in self._peers or node_id in self._exclude:
             return
         peer = Peer(node_id, address, int.from_bytes(node_id, "big") ^ self._target_long, depth)
         self._peers[node_id] = peer

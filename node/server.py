@@ -23,7 +23,7 @@ from node.config import NodeConfig
 from node.errors import NodeNotRunning, PutFailed, StoreFull
 from node.keyexchange import KeyExchange
 from node.keyfile import load_or_create_identity
-from node.lookup import FAILED, Lookup, LookupResult, Peer, disjoint_lookup
+from node.lookup import Lookup, LookupResult, Peer, disjoint_lookup
 from node.protocol import DHTProtocol, NodeStats, OnReply
 from node.routing import Address, Contact, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
@@ -266,12 +266,6 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         seeds = table.closest(target_long, self.config.k, good_only=True)
         if len(seeds) < self.config.alpha:
             seeds = table.closest(target_long, self.config.k)
-        # banned nodes count as already met (and failed): no path will ask them
-        claimed: dict[bytes, Peer] = {}
-        for node_id in protocol.banned:
-            liar = Peer(node_id, ("0.0.0.0", 0), 0, 0)
-            liar.state = FAILED
-            claimed[node_id] = liar
 
         args = [self.id, target]
 
@@ -291,7 +285,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                     query=query,
                     max_nodes_per_reply=self.config.k,
                     accept_value=accept_value,
-                    claimed=claimed,
+                    exclude=protocol.banned,
                 )
             lookup = Lookup(
                 target,
@@ -301,8 +295,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 alpha=self.config.alpha,
                 query=query,
                 max_nodes_per_reply=self.config.k,
-                claimed=claimed,
                 accept_value=accept_value,
+                exclude=protocol.banned,
             )
             return await lookup.run()
         finally:

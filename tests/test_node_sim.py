@@ -150,3 +150,32 @@ def test_failed_put_is_retried_once_peers_appear() -> None:
     outcome, count = run_virtual(main())
     assert "no node stored" in outcome
     assert count >= 5
+
+
+def test_a_holder_serving_a_forgery_is_banned_and_the_get_still_succeeds() -> None:
+    async def main() -> tuple[bool, bool, bool]:
+        sim = Simulation(seed=16)
+        await sim.grow(40)
+        origin = sim.nodes[0]
+        record = announce(sim, user_identity(16, 0), origin, ttl_ms=3600_000)
+        assert origin.node is not None
+        await origin.node.put(record)
+        liar = next(n for n in holders(sim, record) if n is not origin)
+        assert liar.node is not None
+        assert liar.node.store is not None
+        entry = liar.node.store.get(location(record.key), sim.now_ms())
+        assert entry is not None
+        entry.data = entry.data[:-3] + bytes([entry.data[-3] ^ 0x40]) + entry.data[-2:]
+        reader = sim.nodes[25].node
+        assert reader is not None
+        assert reader.protocol is not None
+        got = await reader.get(record.key)
+        banned = liar.identity.id in reader.protocol.banned
+        in_table = reader.table is not None and reader.table.get(liar.identity.id) is not None
+        await sim.stop_all()
+        return got == record, banned, in_table
+
+    correct, banned, in_table = run_virtual(main())
+    assert correct
+    assert banned
+    assert not in_table
