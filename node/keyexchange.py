@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from node.errors import NodeNotRunning
 from node.protocol import DHTProtocol
 from node.routing import Address
+from node.tasks import cancel_and_wait
 from records import DHTError
 from records.rke import (
     GET_KEY,
@@ -116,11 +117,7 @@ class KeyExchange:
             if not future.done():
                 future.cancel()
         self._pending.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
     # -- server side -----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from node.config import Clock, NodeConfig
 from node.errors import ProtocolError, StoreFull
 from node.routing import Address, Contact, RoutingTable, RttSpread
 from node.storage import RecordStore
+from node.tasks import cancel_and_wait
 from node.wire import REQUEST, decode, encode_request, encode_response
 from records import InvalidRecord, decode_record
 
@@ -199,11 +200,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self._wakeups.clear()
         for pending in outstanding:
             pending.on_reply(False, None)
-        tasks = list(self._handler_tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._handler_tasks)
         if self.transport is not None:
             self.transport.close()
 

@@ -27,6 +27,7 @@ from node.lookup import Lookup, LookupResult, Peer, disjoint_lookup
 from node.protocol import DHTProtocol, NodeStats, OnReply
 from node.routing import Address, Contact, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
+from node.tasks import cancel_and_wait
 from records import (
     MAX_RECORD_SIZE,
     Identity,
@@ -178,11 +179,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         if not self._running:
             return
         self._running = False
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self.key_exchange is not None:
             await self.key_exchange.close()
         if self.protocol is not None:

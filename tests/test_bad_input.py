@@ -168,7 +168,11 @@ async def test_lookups_are_rate_limited_per_source_and_overall() -> None:
         for sock in socks:
             for _ in range(15):
                 await loop.sock_sendto(sock, query, node.address)
-        await asyncio.sleep(0.2)
+        # a store from each socket, answered after everything it sent before (loopback keeps
+        # order): once answered, the node has seen every query
+        barrier = encode_request(b"\x0b" * 20, "store", [b"\x01" * 20, b"\x02" * 20, b"x"])
+        for sock in socks:
+            await exchange(sock, node.address, barrier)
         dropped = node.stats.dropped
         assert dropped["rate_limited_lookup"] == 3 * 5  # each source: 10 answered, 5 dropped
         assert dropped["rate_limited_global"] == 30 - 25  # and 25 in all

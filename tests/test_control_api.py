@@ -158,16 +158,32 @@ async def test_listen_receives_a_value_put_by_another_node() -> None:
                 identity("carol"), name="Carol", now=SystemClock().now_ms(), ttl_ms=3600_000
             )
             await nodes[3].put(first)
-            listener = asyncio.ensure_future(ctl(api, "listen", first.key, "--count", "2"))
-            await asyncio.sleep(1.0)  # let it subscribe and see the first version
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "node",
+                "ctl",
+                "--api",
+                api,
+                "--json",
+                "listen",
+                first.key,
+                "--count",
+                "2",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            # the current version comes first ...
+            event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+            assert event["record"]["updateDate"] == first.updateDate
             second = make_meta_record(
                 identity("carol"), name="Carol 2", now=SystemClock().now_ms() + 1, ttl_ms=3600_000
             )
             await nodes[4].put(second)  # a different node, not the one listened to
-            code, events, _ = await asyncio.wait_for(listener, 60)
-            assert code == 0
-            assert len(events) == 2
-            assert events[1]["record"]["updateDate"] == second.updateDate
+            # ... then the new one, pushed to the listener
+            event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+            assert event["record"]["updateDate"] == second.updateDate
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
         finally:
             await server.stop()
 

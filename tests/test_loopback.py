@@ -102,8 +102,7 @@ async def test_stock_kademlia_routes_with_us_but_cannot_store_junk() -> None:
             # it learned our nodes through our node's find_node answers
             assert {n.port for n in found} >= {n.address[1] for n in nodes[1:]}
             assert len(stock.protocol.router.find_neighbors(stock.node)) >= 5
-            await stock.set("hello", b"arbitrary bytes")
-            await asyncio.sleep(0.1)
+            await stock.set("hello", b"arbitrary bytes")  # returns once the stores were answered
             junk = location("hello")
             assert all(n.store is not None and n.store.get(junk, 0) is None for n in nodes)
             assert sum(n.stats.refused["malformed_record"] for n in nodes) >= 1
