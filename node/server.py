@@ -25,7 +25,7 @@ from node.keyexchange import KeyExchange
 from node.keyfile import load_or_create_identity
 from node.lookup import Lookup, LookupResult, Peer, disjoint_lookup
 from node.protocol import DHTProtocol, NodeStats, OnReply
-from node.routing import Address, Contact, RoutingTable
+from node.routing import Address, Bucket, Contact, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
 from node.tasks import cancel_and_wait
 from records import (
@@ -310,8 +310,11 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         _, table, _ = self._parts()
         for bucket in list(table.buckets):
             if len(bucket.contacts) < self.config.k and not bucket.covers(table.own_long_id):
-                target = bucket.lo + self.rng.randrange(bucket.size)
-                await self.lookup_nodes(target.to_bytes(20, "big"), count=1)
+                await self.lookup_nodes(self._random_id_in(bucket), count=1)
+
+    def _random_id_in(self, bucket: Bucket) -> bytes:
+        """A random 20-byte ID in `bucket`'s range (a lookup target that refreshes it)."""
+        return (bucket.lo + self.rng.randrange(bucket.size)).to_bytes(20, "big")
 
     # -- put / get -------------------------------------------------------------------------
 
@@ -580,9 +583,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         _, table, _ = self._parts()
         now = asyncio.get_running_loop().time()
         for bucket in table.stale_buckets(now, self.config.refresh_interval):
-            target = bucket.lo + self.rng.randrange(bucket.size)
             # A short lookup meets (and so re-checks) enough nodes of the bucket's range.
-            await self.lookup_nodes(target.to_bytes(20, "big"), count=self.config.alpha)
+            await self.lookup_nodes(self._random_id_in(bucket), count=self.config.alpha)
 
 
 def _check_known_namespace(validator: Validator, path: str) -> None:
