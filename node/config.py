@@ -119,6 +119,11 @@ class NodeConfig:
     max_outstanding_calls: int = 10_000
     """RPCs this node may have in flight; more fail at once."""
 
+    prove_ids: bool = True
+    """A contact enters the routing table (and so can be chosen to store records) only after
+    signing a fresh challenge with the key behind its ID; stock `kademlia` nodes cannot, so they
+    may route through this node but are never used. False trusts claimed IDs, as stock does."""
+
     get_paths: int = 1
     """Disjoint paths a get's lookup takes (S/Kademlia); more resist malicious nodes at the cost
     of messages (each path finds its own k closest)."""

@@ -4,7 +4,13 @@ Nothing here touches sockets, files, clocks or an event loop; time comes in as `
 """
 
 from records.errors import DHTError, InvalidRecord, RecordTooLarge
-from records.identity import Identity, identity_id, verify_signature
+from records.identity import (
+    Identity,
+    check_node_proof,
+    identity_id,
+    prove_node,
+    verify_signature,
+)
 from records.keys import location, meta_key, namespace_of, presence_key
 from records.meta import MetaValidator, make_meta_record
 from records.meta_pb2 import SignedUserMeta, UserMeta
@@ -44,6 +50,7 @@ __all__ = [
     "UserMeta",
     "Validator",
     "Value",
+    "check_node_proof",
     "client_announcement",
     "countersign",
     "decode_record",
@@ -59,6 +66,7 @@ __all__ = [
     "meta_key",
     "namespace_of",
     "presence_key",
+    "prove_node",
     "verify_signature",
     "without_expired",
 ]
