@@ -181,6 +181,8 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.services: dict[int, Callable[[bytes, Address], None]] = {}
         # Nodes caught serving invalid records: out of the routing table, never asked again.
         self.banned: OrderedDict[bytes, None] = OrderedDict()
+        # Nodes that proved their IDs lately, by ID: the address they proved it from.
+        self._proven_at: OrderedDict[bytes, Address] = OrderedDict()
         # Unproven nodes that asked us something, being pinged for a proof.
         self._ping_backs: set[bytes] = set()
         self.transport: asyncio.DatagramTransport | None = None
@@ -302,7 +304,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         the table has room for is pinged for a proof (it enters the table when that answers)."""
         if node_id in self.banned:
             return
-        if self.config.prove_ids and not self.table.known_at(node_id, addr):
+        if self.config.prove_ids and not self._proven(node_id, addr):
             if (
                 node_id not in self._ping_backs
                 and len(self._ping_backs) < _MAX_PING_BACKS
@@ -410,12 +412,13 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
                 if pending is not None:
                     pending.on_reply(False, None)
                 return
+            self._remember_proof(node_id, addr)
         if node_id is None and isinstance(body, bytes) and len(body) == 20:
             node_id = body  # a ping to an address whose node we did not know yet
         if (
             node_id is not None
             and node_id not in self.banned
-            and (prove or not self.config.prove_ids or self.table.known_at(node_id, addr))
+            and (prove or not self.config.prove_ids or self._proven(node_id, addr))
         ):
             head = self.table.heard_from(node_id, addr, self._loop.time(), verified=True)
             contact = self.table.get(node_id)
@@ -425,6 +428,20 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
                 self.ping_contact(head)
         if pending is not None:
             pending.on_reply(True, body)
+
+    def _proven(self, node_id: bytes, address: Address) -> bool:
+        """True if `node_id` has proved its ID from `address` (it is in the routing table or
+        proved it lately)."""
+        if self._proven_at.get(node_id) == address:
+            self._proven_at.move_to_end(node_id)
+            return True
+        return self.table.known_at(node_id, address)
+
+    def _remember_proof(self, node_id: bytes, address: Address) -> None:
+        self._proven_at[node_id] = address
+        self._proven_at.move_to_end(node_id)
+        if len(self._proven_at) > self.config.proven_cache_size:
+            self._proven_at.popitem(last=False)
 
     def _proven_answer(
         self, msg_id: bytes, body: Any, node_id: bytes | None
@@ -514,7 +531,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         prove = (
             self.config.prove_ids
             and name in _PROVABLE
-            and (node_id is None or not self.table.known_at(node_id, address))
+            and (node_id is None or not self._proven(node_id, address))
         )
         data = encode_request(msg_id, name, [*args, PROVE] if prove else args)
         now = self._loop.time()
