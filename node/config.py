@@ -128,9 +128,10 @@ class NodeConfig:
     """Nodes outside the routing table whose proofs are remembered (ID and address, least
     recently used dropped), so a lookup does not ask them again."""
 
-    get_paths: int = 1
-    """Disjoint paths a get's lookup takes (S/Kademlia); more resist malicious nodes at the cost
-    of messages (each path finds its own k closest)."""
+    get_paths: int = 3
+    """Disjoint paths a get's lookup takes (S/Kademlia): a get succeeds if one path avoids the
+    malicious nodes. Each path hears from its share of the k closest; 1 is a plain lookup
+    (about 40 % fewer messages, measurably less robust)."""
 
     key_server: bool = False
     """Serve the anonymous key exchange's Post Key / Get Key (seed 002) on the node's port."""

@@ -100,18 +100,16 @@ async def disjoint_lookup(
 ) -> LookupResult:
     """S/Kademlia's disjoint lookup: the seeds are dealt round-robin to `paths` lookups that run
     side by side and never ask the same peer, so one path's answers cannot be poisoned by peers
-    met on another. Returns the union: every path's answered peers and holders."""
+    met on another. Each path ends when the `count` closest peers it knows have answered.
+    Returns the union: every path's answered peers and holders."""
     claimed: dict[bytes, Peer] = {}
-    # S/Kademlia: the paths share the parallelism; a path that meets no malicious node on its
-    # way is the one that matters, and fewer requests per hop make such a path likelier.
-    per_path_alpha = max(1, alpha // paths)
     lookups = [
         Lookup(
             target,
             seeds[i::paths],
             own_id=own_id,
             count=count,
-            alpha=per_path_alpha,
+            alpha=alpha,
             query=query,
             max_nodes_per_reply=max_nodes_per_reply,
             claimed=claimed,

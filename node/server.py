@@ -272,12 +272,17 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         started = asyncio.get_running_loop().time()
         try:
             if paths > 1:
+                # Each path hears from its share of `count`, but at least from as many as hold a
+                # record. Measured (lookup scenario, 2,000 nodes, 3 paths): every path hearing
+                # from all k took 110 messages per get; a share each, 39, and among 20 %
+                # colluders gets succeeded as often (adversarial scenario).
+                per_path = max(self.config.replicas, -(-count // paths))
                 return await disjoint_lookup(
                     target,
                     [(c.id, c.address) for c in seeds],
                     paths=paths,
                     own_id=self.id,
-                    count=count,
+                    count=per_path,
                     alpha=self.config.alpha,
                     query=query,
                     max_nodes_per_reply=self.config.k,

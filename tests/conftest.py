@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,6 +19,31 @@ from hypothesis import settings
 settings.register_profile("ci", deadline=None, max_examples=100, derandomize=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this test run a temporary directory of its own (child processes too), so the check
+    for files left behind sees only what our tests made, not other programs sharing /tmp."""
+    private = tempfile.mkdtemp(prefix="kadnode-tests-")
+    config.stash[_PRIVATE_TEMP] = (private, tempfile.tempdir, os.environ.get("TMPDIR"))
+    tempfile.tempdir = private
+    os.environ["TMPDIR"] = private
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Restore the temporary directory and remove ours."""
+    if _PRIVATE_TEMP not in config.stash:
+        return
+    private, previous, previous_env = config.stash[_PRIVATE_TEMP]
+    tempfile.tempdir = previous
+    if previous_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous_env
+    shutil.rmtree(private, ignore_errors=True)
+
+
+_PRIVATE_TEMP = pytest.StashKey[tuple[str, str | None, str | None]]()
 
 
 def _open_fds() -> set[int]:
