@@ -32,13 +32,20 @@ delete is its own command with the update layout (payment keys only).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from records.errors import DHTError
-from records.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, signing_input, verify_signature
+from records.identity import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Identity,
+    signing_input,
+    verify_signature,
+)
 
 # -- constants -------------------------------------------------------------------------------
 
@@ -882,3 +889,38 @@ class OpenSession:
             int.from_bytes(body[16:24], "big"),
             body[24:88],
         )
+
+
+# -- versions --------------------------------------------------------------------------------
+
+TOMBSTONE_DIGEST = b"\xff" * 32  # a delete wins a tie with an update of the same millisecond
+
+
+def profile_digest(mailbox: MailboxNumber, profile: Profile) -> bytes:
+    """SHA-256 of the mailbox and the profile's canonical public entries (the comment is not
+    part of a profile, so never of its digest)."""
+    return hashlib.sha256(mailbox.to_bytes() + encode_entries(profile.entries())).digest()
+
+
+def mint_ticket(
+    authorities: Sequence[Identity],
+    mailbox: MailboxNumber,
+    owner_key: bytes,
+    *,
+    issued: int,
+    expires: int,
+) -> Ticket:
+    """A ticket for `mailbox` and `owner_key`, signed by each of `authorities` (test
+    authorities stand in for RAIDA's)."""
+    unsigned = Ticket(mailbox, owner_key, issued, expires)
+    payload = unsigned.signing_payload()
+    signatures = tuple((a.public_key, a.sign(payload)) for a in authorities)
+    return Ticket(mailbox, owner_key, issued, expires, signatures)
+
+
+def open_session_request(
+    owner: Identity, ticket: Ticket, challenge: bytes, timestamp: int
+) -> OpenSession:
+    """An `OpenSession` request signed by `owner` (the key the ticket names)."""
+    payload = OpenSession.payload(challenge, ticket.mailbox, timestamp)
+    return OpenSession(challenge, ticket, timestamp, owner.sign(payload))
