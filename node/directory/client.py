@@ -1,0 +1,131 @@
+"""A typed client of directory servers: open a session with a ticket, update, delete, search."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from node.config import Clock, SystemClock
+from node.directory.transport import Address, StreamTransport, TcpStreamTransport
+from records import Identity
+from records.directory import (
+    CHALLENGE_SIZE,
+    Command,
+    Condition,
+    DeleteRequest,
+    DirectoryError,
+    Payment,
+    Profile,
+    SearchRequest,
+    SearchResults,
+    Status,
+    Ticket,
+    UpdateRequest,
+    open_session_request,
+    parse_response,
+    request_frame,
+)
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class DirectoryRefused(DirectoryError):
+    """A directory server answered with a status other than success."""
+
+    def __init__(self, command: Command, status: int) -> None:
+        try:
+            name = Status(status).name
+        except ValueError:
+            name = "UNKNOWN"
+        super().__init__(f"{command.name} refused with status {status} ({name})")
+        self.code = status
+
+
+class DirectoryClient:
+    """Talks to directory servers over a `StreamTransport` (TCP by default)."""
+
+    def __init__(
+        self,
+        transport: StreamTransport | None = None,
+        *,
+        clock: Clock | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.transport: StreamTransport = transport or TcpStreamTransport()
+        self.clock: Clock = clock or SystemClock()
+        self.timeout = timeout
+        self.token = token
+
+    def challenge(self) -> bytes:
+        """A fresh 16-byte challenge."""
+        return self.token(CHALLENGE_SIZE)
+
+    async def call(self, server: Address, command: Command, body: bytes) -> tuple[int, bytes]:
+        """Send one request; (status, response body). Raises `TransportError` if unanswered
+        and `DirectoryError` if the answer is not a response to it."""
+        answer = await self.transport.request(
+            server, request_frame(command, body), within=self.timeout
+        )
+        answered, status, challenge, rest = parse_response(answer)
+        if answered != command or challenge != body[:CHALLENGE_SIZE]:
+            raise DirectoryError("the answer does not match the request")
+        return status, rest
+
+    async def _expect(self, server: Address, command: Command, body: bytes) -> bytes:
+        status, rest = await self.call(server, command, body)
+        if status != Status.SUCCESS:
+            raise DirectoryRefused(command, status)
+        return rest
+
+    async def open_session(self, server: Address, owner: Identity, ticket: Ticket) -> bytes:
+        """Present `ticket` (proving `owner` holds the key it names); returns the session."""
+        request = open_session_request(owner, ticket, self.challenge(), self.clock.now_ms())
+        rest = await self._expect(server, Command.OPEN_SESSION, request.encode())
+        if len(rest) != 18:
+            raise DirectoryError("an open-session answer is a 16-byte session and E3 E3")
+        return rest[:16]
+
+    async def update(
+        self,
+        server: Address,
+        session: bytes,
+        profile: Profile,
+        *,
+        comment: str | None = None,
+        payment: Payment | None = None,
+    ) -> None:
+        """Replace the session's mailbox record with `profile` (`DirectoryRefused` if not)."""
+        request = UpdateRequest(self.challenge(), session, profile, payment, comment)
+        await self._expect(server, Command.UPDATE, request.encode())
+
+    async def delete(
+        self, server: Address, session: bytes, *, payment: Payment | None = None
+    ) -> None:
+        """Delete the session's mailbox record."""
+        request = DeleteRequest(self.challenge(), session, payment)
+        await self._expect(server, Command.DELETE, request.encode())
+
+    async def search(
+        self,
+        server: Address,
+        columns: Sequence[int],
+        conditions: Sequence[Condition] = (),
+        *,
+        limit_kb: int = 64,
+        page: int = 0,
+        payment: Payment | None = None,
+        session: bytes = bytes(16),
+    ) -> SearchResults:
+        """One page of matching records (no rows if none match)."""
+        request = SearchRequest(
+            self.challenge(), session, tuple(columns), tuple(conditions), limit_kb, page, payment
+        )
+        status, rest = await self.call(server, Command.SEARCH, request.encode())
+        if status == Status.DATABASE_RETURNED_ZERO_RECORDS:
+            return SearchResults(tuple(columns), ())
+        if status != Status.SUCCESS:
+            raise DirectoryRefused(Command.SEARCH, status)
+        if rest[-2:] != b"\xe3\xe3":
+            raise DirectoryError("search results without the E3 E3 trailer")
+        return SearchResults.decode(rest[:-2])
