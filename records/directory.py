@@ -102,6 +102,8 @@ class UpdateKey(IntEnum):
     QMAIL_FIRST = 10
     QMAIL_LAST = 41
     COMMENT = 200  # ours: the private "why I updated" comment
+    VERSION = 201  # ours: the owner's timestamp of the change (u64 ms), signed
+    OWNER_SIGNATURE = 202  # ours: the owner's signature of the change (64 bytes)
 
 
 class SearchKey(IntEnum):
@@ -481,6 +483,35 @@ def _payment(fields: dict[int, bytes]) -> Payment | None:
     return Payment(int.from_bytes(coin, "big"), locker)
 
 
+@dataclass(frozen=True)
+class Authorization:
+    """The owner's approval of one change: its version (Unix ms, the newest change wins) and an
+    ed25519 signature by the ticket's owner key over `update_payload` or `delete_payload`."""
+
+    version: int
+    signature: bytes
+
+    def entries(self) -> list[Entry]:
+        """Keys 201 and 202."""
+        if not 0 <= self.version < 1 << 63 or len(self.signature) != SIGNATURE_SIZE:
+            raise DirectoryError("a version is 8 bytes and a signature 64")
+        return [
+            (UpdateKey.VERSION, self.version.to_bytes(8, "big")),
+            (UpdateKey.OWNER_SIGNATURE, self.signature),
+        ]
+
+
+def _authorization(fields: dict[int, bytes]) -> Authorization | None:
+    version, signature = fields.get(UpdateKey.VERSION), fields.get(UpdateKey.OWNER_SIGNATURE)
+    if version is None and signature is None:
+        return None
+    if version is None or signature is None or len(version) != 8 or len(signature) != 64:
+        raise DirectoryError("authorization needs key 201 (8 bytes) and key 202 (64 bytes)")
+    if version[0] & 0x80:
+        raise DirectoryError("a version is at most 2^63 - 1")
+    return Authorization(int.from_bytes(version, "big"), signature)
+
+
 def _check_ids(challenge: bytes, session: bytes) -> None:
     if len(challenge) != CHALLENGE_SIZE or len(session) != SESSION_SIZE:
         raise DirectoryError("challenge and session are 16 bytes each")
@@ -496,6 +527,8 @@ class UpdateRequest:
     payment: Payment | None = None
     comment: str | None = None
     """The private "why I updated" comment (our key 200); never published."""
+    authorization: Authorization | None = None
+    """The owner's signed version of this change (our keys 201, 202); servers require it."""
 
     def encode(self) -> bytes:
         """The request body."""
@@ -504,6 +537,8 @@ class UpdateRequest:
         entries += self.profile.entries()
         if self.comment is not None:
             entries.append((UpdateKey.COMMENT, _text_bytes(self.comment, "comment")))
+        if self.authorization is not None:
+            entries += self.authorization.entries()
         return self.challenge + self.session + encode_entries(with_count(entries)) + TRAILER
 
     @classmethod
@@ -514,7 +549,7 @@ class UpdateRequest:
         public: list[Entry] = []
         comment: str | None = None
         for key, value in entries:
-            if key in (1, 2):
+            if key in (1, 2, UpdateKey.VERSION, UpdateKey.OWNER_SIGNATURE):
                 if key in head:
                     raise DirectoryError(f"key {key} appears twice")
                 head[key] = value
@@ -526,7 +561,8 @@ class UpdateRequest:
                 raise DirectoryError("key 0 appears twice")
             else:
                 public.append((key, value))
-        return cls(challenge, session, profile_from_entries(public), _payment(head), comment)
+        profile = profile_from_entries(public)
+        return cls(challenge, session, profile, _payment(head), comment, _authorization(head))
 
 
 @dataclass(frozen=True)
@@ -537,11 +573,15 @@ class DeleteRequest:
     challenge: bytes
     session: bytes
     payment: Payment | None = None
+    authorization: Authorization | None = None
+    """The owner's signed version of the deletion (our keys 201, 202); servers require it."""
 
     def encode(self) -> bytes:
         """The request body."""
         _check_ids(self.challenge, self.session)
-        entries = self.payment.entries() if self.payment else []
+        entries = list(self.payment.entries()) if self.payment else []
+        if self.authorization is not None:
+            entries += self.authorization.entries()
         return self.challenge + self.session + encode_entries(with_count(entries)) + TRAILER
 
     @classmethod
@@ -550,10 +590,10 @@ class DeleteRequest:
         challenge, session, entries = _split_body(body)
         head: dict[int, bytes] = {}
         for key, value in entries:
-            if key not in (1, 2) or key in head:
-                raise DirectoryError(f"a delete carries only keys 1 and 2 once, not {key}")
+            if key not in (1, 2, UpdateKey.VERSION, UpdateKey.OWNER_SIGNATURE) or key in head:
+                raise DirectoryError(f"a delete carries keys 1, 2, 201 and 202 once, not {key}")
             head[key] = value
-        return cls(challenge, session, _payment(head))
+        return cls(challenge, session, _payment(head), _authorization(head))
 
 
 @dataclass(frozen=True)
@@ -896,10 +936,52 @@ class OpenSession:
 TOMBSTONE_DIGEST = b"\xff" * 32  # a delete wins a tie with an update of the same millisecond
 
 
+def public_fields(profile: Profile) -> bytes:
+    """The profile's public entries without the avatar file (key 7): what the DHT carries."""
+    return encode_entries(e for e in profile.entries() if e[0] != UpdateKey.AVATAR)
+
+
+def avatar_hash(profile: Profile) -> bytes:
+    """SHA-256 of the avatar file, or empty if there is none."""
+    return b"" if profile.avatar is None else hashlib.sha256(profile.avatar).digest()
+
+
+def fields_digest(mailbox: MailboxNumber, fields: bytes, avatar_sha256: bytes) -> bytes:
+    """SHA-256 over the mailbox, the public fields (without the avatar file) and the avatar's
+    hash, so a holder of the fields and the hash alone (a DHT node) can recompute it."""
+    return hashlib.sha256(mailbox.to_bytes() + fields + avatar_sha256).digest()
+
+
 def profile_digest(mailbox: MailboxNumber, profile: Profile) -> bytes:
-    """SHA-256 of the mailbox and the profile's canonical public entries (the comment is not
-    part of a profile, so never of its digest)."""
-    return hashlib.sha256(mailbox.to_bytes() + encode_entries(profile.entries())).digest()
+    """The digest of a profile's public content (never the comment); see `fields_digest`."""
+    return fields_digest(mailbox, public_fields(profile), avatar_hash(profile))
+
+
+UPDATE_CONTEXT = b"drd-update-v1"
+DELETE_CONTEXT = b"drd-delete-v1"
+
+
+def update_payload(mailbox: MailboxNumber, version: int, digest: bytes) -> bytes:
+    """What an owner signs to approve a record: mailbox, version, content digest."""
+    return signing_input(UPDATE_CONTEXT, mailbox.to_bytes() + version.to_bytes(8, "big") + digest)
+
+
+def delete_payload(mailbox: MailboxNumber, version: int) -> bytes:
+    """What an owner signs to approve deleting the record."""
+    return signing_input(DELETE_CONTEXT, mailbox.to_bytes() + version.to_bytes(8, "big"))
+
+
+def authorize_update(
+    owner: Identity, mailbox: MailboxNumber, profile: Profile, version: int
+) -> Authorization:
+    """The owner's approval of `profile` as `mailbox`'s record at `version`."""
+    digest = profile_digest(mailbox, profile)
+    return Authorization(version, owner.sign(update_payload(mailbox, version, digest)))
+
+
+def authorize_delete(owner: Identity, mailbox: MailboxNumber, version: int) -> Authorization:
+    """The owner's approval of deleting `mailbox`'s record at `version`."""
+    return Authorization(version, owner.sign(delete_payload(mailbox, version)))
 
 
 def mint_ticket(

@@ -30,13 +30,21 @@ from records.directory import (
     Ticket,
     UpdateKey,
     UpdateRequest,
+    authorize_delete,
+    authorize_update,
+    avatar_hash,
     decode_entries,
     encode_entries,
+    fields_digest,
     parse_response,
+    profile_digest,
+    public_fields,
     request_frame,
     response_frame,
     span,
+    update_payload,
 )
+from records.identity import verify_signature
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -415,3 +423,30 @@ def test_decoders_only_raise_directory_errors(data: bytes) -> None:
     for parse in (SearchResults.decode, Ticket.from_bytes, OpenSession.decode):
         with contextlib.suppress(DirectoryError):
             parse(data)
+
+
+def test_owner_authorization_keys_201_and_202() -> None:
+    owner = Identity.from_seed(b"o" * 32)
+    mailbox = MailboxNumber(6, 1, 42)
+    profile = Profile(display_name="Ann", avatar_name="a", avatar=b"img")
+    approval = authorize_update(owner, mailbox, profile, 0x0102030405060708)
+    body = UpdateRequest(CH, SE, profile, authorization=approval).encode()
+    tail = bytes.fromhex("c9 08 0102030405060708".replace(" ", "")) + bytes([202, 64])
+    assert body[-2 - 66 - 10 : -2 - 64] == tail
+    assert body[-66:-2] == approval.signature
+    decoded = UpdateRequest.decode(body)
+    assert decoded.authorization == approval
+    digest = profile_digest(mailbox, profile)
+    assert verify_signature(owner.public_key, update_payload(mailbox, approval.version, digest),
+                            approval.signature)  # fmt: skip
+    # the digest can be recomputed from the public fields and the avatar's hash alone
+    assert digest == fields_digest(mailbox, public_fields(profile), avatar_hash(profile))
+    gone = authorize_delete(owner, mailbox, 7)
+    assert DeleteRequest.decode(DeleteRequest(CH, SE, None, gone).encode()).authorization == gone
+    for bad in (
+        [(201, bytes(8))],
+        [(201, bytes(7)), (202, bytes(64))],
+        [(201, b"\x80" + bytes(7)), (202, bytes(64))],
+    ):
+        with pytest.raises(DirectoryError):
+            UpdateRequest.decode(_update([(3, b"a"), *bad]))

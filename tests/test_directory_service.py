@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from records.directory import (
     Status,
     UpdateKey,
     UpdateRequest,
+    authorize_delete,
+    authorize_update,
     encode_entries,
     mint_ticket,
     open_session_request,
@@ -92,6 +94,7 @@ class Directory:
     db: FailingDatabase
     root: Path
     counter: int = 0
+    owners: dict[bytes, tuple[Identity, MailboxNumber]] = field(default_factory=dict)
 
     def challenge(self) -> bytes:
         self.counter += 1
@@ -113,13 +116,43 @@ class Directory:
         request = open_session_request(owner, ticket, self.challenge(), self.clock.now)
         status, body = await self.call(Command.OPEN_SESSION, request.encode())
         assert status == Status.SUCCESS
+        self.owners[body[:16]] = (owner, mailbox)
         return body[:16]
 
+    def version(self) -> int:
+        """Now, made distinct per call (well within the allowed clock skew)."""
+        self.counter += 1
+        return self.clock.now + self.counter
+
     async def update(
-        self, session: bytes, profile: Profile, comment: str | None = None, **kw: Any
+        self,
+        session: bytes,
+        profile: Profile,
+        comment: str | None = None,
+        *,
+        version: int | None = None,
+        signer: Identity | None = None,
+        **kw: Any,
     ) -> int:
-        request = UpdateRequest(self.challenge(), session, profile, comment=comment, **kw)
+        owner, mailbox = self.owners.get(session, (OWNER, MAILBOX))
+        approval = authorize_update(
+            signer or owner, mailbox, profile, self.version() if version is None else version
+        )
+        request = UpdateRequest(
+            self.challenge(), session, profile, comment=comment, authorization=approval, **kw
+        )
         status, _ = await self.call(Command.UPDATE, request.encode())
+        return status
+
+    async def delete(
+        self, session: bytes, *, version: int | None = None, signer: Identity | None = None
+    ) -> int:
+        owner, mailbox = self.owners.get(session, (OWNER, MAILBOX))
+        approval = authorize_delete(
+            signer or owner, mailbox, self.version() if version is None else version
+        )
+        request = DeleteRequest(self.challenge(), session, authorization=approval)
+        status, _ = await self.call(Command.DELETE, request.encode())
         return status
 
     async def search(self, *conditions: Condition, **kw: Any) -> tuple[int, SearchResults | None]:
@@ -216,8 +249,7 @@ async def test_update_without_a_valid_session_changes_nothing(directory: Directo
     assert await directory.update(b"\x99" * 16, ann(display_name="Mallory")) == 40
     directory.clock.now += 31 * 60_000  # sessions last 30 minutes
     assert await directory.update(session, ann(display_name="Late")) == 40
-    delete = DeleteRequest(directory.challenge(), session).encode()
-    assert (await directory.call(Command.DELETE, delete))[0] == 40
+    assert await directory.delete(session) == 40
     assert await directory.store.table_rows() == before
 
 
@@ -484,10 +516,7 @@ async def test_database_error_gives_10(directory: Directory) -> None:
 async def test_delete_removes_the_whole_record(directory: Directory) -> None:
     session = await directory.login()
     assert await directory.update(session, ann(), comment="hello") == 250
-    status, _ = await directory.call(
-        Command.DELETE, DeleteRequest(directory.challenge(), session).encode()
-    )
-    assert status == Status.SUCCESS
+    assert await directory.delete(session) == Status.SUCCESS
     assert await directory.store.get(MAILBOX) is None
     assert await directory.store.comment(MAILBOX) is None
     assert not (directory.root / "users" / MAILBOX.hex).exists()
@@ -496,10 +525,7 @@ async def test_delete_removes_the_whole_record(directory: Directory) -> None:
     assert rows["PRIVATE_COMMENT"] == []
     assert [r[0] for r in rows["TOMBSTONE"]] == [int(MAILBOX)]
     assert (await directory.search())[0] == Status.DATABASE_RETURNED_ZERO_RECORDS
-    status, _ = await directory.call(
-        Command.DELETE, DeleteRequest(directory.challenge(), session).encode()
-    )
-    assert status == Status.DATABASE_RETURNED_ZERO_RECORDS
+    assert await directory.delete(session) == Status.DATABASE_RETURNED_ZERO_RECORDS
     # a later update brings the mailbox back
     directory.clock.now += 1
     assert await directory.update(session, ann(display_name="Ann again")) == 250
@@ -545,7 +571,7 @@ async def test_a_failure_inside_an_update_keeps_the_old_record(
 
 async def test_versions_decide_and_tombstones_win_ties(directory: Directory) -> None:
     store = directory.store
-    kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t"}
+    kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t", "signature": b"s"}
     assert await store.put(MAILBOX, ann(), version=10, **kw)
     assert not await store.put(MAILBOX, ann(display_name="Old"), version=9, **kw)
     assert await store.delete(MAILBOX, version=10, **kw)  # same ms: the delete wins
@@ -555,3 +581,25 @@ async def test_versions_decide_and_tombstones_win_ties(directory: Directory) -> 
     stored = await store.get(MAILBOX)
     assert stored is not None
     assert stored.profile.display_name == "New"
+
+
+async def test_changes_need_the_owners_signed_version(directory: Directory) -> None:
+    session = await directory.login()
+    assert await directory.update(session, ann(), version=T0 + 10) == Status.SUCCESS
+    before = await directory.store.table_rows()
+    thief = Identity.from_seed(b"thief".ljust(32, b"\x00"))
+    # signed by a key other than the ticket's: not authorised
+    assert await directory.update(session, ann(display_name="X"), signer=thief) == 40
+    assert await directory.delete(session, signer=thief) == 40
+    # an older or equal version, or one far from now: invalid, nothing stored
+    assert await directory.update(session, ann(display_name="Old"), version=T0 + 5) == 198
+    assert await directory.delete(session, version=T0 + 5) == 198
+    assert await directory.update(session, ann(display_name="F"), version=T0 + 3_600_000) == 198
+    # no version or signature at all
+    request = UpdateRequest(directory.challenge(), session, ann(display_name="None"))
+    assert (await directory.call(Command.UPDATE, request.encode()))[0] == 198
+    assert await directory.store.table_rows() == before
+    stored = await directory.store.get(MAILBOX)
+    assert stored is not None
+    assert stored.version == T0 + 10
+    assert stored.signature != b""

@@ -4,6 +4,7 @@ simulator's in-memory streams (latency, partitions, virtual time)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ async def test_loopback_tcp_update_search_and_limits(tmp_path: Path) -> None:
         session = await client.open_session(server.address, OWNER, ticket(NOW))
         avatar = bytes(range(256)) * 99  # 25,344 bytes: far more than a datagram
         profile = Profile(display_name="Tcp Ann", avatar_name="a.bin", avatar=avatar)
-        await client.update(server.address, session, profile, comment="over tcp")
+        await client.update(session, profile, comment="over tcp")
         results = await client.search(
             server.address,
             [UpdateKey.MAILBOX, UpdateKey.AVATAR],
@@ -73,7 +74,7 @@ async def test_loopback_tcp_update_search_and_limits(tmp_path: Path) -> None:
         )
         assert results.rows == ((MAILBOX.to_bytes(), avatar),)
         with pytest.raises(DirectoryRefused) as refused:
-            await client.update(server.address, b"\x00" * 16, profile)
+            await client.update(dataclasses.replace(session, key=bytes(16)), profile)
         assert refused.value.code == Status.NOT_AUTHORIZED
 
         # a frame announcing more than the limit ends the connection without an answer
@@ -96,7 +97,7 @@ async def test_loopback_tcp_update_search_and_limits(tmp_path: Path) -> None:
         # the client refuses to send an oversized frame
         small = DirectoryClient(TcpStreamTransport(max_frame_size=1000), clock=FixedClock(NOW))
         with pytest.raises(TransportError):
-            await small.update(server.address, session, profile)
+            await small.update(session, profile)
     finally:
         await server.stop()
         await node.stop()
@@ -123,7 +124,7 @@ def test_simulated_streams_follow_latency_and_partitions(tmp_path: Path) -> None
             now = sim.now_ms()
             session = await client.open_session(server.address, OWNER, ticket(now))
             started = loop.time()
-            await client.update(server.address, session, Profile(display_name="Sim"))
+            await client.update(session, Profile(display_name="Sim"))
             elapsed = loop.time() - started
             assert elapsed == pytest.approx(sim.network.rtt(hosts[0].host, hosts[1].host))
             sim.network.partition([[hosts[0].host], [hosts[1].host, hosts[2].host]])

@@ -269,7 +269,7 @@ async def _remote(args: argparse.Namespace) -> int:
     ticket = Ticket.from_bytes(args.ticket.read_bytes())
     session = await client.open_session(args.server, owner, ticket)
     if args.command == "delete":
-        await client.delete(args.server, session, payment=args.payment)
+        await client.delete(session, payment=args.payment)
         print(f"deleted {ticket.mailbox}")
         return 0
     avatar = args.avatar.read_bytes() if args.avatar is not None else None
@@ -281,7 +281,7 @@ async def _remote(args: argparse.Namespace) -> int:
         avatar=avatar,
         qmail=tuple(sorted(args.qmail)),
     )
-    await client.update(args.server, session, profile, comment=args.comment, payment=args.payment)
+    await client.update(session, profile, comment=args.comment, payment=args.payment)
     print(f"updated {ticket.mailbox}")
     return 0
 

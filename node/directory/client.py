@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from node.config import Clock, SystemClock
 from node.directory.transport import Address, StreamTransport, TcpStreamTransport
@@ -14,6 +15,7 @@ from records.directory import (
     Condition,
     DeleteRequest,
     DirectoryError,
+    MailboxNumber,
     Payment,
     Profile,
     SearchRequest,
@@ -21,6 +23,8 @@ from records.directory import (
     Status,
     Ticket,
     UpdateRequest,
+    authorize_delete,
+    authorize_update,
     open_session_request,
     parse_response,
     request_frame,
@@ -39,6 +43,16 @@ class DirectoryRefused(DirectoryError):
             name = "UNKNOWN"
         super().__init__(f"{command.name} refused with status {status} ({name})")
         self.code = status
+
+
+@dataclass(frozen=True)
+class ClientSession:
+    """A session opened on one server for one mailbox by its owner."""
+
+    server: Address
+    key: bytes
+    owner: Identity
+    mailbox: MailboxNumber
 
 
 class DirectoryClient:
@@ -78,33 +92,43 @@ class DirectoryClient:
             raise DirectoryRefused(command, status)
         return rest
 
-    async def open_session(self, server: Address, owner: Identity, ticket: Ticket) -> bytes:
+    async def open_session(self, server: Address, owner: Identity, ticket: Ticket) -> ClientSession:
         """Present `ticket` (proving `owner` holds the key it names); returns the session."""
         request = open_session_request(owner, ticket, self.challenge(), self.clock.now_ms())
         rest = await self._expect(server, Command.OPEN_SESSION, request.encode())
         if len(rest) != 18:
             raise DirectoryError("an open-session answer is a 16-byte session and E3 E3")
-        return rest[:16]
+        return ClientSession(server, rest[:16], owner, ticket.mailbox)
 
     async def update(
         self,
-        server: Address,
-        session: bytes,
+        session: ClientSession,
         profile: Profile,
         *,
         comment: str | None = None,
         payment: Payment | None = None,
+        version: int | None = None,
     ) -> None:
-        """Replace the session's mailbox record with `profile` (`DirectoryRefused` if not)."""
-        request = UpdateRequest(self.challenge(), session, profile, payment, comment)
-        await self._expect(server, Command.UPDATE, request.encode())
+        """Replace the session's mailbox record with `profile`, signed by the owner at
+        `version` (default now; give every server the same to register one change with
+        several). `DirectoryRefused` if refused."""
+        version = self.clock.now_ms() if version is None else version
+        approval = authorize_update(session.owner, session.mailbox, profile, version)
+        request = UpdateRequest(self.challenge(), session.key, profile, payment, comment, approval)
+        await self._expect(session.server, Command.UPDATE, request.encode())
 
     async def delete(
-        self, server: Address, session: bytes, *, payment: Payment | None = None
+        self,
+        session: ClientSession,
+        *,
+        payment: Payment | None = None,
+        version: int | None = None,
     ) -> None:
         """Delete the session's mailbox record."""
-        request = DeleteRequest(self.challenge(), session, payment)
-        await self._expect(server, Command.DELETE, request.encode())
+        version = self.clock.now_ms() if version is None else version
+        approval = authorize_delete(session.owner, session.mailbox, version)
+        request = DeleteRequest(self.challenge(), session.key, payment, approval)
+        await self._expect(session.server, Command.DELETE, request.encode())
 
     async def search(
         self,

@@ -19,7 +19,9 @@ from node.directory.store import DirectoryStore, Session
 from records.directory import (
     CHALLENGE_SIZE,
     SESSION_SIZE,
+    TOMBSTONE_DIGEST,
     TRAILER,
+    Authorization,
     Command,
     DeleteRequest,
     DirectoryError,
@@ -28,8 +30,12 @@ from records.directory import (
     SearchRequest,
     Status,
     UpdateRequest,
+    delete_payload,
+    profile_digest,
     response_frame,
+    update_payload,
 )
+from records.identity import verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -138,44 +144,67 @@ class DirectoryService:
             if expires < now:
                 del self._seen[challenge]
 
-    def _version(self, held: tuple[int, bytes] | None) -> int:
-        """A version newer than whatever is held (records and tombstones)."""
-        now = self.clock.now_ms()
-        return now if held is None else max(now, held[0] + 1)
+    def _authorized(self, authorization: Authorization | None) -> Authorization:
+        """The owner's approval must be present and dated near now (its signature is checked
+        against the session's owner key by the caller)."""
+        if authorization is None:
+            raise DirectoryError("an update or delete carries the owner's version and signature")
+        if abs(authorization.version - self.clock.now_ms()) > self.clock_skew_ms:
+            raise DirectoryError("the change's version is too far from now")
+        return authorization
 
     async def _update(self, body: bytes) -> Status:
         request = UpdateRequest.decode(body)
         session = await self._session(request.session)
+        approval = self._authorized(request.authorization)
+        digest = profile_digest(session.mailbox, request.profile)
+        payload = update_payload(session.mailbox, approval.version, digest)
+        if not verify_signature(session.owner_key, payload, approval.signature):
+            raise DirectoryError("the owner's signature does not verify", Status.NOT_AUTHORIZED)
+        held = await self.store.version_of(session.mailbox)
+        if held is not None and held >= (approval.version, digest):
+            raise DirectoryError("a newer version is held")  # nothing changes: 198
         paid = await self.payments.charge(Command.UPDATE, session.mailbox, request.payment)
         if paid != Status.SUCCESS:
             return paid
-        held = await self.store.version_of(session.mailbox)
-        await self.store.put(
+        stored = await self.store.put(
             session.mailbox,
             request.profile,
-            version=self._version(held),
+            version=approval.version,
             owner_key=session.owner_key,
             ticket=session.ticket,
+            signature=approval.signature,
             comment=request.comment,
         )
+        if not stored:  # a newer version arrived meanwhile
+            raise DirectoryError("a newer version is held")
         await self._changed(session.mailbox)
         return Status.SUCCESS
 
     async def _delete(self, body: bytes) -> Status:
         request = DeleteRequest.decode(body)
         session = await self._session(request.session)
+        approval = self._authorized(request.authorization)
+        payload = delete_payload(session.mailbox, approval.version)
+        if not verify_signature(session.owner_key, payload, approval.signature):
+            raise DirectoryError("the owner's signature does not verify", Status.NOT_AUTHORIZED)
         if await self.store.get(session.mailbox) is None:
             return Status.DATABASE_RETURNED_ZERO_RECORDS
+        held = await self.store.version_of(session.mailbox)
+        if held is not None and held >= (approval.version, TOMBSTONE_DIGEST):
+            raise DirectoryError("a newer version is held")
         paid = await self.payments.charge(Command.DELETE, session.mailbox, request.payment)
         if paid != Status.SUCCESS:
             return paid
-        held = await self.store.version_of(session.mailbox)
-        await self.store.delete(
+        deleted = await self.store.delete(
             session.mailbox,
-            version=self._version(held),
+            version=approval.version,
             owner_key=session.owner_key,
             ticket=session.ticket,
+            signature=approval.signature,
         )
+        if not deleted:
+            raise DirectoryError("a newer version is held")
         await self._changed(session.mailbox)
         return Status.SUCCESS
 

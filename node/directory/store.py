@@ -61,7 +61,8 @@ _SCHEMA = [
         Version INTEGER NOT NULL,
         Digest BLOB NOT NULL,
         OwnerKey BLOB NOT NULL,
-        Ticket BLOB NOT NULL)""",
+        Ticket BLOB NOT NULL,
+        OwnerSignature BLOB NOT NULL)""",
     # seed 000: SESSION (the key is 16 bytes, so a BLOB rather than the seed's int)
     """CREATE TABLE IF NOT EXISTS SESSION (
         SessionKey BLOB PRIMARY KEY CHECK (length(SessionKey) = 16),
@@ -95,7 +96,8 @@ _SCHEMA = [
         UserID INTEGER PRIMARY KEY,
         Version INTEGER NOT NULL,
         OwnerKey BLOB NOT NULL,
-        Ticket BLOB NOT NULL)""",
+        Ticket BLOB NOT NULL,
+        OwnerSignature BLOB NOT NULL)""",
 ]
 
 _TABLES = ("USER", "SESSION", "MAILSERVER", "USER_MAILSERVER", "PRIVATE_COMMENT", "TOMBSTONE")
@@ -132,6 +134,8 @@ class StoredProfile:
     digest: bytes
     owner_key: bytes
     ticket: bytes
+    signature: bytes
+    """The owner's signature of (mailbox, version, digest)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ class Tombstone:
     version: int
     owner_key: bytes
     ticket: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,7 @@ class DirectoryStore:
         version: int,
         owner_key: bytes,
         ticket: bytes,
+        signature: bytes,
         comment: str | None = None,
         created: int | None = None,
     ) -> bool:
@@ -304,14 +310,15 @@ class DirectoryStore:
                 await db.execute(
                     "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile,"
                     " SendingPrice, StartDateTime, AvatarName, AvatarSHA256, Version, Digest,"
-                    " OwnerKey, Ticket) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " OwnerKey, Ticket, OwnerSignature)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(UserID) DO UPDATE SET PublicAlias = excluded.PublicAlias,"
                     " PublicDescription = excluded.PublicDescription,"
                     " PathToAvatarFile = excluded.PathToAvatarFile,"
                     " SendingPrice = excluded.SendingPrice, AvatarName = excluded.AvatarName,"
                     " AvatarSHA256 = excluded.AvatarSHA256, Version = excluded.Version,"
                     " Digest = excluded.Digest, OwnerKey = excluded.OwnerKey,"
-                    " Ticket = excluded.Ticket",
+                    " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature",
                     (
                         user,
                         profile.display_name,
@@ -325,6 +332,7 @@ class DirectoryStore:
                         digest,
                         owner_key,
                         ticket,
+                        signature,
                     ),
                 )
                 await db.execute("DELETE FROM TOMBSTONE WHERE UserID = ?", (user,))
@@ -366,7 +374,13 @@ class DirectoryStore:
             self._prune_avatars(mailbox, keep)
 
     async def delete(
-        self, mailbox: MailboxNumber, *, version: int, owner_key: bytes, ticket: bytes
+        self,
+        mailbox: MailboxNumber,
+        *,
+        version: int,
+        owner_key: bytes,
+        ticket: bytes,
+        signature: bytes,
     ) -> bool:
         """Delete the whole record (seed 000) and leave a tombstone at `version`, if that is
         newer than what is held. Returns whether anything changed."""
@@ -377,10 +391,11 @@ class DirectoryStore:
                 return False
             await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
             await db.execute(
-                "INSERT INTO TOMBSTONE (UserID, Version, OwnerKey, Ticket) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(UserID) DO UPDATE SET Version = excluded.Version,"
-                " OwnerKey = excluded.OwnerKey, Ticket = excluded.Ticket",
-                (user, version, owner_key, ticket),
+                "INSERT INTO TOMBSTONE (UserID, Version, OwnerKey, Ticket, OwnerSignature)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(UserID) DO UPDATE SET"
+                " Version = excluded.Version, OwnerKey = excluded.OwnerKey,"
+                " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature",
+                (user, version, owner_key, ticket, signature),
             )
         self._prune_avatars(mailbox, None)
         return True
@@ -398,15 +413,14 @@ class DirectoryStore:
     async def _get(self, user: int) -> StoredProfile | None:
         rows = await self._db.fetchall(
             "SELECT PublicAlias, PublicDescription, PathToAvatarFile, SendingPrice,"
-            " StartDateTime, AvatarName, Version, Digest, OwnerKey, Ticket"
+            " StartDateTime, AvatarName, Version, Digest, OwnerKey, Ticket, OwnerSignature"
             " FROM USER WHERE UserID = ?",
             (user,),
         )
         if not rows:
             return None
-        name, description, path, price, created, avatar_name, version, digest, owner, ticket = rows[
-            0
-        ]
+        name, description, path, price, created, avatar_name, version, digest = rows[0][:8]
+        owner, ticket, signature = rows[0][8:]
         servers = await self._db.fetchall(
             "SELECT Slot, QMailID FROM USER_MAILSERVER WHERE UserID = ? ORDER BY Slot", (user,)
         )
@@ -422,19 +436,27 @@ class DirectoryStore:
             qmail=tuple((slot, QMailServer.from_bytes(qid)) for slot, qid in servers),
         )
         return StoredProfile(
-            _mailbox(user), profile, version, created, bytes(digest), bytes(owner), bytes(ticket)
+            _mailbox(user),
+            profile,
+            version,
+            created,
+            bytes(digest),
+            bytes(owner),
+            bytes(ticket),
+            bytes(signature),
         )
 
     async def tombstone(self, mailbox: MailboxNumber) -> Tombstone | None:
         """The deletion remembered for `mailbox`, if any."""
         async with self._lock:
             rows = await self._db.fetchall(
-                "SELECT Version, OwnerKey, Ticket FROM TOMBSTONE WHERE UserID = ?",
+                "SELECT Version, OwnerKey, Ticket, OwnerSignature FROM TOMBSTONE WHERE UserID = ?",
                 (int(mailbox),),
             )
         if not rows:
             return None
-        return Tombstone(mailbox, rows[0][0], bytes(rows[0][1]), bytes(rows[0][2]))
+        version, owner, ticket, signature = rows[0]
+        return Tombstone(mailbox, version, bytes(owner), bytes(ticket), bytes(signature))
 
     async def comment(self, mailbox: MailboxNumber) -> str | None:
         """The private comment of the last update of `mailbox` (never published)."""
