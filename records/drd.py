@@ -16,6 +16,7 @@ value's ``id2`` is the SHA-1 of the server's key), the newest per server kept.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 from google.protobuf.message import DecodeError
@@ -26,13 +27,16 @@ from records.directory import (
     DirectoryError,
     MailboxNumber,
     Profile,
+    Status,
     Ticket,
     UpdateKey,
     avatar_hash,
     decode_entries,
     delete_payload,
     fields_digest,
+    profile_from_entries,
     public_fields,
+    span,
     update_payload,
 )
 from records.directory_pb2 import (
@@ -379,3 +383,146 @@ def servers_of(record: Record) -> list[tuple[bytes, str, int]]:
         _, announcement = parse_server(value.value)
         out.append((announcement.server_key, announcement.host, announcement.port))
     return out
+
+
+# -- sync between directory servers ----------------------------------------------------------
+#
+# Ours (the seed only says "DRD servers may synchronize themselves"). Over the directory's
+# stream port, with the request/response framing of `records.directory`:
+#
+# * SYNC_DIGEST: challenge (16), after (7: a mailbox number), E3 E3 -> up to `DIGEST_PAGE`
+#   rows of mailbox (7), version (8), digest (32), in mailbox order after `after`, then E3 E3;
+#   a page shorter than `DIGEST_PAGE` is the last.
+# * SYNC_PULL: challenge (16), mailbox (7), E3 E3 -> entry length (4), an unsigned
+#   `DirectoryEntry` (fields, avatar hash, ticket, owner signature; no comment: there is no
+#   field for it), the avatar file, E3 E3.
+#
+# The receiver believes nothing a peer says: it checks the ticket and the owner's signature
+# as for any change, so a peer can offer only changes owners made.
+
+DIGEST_ROW = MAILBOX_SIZE + 8 + 32
+DIGEST_PAGE = 4096
+_TRAILER = b"\xe3\xe3"
+
+DigestRow = tuple[MailboxNumber, int, bytes]
+
+
+def encode_digest_request(challenge: bytes, after: MailboxNumber | None) -> bytes:
+    """A SYNC_DIGEST body: rows after `after` (None: from the start)."""
+    start = after.to_bytes() if after is not None else b"\xff" * MAILBOX_SIZE
+    return challenge + start + _TRAILER
+
+
+def decode_digest_request(body: bytes) -> MailboxNumber | None:
+    """The `after` of a SYNC_DIGEST body; `DirectoryError` if malformed."""
+    if len(body) != 16 + MAILBOX_SIZE + 2 or body[-2:] != _TRAILER:
+        raise DirectoryError("a digest request is challenge, mailbox, E3 E3")
+    raw = body[16 : 16 + MAILBOX_SIZE]
+    return None if raw == b"\xff" * MAILBOX_SIZE else MailboxNumber.from_bytes(raw)
+
+
+def encode_digest(rows: Sequence[DigestRow]) -> bytes:
+    """A SYNC_DIGEST answer body."""
+    out = bytearray()
+    for mailbox, version, digest in rows:
+        if len(digest) != 32:
+            raise DirectoryError("a digest is 32 bytes")
+        out += mailbox.to_bytes() + version.to_bytes(8, "big") + digest
+    return bytes(out) + _TRAILER
+
+
+def decode_digest(body: bytes) -> list[DigestRow]:
+    """Rows of a SYNC_DIGEST answer body."""
+    if body[-2:] != _TRAILER or (len(body) - 2) % DIGEST_ROW:
+        raise DirectoryError("a digest is rows of 47 bytes, then E3 E3")
+    rows = []
+    for offset in range(0, len(body) - 2, DIGEST_ROW):
+        row = body[offset : offset + DIGEST_ROW]
+        version = int.from_bytes(row[7:15], "big")
+        rows.append((MailboxNumber.from_bytes(row[:7]), version, row[15:]))
+    return rows
+
+
+def encode_pull_request(challenge: bytes, mailbox: MailboxNumber) -> bytes:
+    """A SYNC_PULL body."""
+    return challenge + mailbox.to_bytes() + _TRAILER
+
+
+def decode_pull_request(body: bytes) -> MailboxNumber:
+    """The mailbox of a SYNC_PULL body."""
+    if len(body) != 16 + MAILBOX_SIZE + 2 or body[-2:] != _TRAILER:
+        raise DirectoryError("a pull request is challenge, mailbox, E3 E3")
+    return MailboxNumber.from_bytes(body[16 : 16 + MAILBOX_SIZE])
+
+
+def encode_pull(entry: DirectoryEntry, avatar: bytes) -> bytes:
+    """A SYNC_PULL answer body."""
+    data = entry.SerializeToString(deterministic=True)
+    return len(data).to_bytes(4, "big") + data + avatar + _TRAILER
+
+
+def decode_pull(body: bytes) -> tuple[DirectoryEntry, bytes]:
+    """(entry, avatar) of a SYNC_PULL answer body."""
+    if len(body) < 6 or body[-2:] != _TRAILER:
+        raise DirectoryError("a pull answer is length, entry, avatar, E3 E3")
+    length = int.from_bytes(body[:4], "big")
+    if 4 + length > len(body) - 2:
+        raise DirectoryError("pull answer entry length is wrong")
+    entry = DirectoryEntry()
+    try:
+        entry.ParseFromString(body[4 : 4 + length])
+    except DecodeError as exc:
+        raise DirectoryError(f"pull answer entry does not parse: {exc}") from exc
+    return entry, body[4 + length : -2]
+
+
+def sync_entry(
+    mailbox: MailboxNumber,
+    *,
+    version: int,
+    profile: Profile | None,
+    ticket: bytes,
+    owner_signature: bytes,
+) -> DirectoryEntry:
+    """The unsigned entry a server hands a syncing peer (no server fields, no comment)."""
+    entry = DirectoryEntry(
+        mailbox=mailbox.to_bytes(),
+        version=version,
+        deleted=profile is None,
+        ticket=ticket,
+        owner_signature=owner_signature,
+    )
+    if profile is not None:
+        entry.fields = public_fields(profile)
+        entry.avatar_sha256 = avatar_hash(profile)
+        entry.avatar_size = len(profile.avatar or b"")
+    return entry
+
+
+def profile_of(entry: DirectoryEntry, avatar: bytes) -> Profile:
+    """Rebuild the profile of a synced entry; `DirectoryError` if the avatar does not match."""
+    entries = decode_entries(entry.fields)
+    if entry.avatar_sha256:
+        if hashlib.sha256(avatar).digest() != entry.avatar_sha256:
+            raise DirectoryError("the avatar does not match its hash")
+        entries += span(UpdateKey.AVATAR, avatar)
+    elif avatar:
+        raise DirectoryError("an avatar without a hash")
+    return profile_from_entries(entries)
+
+
+def check_owner_approval(entry: DirectoryEntry) -> tuple[MailboxNumber, Ticket]:
+    """The mailbox and ticket of an entry whose owner signature verifies (the ticket's quorum
+    is the caller's to check); `DirectoryError` (status 40) otherwise."""
+    mailbox = MailboxNumber.from_bytes(entry.mailbox)
+    ticket = Ticket.from_bytes(entry.ticket)
+    if ticket.mailbox != mailbox:
+        raise DirectoryError("the ticket names another mailbox", Status.NOT_AUTHORIZED)
+    if entry.deleted:
+        payload = delete_payload(mailbox, entry.version)
+    else:
+        digest = fields_digest(mailbox, entry.fields, entry.avatar_sha256)
+        payload = update_payload(mailbox, entry.version, digest)
+    if not verify_signature(ticket.owner_key, payload, entry.owner_signature):
+        raise DirectoryError("the owner did not approve this change", Status.NOT_AUTHORIZED)
+    return mailbox, ticket

@@ -40,6 +40,7 @@ from records.directory import (
     encode_row,
     profile_digest,
 )
+from records.drd import DigestRow
 
 DATABASE_FILE = "directory.sqlite3"
 USERS_DIR = "users"
@@ -481,6 +482,27 @@ class DirectoryStore:
             if mailbox not in out or rank > out[mailbox]:
                 out[mailbox] = rank
         return out
+
+    async def digest_page(self, after: MailboxNumber | None, limit: int) -> list[DigestRow]:
+        """Up to `limit` (mailbox, version, digest) rows of records and tombstones, in mailbox
+        order, after `after` (None: from the first)."""
+        start = -1 if after is None else int(after)
+        async with self._lock:
+            rows = await self._db.fetchall(
+                "SELECT UserID, Version, Digest FROM USER WHERE UserID > ? UNION ALL "
+                "SELECT UserID, Version, ? FROM TOMBSTONE WHERE UserID > ? "
+                "ORDER BY 1 LIMIT ?",
+                (start, TOMBSTONE_DIGEST, start, limit),
+            )
+        return [(_mailbox(user), int(version), bytes(digest)) for user, version, digest in rows]
+
+    async def mailboxes(self) -> list[MailboxNumber]:
+        """Every mailbox with a record or a tombstone."""
+        async with self._lock:
+            rows = await self._db.fetchall(
+                "SELECT UserID FROM USER UNION SELECT UserID FROM TOMBSTONE ORDER BY 1"
+            )
+        return [_mailbox(user) for (user,) in rows]
 
     async def table_rows(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table, sorted (for inspection and tests)."""
