@@ -6,6 +6,7 @@ out, as over TCP), and run on the virtual clock. Implements `node.directory.tran
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from node.directory.transport import MAX_FRAME_SIZE, Address, Handler, TransportError
@@ -40,6 +41,8 @@ class SimStreams:
         self.network = network
         self.max_frame_size = max_frame_size
         self.listeners: dict[Address, SimStreamServer] = {}
+        self.tap: Callable[[Address, Address, bytes, bytes], None] | None = None
+        """Called with (source, destination, request, answer) for every exchange (tests)."""
 
     def transport(self, host: str) -> SimStreamTransport:
         """The stream transport of `host`."""
@@ -94,6 +97,8 @@ class SimStreamTransport:
                         raise  # the caller's own cancellation or timeout
                     raise TransportError(f"{address[0]}:{address[1]} went away") from None
                 await self._travel(address[0])
+                if self._streams.tap is not None:
+                    self._streams.tap((self.host, 0), address, frame, answer)
         except TimeoutError:
             raise TransportError(f"no answer from {address[0]}:{address[1]}") from None
         return answer
