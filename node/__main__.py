@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ticket authorities (from 'python -m node.directory mint-authorities'; "
         "default DIR/authorities.json)",
     )
+    parser.add_argument(
+        "--directory-public-host",
+        metavar="HOST",
+        help="the address other directory servers reach this one at (announced in the DHT; "
+        "default: --host)",
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument(
         "--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)"
@@ -213,7 +219,12 @@ def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
         authorities, threshold = load_authorities(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"cannot read directory authorities from {path}: {exc}") from exc
-    return DirectoryConfig(root=args.directory, authorities=authorities, threshold=threshold)
+    return DirectoryConfig(
+        root=args.directory,
+        authorities=authorities,
+        threshold=threshold,
+        public_host=args.directory_public_host,
+    )
 
 
 def _host_port(address: tuple[str, int]) -> str:

@@ -14,8 +14,11 @@ accepts a final full chunk followed by another key or the end.
 
 **Keys not in the seed** (our additions, outside the seed's codes 0-7 and 10-41):
 ``8`` the mailbox number (a result column and a where-clause field: without it a search could
-not say whom it found) and ``200`` the private "why I updated" comment (seed 000: "everything in
-the DRD is public information except the user's comment"). Key 200 is never a result column.
+not say whom it found), ``200`` the private "why I updated" comment (seed 000: "everything in
+the DRD is public information except the user's comment"; never a result column), and in
+updates and deletes ``201`` the change's version (u64 Unix ms) and ``202`` the owner's ed25519
+signature of it (`update_payload` / `delete_payload`), so that any server or DHT node can check
+that the mailbox's owner approved a change, and the newest approved change wins everywhere.
 
 **Seed ambiguities resolved.** The update table lists ``12-40 | QMail[2-40]`` and
 ``41 | QMail[31]``: keys 10..41 are QMail[0..31], 32 slots. Key 5 is three bytes (coin type u16,
