@@ -417,20 +417,6 @@ class Profile:
         out.extend((UpdateKey.QMAIL_FIRST + slot, s.to_bytes()) for slot, s in self.qmail)
         return out
 
-    def column(self, key: int, mailbox: MailboxNumber) -> bytes | None:
-        """One field's bytes as a result column (None if absent)."""
-        if key == UpdateKey.MAILBOX:
-            return mailbox.to_bytes()
-        if key == UpdateKey.AVATAR:
-            return self.avatar
-        if key in QMAIL_KEYS:
-            found = dict(self.qmail).get(key - UpdateKey.QMAIL_FIRST)
-            return None if found is None else found.to_bytes()
-        for entry_key, value in self.entries():
-            if entry_key == key:
-                return value
-        return None
-
 
 def profile_from_entries(entries: Sequence[Entry]) -> Profile:
     """A profile from public field entries (keys 3-7, 10-41), each at most once."""

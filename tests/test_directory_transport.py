@@ -142,3 +142,30 @@ def test_simulated_streams_follow_latency_and_partitions(tmp_path: Path) -> None
             await sim.stop_all()
 
     run_virtual(main())
+
+
+async def test_tcp_server_bounds_connections_and_idle_time() -> None:
+    async def echo(frame: bytes, peer: tuple[str, int]) -> bytes:
+        return frame
+
+    transport = TcpStreamTransport(max_connections=2, idle_timeout=0.5)
+    server = await transport.serve("127.0.0.1", 0, echo)
+    try:
+        assert await transport.request(server.address, b"ping", within=5) == b"ping"
+        held = [await asyncio.open_connection(*server.address) for _ in range(2)]
+        for _, writer in held:  # both are being served
+            writer.write(encode_frame(b"x"))
+            await writer.drain()
+        for reader, _ in held:
+            assert await reader.readexactly(5) == encode_frame(b"x")
+        reader, writer = await asyncio.open_connection(*server.address)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # a third is turned away
+        writer.close()
+        await writer.wait_closed()
+        for reader, writer in held:  # idle ones are closed after the idle timeout
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await writer.wait_closed()
+        assert server.dropped == 3
+    finally:
+        await server.close()

@@ -536,10 +536,7 @@ class DirectoryStore:
             page, used = 0, 0
             rows: list[tuple[bytes | None, ...]] = []
             for (user,) in ids:
-                stored = await self._get(user)
-                if stored is None:
-                    continue
-                row = tuple(stored.profile.column(c, stored.mailbox) for c in request.columns)
+                row = await self._row(user, request.columns)
                 size = len(encode_row(request.columns, row))
                 if rows and (used + size > budget or len(rows) == 0xFFFF):
                     if page == request.page:
@@ -550,6 +547,42 @@ class DirectoryStore:
         if page != request.page:
             rows = []
         return SearchResults(request.columns, tuple(rows))
+
+    async def _row(self, user: int, columns: tuple[int, ...]) -> tuple[bytes | None, ...]:
+        """One result row; the avatar file is read only if it is a requested column."""
+        fields = await self._db.fetchall(
+            "SELECT PublicAlias, PublicDescription, SendingPrice, AvatarName, PathToAvatarFile"
+            " FROM USER WHERE UserID = ?",
+            (user,),
+        )
+        name, description, price, avatar_name, path = fields[0]
+        slots: dict[int, bytes] = {}
+        if any(c in QMAIL_KEYS for c in columns):
+            for slot, qmail_id in await self._db.fetchall(
+                "SELECT Slot, QMailID FROM USER_MAILSERVER WHERE UserID = ?", (user,)
+            ):
+                slots[UpdateKey.QMAIL_FIRST + slot] = bytes(qmail_id)
+        row: list[bytes | None] = []
+        for column in columns:
+            if column == UpdateKey.MAILBOX:
+                row.append(int(user).to_bytes(7, "big"))
+            elif column == UpdateKey.DISPLAY_NAME:
+                row.append(_utf8(name))
+            elif column == UpdateKey.DESCRIPTION:
+                row.append(_utf8(description))
+            elif column == UpdateKey.AVATAR_NAME:
+                row.append(_utf8(avatar_name))
+            elif column == UpdateKey.SENDING_PRICE:
+                row.append(None if price is None else int(price).to_bytes(3, "big"))
+            elif column == UpdateKey.AVATAR:
+                row.append(None if path is None else (self.root / path).read_bytes())
+            else:
+                row.append(slots.get(column))
+        return tuple(row)
+
+
+def _utf8(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8")
 
 
 def _where_sql(conditions: tuple[Condition, ...]) -> tuple[str, list[Any]]:

@@ -29,6 +29,7 @@ MAX_FRAME_SIZE = 512 * 1024
 """Largest frame (an update with a 25.5 KB avatar, a 255 KB page of results, a sync batch)."""
 LENGTH_SIZE = 4
 DEFAULT_IDLE_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 256
 
 
 class TransportError(DHTError):
@@ -78,10 +79,13 @@ async def read_frame(reader: asyncio.StreamReader, max_frame_size: int = MAX_FRA
 class TcpStreamServer:
     """A TCP listener serving length-prefixed request frames."""
 
-    def __init__(self, handler: Handler, max_frame_size: int, idle_timeout: float) -> None:
+    def __init__(
+        self, handler: Handler, max_frame_size: int, idle_timeout: float, max_connections: int
+    ) -> None:
         self._handler = handler
         self._max = max_frame_size
         self._idle = idle_timeout
+        self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dropped = 0
@@ -100,8 +104,12 @@ class TcpStreamServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
+        if len(self._tasks) >= self._max_connections:
+            self.dropped += 1  # full: memory stays bounded whatever the peers do
+            writer.close()
+            return
+        self._tasks.add(task)
         try:
             while True:
                 try:
@@ -135,14 +143,21 @@ class TcpStreamTransport:
     """`StreamTransport` over asyncio TCP."""
 
     def __init__(
-        self, *, max_frame_size: int = MAX_FRAME_SIZE, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+        self,
+        *,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.max_frame_size = max_frame_size
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
 
     async def serve(self, host: str, port: int, handler: Handler) -> TcpStreamServer:
         """Listen on TCP (host, port)."""
-        server = TcpStreamServer(handler, self.max_frame_size, self.idle_timeout)
+        server = TcpStreamServer(
+            handler, self.max_frame_size, self.idle_timeout, self.max_connections
+        )
         await server._start(host, port)
         return server
 
