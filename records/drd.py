@@ -281,18 +281,9 @@ class DrdValidator:
             raise InvalidRecord("bad_server_signature", "the server's signature does not verify")
         _check_fields(entry)
         try:
-            ticket = Ticket.from_bytes(entry.ticket)
-        except DirectoryError as exc:
-            raise InvalidRecord("bad_ticket", str(exc)) from exc
-        if ticket.mailbox != mailbox:
-            raise InvalidRecord("bad_ticket", "the ticket names another mailbox")
-        if entry.deleted:
-            payload = delete_payload(mailbox, entry.version)
-        else:
-            digest = fields_digest(mailbox, entry.fields, entry.avatar_sha256)
-            payload = update_payload(mailbox, entry.version, digest)
-        if not verify_signature(ticket.owner_key, payload, entry.owner_signature):
-            raise InvalidRecord("bad_owner_signature", "the owner did not approve this change")
+            _, ticket = check_owner_approval(entry)
+        except NotApproved as exc:
+            raise InvalidRecord(exc.reason, str(exc)) from exc
         if self.ticket_check is not None:
             try:
                 self.ticket_check(ticket, entry.version)  # owned when the change was made
@@ -511,18 +502,30 @@ def profile_of(entry: DirectoryEntry, avatar: bytes) -> Profile:
     return profile_from_entries(entries)
 
 
+class NotApproved(DirectoryError):
+    """An entry's ticket or owner signature does not hold; `reason` says which
+    (``bad_ticket`` or ``bad_owner_signature``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, Status.NOT_AUTHORIZED)
+        self.reason = reason
+
+
 def check_owner_approval(entry: DirectoryEntry) -> tuple[MailboxNumber, Ticket]:
     """The mailbox and ticket of an entry whose owner signature verifies (the ticket's quorum
-    is the caller's to check); `DirectoryError` (status 40) otherwise."""
+    is the caller's to check); `NotApproved` (status 40) otherwise."""
     mailbox = MailboxNumber.from_bytes(entry.mailbox)
-    ticket = Ticket.from_bytes(entry.ticket)
+    try:
+        ticket = Ticket.from_bytes(entry.ticket)
+    except DirectoryError as exc:
+        raise NotApproved("bad_ticket", str(exc)) from exc
     if ticket.mailbox != mailbox:
-        raise DirectoryError("the ticket names another mailbox", Status.NOT_AUTHORIZED)
+        raise NotApproved("bad_ticket", "the ticket names another mailbox")
     if entry.deleted:
         payload = delete_payload(mailbox, entry.version)
     else:
         digest = fields_digest(mailbox, entry.fields, entry.avatar_sha256)
         payload = update_payload(mailbox, entry.version, digest)
     if not verify_signature(ticket.owner_key, payload, entry.owner_signature):
-        raise DirectoryError("the owner did not approve this change", Status.NOT_AUTHORIZED)
+        raise NotApproved("bad_owner_signature", "the owner did not approve this change")
     return mailbox, ticket

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.directory.client import ClientSession, DirectoryClient
+from node.directory.client import ClientSession, DirectoryClient, lookup_entry
 from node.directory.server import DirectoryConfig, DirectoryServer
 from records import Identity
 from records.directory import (
@@ -129,6 +129,7 @@ def test_update_on_one_server_reaches_all_three_and_the_dht(tmp_path: Path) -> N
             record = await reader.get(drd_key(MAILBOX))
             assert record is not None
             entry = entry_of(record)
+            assert entry == await lookup_entry(reader, MAILBOX)
             assert entry.version == held[0][0]
             assert entry.avatar_size == len(PROFILE.avatar or b"")
             secret = COMMENT.encode()
@@ -224,6 +225,20 @@ def test_a_peer_cannot_sync_a_change_the_owner_did_not_sign(tmp_path: Path) -> N
                 profile=forged_profile,
                 ticket=own.to_bytes(),
                 owner_signature=authorize_update(thief, MAILBOX, forged_profile, now + 1).signature,
+            )
+            with pytest.raises(DirectoryError):
+                await target.sync.apply(forged, b"")
+            # signed by the owner, but dated a day ahead: it would freeze the record
+            late = now + 86_400_000
+            long = mint_ticket(
+                AUTHORITIES[:3], MAILBOX, OWNER.public_key, issued=now, expires=now + 10**9
+            )
+            forged = sync_entry(
+                MAILBOX,
+                version=late,
+                profile=forged_profile,
+                ticket=long.to_bytes(),
+                owner_signature=authorize_update(OWNER, MAILBOX, forged_profile, late).signature,
             )
             with pytest.raises(DirectoryError):
                 await target.sync.apply(forged, b"")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from node.config import Clock, SystemClock
 from node.directory.transport import Address, StreamTransport, TcpStreamTransport
+from node.server import DHTNode
 from records import Identity
 from records.directory import (
     CHALLENGE_SIZE,
@@ -29,6 +30,8 @@ from records.directory import (
     parse_response,
     request_frame,
 )
+from records.directory_pb2 import DirectoryEntry
+from records.drd import drd_key, entry_of
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -153,3 +156,13 @@ class DirectoryClient:
         if rest[-2:] != b"\xe3\xe3":
             raise DirectoryError("search results without the E3 E3 trailer")
         return SearchResults.decode(rest[:-2])
+
+
+async def lookup_entry(node: DHTNode, mailbox: MailboxNumber) -> DirectoryEntry | None:
+    """The published `DirectoryEntry` of `mailbox` (public fields, avatar hash, who holds it),
+    got through any DHT node; None if none is published. Deleted mailboxes come back with
+    ``deleted`` set."""
+    record = await node.get(drd_key(mailbox))
+    if record is None or not record.values:
+        return None
+    return entry_of(record)

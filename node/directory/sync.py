@@ -58,7 +58,9 @@ class DirectorySync:
         client: DirectoryClient,
         *,
         on_change: OnChange | None = None,
+        clock_skew_ms: int = 5 * 60 * 1000,
     ) -> None:
+        self.clock_skew_ms = clock_skew_ms
         self.store = store
         self.ownership = ownership
         self.client = client
@@ -150,6 +152,8 @@ class DirectorySync:
     async def apply(self, entry: DirectoryEntry, avatar: bytes) -> bool:
         """Store a change from a peer if the owner approved it and it is newer than ours."""
         mailbox, ticket = check_owner_approval(entry)
+        if entry.version > self.client.clock.now_ms() + self.clock_skew_ms:
+            raise DirectoryError("a change dated in the future")  # it would freeze the record
         await self.ownership.verify(ticket, entry.version)  # owned when the change was made
         if entry.deleted:
             changed = await self.store.delete(
