@@ -18,6 +18,7 @@ import platformdirs
 from node import ctl
 from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
 from node.config import DEFAULT_PORT, NodeConfig
+from node.directory.ownership import QuorumTicketVerifier
 from node.directory.server import (
     AUTHORITIES_FILE,
     DirectoryConfig,
@@ -28,6 +29,8 @@ from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
 from node.server import DHTNode
+from records import NamespacedValidator, default_validators
+from records.drd import DrdValidator
 
 log = logging.getLogger("node")
 
@@ -227,6 +230,18 @@ def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
     )
 
 
+def _directory_validator(args: argparse.Namespace) -> NamespacedValidator | None:
+    """A directory server's node knows the ticket authorities, so it also refuses /drd/
+    entries whose tickets they did not sign (other nodes cannot check that)."""
+    if args.directory is None:
+        return None
+    config = _directory_config(args)
+    verifier = QuorumTicketVerifier(config.authorities, config.threshold)
+    validators = default_validators()
+    validators["drd"] = DrdValidator(ticket_check=verifier.check)
+    return NamespacedValidator(validators)
+
+
 def _host_port(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
 
@@ -252,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap=tuple(resolve(args.bootstrap)),
             key_server=args.key_server,
             key_ttl=args.key_ttl,
+            validator=_directory_validator(args),
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
             raise ValueError(

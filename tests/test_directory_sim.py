@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from node.directory.client import ClientSession, DirectoryClient, lookup_entry
+from node.directory.ownership import QuorumTicketVerifier
 from node.directory.server import DirectoryConfig, DirectoryServer
-from records import Identity
+from records import Identity, InvalidRecord
 from records.directory import (
     Command,
     DirectoryError,
@@ -130,6 +131,12 @@ def test_update_on_one_server_reaches_all_three_and_the_dht(tmp_path: Path) -> N
             assert record is not None
             entry = entry_of(record)
             assert entry == await lookup_entry(reader, MAILBOX)
+            trusted = QuorumTicketVerifier([a.public_key for a in AUTHORITIES], 3)
+            assert entry == await lookup_entry(reader, MAILBOX, ticket_check=trusted.check)
+            strangers = [Identity.from_seed(bytes([i + 60]) * 32).public_key for i in range(3)]
+            other = QuorumTicketVerifier(strangers, 2)
+            with pytest.raises(InvalidRecord):
+                await lookup_entry(reader, MAILBOX, ticket_check=other.check)
             assert entry.version == held[0][0]
             assert entry.avatar_size == len(PROFILE.avatar or b"")
             secret = COMMENT.encode()

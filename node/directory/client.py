@@ -31,7 +31,7 @@ from records.directory import (
     request_frame,
 )
 from records.directory_pb2 import DirectoryEntry
-from records.drd import drd_key, entry_of
+from records.drd import DrdValidator, TicketCheck, drd_key, entry_of
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -158,11 +158,20 @@ class DirectoryClient:
         return SearchResults.decode(rest[:-2])
 
 
-async def lookup_entry(node: DHTNode, mailbox: MailboxNumber) -> DirectoryEntry | None:
+async def lookup_entry(
+    node: DHTNode, mailbox: MailboxNumber, *, ticket_check: TicketCheck | None = None
+) -> DirectoryEntry | None:
     """The published `DirectoryEntry` of `mailbox` (public fields, avatar hash, who holds it),
     got through any DHT node; None if none is published. Deleted mailboxes come back with
-    ``deleted`` set."""
-    record = await node.get(drd_key(mailbox))
+    ``deleted`` set.
+
+    A node without the ticket authorities' keys cannot tell their tickets from self-made ones;
+    pass `ticket_check` (e.g. `QuorumTicketVerifier.check`) to have the entry refused with
+    `InvalidRecord("bad_ticket")` unless a quorum of them signed its ticket."""
+    key = drd_key(mailbox)
+    record = await node.get(key)
     if record is None or not record.values:
         return None
+    if ticket_check is not None:
+        DrdValidator(ticket_check=ticket_check).validate(key, record, node.clock.now_ms())
     return entry_of(record)
