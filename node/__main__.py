@@ -18,10 +18,19 @@ import platformdirs
 from node import ctl
 from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
 from node.config import DEFAULT_PORT, NodeConfig
+from node.directory.ownership import QuorumTicketVerifier
+from node.directory.server import (
+    AUTHORITIES_FILE,
+    DirectoryConfig,
+    DirectoryServer,
+    load_authorities,
+)
 from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
 from node.server import DHTNode
+from records import NamespacedValidator, default_validators
+from records.drd import DrdValidator
 
 log = logging.getLogger("node")
 
@@ -94,6 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--key-ttl", type=float, default=300.0, help="seconds a posted key part is kept (300)"
     )
+    parser.add_argument(
+        "--directory",
+        type=Path,
+        metavar="DIR",
+        help="also serve the DRD directory (seed 000) from DIR, over TCP at the node's port",
+    )
+    parser.add_argument(
+        "--directory-authorities",
+        type=Path,
+        metavar="FILE",
+        help="ticket authorities (from 'python -m node.directory mint-authorities'; "
+        "default DIR/authorities.json)",
+    )
+    parser.add_argument(
+        "--directory-public-host",
+        metavar="HOST",
+        help="the address other directory servers reach this one at (announced in the DHT; "
+        "default: --host)",
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument(
         "--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)"
@@ -144,8 +172,12 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
     api: ControlServer | None = None
     metrics: MetricsServer | None = None
     api_file = config.data_dir / ctl.API_FILE if config.data_dir is not None else None
+    directory: DirectoryServer | None = None
     await node.start()
     try:
+        if args.directory is not None:
+            directory = DirectoryServer(_directory_config(args), node)
+            await directory.start()
         if not args.no_api:
             api = ControlServer(
                 node,
@@ -164,6 +196,8 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
         print(f"node {node.id.hex()} listening on {host}:{port}", flush=True)
         if api is not None:
             print(f"control API on {args.api_host}:{api.port}", flush=True)
+        if directory is not None:
+            print(f"directory on {_host_port(directory.address)}", flush=True)
         if metrics is not None:
             print(f"metrics on http://{args.metrics_host}:{metrics.port}/metrics", flush=True)
         await stop.wait()
@@ -175,8 +209,41 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
                 api_file.unlink(missing_ok=True)
         if metrics is not None:
             await metrics.stop()
+        if directory is not None:
+            await directory.stop()
         await node.stop()
         print("node stopped", flush=True)
+
+
+def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
+    """The directory role's settings from the command line."""
+    path = args.directory_authorities or args.directory / AUTHORITIES_FILE
+    try:
+        authorities, threshold = load_authorities(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read directory authorities from {path}: {exc}") from exc
+    return DirectoryConfig(
+        root=args.directory,
+        authorities=authorities,
+        threshold=threshold,
+        public_host=args.directory_public_host,
+    )
+
+
+def _directory_validator(args: argparse.Namespace) -> NamespacedValidator | None:
+    """A directory server's node knows the ticket authorities, so it also refuses /drd/
+    entries whose tickets they did not sign (other nodes cannot check that)."""
+    if args.directory is None:
+        return None
+    config = _directory_config(args)
+    verifier = QuorumTicketVerifier(config.authorities, config.threshold)
+    validators = default_validators()
+    validators["drd"] = DrdValidator(ticket_check=verifier.check)
+    return NamespacedValidator(validators)
+
+
+def _host_port(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
 
 
 def _write_api_file(path: Path, host: str, port: int) -> None:
@@ -200,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap=tuple(resolve(args.bootstrap)),
             key_server=args.key_server,
             key_ttl=args.key_ttl,
+            validator=_directory_validator(args),
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from records.drd import DrdServersValidator, DrdValidator
 from records.meta import MetaValidator
 from records.presence import PresenceValidator
 from records.validation import NamespacedValidator, Validator
@@ -9,7 +10,12 @@ from records.validation import NamespacedValidator, Validator
 
 def default_validators() -> dict[str, Validator]:
     """A fresh mapping of namespace to validator, for callers that add their own namespaces."""
-    return {"presence": PresenceValidator(), "meta": MetaValidator()}
+    return {
+        "presence": PresenceValidator(),
+        "meta": MetaValidator(),
+        "drd": DrdValidator(),
+        "drd-servers": DrdServersValidator(),
+    }
 
 
 def default_validator() -> NamespacedValidator:

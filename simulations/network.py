@@ -159,6 +159,13 @@ class SimNetwork:
         """End the partition."""
         self._groups = None
 
+    def reachable(self, a: str, b: str) -> bool:
+        """True if traffic between hosts `a` and `b` gets through (neither is down, no
+        partition between them); loss aside."""
+        if a in self._down or b in self._down:
+            return False
+        return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -2)
+
     # -- delivery --------------------------------------------------------------------------
 
     def rtt(self, a: str, b: str) -> float:

@@ -1,0 +1,312 @@
+"""DirectoryServer: the directory role of a node (``python -m node --directory DIR``).
+
+It owns the database and avatar folder under ``DIR``, the request handler, and a stream
+listener on the node's host at the node's port number (TCP beside the node's UDP). It is
+composed with a `DHTNode` rather than built into it: the node knows nothing of directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.config import Clock
+from node.directory.client import DirectoryClient
+from node.directory.database import AiosqliteDatabase, Database, InlineDatabase
+from node.directory.ownership import OwnershipVerifier, PaymentVerifier, QuorumTicketVerifier
+from node.directory.service import DEFAULT_SESSION_MINUTES, DirectoryService
+from node.directory.store import DATABASE_FILE, DirectoryStore
+from node.directory.sync import DirectorySync
+from node.directory.transport import (
+    MAX_FRAME_SIZE,
+    Address,
+    StreamServer,
+    StreamTransport,
+    TcpStreamTransport,
+    TransportError,
+)
+from node.errors import NodeNotRunning, PutFailed
+from node.server import DHTNode
+from node.tasks import cancel_and_wait
+from records import Identity, InvalidRecord, Record
+from records.directory import Command, DirectoryError, MailboxNumber
+from records.drd import DRD_SERVERS_KEY, make_drd_record, make_drd_servers_record, servers_of
+
+log = logging.getLogger(__name__)
+
+AUTHORITIES_FILE = "authorities.json"
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    """Everything a `DirectoryServer` can be told."""
+
+    root: Path
+    """The directory's folder: ``directory.sqlite3`` and ``users/<14 hex>/`` avatars."""
+    authorities: tuple[bytes, ...] = ()
+    """Ed25519 public keys of the ticket authorities (stand-ins for RAIDA)."""
+    threshold: int = 1
+    """How many of `authorities` must sign a ticket (k of n)."""
+    port: int | None = None
+    """TCP port to listen on; None: the node's own port number."""
+    session_minutes: int = DEFAULT_SESSION_MINUTES
+    """Minutes a session lasts (seed 000 SESSION.MinutesUntilTimeout)."""
+    tombstone_keep_ms: int = 30 * 24 * 3600 * 1000
+    """How long a deletion is remembered so that syncing servers do not bring it back."""
+    inline_database: bool = False
+    """Run SQLite on the event loop's thread (the simulator's virtual clock needs this)."""
+    max_frame_size: int = MAX_FRAME_SIZE
+    """Largest request or response frame."""
+    public_host: str | None = None
+    """The host other servers and clients reach this directory at (announced in the DHT);
+    None: the node's bound host."""
+    sync_interval: float = 60.0
+    """Seconds between anti-entropy rounds with the other servers."""
+    announce_interval: float = 20 * 60.0
+    """Seconds between announcements at /drd-servers/all/ (they live an hour)."""
+    republish_interval: float = 6 * 3600.0
+    """Seconds between re-signing every /drd/ entry (they live a day)."""
+    request_timeout: float = 10.0
+    """Seconds a sync request may take."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root, Path):
+            object.__setattr__(self, "root", Path(self.root))
+
+
+def load_authorities(path: Path) -> tuple[tuple[bytes, ...], int]:
+    """(public keys, threshold) from an authorities file, as ``mint-authorities`` writes it:
+    ``{"threshold": k, "authorities": ["<64 hex>", ...]}``."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    keys = tuple(bytes.fromhex(k) for k in data["authorities"])
+    return keys, int(data["threshold"])
+
+
+class DirectoryServer:
+    """A node's directory role: store, handler and stream listener, started and stopped as one."""
+
+    def __init__(
+        self,
+        config: DirectoryConfig,
+        node: DHTNode,
+        *,
+        transport: StreamTransport | None = None,
+        ownership: OwnershipVerifier | None = None,
+        payments: PaymentVerifier | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if ownership is None:
+            ownership = QuorumTicketVerifier(config.authorities, config.threshold)
+        self.config = config
+        self.node = node
+        self.transport: StreamTransport = transport or TcpStreamTransport(
+            max_frame_size=config.max_frame_size
+        )
+        self.ownership = ownership
+        self.payments = payments
+        self.clock: Clock = clock or node.clock
+        self.store: DirectoryStore | None = None
+        self.service: DirectoryService | None = None
+        self.sync: DirectorySync | None = None
+        self._listener: StreamServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def address(self) -> Address:
+        """Where the directory listens (host, TCP port)."""
+        if self._listener is None:
+            raise NodeNotRunning("the directory is not running")
+        return self._listener.address
+
+    async def start(self) -> None:
+        """Open the database and listen; the node must be running."""
+        self.config.root.mkdir(parents=True, exist_ok=True)
+        path = self.config.root / DATABASE_FILE
+        db: Database = (
+            InlineDatabase.open(path)
+            if self.config.inline_database
+            else await AiosqliteDatabase.open(path)
+        )
+        self.store = await DirectoryStore.open(db, self.config.root)
+        self.service = DirectoryService(
+            self.store,
+            self.ownership,
+            self.clock,
+            payments=self.payments,
+            session_minutes=self.config.session_minutes,
+            on_change=self._changed,
+        )
+        host, node_port = self.node.address
+        port = self.config.port if self.config.port is not None else node_port
+        try:
+            self._listener = await self.transport.serve(host, port, self._handle)
+        except BaseException:
+            await self.store.close()
+            raise
+        self.sync = DirectorySync(
+            self.store,
+            self.ownership,
+            DirectoryClient(self.transport, clock=self.clock, timeout=self.config.request_timeout),
+            on_change=self._changed,
+        )
+        self._spawn(self._maintain())
+        log.info("directory serving %s on %s:%d", self.config.root, *self._listener.address)
+
+    async def stop(self) -> None:
+        """Stop listening, end owned tasks, close the database."""
+        listener, self._listener = self._listener, None
+        await cancel_and_wait(self._tasks)
+        if listener is not None:
+            await listener.close()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def __aenter__(self) -> DirectoryServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _handle(self, frame: bytes, peer: Address) -> bytes:
+        assert self.service is not None
+        assert self.sync is not None
+        if frame and frame[0] in (Command.SYNC_DIGEST, Command.SYNC_PULL):
+            return await self.sync.handle(frame)
+        return await self.service.handle(frame)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._listener is None:
+            coro.close()
+            return
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _changed(self, mailbox: MailboxNumber) -> None:
+        """A record changed here: publish it (in the background; the client has its answer)."""
+        self._spawn(self.publish(mailbox))
+
+    def _identity(self) -> Identity:
+        if self.node.identity is None:
+            raise NodeNotRunning("the node's identity is loaded by its start()")
+        return self.node.identity
+
+    # -- DHT -------------------------------------------------------------------------------
+
+    @property
+    def public_address(self) -> Address:
+        """The (host, port) announced to others."""
+        host, port = self.address
+        return (self.config.public_host or host, port)
+
+    async def entry_record(self, mailbox: MailboxNumber) -> Record | None:
+        """The signed /drd/ record of what this server holds for `mailbox` (None: nothing)."""
+        assert self.store is not None
+        host, port = self.public_address
+        now = self.clock.now_ms()
+        identity = self._identity()
+        stored = await self.store.get(mailbox)
+        if stored is not None:
+            return make_drd_record(
+                identity,
+                mailbox,
+                version=stored.version,
+                profile=stored.profile,
+                ticket=stored.ticket,
+                owner_signature=stored.signature,
+                host=host,
+                port=port,
+                now=now,
+            )
+        gone = await self.store.tombstone(mailbox)
+        if gone is None:
+            return None
+        return make_drd_record(
+            identity,
+            mailbox,
+            version=gone.version,
+            profile=None,
+            ticket=gone.ticket,
+            owner_signature=gone.signature,
+            host=host,
+            port=port,
+            now=now,
+        )
+
+    async def publish(self, mailbox: MailboxNumber) -> bool:
+        """Put the /drd/ entry of `mailbox` into the DHT; False if no node stored it."""
+        record = await self.entry_record(mailbox)
+        if record is None:
+            return False
+        try:
+            await self.node.put(record)
+        except (PutFailed, InvalidRecord) as exc:
+            log.warning("publishing %s failed: %s", mailbox, exc)
+            return False
+        return True
+
+    async def announce(self) -> bool:
+        """Put this server's announcement at /drd-servers/all/."""
+        host, port = self.public_address
+        record = make_drd_servers_record(self._identity(), host, port, now=self.clock.now_ms())
+        try:
+            await self.node.put(record)
+        except (PutFailed, InvalidRecord) as exc:
+            log.warning("announcing the directory failed: %s", exc)
+            return False
+        return True
+
+    async def peers(self) -> list[Address]:
+        """Directory servers announced at /drd-servers/all/, this one excluded."""
+        record = await self.node.get(DRD_SERVERS_KEY)
+        if record is None:
+            return []
+        own = self._identity().public_key
+        return [(host, port) for key, host, port in servers_of(record) if key != own]
+
+    async def sync_round(self) -> int:
+        """One anti-entropy round with every known peer; returns changes applied."""
+        assert self.sync is not None
+        assert self.store is not None
+        applied = 0
+        for peer in await self.peers():
+            try:
+                applied += await self.sync.sync_with(peer)
+            except (TransportError, DirectoryError) as exc:
+                log.info("sync with %s:%d failed: %s", *peer, exc)
+        await self.store.drop_tombstones(self.clock.now_ms() - self.config.tombstone_keep_ms)
+        return applied
+
+    async def republish(self) -> None:
+        """Re-sign and put every entry held (they expire after a day)."""
+        assert self.store is not None
+        for mailbox in await self.store.mailboxes():
+            await self.publish(mailbox)
+
+    async def _maintain(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        jobs: list[tuple[float, Callable[[], Awaitable[Any]]]] = [
+            (cfg.announce_interval, self.announce),
+            (cfg.sync_interval, self.sync_round),
+            (cfg.republish_interval, self.republish),
+        ]
+        due = [loop.time(), loop.time() + cfg.sync_interval, loop.time() + cfg.republish_interval]
+        while True:
+            soonest = min(range(len(jobs)), key=due.__getitem__)
+            await asyncio.sleep(max(0.0, due[soonest] - loop.time()))
+            interval, job = jobs[soonest]
+            due[soonest] = loop.time() + interval
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("directory job %s failed", getattr(job, "__name__", job))
