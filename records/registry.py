@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from records.chat import ChatValidator
 from records.meta import MetaValidator
 from records.presence import PresenceValidator
 from records.validation import NamespacedValidator, Validator
@@ -9,7 +10,11 @@ from records.validation import NamespacedValidator, Validator
 
 def default_validators() -> dict[str, Validator]:
     """A fresh mapping of namespace to validator, for callers that add their own namespaces."""
-    return {"presence": PresenceValidator(), "meta": MetaValidator()}
+    return {
+        "presence": PresenceValidator(),
+        "meta": MetaValidator(),
+        "chat": ChatValidator(),
+    }
 
 
 def default_validator() -> NamespacedValidator:
