@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -449,7 +449,7 @@ class ChatClient:
         stale = [p for p in result.holders if p.value != data]
         await asyncio.gather(*(protocol.store_at(p.address, p.id, loc, data) for p in stale))
 
-    async def messages(self) -> AsyncIterator[InboxEntry]:
+    async def messages(self) -> AsyncGenerator[InboxEntry, None]:
         """Each new inbox entry once, as it arrives (across restarts with a `state_dir`).
 
         The inbox is polled, every `min_poll` seconds while entries arrive and backing off to
