@@ -139,7 +139,8 @@ class Sent:
     """The inbox page it went to."""
     expiration: int
     stored: int
-    """How many nodes acknowledged storing it."""
+    """How many nodes acknowledged storing it (0 if the recipient had already read it and the
+    holders refused the copy as ``acknowledged``)."""
 
 
 class ChatClient:
@@ -340,7 +341,14 @@ class ChatClient:
         return await self._put_entry(uid, record)
 
     async def _put_entry(self, uid: bytes, record: Record) -> Sent:
-        stored = await self.node.put(record)
+        try:
+            stored = await self.node.put(record)
+        except PutFailed as exc:
+            # The recipient can read an entry from the first holder (this node, even) and
+            # acknowledge it before the other holders are reached: then it is delivered.
+            if set(exc.reasons) != {"acknowledged"}:
+                raise
+            stored = 0
         value = record.values[0]
         return Sent(bytes.fromhex(value.id2), uid, record.key, value.expirationDate, stored)
 
@@ -373,7 +381,8 @@ class ChatClient:
                 entry = self._open(value.value)
                 if entry is not None:
                     entries.append(entry)
-        entries.sort(key=lambda e: (e.timestamp, e.entry_id))
+        # a handshake before the messages of the same millisecond
+        entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
         return entries
 
     def _open(self, data: bytes) -> InboxEntry | None:
@@ -471,8 +480,11 @@ class ChatClient:
                     self._state.save(self._now())
                     yield entry
                 interval = self.min_poll if fresh else min(interval * 2, self.max_poll)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
+                # arrives as the event is set, and the iterator would never end
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await wake.wait()
         finally:
             for stop in stops:
                 stop()
