@@ -39,6 +39,7 @@ from records import (
 )
 from records.chat import (
     DEFAULT_ENTRY_TTL_MS,
+    MAX_RECEIPTS_PER_PAGE,
     NONCE_SIZE,
     DecryptionFailed,
     chat_key,
@@ -54,6 +55,7 @@ from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
 log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
+_RETRY_AFTER = 60.0  # seconds before a failed refresh of the meta or presence is tried again
 
 
 class ChatError(DHTError):
@@ -228,14 +230,19 @@ class ChatClient:
         while True:
             await asyncio.sleep(max(0.0, min(next_meta, next_presence) - loop.time()))
             try:
-                if self.name is not None and loop.time() >= next_meta:
+                if loop.time() >= next_meta:
                     next_meta = loop.time() + meta_every
-                    await self.publish_meta(self.name, self.avatar)
+                    if self.name is not None:
+                        await self.publish_meta(self.name, self.avatar)
                 if loop.time() >= next_presence:
                     next_presence = loop.time() + presence_every
                     await self.announce_device()
-            except (PutFailed, InvalidRecord) as exc:
-                log.warning("refreshing meta or presence failed (retried next time): %s", exc)
+            except NodeNotRunning:
+                return  # the node stopped under us; nothing left to refresh through
+            except DHTError as exc:
+                log.warning("refreshing meta or presence failed (retried in a minute): %s", exc)
+                retry = loop.time() + _RETRY_AFTER
+                next_meta, next_presence = min(next_meta, retry), min(next_presence, retry)
             next_meta = max(next_meta, loop.time() + 1.0)
             next_presence = max(next_presence, loop.time() + 1.0)
 
@@ -428,6 +435,11 @@ class ChatClient:
         by_page: dict[int, list[InboxEntry]] = {}
         for entry in entries:
             by_page.setdefault(page_of(entry.entry_id), []).append(entry)
+        batches = [
+            (page, items[i : i + MAX_RECEIPTS_PER_PAGE])
+            for page, items in by_page.items()
+            for i in range(0, len(items), MAX_RECEIPTS_PER_PAGE)
+        ]
         now = self._now()
 
         async def one(page: int, items: list[InboxEntry]) -> int:
@@ -440,7 +452,7 @@ class ChatClient:
             await self._repair(record.key)
             return len(items)
 
-        counts = await asyncio.gather(*(one(p, items) for p, items in by_page.items()))
+        counts = await asyncio.gather(*(one(p, items) for p, items in batches))
         self._state.mark_seen((e.entry_id, e.expiration) for e in entries)
         self._state.save(now)
         return sum(counts)
