@@ -163,6 +163,14 @@ def conversation_key(own: Identity, peer_public_key: bytes) -> bytes:
     return hashlib.blake2b(shared + low + high, digest_size=32, person=_KEY_PERSON).digest()
 
 
+def _x25519_of(ed25519_public_key: bytes) -> bytes | None:
+    """The X25519 key that goes with an ed25519 public key (None if it is not a curve point)."""
+    try:
+        return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed25519_public_key)
+    except (nacl.exceptions.CryptoError, ValueError, RuntimeError):
+        return None
+
+
 def _associated_data(message: ChatMessage) -> bytes:
     # Binds the ciphertext to who sent it, to whom, under which id and dates.
     return (
@@ -326,60 +334,50 @@ class InboxValue:
 def parse_inbox_value(data: bytes) -> InboxValue:
     """Parse a `SignedInboxEntry`; `InvalidRecord("malformed_value")` if it is not one."""
     envelope = SignedInboxEntry()
+    body: Handshake | ChatMessage | Receipt
     try:
         envelope.ParseFromString(data)
         kind = envelope.WhichOneof("entry")
-        if kind is None:
-            raise InvalidRecord("malformed_value", "the inbox entry is empty")
-        raw: bytes = getattr(envelope, kind)
-        body: Handshake | ChatMessage | Receipt
         if kind == "handshake":
-            body = Handshake.FromString(raw)
+            body = Handshake.FromString(envelope.handshake)
             parsed = InboxValue(
-                "handshake",
-                body.handshake_id,
-                body.sender_public_key,
-                body.timestamp,
-                body.expiration,
-                body,
-                raw,
-                envelope.signature,
-            )
-            sizes = [len(body.sender_uid), len(body.x25519_key), len(body.nonce)]
+                "handshake", body.handshake_id, body.sender_public_key, body.timestamp,
+                body.expiration, body, envelope.handshake, envelope.signature,
+            )  # fmt: skip
+            sizes = {
+                "sender_uid": (len(body.sender_uid), ID_SIZE),
+                "recipient_uid": (len(body.recipient_uid), ID_SIZE),
+                "x25519_key": (len(body.x25519_key), PUBLIC_KEY_SIZE),
+                "nonce": (len(body.nonce), NONCE_SIZE),
+            }
         elif kind == "message":
-            body = ChatMessage.FromString(raw)
+            body = ChatMessage.FromString(envelope.message)
             parsed = InboxValue(
-                "message",
-                body.message_id,
-                body.sender_public_key,
-                body.timestamp,
-                body.expiration,
-                body,
-                raw,
-                envelope.signature,
-            )
-            sizes = [len(body.sender_uid), PUBLIC_KEY_SIZE, len(body.nonce)]
+                "message", body.message_id, body.sender_public_key, body.timestamp,
+                body.expiration, body, envelope.message, envelope.signature,
+            )  # fmt: skip
+            sizes = {
+                "sender_uid": (len(body.sender_uid), ID_SIZE),
+                "recipient_uid": (len(body.recipient_uid), ID_SIZE),
+                "nonce": (len(body.nonce), NONCE_SIZE),
+            }
+        elif kind == "receipt":
+            body = Receipt.FromString(envelope.receipt)
+            parsed = InboxValue(
+                "receipt", body.entry_id, body.recipient_public_key, body.timestamp,
+                body.expiration, body, envelope.receipt, envelope.signature,
+            )  # fmt: skip
+            sizes = {}
         else:
-            body = Receipt.FromString(raw)
-            parsed = InboxValue(
-                "receipt",
-                body.entry_id,
-                body.recipient_public_key,
-                body.timestamp,
-                body.expiration,
-                body,
-                raw,
-                envelope.signature,
-            )
-            sizes = [ID_SIZE, PUBLIC_KEY_SIZE, NONCE_SIZE]
+            raise InvalidRecord("malformed_value", "the inbox entry is empty")
     except DecodeError as exc:
         raise InvalidRecord("malformed_value", f"inbox entry does not parse: {exc}") from exc
-    if sizes != [ID_SIZE, PUBLIC_KEY_SIZE, NONCE_SIZE]:
-        raise InvalidRecord("malformed_value", "a uid, key or nonce has the wrong length")
-    if len(parsed.author_key) != PUBLIC_KEY_SIZE or len(parsed.entry_id) != ENTRY_ID_SIZE:
-        raise InvalidRecord("malformed_value", "a key or entry id has the wrong length")
-    if len(parsed.signature) != SIGNATURE_SIZE:
-        raise InvalidRecord("malformed_value", f"signature is {len(parsed.signature)} bytes")
+    sizes["author key"] = (len(parsed.author_key), PUBLIC_KEY_SIZE)
+    sizes["entry id"] = (len(parsed.entry_id), ENTRY_ID_SIZE)
+    sizes["signature"] = (len(parsed.signature), SIGNATURE_SIZE)
+    for field, (size, expected) in sizes.items():
+        if size != expected:
+            raise InvalidRecord("malformed_value", f"{field} is {size} bytes, expected {expected}")
     return parsed
 
 
@@ -520,6 +518,12 @@ class ChatValidator:
                 )
             if entry_id(body.sender_uid, body.nonce) != parsed.entry_id:
                 raise InvalidRecord("bad_entry_id", "the id is not derived from sender and nonce")
+            if isinstance(body, Handshake) and body.x25519_key != _x25519_of(
+                body.sender_public_key
+            ):
+                raise InvalidRecord(
+                    "x25519_key_mismatch", "the handshake key is not the sender's identity key"
+                )
         signed = signing_input(_CONTEXTS[parsed.kind], parsed.signed_bytes)
         if not verify_signature(parsed.author_key, signed, parsed.signature):
             raise InvalidRecord("bad_signature", f"the {parsed.kind}'s signature does not verify")

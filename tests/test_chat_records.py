@@ -23,6 +23,7 @@ from records import (
 )
 from records.chat import (
     DAY_MS,
+    HANDSHAKE_CONTEXT,
     INBOX_PAGES,
     MAX_ENTRIES_PER_PAGE,
     MAX_RECEIPTS_PER_PAGE,
@@ -34,7 +35,7 @@ from records.chat import (
     parse_chat_key,
     parse_inbox_value,
 )
-from records.chat_pb2 import ChatMessage, SignedInboxEntry
+from records.chat_pb2 import ChatMessage, Handshake, SignedInboxEntry
 from records.identity import signing_input
 from records.validation import MAX_RECORD_SIZE
 from tests.records_factory import NOW, identity
@@ -218,3 +219,16 @@ def test_value_with_a_foreign_id2_is_refused() -> None:
     empty = Record(key=record.key, updateDate=NOW, id1=BOB.id_hex)
     empty.values.append(Value(id2="00" * 16, creationDate=NOW, expirationDate=NOW + 1, value=b""))
     assert reason_of(empty) == "malformed_value"
+
+
+def test_handshake_must_carry_the_senders_own_x25519_key() -> None:
+    record = make_handshake(ALICE, BOB.id, nonce=nonce("h"), now=NOW)
+    default_validator().validate(record.key, record, NOW)
+    envelope = SignedInboxEntry.FromString(record.values[0].value)
+    body = Handshake.FromString(envelope.handshake)
+    body.x25519_key = MALLORY.x25519_public_key
+    raw = body.SerializeToString(deterministic=True)
+    record.values[0].value = SignedInboxEntry(
+        handshake=raw, signature=ALICE.sign(signing_input(HANDSHAKE_CONTEXT, raw))
+    ).SerializeToString()
+    assert reason_of(record) == "x25519_key_mismatch"
