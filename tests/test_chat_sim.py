@@ -132,6 +132,7 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
             await b.close()
             await sim.crash(bob_host)  # Bob goes offline
             sent: list[Sent] = [await a1.send(bob.id, f"message {i}") for i in range(3)]
+            assert await a1.delivered(sent) == set()  # nobody has read them yet
             await asyncio.sleep(3600)
 
             node = await sim.start(bob_host, via=[sim.nodes[0]])  # Bob comes back

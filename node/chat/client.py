@@ -39,7 +39,9 @@ from records import (
 )
 from records.chat import (
     DEFAULT_ENTRY_TTL_MS,
+    MAX_ENTRY_TTL_MS,
     MAX_RECEIPTS_PER_PAGE,
+    MIN_ENTRY_TTL_MS,
     NONCE_SIZE,
     DecryptionFailed,
     chat_key,
@@ -49,7 +51,7 @@ from records.chat import (
     parse_inbox_value,
 )
 from records.chat_pb2 import ChatMessage, Handshake
-from records.meta import DEFAULT_META_TTL_MS, parse_meta
+from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
 from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,10 @@ class ChatClient:
     ) -> None:
         if not 0 < min_poll <= max_poll:
             raise ValueError("need 0 < min_poll <= max_poll")
+        if not MIN_ENTRY_TTL_MS <= entry_ttl_ms <= MAX_ENTRY_TTL_MS:
+            raise ValueError("seed 003: handshakes and messages are kept 3 to 7 days")
+        if not 0 < meta_ttl_ms <= MAX_META_TTL_MS:
+            raise ValueError("seed 003: a meta lives at most 7 days")
         self.node = node
         self.identity = identity
         self.name = name
