@@ -119,6 +119,15 @@ class NodeConfig:
     max_outstanding_calls: int = 10_000
     """RPCs this node may have in flight; more fail at once."""
 
+    prove_ids: bool = True
+    """A contact enters the routing table (and so can be chosen to store records) only after
+    signing a fresh challenge with the key behind its ID; stock `kademlia` nodes cannot, so they
+    may route through this node but are never used. False trusts claimed IDs, as stock does."""
+
+    proven_cache_size: int = 1024
+    """Nodes outside the routing table whose proofs are remembered (ID and address, least
+    recently used dropped), so a lookup does not ask them again."""
+
     get_paths: int = 1
     """Disjoint paths a get's lookup takes (S/Kademlia); more resist malicious nodes at the cost
     of messages (each path finds its own k closest)."""
@@ -181,6 +190,8 @@ class NodeConfig:
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if self.proven_cache_size < 0:
+            problems.append("proven_cache_size must not be negative")
         if self.max_store_bytes < 0:
             problems.append("max_store_bytes cannot be negative")
         if problems:

@@ -30,13 +30,20 @@ from node.routing import Address, Contact, RoutingTable, RttSpread
 from node.storage import RecordStore
 from node.tasks import cancel_and_wait
 from node.wire import REQUEST, decode, encode_request, encode_response
-from records import InvalidRecord, decode_record
+from records import Identity, InvalidRecord, check_node_proof, decode_record, prove_node
 
 log = logging.getLogger(__name__)
 
 Reply = tuple[bool, Any]
 RPC_NAMES = ("ping", "store", "find_node", "find_value", "stun")
 _ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2, "stun": 0}
+# A request to a node whose ID is not proven yet carries this extra last argument; the answer
+# is then {"answer": result, "proof": [public_key, signature]} (see `records.prove_node`, the
+# challenge being the request's random message ID). Stock rpcudp cannot take the extra argument,
+# so a stock node never answers and never enters our routing table.
+PROVE = "prove"
+_PROVABLE = frozenset({"ping", "find_node", "find_value"})
+_MAX_PING_BACKS = 256
 
 
 @dataclass
@@ -102,8 +109,8 @@ class _TokenBuckets:
 
 
 OnReply = Callable[[bool, Any], None]
-# A call that timed out: (address, sent at, node ID), kept a while for a late answer.
-_Expired = tuple[Address, float, bytes | None]
+# A call that timed out: (address, sent at, node ID, proof asked), kept a while for a late answer.
+_Expired = tuple[Address, float, bytes | None, bool]
 _MAX_EXPIRED = 256
 _MAX_BANNED = 4096
 
@@ -115,6 +122,7 @@ class _Pending:
     sent_at: float
     timeout_at: float
     node_id: bytes | None
+    prove: bool
     on_stall: Callable[[], None] | None = None
     stall_at: float = math.inf
 
@@ -125,7 +133,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     def __init__(
         self,
         *,
-        own_id: bytes,
+        identity: Identity,
         table: RoutingTable,
         store: RecordStore,
         config: NodeConfig,
@@ -138,7 +146,8 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.source_node = None
         self.router = table
         self.storage = store
-        self.own_id = own_id
+        self.identity = identity
+        self.own_id = identity.id
         self.table = table
         self.store = store
         self.config = config
@@ -172,6 +181,10 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.services: dict[int, Callable[[bytes, Address], None]] = {}
         # Nodes caught serving invalid records: out of the routing table, never asked again.
         self.banned: OrderedDict[bytes, None] = OrderedDict()
+        # Nodes that proved their IDs lately, by ID: the address they proved it from.
+        self._proven_at: OrderedDict[bytes, Address] = OrderedDict()
+        # Unproven nodes that asked us something, being pinged for a proof.
+        self._ping_backs: set[bytes] = set()
         self.transport: asyncio.DatagramTransport | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -233,6 +246,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         if not isinstance(name, str) or name not in _ARITY:
             self.stats.dropped["unknown_rpc"] += 1
             return
+        prove = name in _PROVABLE and len(args) == _ARITY[name] + 1 and args[-1] == PROVE
+        if prove:
+            args = args[:-1]
         if len(args) != _ARITY[name] or not _ids_ok(args[:1] if name == "ping" else args[:2]):
             self.stats.dropped["bad_arguments"] += 1
             return
@@ -241,25 +257,27 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.stats.requests_in[name] += 1
         try:
             if name == "ping":
-                self._heard(args[0], addr)
                 result: Any = self.own_id
             elif name == "find_node":
-                self._heard(args[0], addr)
                 result = self._closest_as_list(args[1], exclude=args[0])
             elif name == "find_value":
-                self._heard(args[0], addr)
                 result = self._find_value(args[1], exclude=args[0])
             elif name == "stun":
                 result = [addr[0], addr[1]]
             else:
-                self._heard(args[0], addr)
                 self._store(msg_id, args, addr)
+                self._heard(args[0], addr)
                 return
         except Exception:
             log.exception("error answering %s from %s", name, addr)
             self.stats.dropped["handler_error"] += 1
             result = None
+        if prove:
+            public_key, signature = prove_node(self.identity, msg_id, args[0])
+            result = {"answer": result, "proof": [public_key, signature]}
         self._send(encode_response(msg_id, result), addr)
+        if name != "stun":
+            self._heard(args[0], addr)  # after answering: it may ping the sender for a proof
 
     def _allow_lookup(self, addr: Address) -> bool:
         """Per-source, then global, budget for answering ping / find_* (drops are counted)."""
@@ -282,7 +300,24 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.stats.dropped["banned_node"] += 1
 
     def _heard(self, node_id: bytes, addr: Address) -> None:
+        """A request came from `node_id` at `addr`: a known contact is fresh; an unproven node
+        the table has room for is pinged for a proof (it enters the table when that answers)."""
         if node_id in self.banned:
+            return
+        if self.config.prove_ids and not self._proven(node_id, addr):
+            if (
+                node_id not in self._ping_backs
+                and len(self._ping_backs) < _MAX_PING_BACKS
+                and self.table.has_room_for(node_id)
+            ):
+                self._ping_backs.add(node_id)
+                self.request(
+                    addr,
+                    "ping",
+                    [self.own_id],
+                    node_id,
+                    lambda _ok, _body: self._ping_backs.discard(node_id),
+                )
             return
         head = self.table.heard_from(node_id, addr, self._loop.time(), verified=False)
         if head is not None:
@@ -349,9 +384,14 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     def _handle_response(self, msg_id: bytes, body: Any, addr: Address) -> None:
         pending = self._outstanding.get(msg_id)
         if pending is not None:
-            address, sent_at, node_id = pending.address, pending.sent_at, pending.node_id
+            address, sent_at, node_id, prove = (
+                pending.address,
+                pending.sent_at,
+                pending.node_id,
+                pending.prove,
+            )
         elif (expired := self._expired.get(msg_id)) is not None:
-            address, sent_at, node_id = expired
+            address, sent_at, node_id, prove = expired
         else:
             self.stats.dropped["unexpected_response"] += 1
             return
@@ -365,9 +405,21 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             del self._outstanding[msg_id]
         rtt = self._loop.time() - sent_at
         self.rtt.observe(rtt)
+        if prove:
+            body, node_id = self._proven_answer(msg_id, body, node_id)
+            if node_id is None:
+                self.stats.dropped["unproven"] += 1
+                if pending is not None:
+                    pending.on_reply(False, None)
+                return
+            self._remember_proof(node_id, addr)
         if node_id is None and isinstance(body, bytes) and len(body) == 20:
             node_id = body  # a ping to an address whose node we did not know yet
-        if node_id is not None and node_id not in self.banned:
+        if (
+            node_id is not None
+            and node_id not in self.banned
+            and (prove or not self.config.prove_ids or self._proven(node_id, addr))
+        ):
             head = self.table.heard_from(node_id, addr, self._loop.time(), verified=True)
             contact = self.table.get(node_id)
             if contact is not None:
@@ -376,6 +428,41 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
                 self.ping_contact(head)
         if pending is not None:
             pending.on_reply(True, body)
+
+    def _proven(self, node_id: bytes, address: Address) -> bool:
+        """True if `node_id` has proved its ID from `address` (it is in the routing table or
+        proved it lately)."""
+        if self._proven_at.get(node_id) == address:
+            self._proven_at.move_to_end(node_id)
+            return True
+        return self.table.known_at(node_id, address)
+
+    def _remember_proof(self, node_id: bytes, address: Address) -> None:
+        self._proven_at[node_id] = address
+        self._proven_at.move_to_end(node_id)
+        if len(self._proven_at) > self.config.proven_cache_size:
+            self._proven_at.popitem(last=False)
+
+    def _proven_answer(
+        self, msg_id: bytes, body: Any, node_id: bytes | None
+    ) -> tuple[Any, bytes | None]:
+        """Unwrap an answer that had to carry a proof: ``(answer, proven node ID)``, or
+        ``(None, None)`` if the proof is missing or wrong. A ping to a bare address proves the ID
+        it answers with."""
+        if not (isinstance(body, dict) and body.keys() == {"answer", "proof"}):
+            return None, None
+        answer, proof = body["answer"], body["proof"]
+        if node_id is None:
+            node_id = answer if isinstance(answer, bytes) and len(answer) == 20 else None
+        if (
+            node_id is None
+            or not isinstance(proof, list)
+            or len(proof) != 2
+            or not all(isinstance(part, bytes) for part in proof)
+            or not check_node_proof(node_id, proof[0], proof[1], msg_id, self.own_id)
+        ):
+            return None, None
+        return answer, node_id
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -441,10 +528,15 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             on_reply(False, None)
             return
         msg_id = self._new_msg_id()
-        data = encode_request(msg_id, name, args)
+        prove = (
+            self.config.prove_ids
+            and name in _PROVABLE
+            and (node_id is None or not self._proven(node_id, address))
+        )
+        data = encode_request(msg_id, name, [*args, PROVE] if prove else args)
         now = self._loop.time()
         timeout, expected = self._bounded_estimates(node_id)
-        pending = _Pending(on_reply, address, now, now + timeout, node_id)
+        pending = _Pending(on_reply, address, now, now + timeout, node_id, prove)
         self._outstanding[msg_id] = pending
         self._add_deadline(pending.timeout_at, msg_id)
         if on_stall is not None and expected < timeout:
@@ -501,7 +593,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         del self._outstanding[msg_id]
         self.stats.timeouts += 1
         # only what a late answer needs: not the callbacks (and whatever they hold)
-        self._expired[msg_id] = (pending.address, pending.sent_at, pending.node_id)
+        self._expired[msg_id] = (pending.address, pending.sent_at, pending.node_id, pending.prove)
         if len(self._expired) > _MAX_EXPIRED:
             self._expired.popitem(last=False)
         if pending.node_id is not None:

@@ -222,6 +222,24 @@ class RoutingTable:
             return head
         return None
 
+    def known_at(self, node_id: bytes, address: Address) -> bool:
+        """True if `node_id` is a contact or a replacement at `address`."""
+        bucket = self.bucket_for(int.from_bytes(node_id, "big"))
+        contact = bucket.contacts.get(node_id) or bucket.replacements.get(node_id)
+        return contact is not None and contact.address == address
+
+    def has_room_for(self, node_id: bytes) -> bool:
+        """True if `heard_from` would make `node_id` a contact now, not a replacement (its bucket
+        has room, can split, or holds a stale contact)."""
+        if node_id == self.own_id:
+            return False
+        bucket = self.bucket_for(int.from_bytes(node_id, "big"))
+        return (
+            len(bucket.contacts) < self.k
+            or (bucket.covers(self.own_long_id) and bucket.depth < ID_BITS)
+            or any(c.failures >= self.stale_after for c in bucket.contacts.values())
+        )
+
     def failed(self, node_id: bytes) -> bool:
         """Count a failed request to `node_id`; True if it was removed from its bucket.
 

@@ -141,7 +141,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             now=loop.time(),
         )
         protocol = self.protocol_class(
-            own_id=self.identity.id,
+            identity=self.identity,
             table=self.table,
             store=self.store,
             config=cfg,

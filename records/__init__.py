@@ -13,7 +13,13 @@ from records.chat import (
     make_receipts,
 )
 from records.errors import DHTError, InvalidRecord, RecordTooLarge
-from records.identity import Identity, identity_id, verify_signature
+from records.identity import (
+    Identity,
+    check_node_proof,
+    identity_id,
+    prove_node,
+    verify_signature,
+)
 from records.keys import location, meta_key, namespace_of, presence_key
 from records.meta import MetaValidator, make_meta_record
 from records.meta_pb2 import SignedUserMeta, UserMeta
@@ -60,6 +66,7 @@ __all__ = [
     "Value",
     "chat_key",
     "check_admission",
+    "check_node_proof",
     "client_announcement",
     "countersign",
     "decode_record",
@@ -79,6 +86,7 @@ __all__ = [
     "meta_key",
     "namespace_of",
     "presence_key",
+    "prove_node",
     "verify_signature",
     "without_expired",
 ]

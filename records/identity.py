@@ -136,3 +136,28 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"Identity(id={self.id_hex})"  # never the secret
+
+
+NODE_PROOF_CONTEXT = b"dht-node-proof-v1"
+
+
+def node_proof_input(challenge: bytes, asker_id: bytes, prover_id: bytes) -> bytes:
+    """What a node signs to prove it holds the key behind `prover_id` (issue 10, S/Kademlia):
+    the asker's fresh random `challenge` (its request's message ID) and both IDs, so the answer
+    is good for this request, this asker and this identity only."""
+    return signing_input(NODE_PROOF_CONTEXT, challenge + asker_id + prover_id)
+
+
+def prove_node(identity: Identity, challenge: bytes, asker_id: bytes) -> tuple[bytes, bytes]:
+    """``(public_key, signature)``: `identity`'s answer to `asker_id`'s `challenge`."""
+    return identity.public_key, identity.sign(node_proof_input(challenge, asker_id, identity.id))
+
+
+def check_node_proof(
+    node_id: bytes, public_key: bytes, signature: bytes, challenge: bytes, asker_id: bytes
+) -> bool:
+    """True if `public_key` hashes to `node_id` and `signature` answers `challenge` from
+    `asker_id` (see `prove_node`)."""
+    return identity_id(public_key) == node_id and verify_signature(
+        public_key, node_proof_input(challenge, asker_id, node_id), signature
+    )

@@ -92,7 +92,7 @@ async def test_put_with_no_peers_fails() -> None:
         await node.get(presence_key(identity("alice").id))
 
 
-async def test_stock_kademlia_routes_with_us_but_cannot_store_junk() -> None:
+async def test_stock_kademlia_routes_with_us_but_cannot_store_junk_or_be_chosen() -> None:
     logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
     async with loopback_network(5) as nodes:
         stock = Server()
@@ -108,9 +108,13 @@ async def test_stock_kademlia_routes_with_us_but_cannot_store_junk() -> None:
             assert sum(n.stats.refused["malformed_record"] for n in nodes) >= 1
             # and it can fetch a real record through our nodes
             record = presence()
-            await nodes[2].put(record)
+            assert await nodes[2].put(record) == 4  # the four others of ours, not the stock one
             value = await stock.get(record.key)
             assert value is not None
+            # but it cannot prove an ID, so it is in no routing table and never holds a record
+            stock_id = stock.node.id
+            assert all(n.table is not None and n.table.get(stock_id) is None for n in nodes)
+            assert stock.storage.get(location(record.key)) is None
         finally:
             stock.stop()
             await asyncio.sleep(0)

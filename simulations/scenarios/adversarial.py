@@ -5,8 +5,10 @@ Malicious nodes (``--malicious``, a share of all nodes, spread through the netwo
 find_node and find_value with only their fellow colluders closest to the target; acknowledge
 stores but keep only the first version they see (so they serve stale copies); answer find_value
 with that stale copy or a forged one (its signed bytes altered); and flood honest nodes with junk
-stores. The same network and workload run twice: gets over one lookup path, then over
-``--paths`` disjoint paths (S/Kademlia).
+stores. With ``--spoof`` they go further and answer with made-up IDs right next to the target,
+at colluders' addresses (choosing their positions; proofs of ID stop this, ``--no-proofs``
+shows what it does without them). The same network and workload run twice: gets over one
+lookup path, then over ``--paths`` disjoint paths (S/Kademlia).
 """
 
 from __future__ import annotations
@@ -56,13 +58,20 @@ class Colluders:
         return [[self.members[i][0], *self.members[i][1]] for i in ranked]
 
 
-def malicious_node_class(colluders: Colluders, seed: int) -> type[DHTNode]:
+def malicious_node_class(colluders: Colluders, seed: int, spoof: bool = False) -> type[DHTNode]:
     """A `DHTNode` whose protocol lies as the module docstring says."""
     rng = random.Random(f"malice-{seed}")
 
     class MaliciousProtocol(DHTProtocol):
         def _closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
-            return colluders.closest(int.from_bytes(key, "big"), self.config.k)
+            target = int.from_bytes(key, "big")
+            fellows = colluders.closest(target, self.config.k)
+            if not spoof:
+                return fellows
+            return [
+                [(target ^ (i + 1)).to_bytes(20, "big"), host, port]
+                for i, (_, host, port) in enumerate(fellows)
+            ]
 
         def _find_value(self, key: bytes, exclude: bytes) -> Any:
             nodes = self._closest_as_list(key, exclude)
@@ -101,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--paths", type=int, default=3, help="disjoint paths for gets (3)")
     parser.add_argument("--gets", type=int, default=1000, help="gets per round (1000)")
+    parser.add_argument(
+        "--spoof", action="store_true", help="malicious nodes also answer with made-up IDs"
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +122,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     async def body(sim: Simulation, progress: Progress) -> Outcome:
         colluders = Colluders()
-        evil_class = malicious_node_class(colluders, args.seed)
+        evil_class = malicious_node_class(colluders, args.seed, spoof=args.spoof)
         evil: set[int] = set()
         chooser = random.Random(f"who-is-evil-{args.seed}")
         for index in range(args.nodes):
@@ -125,7 +137,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(5 * MINUTE)
             tracked = await _put_honestly(sim, honest, args.keys)
             await asyncio.sleep(MINUTE)
-            metrics: dict[str, Any] = {"malicious_nodes": len(evil), "paths": args.paths}
+            metrics: dict[str, Any] = {
+                "malicious_nodes": len(evil),
+                "paths": args.paths,
+                "spoof": args.spoof,
+                "proofs": not args.no_proofs,
+            }
             latencies: dict[str, list[float]] = {}
             for paths, label in ((1, "1path_"), (args.paths, f"{args.paths}paths_")):
                 for n in sim.live():
@@ -142,6 +159,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(flood, return_exceptions=True)
         dropped = sum(n.node.stats.dropped["rate_limited"] for n in honest if n.node is not None)
         metrics["flood_stores_throttled"] = dropped
+        real = {n.identity.id for n in sim.nodes}
+        metrics["made_up_ids_in_honest_tables"] = sum(
+            1
+            for n in honest
+            if n.node is not None and n.node.table is not None
+            for c in n.node.table
+            if c.id not in real
+        )
         return Outcome(metrics=metrics, latencies=latencies)
 
     return run_scenario("adversarial", args, body, total=args.nodes + 2 * args.gets)

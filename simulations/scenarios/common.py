@@ -38,6 +38,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: i
     parser.add_argument("--loss", type=float, default=0.0, help="datagram loss rate (0)")
     parser.add_argument("--out", type=Path, help="write result.json and PNG plots here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--get-paths", type=int, help="disjoint paths per get (default: the node's default)"
+    )
+    parser.add_argument(
+        "--no-proofs",
+        action="store_true",
+        help="trust claimed node IDs, as stock kademlia does (for comparison)",
+    )
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -48,6 +56,8 @@ def check_common(args: argparse.Namespace) -> None:
         raise SystemExit("--keys must be at least 1")
     if not 0.0 <= args.loss < 1.0:
         raise SystemExit("--loss must be in [0, 1)")
+    if args.get_paths is not None and args.get_paths < 1:
+        raise SystemExit("--get-paths must be at least 1")
 
 
 @dataclass
@@ -179,6 +189,10 @@ def run_scenario(
     started = time.perf_counter()
     progress = progress_bar(total, name, quiet=args.quiet)
     sim_config = dict(config or {})
+    if args.get_paths is not None:
+        sim_config["get_paths"] = args.get_paths
+    if args.no_proofs:
+        sim_config["prove_ids"] = False
 
     async def main() -> Outcome:
         sim = Simulation(seed=args.seed, loss=args.loss, config=sim_config)

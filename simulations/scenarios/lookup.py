@@ -1,4 +1,6 @@
-"""``lookup``: a steady network; get latency, rounds and messages per lookup."""
+"""``lookup``: a steady network; get latency, rounds and messages per get, and the same for
+plain node lookups (find_node, what a put or a join does), reported as ``lookup_*``: a get may
+take several disjoint paths (``get_paths``), a node lookup takes one."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from simulations.harness import Simulation
+from node import NodeNotRunning
+from simulations.harness import Percentiles, Simulation
 from simulations.report import Progress
 from simulations.scenarios.common import (
     HOUR,
@@ -43,6 +46,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         samples = await measure_gets(sim, items)
         progress.update(args.gets)
         metrics = summarize(samples)
+        metrics.update(await measure_node_lookups(sim, args.gets))
         metrics["datagrams"] = sim.network.counters["sent"]
         return Outcome(
             metrics=metrics,
@@ -51,3 +55,33 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     return run_scenario("lookup", args, body, total=args.nodes + args.gets)
+
+
+async def measure_node_lookups(sim: Simulation, count: int) -> dict[str, float]:
+    """`count` find_node lookups of random targets from random nodes: messages and rounds."""
+    semaphore = asyncio.Semaphore(64)
+    messages: list[float] = []
+    rounds: list[float] = []
+
+    async def one() -> None:
+        via = sim.rng.choice(sim.live())
+        target = sim.rng.randbytes(20)
+        async with semaphore:
+            if via.node is None:
+                return
+            try:
+                result = await via.node.lookup_nodes(target)
+            except NodeNotRunning:
+                return
+        messages.append(result.messages)
+        rounds.append(result.rounds)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    m, r = Percentiles.of(messages), Percentiles.of(rounds)
+    return {
+        "lookups": len(messages),
+        "lookup_messages_p50": m.p50,
+        "lookup_messages_p95": m.p95,
+        "lookup_rounds_p50": r.p50,
+        "lookup_rounds_p95": r.p95,
+    }
