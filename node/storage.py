@@ -22,6 +22,7 @@ from records import (
     InvalidRecord,
     Record,
     Validator,
+    check_admission,
     decode_record,
     encode_record,
     location,
@@ -270,6 +271,8 @@ class RecordStore:
                 "location_mismatch", "the record's key does not hash to this location"
             )
         held = self._entries.get(loc)
+        if held is not None:
+            check_admission(self.validator, key, held.record, record, now)
         merged = self.validator.consolidate(key, [held.record, record] if held else [record], now)
         data = encode_record(merged)
         # the sender holds our version only if it sent exactly that

@@ -3,6 +3,15 @@
 Nothing here touches sockets, files, clocks or an event loop; time comes in as `now` (Unix ms).
 """
 
+from records.chat import (
+    ChatValidator,
+    DecryptionFailed,
+    chat_key,
+    inbox_keys,
+    make_handshake,
+    make_message,
+    make_receipts,
+)
 from records.errors import DHTError, InvalidRecord, RecordTooLarge
 from records.identity import (
     Identity,
@@ -27,8 +36,10 @@ from records.record_pb2 import Record, Value
 from records.registry import default_validator, default_validators
 from records.validation import (
     MAX_RECORD_SIZE,
+    Admission,
     NamespacedValidator,
     Validator,
+    check_admission,
     decode_record,
     encode_record,
     without_expired,
@@ -36,8 +47,11 @@ from records.validation import (
 
 __all__ = [
     "MAX_RECORD_SIZE",
+    "Admission",
     "AnnouncementMessage",
+    "ChatValidator",
     "DHTError",
+    "DecryptionFailed",
     "Identity",
     "InvalidRecord",
     "MetaValidator",
@@ -50,6 +64,8 @@ __all__ = [
     "UserMeta",
     "Validator",
     "Value",
+    "chat_key",
+    "check_admission",
     "check_node_proof",
     "client_announcement",
     "countersign",
@@ -58,11 +74,15 @@ __all__ = [
     "default_validators",
     "encode_record",
     "identity_id",
+    "inbox_keys",
     "location",
     "make_announcement",
+    "make_handshake",
+    "make_message",
     "make_meta_record",
     "make_presence_record",
     "make_put_record",
+    "make_receipts",
     "meta_key",
     "namespace_of",
     "presence_key",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from records.chat import ChatValidator
 from records.drd import DrdServersValidator, DrdValidator
 from records.meta import MetaValidator
 from records.presence import PresenceValidator
@@ -13,6 +14,7 @@ def default_validators() -> dict[str, Validator]:
     return {
         "presence": PresenceValidator(),
         "meta": MetaValidator(),
+        "chat": ChatValidator(),
         "drd": DrdValidator(),
         "drd-servers": DrdServersValidator(),
     }

@@ -7,7 +7,7 @@ Seed 001's Go interface is ``Validate`` / ``Select`` / ``Consolidate``; here tim
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from google.protobuf.message import DecodeError
 
@@ -39,6 +39,29 @@ class Validator(Protocol):
         The result may have no values left (everything expired): the caller then drops it.
         """
         ...
+
+
+@runtime_checkable
+class Admission(Protocol):
+    """A validator that can refuse a valid record because of what is already held.
+
+    Merging must stay order-independent, so rules that depend on what came first (a full
+    multi-valued record refuses newcomers instead of evicting; an acknowledged chat entry may not
+    come back) are checked by a holder before it merges, in `admit`.
+    """
+
+    def admit(self, key: str, held: Record, incoming: Record, now: int) -> None:
+        """Raise `InvalidRecord` if `incoming` may not be merged into the `held` record."""
+        ...
+
+
+def check_admission(
+    validator: Validator, key: str, held: Record, incoming: Record, now: int
+) -> None:
+    """Run `validator`'s `admit` (see `Admission`) if it has one; validators without it admit
+    every valid record."""
+    if isinstance(validator, Admission):
+        validator.admit(key, held, incoming, now)
 
 
 def encode_record(record: Record) -> bytes:
@@ -203,6 +226,10 @@ class NamespacedValidator:
                 "key_mismatch", f"record says key {record.key!r}, stored at {key!r}"
             )
         validator.validate(key, record, now)
+
+    def admit(self, key: str, held: Record, incoming: Record, now: int) -> None:
+        """The namespace's admission rules for merging `incoming` into `held`, if it has any."""
+        check_admission(self.validator_for(key), key, held, incoming, now)
 
     def select(self, key: str, records: Sequence[Record]) -> int:
         """The best record, as the namespace's validator decides."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from records import (
+    ChatValidator,
     Identity,
     PresenceValidator,
     Record,
@@ -15,8 +17,11 @@ from records import (
     decode_record,
     default_validator,
     encode_record,
+    make_message,
+    make_receipts,
     presence_key,
 )
+from records.chat import MIN_ENTRY_TTL_MS, entry_id, page_of, parse_inbox_value
 from records.presence import parse_announcement
 from tests.records_factory import HOUR, NOW, identity, meta, presence
 
@@ -134,3 +139,92 @@ def test_announcement_round_trips(node: str, offset: int) -> None:
     assert envelope.SerializeToString(deterministic=True) == record.values[0].value
     assert message.created == NOW + offset
     assert message.node_identity == identity(node).public_key
+
+
+@functools.cache
+def chat_pool() -> list[Record]:
+    """Entries and receipts of one inbox page: two versions of one message, receipts (two
+    versions of one), expirations a second apart so a `now` can drop some."""
+    alice, bob = identity("alice"), identity("bob")
+    nonces: list[bytes] = []
+    i = 0
+    while len(nonces) < 3:
+        n = hashlib.sha256(f"law-{i}".encode()).digest()[:24]
+        if page_of(entry_id(alice.id, n)) == 0:
+            nonces.append(n)
+        i += 1
+    pool = [
+        make_message(
+            alice,
+            bob.public_key,
+            b"hi",
+            mime_type="text/plain",
+            nonce=n,
+            now=NOW + version * 1000,
+            ttl_ms=MIN_ENTRY_TTL_MS + k * 1000,
+        )
+        for k, n in enumerate(nonces)
+        for version in range(2)
+    ]
+    for k, n in enumerate(nonces[:2]):
+        eid = entry_id(alice.id, n)
+        for version in range(2 - k):
+            pool.append(
+                make_receipts(bob, [(eid, NOW + MIN_ENTRY_TTL_MS + k * 1000)], NOW + 5000 + version)
+            )
+    return pool
+
+
+chat_lists = st.lists(st.sampled_from(chat_pool()), min_size=1, max_size=6)
+chat_nows = st.one_of(
+    st.none(),
+    st.integers(min_value=NOW + MIN_ENTRY_TTL_MS - 1000, max_value=NOW + MIN_ENTRY_TTL_MS + 3000),
+)
+
+
+@given(st.data(), chat_lists, chat_nows)
+def test_chat_consolidate_is_commutative(
+    data: st.DataObject, records: list[Record], now: int | None
+) -> None:
+    v, key = ChatValidator(), records[0].key
+    shuffled = data.draw(st.permutations(records))
+    assert v.consolidate(key, records, now) == v.consolidate(key, shuffled, now)
+
+
+@given(chat_lists, chat_nows)
+def test_chat_consolidate_is_idempotent(records: list[Record], now: int | None) -> None:
+    v, key = ChatValidator(), records[0].key
+    once = v.consolidate(key, records, now)
+    assert v.consolidate(key, [once], now) == once
+    assert v.consolidate(key, [once, once], now) == once
+    assert v.consolidate(key, records + records, now) == once
+
+
+@given(chat_lists, chat_lists, chat_lists, chat_nows)
+def test_chat_consolidate_is_associative(
+    a: list[Record], b: list[Record], c: list[Record], now: int | None
+) -> None:
+    v, key = ChatValidator(), a[0].key
+
+    def merge(*groups: Record) -> Record:
+        return v.consolidate(key, list(groups), now)
+
+    left = merge(merge(*a, *b), *c)
+    right = merge(*a, merge(*b, *c))
+    assert left == right == merge(*a, *b, *c)
+
+
+@settings(max_examples=50)
+@given(chat_lists)
+def test_chat_consolidated_records_stay_valid_and_acknowledged_entries_stay_gone(
+    records: list[Record],
+) -> None:
+    key = records[0].key
+    at = NOW + 6000
+    merged = default_validator().consolidate(key, records, at)
+    default_validator().validate(key, merged, at)
+    acknowledged = {
+        v.id2 for r in records for v in r.values if parse_inbox_value(v.value).kind == "receipt"
+    }
+    kinds = {v.id2: parse_inbox_value(v.value).kind for v in merged.values}
+    assert all(kinds[i] == "receipt" for i in acknowledged)

@@ -1,0 +1,508 @@
+"""`ChatClient`: one device of a chat user, over a running `DHTNode` (seed 003, DESIGN §6).
+
+Every device of a user runs its own node (its own node identity) and a `ChatClient` with the
+same user `Identity`: the uid is SHA-1 of the user's ed25519 key, and the key that decrypts the
+user's messages is derived from that identity, so every device reads every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from node.chat.state import ChatState
+from node.errors import NodeNotRunning, PutFailed
+from node.server import DHTNode
+from node.tasks import cancel_and_wait
+from records import (
+    DHTError,
+    Identity,
+    InvalidRecord,
+    Record,
+    client_announcement,
+    encode_record,
+    identity_id,
+    inbox_keys,
+    location,
+    make_handshake,
+    make_message,
+    make_meta_record,
+    make_receipts,
+    meta_key,
+    presence_key,
+)
+from records.chat import (
+    DEFAULT_ENTRY_TTL_MS,
+    MAX_ENTRY_TTL_MS,
+    MAX_RECEIPTS_PER_PAGE,
+    MIN_ENTRY_TTL_MS,
+    NONCE_SIZE,
+    DecryptionFailed,
+    chat_key,
+    conversation_key,
+    decrypt_message,
+    page_of,
+    parse_inbox_value,
+)
+from records.chat_pb2 import ChatMessage, Handshake
+from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
+from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
+
+log = logging.getLogger(__name__)
+
+TEXT = "text/plain; charset=utf-8"
+_RETRY_AFTER = 60.0  # seconds before a failed refresh of the meta or presence is tried again
+
+
+class ChatError(DHTError):
+    """Base of the errors the chat client raises for a request it cannot carry out."""
+
+
+class UnknownUser(ChatError):
+    """No meta and no device is published for this uid."""
+
+
+class NoHandshake(ChatError):
+    """A message needs a handshake first: send one with `ChatClient.handshake` (or receive one)."""
+
+
+class MessageTooLarge(ChatError):
+    """The message does not fit one inbox entry (about 690 bytes of content)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A user's published meta: display name and small avatar, signed by the user."""
+
+    uid: bytes
+    name: str
+    avatar: bytes
+    public_key: bytes
+    """The user's ed25519 public key (its SHA-1 is `uid`)."""
+    updated: int
+    """When the meta was signed (Unix ms)."""
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One live device of a user: the node it announced itself through."""
+
+    node_id: bytes
+    handshake_key: bytes
+    """The node's X25519 key."""
+    presence_key: bytes
+    """The user's X25519 key as this device announced it."""
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """What `ChatClient.lookup` finds about a uid."""
+
+    uid: bytes
+    profile: Profile | None
+    devices: tuple[Device, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A handshake or message in this user's inbox, verified and (for messages) decrypted."""
+
+    kind: Literal["handshake", "message"]
+    entry_id: bytes
+    sender: bytes
+    """The sender's uid."""
+    sender_public_key: bytes
+    timestamp: int
+    """When the sender made it (Unix ms, the sender's clock)."""
+    expiration: int
+    mime_type: str = ""
+    data: bytes = b""
+    """The decrypted content (empty for a handshake)."""
+
+    @property
+    def text(self) -> str:
+        """`data` as text (undecodable bytes replaced)."""
+        return self.data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A handshake or message put into a recipient's inbox."""
+
+    entry_id: bytes
+    recipient: bytes
+    key: str
+    """The inbox page it went to."""
+    expiration: int
+    stored: int
+    """How many nodes acknowledged storing it (0 if the recipient had already read it and the
+    holders refused the copy as ``acknowledged``)."""
+
+
+class ChatClient:
+    """One device of the user `identity`, chatting through `node` (which must be started).
+
+    ``async with ChatClient(node, me, name="alice") as chat:`` publishes the meta, announces this
+    device and keeps both fresh until the block ends; `inbox`, `messages`, `send`, `handshake`,
+    `lookup` and `acknowledge` work with or without it. `state_dir` keeps which entries this
+    device has already yielded and whom it has shaken hands with, so a restart neither repeats
+    nor loses entries; without it that memory lasts as long as the object.
+    """
+
+    def __init__(
+        self,
+        node: DHTNode,
+        identity: Identity,
+        *,
+        name: str | None = None,
+        avatar: bytes = b"",
+        state_dir: Path | None = None,
+        entry_ttl_ms: int = DEFAULT_ENTRY_TTL_MS,
+        meta_ttl_ms: int = DEFAULT_META_TTL_MS,
+        presence_ttl_ms: int = DEFAULT_PRESENCE_TTL_MS,
+        min_poll: float = 1.0,
+        max_poll: float = 60.0,
+    ) -> None:
+        if not 0 < min_poll <= max_poll:
+            raise ValueError("need 0 < min_poll <= max_poll")
+        if not MIN_ENTRY_TTL_MS <= entry_ttl_ms <= MAX_ENTRY_TTL_MS:
+            raise ValueError("seed 003: handshakes and messages are kept 3 to 7 days")
+        if not 0 < meta_ttl_ms <= MAX_META_TTL_MS:
+            raise ValueError("seed 003: a meta lives at most 7 days")
+        self.node = node
+        self.identity = identity
+        self.name = name
+        self.avatar = avatar
+        self.entry_ttl_ms = entry_ttl_ms
+        self.meta_ttl_ms = meta_ttl_ms
+        self.presence_ttl_ms = presence_ttl_ms
+        self.min_poll = min_poll
+        self.max_poll = max_poll
+        self.undecryptable = 0
+        """Inbox entries skipped because they did not decrypt or verify."""
+        self._state = ChatState(state_dir / f"chat-{identity.id_hex}.json" if state_dir else None)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def uid(self) -> bytes:
+        """This user's 20-byte uid."""
+        return self.identity.id
+
+    def _now(self) -> int:
+        return self.node.clock.now_ms()
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Publish the meta (if a name is set), announce this device, and keep both fresh."""
+        if self._tasks:
+            raise RuntimeError("chat client already started")
+        if self.name is not None:
+            await self.publish_meta(self.name, self.avatar)
+        await self.announce_device()
+        self._spawn(self._refresh())
+
+    async def close(self) -> None:
+        """Stop refreshing; the node keeps running (it belongs to the caller)."""
+        await cancel_and_wait(self._tasks)
+
+    async def __aenter__(self) -> ChatClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self) -> None:
+        """Re-sign the meta and the presence at half their lifetimes, before they expire."""
+        loop = asyncio.get_running_loop()
+        meta_every = self.meta_ttl_ms / 2000
+        presence_every = self.presence_ttl_ms / 2000
+        next_meta = loop.time() + meta_every
+        next_presence = loop.time() + presence_every
+        while True:
+            await asyncio.sleep(max(0.0, min(next_meta, next_presence) - loop.time()))
+            try:
+                if loop.time() >= next_meta:
+                    next_meta = loop.time() + meta_every
+                    if self.name is not None:
+                        await self.publish_meta(self.name, self.avatar)
+                if loop.time() >= next_presence:
+                    next_presence = loop.time() + presence_every
+                    await self.announce_device()
+            except NodeNotRunning:
+                return  # the node stopped under us; nothing left to refresh through
+            except DHTError as exc:
+                log.warning("refreshing meta or presence failed (retried in a minute): %s", exc)
+                retry = loop.time() + _RETRY_AFTER
+                next_meta, next_presence = min(next_meta, retry), min(next_presence, retry)
+            next_meta = max(next_meta, loop.time() + 1.0)
+            next_presence = max(next_presence, loop.time() + 1.0)
+
+    # -- meta and devices ---------------------------------------------------------------------
+
+    async def publish_meta(self, name: str, avatar: bytes = b"") -> int:
+        """Sign and publish this user's meta (name, small avatar); it is then refreshed by the
+        running client. Returns how many nodes stored it."""
+        self.name, self.avatar = name, avatar
+        record = make_meta_record(
+            self.identity, name=name, avatar=avatar, now=self._now(), ttl_ms=self.meta_ttl_ms
+        )
+        return await self.node.put(record)
+
+    async def announce_device(self) -> int:
+        """Announce that this user is reachable through this device's node (a presence record
+        signed by the user and countersigned by the node). Returns how many nodes stored it."""
+        node_identity = self.node.identity
+        if node_identity is None:
+            raise NodeNotRunning("start the node before announcing a device")
+        now = self._now()
+        message, signature = client_announcement(
+            self.identity,
+            node_identity.public_key,
+            handshake_key=node_identity.x25519_public_key,
+            presence_key=self.identity.x25519_public_key,
+            expiration=now + self.presence_ttl_ms,
+            now=now,
+        )
+        return await self.node.announce(message, signature)
+
+    async def lookup(self, uid: bytes) -> Contact:
+        """The meta and live devices of `uid`; `UnknownUser` if neither is published."""
+        meta_record, presence_record = await asyncio.gather(
+            self.node.get(meta_key(uid)), self.node.get(presence_key(uid))
+        )
+        profile = None
+        if meta_record is not None and meta_record.values:
+            value = meta_record.values[0]
+            _, meta = parse_meta(value.value)
+            profile = Profile(
+                uid, meta.name, meta.avatar, meta.public_key, meta.timestamp, meta.expiration
+            )
+            self._state.add_peer(uid, meta.public_key)
+        devices = []
+        for value in presence_record.values if presence_record is not None else ():
+            _, announcement = parse_announcement(value.value)
+            devices.append(
+                Device(
+                    identity_id(announcement.node_identity),
+                    announcement.handshake_key,
+                    announcement.presence_key,
+                    announcement.expiration,
+                )
+            )
+            if identity_id(announcement.client_identity) == uid:
+                self._state.add_peer(uid, announcement.client_identity)
+        if profile is None and not devices:
+            raise UnknownUser(f"nothing is published for uid {uid.hex()}")
+        return Contact(uid, profile, tuple(devices))
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def handshake(self, uid: bytes) -> Sent:
+        """Send a signed handshake to `uid` (seed 003), after looking the user up to learn the
+        key its messages are encrypted to. Raises `UnknownUser` if `uid` publishes nothing."""
+        if self._state.peer_key(uid) is None:
+            await self.lookup(uid)
+        if self._state.peer_key(uid) is None:
+            raise UnknownUser(f"uid {uid.hex()} publishes no public key")
+        record = make_handshake(
+            self.identity,
+            uid,
+            nonce=os.urandom(NONCE_SIZE),
+            now=self._now(),
+            ttl_ms=self.entry_ttl_ms,
+        )
+        sent = await self._put_entry(uid, record)
+        self._state.add_handshake(uid)
+        return sent
+
+    async def send(self, uid: bytes, content: str | bytes, *, mime_type: str = TEXT) -> Sent:
+        """Encrypt `content` for `uid` (every device of that user can read it), sign it and put
+        it into their inbox. Raises `NoHandshake` before any handshake with `uid`,
+        `MessageTooLarge` if it does not fit an inbox entry, and `PutFailed` (with the holders'
+        reasons, such as ``inbox_full``) if no node stored it."""
+        peer = self._state.peer_key(uid)
+        if peer is None or not self._state.has_handshake(uid):
+            raise NoHandshake(f"no handshake with {uid.hex()} yet")
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        try:
+            record = make_message(
+                self.identity,
+                peer,
+                data,
+                mime_type=mime_type,
+                nonce=os.urandom(NONCE_SIZE),
+                now=self._now(),
+                ttl_ms=self.entry_ttl_ms,
+            )
+        except InvalidRecord as exc:  # RecordTooLarge
+            raise MessageTooLarge(str(exc)) from exc
+        return await self._put_entry(uid, record)
+
+    async def _put_entry(self, uid: bytes, record: Record) -> Sent:
+        try:
+            stored = await self.node.put(record)
+        except PutFailed as exc:
+            # The recipient can read an entry from the first holder (this node, even) and
+            # acknowledge it before the other holders are reached: then it is delivered.
+            if set(exc.reasons) != {"acknowledged"}:
+                raise
+            stored = 0
+        value = record.values[0]
+        return Sent(bytes.fromhex(value.id2), uid, record.key, value.expirationDate, stored)
+
+    async def delivered(self, sent: Iterable[Sent]) -> set[bytes]:
+        """Ids of the `sent` entries their recipient has acknowledged. Reading the pages also
+        replaces this node's own copy of an acknowledged entry with the receipt."""
+        by_key: dict[str, list[bytes]] = {}
+        for item in sent:
+            by_key.setdefault(item.key, []).append(item.entry_id)
+        records = await asyncio.gather(*(self.node.get(key) for key in by_key))
+        done: set[bytes] = set()
+        for ids, record in zip(by_key.values(), records, strict=True):
+            receipts = {
+                v.id2
+                for v in (record.values if record is not None else ())
+                if parse_inbox_value(v.value).kind == "receipt"
+            }
+            done.update(i for i in ids if i.hex() in receipts)
+        return done
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def inbox(self) -> list[InboxEntry]:
+        """Every handshake and message in this user's inbox not yet acknowledged, verified and
+        decrypted, oldest first (all pages are read at once)."""
+        records = await asyncio.gather(*(self.node.get(key) for key in inbox_keys(self.uid)))
+        entries = []
+        for record in records:
+            for value in record.values if record is not None else ():
+                entry = self._open(value.value)
+                if entry is not None:
+                    entries.append(entry)
+        # a handshake before the messages of the same millisecond
+        entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
+        return entries
+
+    def _open(self, data: bytes) -> InboxEntry | None:
+        """A verified inbox value as an entry (None for receipts and what does not decrypt)."""
+        parsed = parse_inbox_value(data)  # the node validated it: signature, uid, dates
+        body = parsed.body
+        if isinstance(body, Handshake):
+            if identity_id(body.sender_public_key) == body.sender_uid:
+                self._state.add_peer(body.sender_uid, body.sender_public_key)
+                self._state.add_handshake(body.sender_uid)
+            return InboxEntry(
+                "handshake",
+                parsed.entry_id,
+                body.sender_uid,
+                body.sender_public_key,
+                body.timestamp,
+                body.expiration,
+            )
+        if not isinstance(body, ChatMessage):
+            return None
+        try:
+            key = conversation_key(self.identity, body.sender_public_key)
+            content = decrypt_message(body, key)
+        except DecryptionFailed as exc:
+            self.undecryptable += 1
+            log.info("skipping an inbox entry: %s", exc)
+            return None
+        return InboxEntry(
+            "message",
+            parsed.entry_id,
+            body.sender_uid,
+            body.sender_public_key,
+            body.timestamp,
+            body.expiration,
+            content.mime_type,
+            content.data,
+        )
+
+    async def acknowledge(self, entries: Sequence[InboxEntry]) -> int:
+        """Store signed receipts for `entries`: every holder then drops them and refuses them
+        back. Returns how many entries were acknowledged (a full receipt list on a page, or
+        no node reachable, leaves that page's entries for a later call)."""
+        by_page: dict[int, list[InboxEntry]] = {}
+        for entry in entries:
+            by_page.setdefault(page_of(entry.entry_id), []).append(entry)
+        batches = [
+            (page, items[i : i + MAX_RECEIPTS_PER_PAGE])
+            for page, items in by_page.items()
+            for i in range(0, len(items), MAX_RECEIPTS_PER_PAGE)
+        ]
+        now = self._now()
+
+        async def one(page: int, items: list[InboxEntry]) -> int:
+            record = make_receipts(self.identity, [(e.entry_id, e.expiration) for e in items], now)
+            try:
+                await self.node.put(record)
+            except (PutFailed, InvalidRecord) as exc:
+                log.warning("receipts for %s not stored: %s", chat_key(self.uid, page), exc)
+                return 0
+            await self._repair(record.key)
+            return len(items)
+
+        counts = await asyncio.gather(*(one(p, items) for p, items in batches))
+        self._state.mark_seen((e.entry_id, e.expiration) for e in entries)
+        self._state.save(now)
+        return sum(counts)
+
+    async def _repair(self, key: str) -> None:
+        """Write the merged page to every node that answered with another version, not just the
+        `replicas` closest a get repairs: nodes that held the page while closer ones were away
+        would keep acknowledged entries until they expire."""
+        record, result = await self.node.get_with_lookup(key)
+        protocol = self.node.protocol
+        if record is None or protocol is None:
+            return
+        data = encode_record(record)
+        loc = location(key)
+        stale = [p for p in result.holders if p.value != data]
+        await asyncio.gather(*(protocol.store_at(p.address, p.id, loc, data) for p in stale))
+
+    async def messages(self) -> AsyncGenerator[InboxEntry, None]:
+        """Each new inbox entry once, as it arrives (across restarts with a `state_dir`).
+
+        The inbox is polled, every `min_poll` seconds while entries arrive and backing off to
+        `max_poll` when none do; a store of one of the pages on this device's own node wakes
+        it at once."""
+        store = self.node.store
+        wake = asyncio.Event()
+        stops = []
+        if store is not None:
+            for key in inbox_keys(self.uid):
+                stops.append(store.listen(location(key), lambda _entry: wake.set()))
+        interval = self.min_poll
+        try:
+            while True:
+                wake.clear()
+                fresh = [e for e in await self.inbox() if not self._state.seen(e.entry_id)]
+                for entry in fresh:
+                    self._state.mark_seen([(entry.entry_id, entry.expiration)])
+                    self._state.save(self._now())
+                    yield entry
+                interval = self.min_poll if fresh else min(interval * 2, self.max_poll)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
+                # arrives as the event is set, and the iterator would never end
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await wake.wait()
+        finally:
+            for stop in stops:
+                stop()

@@ -1,0 +1,561 @@
+"""Chat inboxes (seed 003): handshakes, end-to-end encrypted messages and receipts.
+
+A user's inbox is `INBOX_PAGES` records ``/chat/<uid>/<page>/``: one DHT record holds at most
+8 KiB, so the inbox is split into pages and an entry lives on the page its id picks
+(`page_of`). Each page is multi-valued, one `Value` per entry id (`Value.id2` is the id in hex):
+
+- a **handshake** or a **message**, signed by its sender; the id is derived from the sender's uid
+  and a random nonce (`entry_id`), so nobody can take another sender's id;
+- a **receipt**, signed by the inbox's owner, that acknowledges the entry with the same id. It
+  outranks the entry, so merging removes the acknowledged entry on every holder, and it is kept
+  until the entry would have expired, so a replayed copy is refused (``acknowledged``).
+
+Merging is a per-id maximum (receipt > entry, then newest, then bytes): idempotent, commutative
+and associative. Bounds (entries and receipts per page) are enforced when a holder admits a new
+copy (`ChatValidator.admit`): a full page refuses more (``inbox_full``) and never evicts.
+
+Messages are encrypted with XChaCha20-Poly1305 under a key both users derive by X25519 from
+their identities (`conversation_key`): every device of a user holds the user's identity, so
+every device can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import nacl.bindings
+import nacl.exceptions
+from google.protobuf.message import DecodeError
+
+from records.chat_pb2 import ChatContent, ChatMessage, Handshake, Receipt, SignedInboxEntry
+from records.errors import DHTError, InvalidRecord, RecordTooLarge
+from records.identity import (
+    ID_SIZE,
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Identity,
+    identity_id,
+    is_hex_id,
+    signing_input,
+    verify_signature,
+)
+from records.record_pb2 import Record, Value
+from records.validation import (
+    DEFAULT_CLOCK_SKEW_MS,
+    MAX_RECORD_SIZE,
+    check_lifetime,
+    check_update_date,
+    check_value_count,
+    record_rank,
+    select_by_rank,
+)
+
+HANDSHAKE_CONTEXT = b"chat-handshake-v1"
+MESSAGE_CONTEXT = b"chat-message-v1"
+RECEIPT_CONTEXT = b"chat-receipt-v1"
+_ENTRY_ID_CONTEXT = b"chat-entry-id-v1"
+_KEY_PERSON = b"kadnode-chat-v1"  # BLAKE2b personalization of the conversation key
+
+DAY_MS = 24 * 3600 * 1000
+MIN_ENTRY_TTL_MS = 3 * DAY_MS  # seed 003: messages are kept for a TTL of 3-7 days
+MAX_ENTRY_TTL_MS = 7 * DAY_MS
+DEFAULT_ENTRY_TTL_MS = MIN_ENTRY_TTL_MS
+
+INBOX_PAGES = 16
+"""Records an inbox is split into (a power of two below 256, so `page_of` is uniform)."""
+ENTRY_ID_SIZE = 16
+NONCE_SIZE = 24  # XChaCha20-Poly1305
+MAX_ENTRIES_PER_PAGE = 6
+"""Handshakes and messages a page holds before it refuses more (``inbox_full``)."""
+MAX_ENTRY_VALUE_SIZE = 1000
+"""Serialized size of one handshake or message `Value` (about 690 bytes of content)."""
+MAX_RECEIPTS_PER_PAGE = 10
+MAX_RECEIPT_VALUE_SIZE = 192  # a real receipt Value is about 185 bytes
+_RECORD_OVERHEAD = 128  # key, id1, updateDate and framing of a page record
+
+# Bounding each value keeps a full page under the size limit, so only counts need checking.
+assert (
+    MAX_ENTRIES_PER_PAGE * (MAX_ENTRY_VALUE_SIZE + 3)
+    + MAX_RECEIPTS_PER_PAGE * (MAX_RECEIPT_VALUE_SIZE + 3)
+    + _RECORD_OVERHEAD
+    <= MAX_RECORD_SIZE
+)
+
+EntryKind = Literal["handshake", "message", "receipt"]
+_CONTEXTS: dict[str, bytes] = {
+    "handshake": HANDSHAKE_CONTEXT,
+    "message": MESSAGE_CONTEXT,
+    "receipt": RECEIPT_CONTEXT,
+}
+
+
+class DecryptionFailed(DHTError):
+    """A message's ciphertext did not decrypt (wrong key, or tampered with)."""
+
+
+# -- paths and ids ----------------------------------------------------------------------------
+
+
+def entry_id(sender_uid: bytes, nonce: bytes) -> bytes:
+    """The 16-byte id of a handshake or message: a hash of its sender's uid and its nonce, so a
+    sender cannot reuse (and so replace) another sender's entry."""
+    return hashlib.sha256(_ENTRY_ID_CONTEXT + b"\x00" + sender_uid + nonce).digest()[:ENTRY_ID_SIZE]
+
+
+def page_of(entry: bytes) -> int:
+    """The inbox page an entry id lives on."""
+    return entry[0] % INBOX_PAGES
+
+
+def chat_key(uid: bytes | str, page: int) -> str:
+    """``/chat/<uid>/<page>/``: one page of a user's inbox."""
+    hex_uid = uid if isinstance(uid, str) else uid.hex()
+    if not is_hex_id(hex_uid):
+        raise ValueError(f"{hex_uid!r} is not a 40-digit lowercase hex ID")
+    if not 0 <= page < INBOX_PAGES:
+        raise ValueError(f"page {page} is not in 0..{INBOX_PAGES - 1}")
+    return f"/chat/{hex_uid}/{page}/"
+
+
+def inbox_keys(uid: bytes | str) -> list[str]:
+    """Every page of `uid`'s inbox."""
+    return [chat_key(uid, page) for page in range(INBOX_PAGES)]
+
+
+def parse_chat_key(key: str) -> tuple[str, int]:
+    """(hex uid, page) of ``/chat/<uid>/<page>/``; `InvalidRecord("bad_key")` otherwise."""
+    parts = key.split("/")
+    ok = (
+        len(parts) == 5
+        and parts[0] == ""
+        and parts[1] == "chat"
+        and parts[4] == ""
+        and is_hex_id(parts[2])
+        and parts[3].isdigit()
+        and str(int(parts[3])) == parts[3]
+        and int(parts[3]) < INBOX_PAGES
+    )
+    if not ok:
+        raise InvalidRecord(
+            "bad_key", f"key {key!r} is not of the form /chat/<uid>/<page 0-{INBOX_PAGES - 1}>/"
+        )
+    return parts[2], int(parts[3])
+
+
+# -- encryption -------------------------------------------------------------------------------
+
+
+def conversation_key(own: Identity, peer_public_key: bytes) -> bytes:
+    """The 32-byte XChaCha20-Poly1305 key two users share: BLAKE2b of their X25519 shared
+    secret (keys from their ed25519 identities) and both X25519 public keys. Either side gets
+    the same key. Raises `DecryptionFailed` for a public key that is not a usable point."""
+    try:
+        peer_x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(peer_public_key)
+        shared = nacl.bindings.crypto_scalarmult(own.x25519_private_key(), peer_x25519)
+    except (nacl.exceptions.CryptoError, ValueError, RuntimeError) as exc:
+        raise DecryptionFailed(f"no key agreement with that public key: {exc}") from exc
+    if shared == bytes(32):
+        raise DecryptionFailed("the peer's key is a low-order point")
+    low, high = sorted((own.x25519_public_key, peer_x25519))
+    return hashlib.blake2b(shared + low + high, digest_size=32, person=_KEY_PERSON).digest()
+
+
+def _x25519_of(ed25519_public_key: bytes) -> bytes | None:
+    """The X25519 key that goes with an ed25519 public key (None if it is not a curve point)."""
+    try:
+        return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed25519_public_key)
+    except (nacl.exceptions.CryptoError, ValueError, RuntimeError):
+        return None
+
+
+def _associated_data(message: ChatMessage) -> bytes:
+    # Binds the ciphertext to who sent it, to whom, under which id and dates.
+    return (
+        MESSAGE_CONTEXT
+        + message.sender_uid
+        + message.recipient_uid
+        + message.message_id
+        + message.timestamp.to_bytes(8, "big", signed=True)
+        + message.expiration.to_bytes(8, "big", signed=True)
+    )
+
+
+def decrypt_message(message: ChatMessage, key: bytes) -> ChatContent:
+    """The content of `message` under the conversation `key`; `DecryptionFailed` if it does not
+    authenticate or parse."""
+    try:
+        plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            message.ciphertext, _associated_data(message), message.nonce, key
+        )
+        return ChatContent.FromString(plain)
+    except (nacl.exceptions.CryptoError, DecodeError, ValueError) as exc:
+        raise DecryptionFailed(f"message {message.message_id.hex()} does not decrypt") from exc
+
+
+# -- construction -----------------------------------------------------------------------------
+
+
+def _sign(author: Identity, kind: EntryKind, body: bytes) -> bytes:
+    signature = author.sign(signing_input(_CONTEXTS[kind], body))
+    envelope = SignedInboxEntry(signature=signature)
+    setattr(envelope, kind, body)
+    return envelope.SerializeToString(deterministic=True)
+
+
+def _page_record(uid: bytes, entries: Iterable[tuple[bytes, int, int, bytes]], now: int) -> Record:
+    """A page record of `uid`'s inbox holding (id, created, expires, signed bytes) values, all
+    of which must live on the same page."""
+    values = sorted(entries)
+    pages = {page_of(e[0]) for e in values}
+    if len(pages) != 1:
+        raise ValueError("a page record holds entries of exactly one page")
+    record = Record(key=chat_key(uid, pages.pop()), updateDate=now, id1=uid.hex())
+    record.values.extend(
+        Value(id2=eid.hex(), creationDate=created, expirationDate=expires, value=signed)
+        for eid, created, expires, signed in values
+    )
+    return record
+
+
+def _check_ttl(ttl_ms: int) -> None:
+    if not MIN_ENTRY_TTL_MS <= ttl_ms <= MAX_ENTRY_TTL_MS:
+        raise ValueError("seed 003: messages are kept 3 to 7 days")
+
+
+def make_handshake(
+    sender: Identity,
+    recipient_uid: bytes,
+    *,
+    nonce: bytes,
+    now: int,
+    ttl_ms: int = DEFAULT_ENTRY_TTL_MS,
+) -> Record:
+    """A record putting `sender`'s signed handshake into `recipient_uid`'s inbox.
+
+    `nonce` is 24 random bytes (the caller draws them: this module does no I/O)."""
+    _check_ttl(ttl_ms)
+    if len(nonce) != NONCE_SIZE or len(recipient_uid) != ID_SIZE:
+        raise ValueError("a nonce is 24 bytes and a uid 20")
+    hid = entry_id(sender.id, nonce)
+    body = Handshake(
+        sender_uid=sender.id,
+        sender_public_key=sender.public_key,
+        recipient_uid=recipient_uid,
+        x25519_key=sender.x25519_public_key,
+        handshake_id=hid,
+        nonce=nonce,
+        timestamp=now,
+        expiration=now + ttl_ms,
+    ).SerializeToString(deterministic=True)
+    signed = _sign(sender, "handshake", body)
+    return _page_record(recipient_uid, [(hid, now, now + ttl_ms, signed)], now)
+
+
+def make_message(
+    sender: Identity,
+    recipient_public_key: bytes,
+    data: bytes,
+    *,
+    mime_type: str,
+    nonce: bytes,
+    now: int,
+    ttl_ms: int = DEFAULT_ENTRY_TTL_MS,
+) -> Record:
+    """A record putting an encrypted message from `sender` into the inbox of the user whose
+    ed25519 key is `recipient_public_key`, signed by `sender`.
+
+    Raises `RecordTooLarge` (``value_too_large``) if the message does not fit one inbox entry."""
+    _check_ttl(ttl_ms)
+    if len(nonce) != NONCE_SIZE or len(recipient_public_key) != PUBLIC_KEY_SIZE:
+        raise ValueError("a nonce is 24 bytes and a public key 32")
+    recipient_uid = identity_id(recipient_public_key)
+    message = ChatMessage(
+        sender_uid=sender.id,
+        sender_public_key=sender.public_key,
+        recipient_uid=recipient_uid,
+        message_id=entry_id(sender.id, nonce),
+        nonce=nonce,
+        timestamp=now,
+        expiration=now + ttl_ms,
+    )
+    plain = ChatContent(mime_type=mime_type, data=data).SerializeToString(deterministic=True)
+    key = conversation_key(sender, recipient_public_key)
+    message.ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plain, _associated_data(message), nonce, key
+    )
+    signed = _sign(sender, "message", message.SerializeToString(deterministic=True))
+    record = _page_record(
+        recipient_uid, [(message.message_id, now, message.expiration, signed)], now
+    )
+    size = record.values[0].ByteSize()
+    if size > MAX_ENTRY_VALUE_SIZE:
+        raise RecordTooLarge(size, MAX_ENTRY_VALUE_SIZE, "value")
+    return record
+
+
+def make_receipts(
+    recipient: Identity, acknowledged: Sequence[tuple[bytes, int]], now: int
+) -> Record:
+    """A page record of `recipient`'s own inbox holding one signed receipt for each (entry id,
+    entry expiration) in `acknowledged`; every id must live on the same page."""
+    entries = []
+    for eid, expiration in acknowledged:
+        body = Receipt(
+            recipient_public_key=recipient.public_key,
+            entry_id=eid,
+            timestamp=now,
+            expiration=expiration,
+        ).SerializeToString(deterministic=True)
+        entries.append((eid, now, expiration, _sign(recipient, "receipt", body)))
+    return _page_record(recipient.id, entries, now)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InboxValue:
+    """One parsed (not yet verified) inbox value."""
+
+    kind: EntryKind
+    entry_id: bytes
+    author_key: bytes
+    """ed25519 key that signed it: the sender's, or for a receipt the recipient's."""
+    timestamp: int
+    expiration: int
+    body: Handshake | ChatMessage | Receipt
+    signed_bytes: bytes
+    signature: bytes
+
+
+def parse_inbox_value(data: bytes) -> InboxValue:
+    """Parse a `SignedInboxEntry`; `InvalidRecord("malformed_value")` if it is not one."""
+    envelope = SignedInboxEntry()
+    body: Handshake | ChatMessage | Receipt
+    try:
+        envelope.ParseFromString(data)
+        kind = envelope.WhichOneof("entry")
+        if kind == "handshake":
+            body = Handshake.FromString(envelope.handshake)
+            parsed = InboxValue(
+                "handshake", body.handshake_id, body.sender_public_key, body.timestamp,
+                body.expiration, body, envelope.handshake, envelope.signature,
+            )  # fmt: skip
+            sizes = {
+                "sender_uid": (len(body.sender_uid), ID_SIZE),
+                "recipient_uid": (len(body.recipient_uid), ID_SIZE),
+                "x25519_key": (len(body.x25519_key), PUBLIC_KEY_SIZE),
+                "nonce": (len(body.nonce), NONCE_SIZE),
+            }
+        elif kind == "message":
+            body = ChatMessage.FromString(envelope.message)
+            parsed = InboxValue(
+                "message", body.message_id, body.sender_public_key, body.timestamp,
+                body.expiration, body, envelope.message, envelope.signature,
+            )  # fmt: skip
+            sizes = {
+                "sender_uid": (len(body.sender_uid), ID_SIZE),
+                "recipient_uid": (len(body.recipient_uid), ID_SIZE),
+                "nonce": (len(body.nonce), NONCE_SIZE),
+            }
+        elif kind == "receipt":
+            body = Receipt.FromString(envelope.receipt)
+            parsed = InboxValue(
+                "receipt", body.entry_id, body.recipient_public_key, body.timestamp,
+                body.expiration, body, envelope.receipt, envelope.signature,
+            )  # fmt: skip
+            sizes = {}
+        else:
+            raise InvalidRecord("malformed_value", "the inbox entry is empty")
+    except DecodeError as exc:
+        raise InvalidRecord("malformed_value", f"inbox entry does not parse: {exc}") from exc
+    sizes["author key"] = (len(parsed.author_key), PUBLIC_KEY_SIZE)
+    sizes["entry id"] = (len(parsed.entry_id), ENTRY_ID_SIZE)
+    sizes["signature"] = (len(parsed.signature), SIGNATURE_SIZE)
+    for field, (size, expected) in sizes.items():
+        if size != expected:
+            raise InvalidRecord("malformed_value", f"{field} is {size} bytes, expected {expected}")
+    return parsed
+
+
+def _is_receipt(value: Value) -> bool:
+    try:
+        return SignedInboxEntry.FromString(value.value).WhichOneof("entry") == "receipt"
+    except DecodeError:
+        return False
+
+
+def _merge(values: Iterable[Value], now: int | None) -> list[Value]:
+    """One value per id: a receipt beats the entry it acknowledges, then the newest, then the
+    canonical bytes; expired values dropped; sorted by id. A per-id maximum, hence idempotent,
+    commutative and associative."""
+    best: dict[str, tuple[tuple[int, int, bytes], Value]] = {}
+    for value in values:
+        if now is not None and value.expirationDate <= now:
+            continue
+        rank = (
+            int(_is_receipt(value)),
+            value.creationDate,
+            value.SerializeToString(deterministic=True),
+        )
+        held = best.get(value.id2)
+        if held is None or rank > held[0]:
+            best[value.id2] = (rank, value)
+    return [best[id2][1] for id2 in sorted(best)]
+
+
+def _counts(values: Iterable[Value]) -> tuple[int, int]:
+    """(handshakes and messages, receipts) among `values`."""
+    receipts = entries = 0
+    for value in values:
+        if _is_receipt(value):
+            receipts += 1
+        else:
+            entries += 1
+    return entries, receipts
+
+
+class ChatValidator:
+    """Validator of the ``chat`` namespace (``/chat/<uid>/<page>/``).
+
+    A handshake or message must be signed by its sender, whose uid is the SHA-1 of the key that
+    signed, addressed to the path's uid, on the page its id picks, and live 3 to 7 days; a
+    receipt must be signed by the path's uid. A page holds at most `max_entries` handshakes and
+    messages and `max_receipts` receipts; `admit` refuses what would overflow it and copies of
+    acknowledged entries.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = MAX_ENTRIES_PER_PAGE,
+        max_receipts: int = MAX_RECEIPTS_PER_PAGE,
+        clock_skew_ms: int = DEFAULT_CLOCK_SKEW_MS,
+    ) -> None:
+        if max_entries < 1 or max_receipts < 1:
+            raise ValueError("a page must hold at least one entry and one receipt")
+        if (
+            max_entries * (MAX_ENTRY_VALUE_SIZE + 3)
+            + max_receipts * (MAX_RECEIPT_VALUE_SIZE + 3)
+            + _RECORD_OVERHEAD
+            > MAX_RECORD_SIZE
+        ):
+            raise ValueError("a full page would not fit one record")
+        self.max_entries = max_entries
+        self.max_receipts = max_receipts
+        self.clock_skew_ms = clock_skew_ms
+
+    def validate(self, key: str, record: Record, now: int) -> None:
+        """Raise `InvalidRecord` unless every value is a valid, live, correctly signed entry of
+        this page and the page is within its bounds."""
+        uid, page = parse_chat_key(key)
+        if record.id1 != uid:
+            raise InvalidRecord("client_id_mismatch", f"id1 {record.id1!r} is not the path's uid")
+        check_update_date(record, now, self.clock_skew_ms)
+        check_value_count(record, self.max_entries + self.max_receipts)
+        acknowledged: set[str] = set()
+        entries: set[str] = set()
+        for value in record.values:
+            if self._validate_value(uid, page, value, now) == "receipt":
+                acknowledged.add(value.id2)
+            else:
+                entries.add(value.id2)
+        self._check_bounds(len(entries), len(acknowledged))
+
+    def _check_bounds(self, entries: int, receipts: int) -> None:
+        if entries > self.max_entries:
+            raise InvalidRecord(
+                "inbox_full", f"{entries} entries on one page, at most {self.max_entries}"
+            )
+        if receipts > self.max_receipts:
+            raise InvalidRecord(
+                "receipts_full", f"{receipts} receipts on one page, at most {self.max_receipts}"
+            )
+
+    def _validate_value(self, uid: str, page: int, value: Value, now: int) -> EntryKind:
+        size = value.ByteSize()
+        parsed = parse_inbox_value(value.value)
+        limit = MAX_RECEIPT_VALUE_SIZE if parsed.kind == "receipt" else MAX_ENTRY_VALUE_SIZE
+        if size > limit:
+            raise RecordTooLarge(size, limit, "value")
+        if value.id2 != parsed.entry_id.hex():
+            raise InvalidRecord("id_mismatch", "id2 is not the entry's id")
+        if page_of(parsed.entry_id) != page:
+            raise InvalidRecord(
+                "wrong_page", f"the entry belongs on page {page_of(parsed.entry_id)}"
+            )
+        if value.creationDate != parsed.timestamp or value.expirationDate != parsed.expiration:
+            raise InvalidRecord(
+                "unsigned_date_mismatch", "the value's dates differ from the signed ones"
+            )
+        check_lifetime(
+            parsed.timestamp,
+            parsed.expiration,
+            now,
+            max_ttl_ms=MAX_ENTRY_TTL_MS,  # seed 003: kept 3-7 days
+            clock_skew_ms=self.clock_skew_ms,
+        )
+        author_uid = identity_id(parsed.author_key)
+        body = parsed.body
+        if isinstance(body, Receipt):
+            if author_uid.hex() != uid:
+                raise InvalidRecord(
+                    "not_recipient", "a receipt must be signed by the inbox's owner"
+                )
+        else:
+            if parsed.expiration - parsed.timestamp < MIN_ENTRY_TTL_MS:
+                raise InvalidRecord(
+                    "ttl_too_short", "seed 003: handshakes and messages live at least 3 days"
+                )
+            if body.recipient_uid.hex() != uid:
+                raise InvalidRecord("recipient_mismatch", "the entry is addressed to another uid")
+            if body.sender_uid != author_uid:
+                raise InvalidRecord(
+                    "sender_uid_mismatch", "the sender uid is not SHA-1 of the sender's key"
+                )
+            if entry_id(body.sender_uid, body.nonce) != parsed.entry_id:
+                raise InvalidRecord("bad_entry_id", "the id is not derived from sender and nonce")
+            if isinstance(body, Handshake) and body.x25519_key != _x25519_of(
+                body.sender_public_key
+            ):
+                raise InvalidRecord(
+                    "x25519_key_mismatch", "the handshake key is not the sender's identity key"
+                )
+        signed = signing_input(_CONTEXTS[parsed.kind], parsed.signed_bytes)
+        if not verify_signature(parsed.author_key, signed, parsed.signature):
+            raise InvalidRecord("bad_signature", f"the {parsed.kind}'s signature does not verify")
+        return parsed.kind
+
+    def select(self, key: str, records: Sequence[Record]) -> int:
+        """The most recently updated record (ties broken by canonical bytes)."""
+        return select_by_rank(records, record_rank)
+
+    def consolidate(self, key: str, records: Sequence[Record], now: int | None = None) -> Record:
+        """One value per entry id: receipts replace what they acknowledge, newer copies replace
+        older ones, expired values are dropped. Bounds are not applied here (that would make the
+        merge depend on order); `admit` keeps every held page within them."""
+        if not records:
+            raise ValueError("consolidate needs at least one record")
+        merged = Record(
+            key=key,
+            updateDate=max(r.updateDate for r in records),
+            id1=min(r.id1 for r in records),
+        )
+        merged.values.extend(_merge((v for r in records for v in r.values), now))
+        return merged
+
+    def admit(self, key: str, held: Record, incoming: Record, now: int) -> None:
+        """Refuse `incoming` (valid on its own) if merging it into the `held` page would bring
+        back an acknowledged entry (``acknowledged``) or overflow the page (``inbox_full``,
+        ``receipts_full``): a full page keeps what it holds."""
+        receipts = {v.id2 for v in held.values if v.expirationDate > now and _is_receipt(v)}
+        for value in incoming.values:
+            if value.id2 in receipts and not _is_receipt(value):
+                raise InvalidRecord(
+                    "acknowledged", f"entry {value.id2} was acknowledged by its recipient"
+                )
+        merged = _merge([*held.values, *incoming.values], now)
+        self._check_bounds(*_counts(merged))

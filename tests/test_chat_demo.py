@@ -1,0 +1,83 @@
+"""The chat demo: its session core between two users on real loopback UDP, and its CLI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from node.chat import ChatClient
+from node.chat.__main__ import build_parser, main
+from node.chat.session import ChatSession
+from tests.loopback import loopback_network
+from tests.records_factory import identity
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.usefixtures("no_leaked_tasks")
+async def test_two_users_chat_through_the_session_core() -> None:
+    alice, bob = identity("alice"), identity("bob")
+    alice_out: list[str] = []
+    bob_out: list[str] = []
+    alice_heard, bob_heard = asyncio.Event(), asyncio.Event()
+
+    def alice_print(line: str) -> None:
+        alice_out.append(line)
+        if line == "[bob] hello alice":
+            alice_heard.set()
+
+    def bob_print(line: str) -> None:
+        bob_out.append(line)
+        if line == "[alice] hi bob":
+            bob_heard.set()
+
+    async def alice_lines() -> AsyncIterator[str]:
+        await alice_heard.wait()  # Bob's handshake made him Alice's peer
+        yield "hi bob"
+        await bob_heard.wait()
+        yield "/quit"
+
+    async def bob_lines() -> AsyncIterator[str]:
+        yield "/me"
+        yield "hello alice"
+        await bob_heard.wait()
+
+    async with loopback_network(6) as nodes:
+        a = ChatClient(nodes[1], alice, name="alice", min_poll=0.05, max_poll=0.2)
+        b = ChatClient(nodes[2], bob, name="bob", min_poll=0.05, max_poll=0.2)
+        async with a, b:
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(
+                        ChatSession(a, alice_print).run(alice_lines()),
+                        ChatSession(b, bob_print, peer=alice.id).run(bob_lines()),
+                    ),
+                    30,
+                )
+            except TimeoutError:
+                pytest.fail(f"the chat stalled: alice saw {alice_out}, bob saw {bob_out}")
+        # what each user saw
+        assert f"* bob ({bob.id_hex}) wants to talk" in alice_out
+        assert "[bob] hello alice" in alice_out
+        assert f"* you are {bob.id_hex}" in bob_out
+        assert f"* {alice.id_hex} is alice, 1 device(s) online" in bob_out
+        assert "[alice] hi bob" in bob_out
+        # everything read was acknowledged: both inboxes are empty
+        assert await a.inbox() == []
+        assert await b.inbox() == []
+
+
+def test_help_documents_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--name", "--bootstrap", "--to", "--local-nodes", "/to UID"):
+        assert option in text
+
+
+def test_bad_peer_uid_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--name", "x", "--to", "not-a-uid"]) == 2
+    assert "uid" in capsys.readouterr().err

@@ -1,0 +1,234 @@
+"""Chat inbox formats and the chat validator (seed 003), with no event loop."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from records import (
+    ChatValidator,
+    DecryptionFailed,
+    InvalidRecord,
+    Record,
+    RecordTooLarge,
+    Value,
+    chat_key,
+    default_validator,
+    encode_record,
+    inbox_keys,
+    make_handshake,
+    make_message,
+    make_receipts,
+)
+from records.chat import (
+    DAY_MS,
+    HANDSHAKE_CONTEXT,
+    INBOX_PAGES,
+    MAX_ENTRIES_PER_PAGE,
+    MAX_RECEIPTS_PER_PAGE,
+    MESSAGE_CONTEXT,
+    conversation_key,
+    decrypt_message,
+    entry_id,
+    page_of,
+    parse_chat_key,
+    parse_inbox_value,
+)
+from records.chat_pb2 import ChatMessage, Handshake, SignedInboxEntry
+from records.identity import signing_input
+from records.validation import MAX_RECORD_SIZE
+from tests.records_factory import NOW, identity
+
+ALICE = identity("alice")
+BOB = identity("bob")
+MALLORY = identity("mallory")
+TEXT = "text/plain; charset=utf-8"
+
+
+def nonce(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()[:24]
+
+
+def nonces_on_page(sender: bytes, page: int, count: int) -> list[bytes]:
+    """`count` distinct nonces whose entry ids (for `sender`) land on `page`."""
+    found: list[bytes] = []
+    i = 0
+    while len(found) < count:
+        n = nonce(f"n{i}")
+        if page_of(entry_id(sender, n)) == page:
+            found.append(n)
+        i += 1
+    return found
+
+
+def message(
+    text: bytes = b"hi bob", *, sender: str = "alice", label: str = "m1", now: int = NOW
+) -> Record:
+    return make_message(
+        identity(sender), BOB.public_key, text, mime_type=TEXT, nonce=nonce(label), now=now
+    )
+
+
+def reason_of(record: Record, now: int = NOW) -> str:
+    with pytest.raises(InvalidRecord) as info:
+        default_validator().validate(record.key, record, now)
+    return info.value.reason
+
+
+def resign_message(record: Record, edit: ChatMessage, signer: object) -> Record:
+    """`record` with its message replaced by `edit`, signed by `signer`."""
+    body = edit.SerializeToString(deterministic=True)
+    sig = signer.sign(signing_input(MESSAGE_CONTEXT, body))  # type: ignore[attr-defined]
+    out = Record()
+    out.CopyFrom(record)
+    out.values[0].value = SignedInboxEntry(message=body, signature=sig).SerializeToString()
+    out.values[0].id2 = edit.message_id.hex()
+    return out
+
+
+def test_keys_name_pages_of_the_uid() -> None:
+    keys = inbox_keys(BOB.id)
+    assert len(keys) == INBOX_PAGES
+    assert keys[3] == f"/chat/{BOB.id_hex}/3/"
+    assert parse_chat_key(keys[3]) == (BOB.id_hex, 3)
+    for bad in ("/chat/xyz/1/", f"/chat/{BOB.id_hex}/", f"/chat/{BOB.id_hex}/16/", "/chat/a/b/c/"):
+        with pytest.raises(InvalidRecord) as info:
+            parse_chat_key(bad)
+        assert info.value.reason == "bad_key"
+
+
+def test_message_is_valid_and_readable_by_the_recipient_only() -> None:
+    record = message(b"hello")
+    default_validator().validate(record.key, record, NOW)
+    parsed = parse_inbox_value(record.values[0].value)
+    assert isinstance(parsed.body, ChatMessage)
+    assert parsed.body.ciphertext.find(b"hello") == -1  # encrypted
+    content = decrypt_message(parsed.body, conversation_key(BOB, ALICE.public_key))
+    assert (content.mime_type, content.data) == (TEXT, b"hello")
+    with pytest.raises(DecryptionFailed):
+        decrypt_message(parsed.body, conversation_key(MALLORY, ALICE.public_key))
+
+
+def test_message_tampering_is_refused_with_a_reason() -> None:
+    record = message()
+    parsed = parse_inbox_value(record.values[0].value)
+    assert isinstance(parsed.body, ChatMessage)
+
+    # wrong signature: one bit of the ciphertext flipped after signing
+    flipped = Record()
+    flipped.CopyFrom(record)
+    envelope = SignedInboxEntry.FromString(flipped.values[0].value)
+    edited = ChatMessage.FromString(envelope.message)
+    edited.ciphertext = bytes([edited.ciphertext[0] ^ 1]) + edited.ciphertext[1:]
+    envelope.message = edited.SerializeToString(deterministic=True)
+    flipped.values[0].value = envelope.SerializeToString()
+    assert reason_of(flipped) == "bad_signature"
+
+    # wrong sender uid: Mallory signs a message that claims to come from Alice
+    claim = ChatMessage()
+    claim.CopyFrom(parsed.body)
+    claim.sender_public_key = MALLORY.public_key
+    assert reason_of(resign_message(record, claim, MALLORY)) == "sender_uid_mismatch"
+
+    # a message for Bob moved into Mallory's inbox
+    moved = Record()
+    moved.CopyFrom(record)
+    moved.key = chat_key(MALLORY.id, page_of(parsed.entry_id))
+    moved.id1 = MALLORY.id_hex
+    with pytest.raises(InvalidRecord) as info:
+        default_validator().validate(moved.key, moved, NOW)
+    assert info.value.reason == "recipient_mismatch"
+
+    # another sender's id taken (Mallory reuses Alice's message id)
+    steal = make_message(MALLORY, BOB.public_key, b"x", mime_type=TEXT, nonce=nonce("x"), now=NOW)
+    stolen = ChatMessage.FromString(SignedInboxEntry.FromString(steal.values[0].value).message)
+    stolen.message_id = parsed.entry_id
+    assert reason_of(resign_message(steal, stolen, MALLORY)) in {"bad_entry_id", "wrong_page"}
+
+    # unsigned dates stretched
+    stretched = Record()
+    stretched.CopyFrom(record)
+    stretched.values[0].expirationDate += DAY_MS
+    assert reason_of(stretched) == "unsigned_date_mismatch"
+
+
+def test_lifetime_is_three_to_seven_days() -> None:
+    with pytest.raises(ValueError, match="3 to 7 days"):
+        make_handshake(ALICE, BOB.id, nonce=nonce("h"), now=NOW, ttl_ms=DAY_MS)
+    long = make_handshake(ALICE, BOB.id, nonce=nonce("h"), now=NOW, ttl_ms=7 * DAY_MS)
+    default_validator().validate(long.key, long, NOW)
+    record = message()
+    assert reason_of(record, NOW + 3 * DAY_MS) == "expired"
+    assert reason_of(record, NOW - 3600_000) == "future_dated"
+
+
+def test_receipt_replaces_its_entry_and_refuses_the_replay() -> None:
+    v = ChatValidator()
+    record = message()
+    value = record.values[0]
+    receipt = make_receipts(BOB, [(bytes.fromhex(value.id2), value.expirationDate)], NOW + 1000)
+    default_validator().validate(receipt.key, receipt, NOW + 1000)
+    merged = v.consolidate(record.key, [record, receipt], NOW + 1000)
+    assert [parse_inbox_value(x.value).kind for x in merged.values] == ["receipt"]
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(record.key, merged, record, NOW + 2000)
+    assert info.value.reason == "acknowledged"
+    # the receipt lives until the message would have expired, then both are gone
+    assert v.consolidate(record.key, [merged, record], value.expirationDate).values == []
+
+    forged = make_receipts(MALLORY, [(bytes.fromhex(value.id2), value.expirationDate)], NOW)
+    forged.key, forged.id1 = record.key, BOB.id_hex
+    assert reason_of(forged) == "not_recipient"
+
+
+def test_full_page_refuses_more_and_keeps_what_it_holds() -> None:
+    v = ChatValidator()
+    records = [
+        make_message(ALICE, BOB.public_key, f"m{i}".encode(), mime_type=TEXT, nonce=n, now=NOW)
+        for i, n in enumerate(nonces_on_page(ALICE.id, 5, MAX_ENTRIES_PER_PAGE + 1))
+    ]
+    held = records[0]
+    for record in records[1:-1]:
+        v.admit(record.key, held, record, NOW)
+        held = v.consolidate(record.key, [held, record], NOW)
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(held.key, held, records[-1], NOW)
+    assert info.value.reason == "inbox_full"
+    assert len(held.values) == MAX_ENTRIES_PER_PAGE
+    default_validator().validate(held.key, held, NOW)
+    # receipts make room: one acknowledged entry lets the refused one in
+    first = held.values[0]
+    receipt = make_receipts(BOB, [(bytes.fromhex(first.id2), first.expirationDate)], NOW)
+    held = v.consolidate(held.key, [held, receipt], NOW)
+    v.admit(held.key, held, records[-1], NOW)
+    # a full page plus a full set of receipts still fits one record
+    assert len(encode_record(held)) + MAX_RECEIPTS_PER_PAGE * 195 <= MAX_RECORD_SIZE
+
+
+def test_oversized_message_is_refused_at_the_sender() -> None:
+    with pytest.raises(RecordTooLarge):
+        message(b"x" * 800)
+    message(b"x" * 690)
+
+
+def test_value_with_a_foreign_id2_is_refused() -> None:
+    record = message()
+    record.values[0].id2 = "00" * 16
+    assert reason_of(record) == "id_mismatch"
+    empty = Record(key=record.key, updateDate=NOW, id1=BOB.id_hex)
+    empty.values.append(Value(id2="00" * 16, creationDate=NOW, expirationDate=NOW + 1, value=b""))
+    assert reason_of(empty) == "malformed_value"
+
+
+def test_handshake_must_carry_the_senders_own_x25519_key() -> None:
+    record = make_handshake(ALICE, BOB.id, nonce=nonce("h"), now=NOW)
+    default_validator().validate(record.key, record, NOW)
+    envelope = SignedInboxEntry.FromString(record.values[0].value)
+    body = Handshake.FromString(envelope.handshake)
+    body.x25519_key = MALLORY.x25519_public_key
+    raw = body.SerializeToString(deterministic=True)
+    record.values[0].value = SignedInboxEntry(
+        handshake=raw, signature=ALICE.sign(signing_input(HANDSHAKE_CONTEXT, raw))
+    ).SerializeToString()
+    assert reason_of(record) == "x25519_key_mismatch"

@@ -1,0 +1,324 @@
+"""The chat client on the simulated network (seed 003): many devices, handshakes, offline
+messages, receipts, expiry and floods, on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from node import PutFailed
+from node.chat import ChatClient, InboxEntry, NoHandshake, Sent, UnknownUser
+from node.server import DHTNode
+from records import (
+    DHTError,
+    InvalidRecord,
+    Record,
+    encode_record,
+    inbox_keys,
+    location,
+    make_message,
+    meta_key,
+)
+from records.chat import (
+    MAX_ENTRIES_PER_PAGE,
+    MESSAGE_CONTEXT,
+    chat_key,
+    entry_id,
+    page_of,
+    parse_inbox_value,
+)
+from records.chat_pb2 import ChatMessage, SignedInboxEntry
+from records.identity import signing_input
+from simulations.clock import run_virtual
+from simulations.harness import SimNode, Simulation
+from simulations.scenarios.common import user_identity
+
+pytestmark = pytest.mark.timeout(90)
+
+DAY = 24 * 3600.0
+# Days of virtual time: maintenance less often than on the internet, so the run stays fast.
+SLOW_MAINTENANCE = {
+    "sweep_interval": 3600.0,
+    "replicate_interval": 6 * 3600.0,
+    "republish_interval": 6 * 3600.0,
+    "refresh_interval": DAY,
+}
+
+
+def running(sim_node: SimNode) -> DHTNode:
+    assert sim_node.node is not None
+    return sim_node.node
+
+
+def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
+    """id2 -> kind of every inbox value of `uid` held by any live node."""
+    now = sim.now_ms()
+    found: dict[str, str] = {}
+    for sim_node in sim.live():
+        store = running(sim_node).store
+        assert store is not None
+        for key in inbox_keys(uid):
+            entry = store.get(location(key), now)
+            for value in entry.record.values if entry is not None else ():
+                kind = parse_inbox_value(value.value).kind
+                if found.get(value.id2) != "message" or kind == "message":
+                    found[value.id2] = kind
+    return found
+
+
+async def refused_by_holder(sim: Simulation, via: SimNode, record: Record) -> set[str]:
+    """What the nodes closest to `record`'s location answer when `via` stores it there."""
+    node = running(via)
+    assert node.protocol is not None
+    loc = location(record.key)
+    closest = (await node.lookup_nodes(loc)).closest[:5]
+    replies = await asyncio.gather(
+        *(node.protocol.store_at(p.address, p.id, loc, encode_record(record)) for p in closest)
+    )
+    return {body[1] if isinstance(body, list) else repr(body) for ok, body in replies if ok}
+
+
+def refusal_reasons(error: DHTError) -> set[str]:
+    """Why a put failed: the holders' reasons, or the local store's if it refused first."""
+    if isinstance(error, PutFailed):
+        return set(error.reasons)
+    assert isinstance(error, InvalidRecord)
+    return {error.reason}
+
+
+def resigned(record: Record, edit: ChatMessage, signer_seed: int) -> Record:
+    signer = user_identity(66, signer_seed)
+    body = edit.SerializeToString(deterministic=True)
+    out = Record()
+    out.CopyFrom(record)
+    out.values[0].value = SignedInboxEntry(
+        message=body, signature=signer.sign(signing_input(MESSAGE_CONTEXT, body))
+    ).SerializeToString()
+    return out
+
+
+def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=61)
+        await sim.grow(50)
+        alice, bob = user_identity(61, 0), user_identity(61, 1)
+        a1 = ChatClient(running(sim.nodes[3]), alice, name="Alice", min_poll=5.0)
+        a2 = ChatClient(running(sim.nodes[4]), alice, name="Alice", min_poll=5.0)
+        bob_host = sim.nodes[5]
+        b = ChatClient(running(bob_host), bob, name="Bob", avatar=b"\x89PNG")
+        async with a1, a2:
+            await b.start()
+            # they find each other by uid: meta and live devices
+            seen_bob = await a1.lookup(bob.id)
+            assert seen_bob.profile is not None
+            assert (seen_bob.profile.name, seen_bob.profile.avatar) == ("Bob", b"\x89PNG")
+            assert [d.node_id for d in seen_bob.devices] == [bob_host.identity.id]
+            seen_alice = await b.lookup(alice.id)
+            assert seen_alice.profile is not None
+            assert seen_alice.profile.name == "Alice"
+            assert {d.node_id for d in seen_alice.devices} == {
+                sim.nodes[3].identity.id,
+                sim.nodes[4].identity.id,
+            }
+            with pytest.raises(UnknownUser):
+                await a1.lookup(user_identity(61, 9).id)
+            with pytest.raises(NoHandshake):
+                await a1.send(bob.id, "too early")
+
+            await a1.handshake(bob.id)
+            await b.close()
+            await sim.crash(bob_host)  # Bob goes offline
+            sent: list[Sent] = [await a1.send(bob.id, f"message {i}") for i in range(3)]
+            assert await a1.delivered(sent) == set()  # nobody has read them yet
+            await asyncio.sleep(3600)
+
+            node = await sim.start(bob_host, via=[sim.nodes[0]])  # Bob comes back
+            b = ChatClient(node, bob, name="Bob")
+            async with b:
+                entries = await b.inbox()
+                assert [(e.kind, e.text) for e in entries] == [
+                    ("handshake", ""),
+                    ("message", "message 0"),
+                    ("message", "message 1"),
+                    ("message", "message 2"),
+                ]
+                assert all(e.sender == alice.id for e in entries)
+                assert await b.acknowledge(entries) == 4
+                assert await b.inbox() == []
+
+                # Alice learns they were read; then no node holds them, only receipts
+                assert await a1.delivered(sent) == {s.entry_id for s in sent}
+                held = held_entries(sim, bob.id)
+                for s in sent:
+                    assert held.get(s.entry_id.hex()) == "receipt"
+
+                # Bob replies without a handshake of his own: Alice's reached him
+                await b.send(alice.id, "hi Alice")
+                for device in (a1, a2):
+                    got = await device.inbox()
+                    assert [(e.sender, e.text) for e in got] == [(bob.id, "hi Alice")]
+                # and a device's iterator yields it
+                stream = a2.messages()
+                first: InboxEntry = await asyncio.wait_for(anext(stream), 60)
+                await stream.aclose()
+                assert first.text == "hi Alice"
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_storage_nodes_refuse_forged_and_replayed_messages_with_a_reason() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=66)
+        await sim.grow(50)
+        alice, bob = user_identity(66, 0), user_identity(66, 1)
+        a = ChatClient(running(sim.nodes[1]), alice, name="Alice")
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob")
+        async with a, b:
+            await a.handshake(bob.id)
+            sent = await a.send(bob.id, "original")
+            page = Record()
+            page.CopyFrom(await running(sim.nodes[1]).get(sent.key) or Record())
+            original = Record(key=page.key, updateDate=page.updateDate, id1=page.id1)
+            original.values.extend(v for v in page.values if v.id2 == sent.entry_id.hex())
+            message = ChatMessage.FromString(
+                SignedInboxEntry.FromString(original.values[0].value).message
+            )
+            mallory = sim.nodes[7]
+
+            # wrong signature: the text changed after Alice signed
+            edited = ChatMessage()
+            edited.CopyFrom(message)
+            edited.ciphertext = bytes(len(edited.ciphertext))
+            forged = Record()
+            forged.CopyFrom(original)
+            envelope = SignedInboxEntry.FromString(forged.values[0].value)
+            envelope.message = edited.SerializeToString(deterministic=True)
+            forged.values[0].value = envelope.SerializeToString()
+            assert await refused_by_holder(sim, mallory, forged) == {"bad_signature"}
+
+            # wrong sender uid: Mallory signs with her key but claims Alice's uid
+            claim = ChatMessage()
+            claim.CopyFrom(message)
+            claim.sender_public_key = user_identity(66, 2).public_key
+            assert await refused_by_holder(sim, mallory, resigned(original, claim, 2)) == {
+                "sender_uid_mismatch"
+            }
+
+            # replay of the old copy after Bob's receipt
+            entries = await b.inbox()
+            assert await b.acknowledge(entries) == len(entries) == 2
+            assert await refused_by_holder(sim, mallory, original) == {"acknowledged"}
+            with pytest.raises(DHTError) as info:
+                await running(mallory).put(original)
+            assert refusal_reasons(info.value) == {"acknowledged"}
+            assert await b.inbox() == []
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_after_seven_days_only_refreshed_metas_remain() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=62, config=SLOW_MAINTENANCE)
+        await sim.grow(50)
+        alice, carol, dave = (user_identity(62, i) for i in range(3))
+        a = ChatClient(running(sim.nodes[1]), alice, name="Alice")
+        c = ChatClient(running(sim.nodes[2]), carol, name="Carol")
+        d = ChatClient(running(sim.nodes[3]), dave, name="Dave")
+        async with a:
+            async with c, d:
+                await a.handshake(carol.id)
+                sent = await a.send(carol.id, "unread")
+            # Carol and Dave stop refreshing; Alice's client keeps running for 7 days
+            assert held_entries(sim, carol.id)[sent.entry_id.hex()] == "message"
+            await asyncio.sleep(7 * DAY + 3600)
+            assert held_entries(sim, carol.id) == {}
+            reader = running(sim.nodes[20])
+            for user in (carol, dave):
+                assert await reader.get(meta_key(user.id)) is None
+                now = sim.now_ms()
+                assert not any(
+                    running(n).store.get(location(meta_key(user.id)), now)  # type: ignore[union-attr]
+                    for n in sim.live()
+                )
+            kept = await reader.get(meta_key(alice.id))
+            assert kept is not None
+            assert kept.values[0].expirationDate > sim.now_ms()
+            assert (await ChatClient(reader, carol).lookup(alice.id)).profile is not None
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_a_flooded_page_refuses_more_and_keeps_what_it_holds() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=63)
+        await sim.grow(50)
+        bob, mallory = user_identity(63, 1), user_identity(63, 2)
+        target = 3
+        nonces: list[bytes] = []
+        i = 0
+        while len(nonces) < MAX_ENTRIES_PER_PAGE + 2:
+            n = hashlib.sha256(f"flood-{i}".encode()).digest()[:24]
+            if page_of(entry_id(mallory.id, n)) == target:
+                nonces.append(n)
+            i += 1
+        flooder = running(sim.nodes[9])
+        now = sim.now_ms()
+        records = [
+            make_message(
+                mallory,
+                bob.public_key,
+                f"spam {k}".encode(),
+                mime_type="text/plain",
+                nonce=n,
+                now=now,
+            )
+            for k, n in enumerate(nonces)
+        ]
+        for record in records[:MAX_ENTRIES_PER_PAGE]:
+            assert await flooder.put(record) == 5
+        for record in records[MAX_ENTRIES_PER_PAGE:]:
+            with pytest.raises(DHTError) as info:
+                await flooder.put(record)
+            assert refusal_reasons(info.value) == {"inbox_full"}
+            assert await refused_by_holder(sim, sim.nodes[10], record) == {"inbox_full"}
+        b = ChatClient(running(sim.nodes[11]), bob)
+        got = await b.inbox()
+        assert sorted(e.text for e in got) == [f"spam {k}" for k in range(MAX_ENTRIES_PER_PAGE)]
+        page = await running(sim.nodes[12]).get(chat_key(bob.id, target))
+        assert page is not None
+        assert len(page.values) == MAX_ENTRIES_PER_PAGE
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) -> None:
+    async def main() -> None:
+        sim = Simulation(seed=64)
+        await sim.grow(20)
+        alice, bob = user_identity(64, 0), user_identity(64, 1)
+        a = ChatClient(running(sim.nodes[1]), alice, name="Alice")
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", state_dir=tmp_path, min_poll=2.0)
+        async with a, b:
+            await a.handshake(bob.id)
+            await a.send(bob.id, "one")
+            stream = b.messages()
+            first = [await anext(stream), await anext(stream)]
+            await stream.aclose()
+        assert [e.kind for e in first] == ["handshake", "message"]
+        again = ChatClient(running(sim.nodes[2]), bob, state_dir=tmp_path, min_poll=2.0)
+        async with a:
+            await a.send(bob.id, "two")
+            stream = again.messages()
+            second = await asyncio.wait_for(anext(stream), 60)
+            await stream.aclose()
+        assert second.text == "two"  # "one" and the handshake are not repeated
+        await sim.stop_all()
+
+    run_virtual(main())
