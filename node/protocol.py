@@ -30,7 +30,14 @@ from node.routing import Address, Contact, RoutingTable, RttSpread
 from node.storage import RecordStore
 from node.tasks import cancel_and_wait
 from node.wire import REQUEST, decode, encode_request, encode_response
-from records import Identity, InvalidRecord, check_node_proof, decode_record, prove_node
+from records import (
+    Identity,
+    InvalidRecord,
+    check_node_proof,
+    decode_record,
+    identity_id,
+    prove_node,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,7 @@ _ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2, "stun": 0}
 PROVE = "prove"
 _PROVABLE = frozenset({"ping", "find_node", "find_value"})
 _MAX_PING_BACKS = 256
+_OWNER_TTL = 600.0
 
 
 @dataclass
@@ -183,6 +191,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         self.banned: OrderedDict[bytes, None] = OrderedDict()
         # Nodes that proved their IDs lately, by ID: the address they proved it from.
         self._proven_at: OrderedDict[bytes, Address] = OrderedDict()
+        # and the other way round: which node proved lately that it holds an address, and when
+        # (one node per address: a lookup does not ask it again for another ID it claims)
+        self._owners: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         # Unproven nodes that asked us something, being pinged for a proof.
         self._ping_backs: set[bytes] = set()
         self.transport: asyncio.DatagramTransport | None = None
@@ -406,13 +417,15 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         rtt = self._loop.time() - sent_at
         self.rtt.observe(rtt)
         if prove:
-            body, node_id = self._proven_answer(msg_id, body, node_id)
+            answer, node_id = self._proven_answer(msg_id, body, node_id)
             if node_id is None:
+                self._learn_owner(msg_id, body, addr)
                 self.stats.dropped["unproven"] += 1
                 if pending is not None:
                     pending.on_reply(False, None)
                 return
             self._remember_proof(node_id, addr)
+            body = answer
         if node_id is None and isinstance(body, bytes) and len(body) == 20:
             node_id = body  # a ping to an address whose node we did not know yet
         if (
@@ -440,8 +453,32 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     def _remember_proof(self, node_id: bytes, address: Address) -> None:
         self._proven_at[node_id] = address
         self._proven_at.move_to_end(node_id)
+        self._owners[address] = (node_id, self._loop.time())
+        self._owners.move_to_end(address)
         if len(self._proven_at) > self.config.proven_cache_size:
             self._proven_at.popitem(last=False)
+        if len(self._owners) > self.config.proven_cache_size:
+            self._owners.popitem(last=False)
+
+    def _held_by_another(self, address: Address, node_id: bytes | None) -> bool:
+        """True if another node proved within ten minutes that `address` is its own (after that
+        a restarted node with a new key may sit there; a ping still reaches it)."""
+        owner = self._owners.get(address)
+        return (
+            owner is not None
+            and node_id is not None
+            and owner[0] != node_id
+            and self._loop.time() - owner[1] < _OWNER_TTL
+        )
+
+    def _learn_owner(self, msg_id: bytes, body: Any, address: Address) -> None:
+        """An answer failed to prove the ID we asked for; if it proves its sender's own ID
+        instead, remember whose address it is."""
+        proof = body.get("proof") if isinstance(body, dict) else None
+        if isinstance(proof, list) and len(proof) == 2 and all(isinstance(p, bytes) for p in proof):
+            owner = identity_id(proof[0])
+            if check_node_proof(owner, proof[0], proof[1], msg_id, self.own_id):
+                self._remember_proof(owner, address)
 
     def _proven_answer(
         self, msg_id: bytes, body: Any, node_id: bytes | None
@@ -533,6 +570,10 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             and name in _PROVABLE
             and (node_id is None or not self._proven(node_id, address))
         )
+        if prove and name != "ping" and self._held_by_another(address, node_id):
+            self.stats.dropped["address_of_another"] += 1  # not worth a datagram
+            on_reply(False, None)
+            return
         data = encode_request(msg_id, name, [*args, PROVE] if prove else args)
         now = self._loop.time()
         timeout, expected = self._bounded_estimates(node_id)

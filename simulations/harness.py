@@ -179,9 +179,9 @@ class Simulation:
             await node.stop()
 
     async def grow(
-        self, count: int, *, progress: Callable[[int], None] | None = None
+        self, count: int, *, progress: Callable[[int], None] | None = None, via: int = 1
     ) -> list[SimNode]:
-        """Add `count` nodes, joining in waves through random running nodes."""
+        """Add `count` nodes, joining in waves, each through `via` random running nodes."""
         added: list[SimNode] = []
         if not self.live():
             first = self.new_host()
@@ -193,7 +193,9 @@ class Simulation:
             live = self.live()
             wave = min(count - len(added), max(1, len(live) // 2), 200)
             batch = [self.new_host() for _ in range(wave)]
-            await asyncio.gather(*(self.start(n, via=[self.rng.choice(live)]) for n in batch))
+            await asyncio.gather(
+                *(self.start(n, via=self.rng.sample(live, min(via, len(live)))) for n in batch)
+            )
             added.extend(batch)
             if progress:
                 progress(len(batch))

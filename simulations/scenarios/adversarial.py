@@ -113,12 +113,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spoof", action="store_true", help="malicious nodes also answer with made-up IDs"
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1,
+        help="random nodes each joining node bootstraps through (1); a node whose only "
+        "bootstrap node is malicious is eclipsed",
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``adversarial``."""
-    if not 0 <= args.malicious < 1 or args.paths < 1 or args.gets < 1:
-        raise SystemExit("need 0 <= --malicious < 1, --paths >= 1, --gets >= 1")
+    if not 0 <= args.malicious < 1 or args.paths < 1 or args.gets < 1 or args.bootstrap < 1:
+        raise SystemExit("need 0 <= --malicious < 1, --paths >= 1, --gets >= 1, --bootstrap >= 1")
 
     async def body(sim: Simulation, progress: Progress) -> Outcome:
         colluders = Colluders()
@@ -130,7 +137,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 evil.add(index)
         sim.node_class = lambda n: evil_class if n.index in evil else DHTNode
         progress.set_postfix_str("joining")
-        await sim.grow(args.nodes, progress=progress.update)
+        await sim.grow(args.nodes, progress=progress.update, via=args.bootstrap)
         honest = [n for n in sim.live() if n.index not in evil]
         flood = asyncio.get_running_loop().create_task(_flood(sim, evil, honest))
         try:
@@ -141,6 +148,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "malicious_nodes": len(evil),
                 "paths": args.paths,
                 "spoof": args.spoof,
+                "bootstrap_via": args.bootstrap,
                 "proofs": not args.no_proofs,
             }
             latencies: dict[str, list[float]] = {}
