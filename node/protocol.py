@@ -312,7 +312,9 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
 
     def _heard(self, node_id: bytes, addr: Address) -> None:
         """A request came from `node_id` at `addr`: a known contact is fresh; an unproven node
-        the table has room for is pinged for a proof (it enters the table when that answers)."""
+        that would be among our nearest, in a bucket with room, is pinged for a proof (it enters
+        the table when that answers). Others are learned from our own lookups, whose answers
+        carry proofs for free: a ping back costs two datagrams and a join meets many nodes."""
         if node_id in self.banned:
             return
         if self.config.prove_ids and not self._proven(node_id, addr):
@@ -320,6 +322,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
                 node_id not in self._ping_backs
                 and len(self._ping_backs) < _MAX_PING_BACKS
                 and self.table.has_room_for(node_id)
+                and self.table.is_neighbour(node_id)
             ):
                 self._ping_backs.add(node_id)
                 self.request(
