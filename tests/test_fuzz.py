@@ -10,12 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from records import InvalidRecord, decode_record, default_validator, encode_record
+from records import Identity, InvalidRecord, decode_record, default_validator, encode_record
+from records.chat import make_handshake, make_message
+from records.drd import make_drd_servers_record
 from simulations.clock import run_virtual
 from simulations.fuzz import DatagramFuzzer
 from simulations.harness import Simulation
 from simulations.scenarios.common import announce, user_identity
-from tests.records_factory import NOW, presence
+from tests.records_factory import NOW, meta, presence
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,11 +94,27 @@ def test_record_decoder_only_raises_invalid_record(data: bytes) -> None:
         pass
 
 
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+VALID_RECORDS = {
+    "presence": lambda: presence(),
+    "meta": lambda: meta(),
+    "chat handshake": lambda: make_handshake(ALICE, BOB.id, nonce=b"n" * 24, now=NOW),
+    "chat message": lambda: make_message(
+        ALICE, BOB.public_key, b"hello", mime_type="text/plain", nonce=b"m" * 24, now=NOW
+    ),
+    "drd server": lambda: make_drd_servers_record(ALICE, "127.0.0.1", 8468, now=NOW),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_RECORDS))
 @settings(max_examples=300)
-@given(st.data())
-def test_mutated_records_are_never_accepted(data: st.DataObject) -> None:
-    """Flip bits anywhere in a valid record: the result is refused or equal in meaning."""
-    original = presence()
+@given(data=st.data())
+def test_mutated_records_are_never_accepted(kind: str, data: st.DataObject) -> None:
+    """Flip bits anywhere in a valid record of any namespace: the result is refused or equal in
+    meaning."""
+    original = VALID_RECORDS[kind]()
+    default_validator().validate(original.key, original, NOW)  # the starting point is valid
     raw = bytearray(encode_record(original))
     for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
         at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
