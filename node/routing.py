@@ -240,14 +240,6 @@ class RoutingTable:
             or any(c.failures >= self.stale_after for c in bucket.contacts.values())
         )
 
-    def is_neighbour(self, node_id: bytes) -> bool:
-        """True if `node_id` would be among the k contacts nearest our own ID."""
-        closest = self.closest(self.own_long_id, self.k)
-        if len(closest) < self.k:
-            return True
-        own = self.own_long_id
-        return int.from_bytes(node_id, "big") ^ own < closest[-1].long_id ^ own
-
     def failed(self, node_id: bytes) -> bool:
         """Count a failed request to `node_id`; True if it was removed from its bucket.
 

@@ -137,7 +137,7 @@ def test_closest_matches_brute_force(ns: list[int], target: int, count: int) -> 
     assert all(len(b.contacts) <= 8 for b in table.buckets)
 
 
-def test_neighbours_and_room_decide_who_is_asked_for_a_proof() -> None:
+def test_room_and_known_addresses_decide_who_is_asked_for_a_proof() -> None:
     table = RoutingTable(OWN, k=3)
     own = int.from_bytes(OWN, "big")
 
@@ -145,12 +145,8 @@ def test_neighbours_and_room_decide_who_is_asked_for_a_proof() -> None:
         return (own ^ distance).to_bytes(20, "big")
 
     far = at(1 << 159)
-    assert table.is_neighbour(far)  # fewer than k contacts: anyone is
     for i, distance in enumerate((2, 3, 4)):
         table.heard_from(at(distance), ("127.0.0.1", 2000 + i), 0.0, verified=True)
-    assert table.is_neighbour(at(1))
-    assert not table.is_neighbour(at(5))
-    assert not table.is_neighbour(far)
     assert table.has_room_for(far)  # its bucket (the far half) is empty
     assert not table.has_room_for(OWN)
     assert table.known_at(at(2), ("127.0.0.1", 2000))
