@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +155,10 @@ class ChatClient:
     `lookup` and `acknowledge` work with or without it. `state_dir` keeps which entries this
     device has already yielded and whom it has shaken hands with, so a restart neither repeats
     nor loses entries; without it that memory lasts as long as the object.
+
+    `random_bytes` draws the 24-byte nonces of handshakes and messages (they also pick the
+    entry ids and so the inbox pages). Keep the default, `os.urandom`, outside tests: a
+    simulation passes a seeded generator so that a run repeats exactly.
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class ChatClient:
         presence_ttl_ms: int = DEFAULT_PRESENCE_TTL_MS,
         min_poll: float = 1.0,
         max_poll: float = 60.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not 0 < min_poll <= max_poll:
             raise ValueError("need 0 < min_poll <= max_poll")
@@ -186,6 +191,7 @@ class ChatClient:
         self.presence_ttl_ms = presence_ttl_ms
         self.min_poll = min_poll
         self.max_poll = max_poll
+        self._random_bytes = random_bytes
         self.undecryptable = 0
         """Inbox entries skipped because they did not decrypt or verify."""
         self._state = ChatState(state_dir / f"chat-{identity.id_hex}.json" if state_dir else None)
@@ -322,7 +328,7 @@ class ChatClient:
         record = make_handshake(
             self.identity,
             uid,
-            nonce=os.urandom(NONCE_SIZE),
+            nonce=self._random_bytes(NONCE_SIZE),
             now=self._now(),
             ttl_ms=self.entry_ttl_ms,
         )
@@ -345,7 +351,7 @@ class ChatClient:
                 peer,
                 data,
                 mime_type=mime_type,
-                nonce=os.urandom(NONCE_SIZE),
+                nonce=self._random_bytes(NONCE_SIZE),
                 now=self._now(),
                 ttl_ms=self.entry_ttl_ms,
             )
