@@ -232,3 +232,24 @@ def test_handshake_must_carry_the_senders_own_x25519_key() -> None:
         handshake=raw, signature=ALICE.sign(signing_input(HANDSHAKE_CONTEXT, raw))
     ).SerializeToString()
     assert reason_of(record) == "x25519_key_mismatch"
+
+
+def test_a_new_message_beside_an_acknowledged_one_is_merged_not_refused() -> None:
+    v = ChatValidator()
+    first, second = (
+        make_message(ALICE, BOB.public_key, text, mime_type=TEXT, nonce=n, now=NOW)
+        for text, n in zip((b"read", b"new"), nonces_on_page(ALICE.id, 2, 2), strict=True)
+    )
+    read = first.values[0]
+    receipt = make_receipts(BOB, [(bytes.fromhex(read.id2), read.expirationDate)], NOW + 1000)
+    held = v.consolidate(first.key, [first, receipt], NOW + 1000)
+    # the sender's node keeps everything it sent to one page as one record, and sends that
+    senders_copy = v.consolidate(first.key, [first, second], NOW + 1000)
+    v.admit(held.key, held, senders_copy, NOW + 2000)
+    merged = v.consolidate(held.key, [held, senders_copy], NOW + 2000)
+    kinds = {x.id2: parse_inbox_value(x.value).kind for x in merged.values}
+    assert kinds == {read.id2: "receipt", second.values[0].id2: "message"}
+    # once the page holds all of it, the same copy brings nothing back: a replay
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(merged.key, merged, senders_copy, NOW + 3000)
+    assert info.value.reason == "acknowledged"

@@ -358,3 +358,36 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
         await sim.stop_all()
 
     run_virtual(main())
+
+
+def test_a_message_to_a_page_with_read_messages_is_delivered() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=65)
+        await sim.grow(50)
+        alice, bob = user_identity(65, 0), user_identity(65, 1)
+        # the handshake, then two messages whose ids land on the same page of Bob's inbox
+        same_page: list[bytes] = []
+        i = 0
+        while len(same_page) < 2:
+            n = hashlib.sha256(f"page-{i}".encode()).digest()[:24]
+            if page_of(entry_id(alice.id, n)) == 7:
+                same_page.append(n)
+            i += 1
+        nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *same_page])
+        a = ChatClient(
+            running(sim.nodes[1]), alice, name="Alice", random_bytes=lambda _n: next(nonces)
+        )
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(5))
+        async with a, b:
+            await a.handshake(bob.id)
+            first = await a.send(bob.id, "first")
+            assert await b.acknowledge(await b.inbox()) == 2
+            # Alice's node holds "first" and "second" as one page record, and sends that
+            second = await a.send(bob.id, "second")
+            assert second.key == first.key
+            assert second.stored == 5
+            assert [e.text for e in await b.inbox()] == ["second"]
+            assert await a.delivered([first, second]) == {first.entry_id}
+        await sim.stop_all()
+
+    run_virtual(main())
