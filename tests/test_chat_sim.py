@@ -391,3 +391,41 @@ def test_a_message_to_a_page_with_read_messages_is_delivered() -> None:
         await sim.stop_all()
 
     run_virtual(main())
+
+
+def test_an_acknowledged_message_is_not_republished_for_days() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=67, config=SLOW_MAINTENANCE)
+        await sim.grow(50)
+        alice, bob = user_identity(67, 0), user_identity(67, 1)
+        sender = running(sim.nodes[9])
+        a = ChatClient(sender, alice, name="Alice", random_bytes=seeded(6))
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(7))
+        async with a, b:
+            await a.handshake(bob.id)
+            sent = await a.send(bob.id, "read soon")
+            assert await b.acknowledge(await b.inbox()) == 2
+        assert sender.store is not None
+        held = sender.store.get(location(sent.key), sim.now_ms())
+        assert held is not None
+        # Alice's node still has the message (no receipt reached it) and would republish it
+        assert held.origin
+        assert [parse_inbox_value(v.value).kind for v in held.record.values] == ["message"]
+
+        def refusals() -> int:
+            return sum(running(n).stats.refused["acknowledged"] for n in sim.live())
+
+        # within two republish intervals Alice's node learns that the holders refuse it for
+        # good (and replaces its copy); from then on nobody pushes the read message again
+        await asyncio.sleep(2 * SLOW_MAINTENANCE["republish_interval"])
+        settled = refusals()
+        assert settled > 0
+        await asyncio.sleep(3 * SLOW_MAINTENANCE["republish_interval"])
+        assert refusals() == settled
+        now_held = sender.store.get(location(sent.key), sim.now_ms())
+        assert now_held is not None
+        assert not now_held.origin
+        assert set(held_entries(sim, bob.id).values()) == {"receipt"}
+        await sim.stop_all()
+
+    run_virtual(main())
