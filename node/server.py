@@ -443,8 +443,11 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 if record is not None and (data := encode_record(record)) != last:
                     last = data
                     yield record
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event is set, and the watch would never end
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), poll_interval)
+                    async with asyncio.timeout(poll_interval):
+                        await wake.wait()
                 wake.clear()
         finally:
             stop_listening()
