@@ -344,3 +344,18 @@ def test_signatures_are_separated_by_kind() -> None:
     ).SerializeToString()
     with pytest.raises(InvalidRecord):
         default_validator().validate(as_receipt.key, as_receipt, NOW)
+
+
+def test_a_receipt_outranks_even_a_newer_copy_of_its_entry() -> None:
+    v = ChatValidator()
+    record = message(label="again")
+    value = record.values[0]
+    receipt = make_receipts(BOB, [(bytes.fromhex(value.id2), value.expirationDate)], NOW + 1000)
+    later = message(label="again", now=NOW + 5000)  # the sender re-sends it under the same id
+    assert later.values[0].id2 == value.id2
+    for records in ([receipt, later], [later, receipt]):
+        merged = v.consolidate(record.key, records, NOW + 6000)
+        assert [parse_inbox_value(x.value).kind for x in merged.values] == ["receipt"]
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(receipt.key, receipt, later, NOW + 6000)
+    assert info.value.reason == "acknowledged"
