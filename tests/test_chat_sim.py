@@ -258,8 +258,16 @@ def test_after_seven_days_only_refreshed_metas_remain() -> None:
             async with c, d:
                 await a.handshake(carol.id)
                 sent = await a.send(carol.id, "unread")
+                # the longest lifetime allowed: 7 days
+                longest = ChatClient(
+                    running(sim.nodes[1]), alice, entry_ttl_ms=7 * 24 * 3600_000,
+                    random_bytes=seeded(15),
+                )  # fmt: skip
+                await longest.handshake(carol.id)
+                kept_longest = await longest.send(carol.id, "unread for a week")
             # Carol and Dave stop refreshing; Alice's client keeps running for 7 days
-            assert held_entries(sim, carol.id)[sent.entry_id.hex()] == "message"
+            held = held_entries(sim, carol.id)
+            assert held[sent.entry_id.hex()] == held[kept_longest.entry_id.hex()] == "message"
             await asyncio.sleep(7 * DAY + 3600)
             assert held_entries(sim, carol.id) == {}
             reader = running(sim.nodes[20])
