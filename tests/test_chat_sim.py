@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from node import PutFailed
-from node.chat import ChatClient, InboxEntry, NoHandshake, Sent, UnknownUser
+from node.chat import ChatClient, InboxEntry, MessageTooLarge, NoHandshake, Sent, UnknownUser
 from node.server import DHTNode
 from records import (
     DHTError,
@@ -22,10 +22,12 @@ from records import (
     inbox_keys,
     location,
     make_message,
+    make_receipts,
     meta_key,
 )
 from records.chat import (
     MAX_ENTRIES_PER_PAGE,
+    MAX_RECEIPTS_PER_PAGE,
     MESSAGE_CONTEXT,
     chat_key,
     entry_id,
@@ -152,7 +154,11 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
             with pytest.raises(NoHandshake):
                 await a1.send(bob.id, "too early")
 
+            with pytest.raises(ValueError, match="a uid is 20 bytes"):
+                await a1.lookup(bob.id.hex())  # type: ignore[arg-type]
             await a1.handshake(bob.id)
+            with pytest.raises(MessageTooLarge):
+                await a1.send(bob.id, "x" * 800)
             await b.close()
             await sim.crash(bob_host)  # Bob goes offline
             sent: list[Sent] = [await a1.send(bob.id, f"message {i}") for i in range(3)]
@@ -434,6 +440,44 @@ def test_an_acknowledged_message_is_not_republished_for_days() -> None:
         assert now_held is not None
         assert not now_held.origin
         assert set(held_entries(sim, bob.id).values()) == {"receipt"}
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=68)
+        await sim.grow(50)
+        alice, bob = user_identity(68, 0), user_identity(68, 1)
+        page = 11
+        on_page: list[bytes] = []
+        i = 0
+        while len(on_page) < 2:
+            n = hashlib.sha256(f"full-{i}".encode()).digest()[:24]
+            if page_of(entry_id(alice.id, n)) == page:
+                on_page.append(n)
+            i += 1
+        nonces = iter(on_page)
+        a = ChatClient(
+            running(sim.nodes[1]), alice, name="Alice", random_bytes=lambda _n: next(nonces)
+        )
+        bob_node = running(sim.nodes[2])
+        b = ChatClient(bob_node, bob, name="Bob", random_bytes=seeded(8))
+        async with a, b:
+            await a.handshake(bob.id)
+            # Bob's receipts fill the page (for entries long gone), so none can be added
+            fake = [bytes([page + 16 * k]) + bytes(15) for k in range(MAX_RECEIPTS_PER_PAGE)]
+            expires = sim.now_ms() + 3 * 24 * 3600_000
+            await bob_node.put(make_receipts(bob, [(f, expires) for f in fake], sim.now_ms()))
+            await a.send(bob.id, "cannot be acknowledged yet")
+            entries = await b.inbox()
+            assert [e.kind for e in entries] == ["handshake", "message"]
+            assert await b.acknowledge(entries) == 0
+            stream = b.messages()
+            got = [await asyncio.wait_for(anext(stream), 600) for _ in range(2)]
+            await stream.aclose()
+            assert [e.entry_id for e in got] == [e.entry_id for e in entries]
         await sim.stop_all()
 
     run_virtual(main())

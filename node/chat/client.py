@@ -51,6 +51,7 @@ from records.chat import (
     parse_inbox_value,
 )
 from records.chat_pb2 import ChatMessage, Handshake
+from records.identity import ID_SIZE
 from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
 from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
 
@@ -58,6 +59,13 @@ log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
 _RETRY_AFTER = 60.0  # seconds before a failed refresh of the meta or presence is tried again
+
+
+def _require_uid(uid: bytes) -> None:
+    """`ValueError` unless `uid` is a 20-byte uid (a hex string or a wrong length is a bug in
+    the caller, not an unknown user)."""
+    if not isinstance(uid, bytes) or len(uid) != ID_SIZE:
+        raise ValueError(f"a uid is {ID_SIZE} bytes, not {uid!r}")
 
 
 class ChatError(DHTError):
@@ -288,6 +296,7 @@ class ChatClient:
 
     async def lookup(self, uid: bytes) -> Contact:
         """The meta and live devices of `uid`; `UnknownUser` if neither is published."""
+        _require_uid(uid)
         meta_record, presence_record = await asyncio.gather(
             self.node.get(meta_key(uid)), self.node.get(presence_key(uid))
         )
@@ -321,6 +330,7 @@ class ChatClient:
     async def handshake(self, uid: bytes) -> Sent:
         """Send a signed handshake to `uid` (seed 003), after looking the user up to learn the
         key its messages are encrypted to. Raises `UnknownUser` if `uid` publishes nothing."""
+        _require_uid(uid)
         if self._state.peer_key(uid) is None:
             await self.lookup(uid)
         if self._state.peer_key(uid) is None:
@@ -341,6 +351,7 @@ class ChatClient:
         it into their inbox. Raises `NoHandshake` before any handshake with `uid`,
         `MessageTooLarge` if it does not fit an inbox entry, and `PutFailed` (with the holders'
         reasons, such as ``inbox_full``) if no node stored it."""
+        _require_uid(uid)
         peer = self._state.peer_key(uid)
         if peer is None or not self._state.has_handshake(uid):
             raise NoHandshake(f"no handshake with {uid.hex()} yet")
@@ -454,20 +465,21 @@ class ChatClient:
         ]
         now = self._now()
 
-        async def one(page: int, items: list[InboxEntry]) -> int:
+        async def one(page: int, items: list[InboxEntry]) -> list[InboxEntry]:
             record = make_receipts(self.identity, [(e.entry_id, e.expiration) for e in items], now)
             try:
                 await self.node.put(record)
             except (PutFailed, InvalidRecord) as exc:
                 log.warning("receipts for %s not stored: %s", chat_key(self.uid, page), exc)
-                return 0
+                return []
             await self._repair(record.key)
-            return len(items)
+            return items
 
-        counts = await asyncio.gather(*(one(p, items) for p, items in batches))
-        self._state.mark_seen((e.entry_id, e.expiration) for e in entries)
+        done = await asyncio.gather(*(one(p, items) for p, items in batches))
+        # only what was acknowledged: `messages` still yields the rest (once)
+        self._state.mark_seen((e.entry_id, e.expiration) for items in done for e in items)
         self._state.save(now)
-        return sum(counts)
+        return sum(len(items) for items in done)
 
     async def _repair(self, key: str) -> None:
         """Write the merged page to every node that answered with another version, not just the
