@@ -357,7 +357,7 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
             await a.handshake(bob.id)
             await a.send(bob.id, "one")
             stream = b.messages()
-            first = [await anext(stream), await anext(stream)]
+            first = [await asyncio.wait_for(anext(stream), 60) for _ in range(2)]
             await stream.aclose()
         assert [e.kind for e in first] == ["handshake", "message"]
         again = ChatClient(
