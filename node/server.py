@@ -30,6 +30,7 @@ from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
 from node.tasks import cancel_and_wait
 from records import (
     MAX_RECORD_SIZE,
+    PERMANENT_REFUSALS,
     Identity,
     InvalidRecord,
     NamespacedValidator,
@@ -442,8 +443,11 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 if record is not None and (data := encode_record(record)) != last:
                     last = data
                     yield record
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event is set, and the watch would never end
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), poll_interval)
+                    async with asyncio.timeout(poll_interval):
+                        await wake.wait()
                 wake.clear()
         finally:
             stop_listening()
@@ -524,7 +528,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         unpublished = [(loc, e) for loc, e in store if e.origin and not e.published]
         for loc, entry in unpublished[:_RETRIES_PER_SWEEP]:
             if len(table):
-                await self._store_on_closest(loc, entry.data)
+                await self._republish_one(loc, entry.data)
         now = asyncio.get_running_loop().time()
         if (
             len(table) == 0
@@ -574,6 +578,11 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 if ok and body is True and entry.data == data:
                     entry.holders.add(contact.id)
                     needed -= 1
+            # a close node holds a version that supersedes ours: take it rather than push ours
+            # on to farther nodes that lack it (an acknowledged chat entry would spread again)
+            refused = any(ok and _refused_for_good(body) for ok, body in replies)
+            if refused and await self._refresh_superseded(loc, data):
+                return
 
     async def _republish(self) -> None:
         """Originators re-store their records on the current closest nodes."""
@@ -581,7 +590,31 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         now = self.clock.now_ms()
         for loc, entry in store:
             if entry.origin and entry.expires > now:
-                await self._store_on_closest(loc, entry.data)
+                await self._republish_one(loc, entry.data)
+
+    async def _republish_one(self, loc: bytes, data: bytes) -> None:
+        """Store `data` on the closest nodes; stop republishing it if none stored it and every
+        node that answered refused it for good (`PERMANENT_REFUSALS`, e.g. a chat entry its
+        recipient acknowledged), and take the network's version instead."""
+        acks, reasons = await self._store_on_closest(loc, data)
+        refused = set(reasons) - {"timeout"}
+        if acks == 0 and refused and refused <= PERMANENT_REFUSALS:
+            _, _, store = self._parts()
+            work = store.disown(loc, data)
+            if work is not None:
+                await work
+            await self._refresh_superseded(loc, data)
+
+    async def _refresh_superseded(self, loc: bytes, data: bytes) -> bool:
+        """Our copy `data` at `loc` was refused for good: get the record, which merges the
+        network's version into the store. True if the held copy changed."""
+        _, _, store = self._parts()
+        entry = store.get(loc, self.clock.now_ms())
+        if entry is None or entry.data != data:
+            return entry is not None
+        await self.get(entry.record.key)
+        fresh = store.get(loc, self.clock.now_ms())
+        return fresh is None or fresh.data != data
 
     async def _refresh(self) -> None:
         """Look up a random ID in every bucket that saw no lookup for `refresh_interval`."""
@@ -590,6 +623,11 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         for bucket in table.stale_buckets(now, self.config.refresh_interval):
             # A short lookup meets (and so re-checks) enough nodes of the bucket's range.
             await self.lookup_nodes(self._random_id_in(bucket), count=self.config.alpha)
+
+
+def _refused_for_good(body: object) -> bool:
+    """A store reply refusing with one of the `PERMANENT_REFUSALS`."""
+    return isinstance(body, list) and len(body) == 2 and body[1] in PERMANENT_REFUSALS
 
 
 def _check_known_namespace(validator: Validator, path: str) -> None:

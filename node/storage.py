@@ -303,6 +303,16 @@ class RecordStore:
             callback(entry)
         return Accepted(entry, True, self._save(loc, entry) if persist else None)
 
+    def disown(self, loc: bytes, data: bytes) -> Awaitable[None] | None:
+        """Stop republishing the record at `loc` if it is still the version `data` (which its
+        holders refuse for good); it is held and served until it expires. Returns the
+        backend's work, if any."""
+        entry = self._entries.get(loc)
+        if entry is None or not entry.origin or entry.data != data:
+            return None
+        entry.origin = False
+        return self._save(loc, entry)
+
     def _save(self, loc: bytes, entry: StoredRecord) -> Awaitable[None] | None:
         if self.backend is None:
             return None

@@ -36,6 +36,7 @@ from records.record_pb2 import Record, Value
 from records.registry import default_validator, default_validators
 from records.validation import (
     MAX_RECORD_SIZE,
+    PERMANENT_REFUSALS,
     Admission,
     NamespacedValidator,
     Validator,
@@ -47,6 +48,7 @@ from records.validation import (
 
 __all__ = [
     "MAX_RECORD_SIZE",
+    "PERMANENT_REFUSALS",
     "Admission",
     "AnnouncementMessage",
     "ChatValidator",

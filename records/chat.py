@@ -548,14 +548,19 @@ class ChatValidator:
         return merged
 
     def admit(self, key: str, held: Record, incoming: Record, now: int) -> None:
-        """Refuse `incoming` (valid on its own) if merging it into the `held` page would bring
-        back an acknowledged entry (``acknowledged``) or overflow the page (``inbox_full``,
-        ``receipts_full``): a full page keeps what it holds."""
+        """Refuse `incoming` (valid on its own) if it only brings back entries acknowledged on
+        the `held` page (``acknowledged``: a replay, or a stale copy of the page) or if merging
+        it would overflow the page (``inbox_full``, ``receipts_full``): a full page keeps what
+        it holds.
+
+        A copy that also carries something new is merged: the receipts still win over the
+        acknowledged entries in it. (A sender's node holds all it sent to one page as one
+        record, so refusing that whole copy would lose a new message next to a read one.)"""
         receipts = {v.id2 for v in held.values if v.expirationDate > now and _is_receipt(v)}
-        for value in incoming.values:
-            if value.id2 in receipts and not _is_receipt(value):
-                raise InvalidRecord(
-                    "acknowledged", f"entry {value.id2} was acknowledged by its recipient"
-                )
+        replayed = [v.id2 for v in incoming.values if v.id2 in receipts and not _is_receipt(v)]
         merged = _merge([*held.values, *incoming.values], now)
+        if replayed and merged == _merge(held.values, now):
+            raise InvalidRecord(
+                "acknowledged", f"entry {replayed[0]} was acknowledged by its recipient"
+            )
         self._check_bounds(*_counts(merged))

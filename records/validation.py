@@ -19,6 +19,11 @@ from records.record_pb2 import Record, Value
 MAX_RECORD_SIZE = 8192
 DEFAULT_CLOCK_SKEW_MS = 5 * 60 * 1000
 
+PERMANENT_REFUSALS = frozenset({"acknowledged"})
+"""Refusal reasons (`InvalidRecord.reason`) that no later retry of the same record overcomes:
+the holder keeps something that supersedes it for good (a receipt for a chat entry). An
+originator stops republishing a record every answering holder refuses so."""
+
 Rank = tuple[int, bytes]
 
 

@@ -23,11 +23,13 @@ from records import (
 )
 from records.chat import (
     DAY_MS,
+    ENTRY_ID_SIZE,
     HANDSHAKE_CONTEXT,
     INBOX_PAGES,
     MAX_ENTRIES_PER_PAGE,
     MAX_RECEIPTS_PER_PAGE,
     MESSAGE_CONTEXT,
+    RECEIPT_CONTEXT,
     conversation_key,
     decrypt_message,
     entry_id,
@@ -232,3 +234,128 @@ def test_handshake_must_carry_the_senders_own_x25519_key() -> None:
         handshake=raw, signature=ALICE.sign(signing_input(HANDSHAKE_CONTEXT, raw))
     ).SerializeToString()
     assert reason_of(record) == "x25519_key_mismatch"
+
+
+def test_a_new_message_beside_an_acknowledged_one_is_merged_not_refused() -> None:
+    v = ChatValidator()
+    first, second = (
+        make_message(ALICE, BOB.public_key, text, mime_type=TEXT, nonce=n, now=NOW)
+        for text, n in zip((b"read", b"new"), nonces_on_page(ALICE.id, 2, 2), strict=True)
+    )
+    read = first.values[0]
+    receipt = make_receipts(BOB, [(bytes.fromhex(read.id2), read.expirationDate)], NOW + 1000)
+    held = v.consolidate(first.key, [first, receipt], NOW + 1000)
+    # the sender's node keeps everything it sent to one page as one record, and sends that
+    senders_copy = v.consolidate(first.key, [first, second], NOW + 1000)
+    v.admit(held.key, held, senders_copy, NOW + 2000)
+    merged = v.consolidate(held.key, [held, senders_copy], NOW + 2000)
+    kinds = {x.id2: parse_inbox_value(x.value).kind for x in merged.values}
+    assert kinds == {read.id2: "receipt", second.values[0].id2: "message"}
+    # once the page holds all of it, the same copy brings nothing back: a replay
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(merged.key, merged, senders_copy, NOW + 3000)
+    assert info.value.reason == "acknowledged"
+
+
+def test_signed_lifetime_must_be_three_to_seven_days() -> None:
+    record = message()
+    body = ChatMessage.FromString(SignedInboxEntry.FromString(record.values[0].value).message)
+    cases = [
+        (3 * DAY_MS - 1, "ttl_too_short"),
+        (7 * DAY_MS + 1, "ttl_too_long"),
+        (3 * DAY_MS, None),
+        (7 * DAY_MS, None),
+    ]
+    for ttl, reason in cases:
+        edit = ChatMessage()
+        edit.CopyFrom(body)
+        edit.expiration = body.timestamp + ttl
+        signed = resign_message(record, edit, ALICE)
+        signed.values[0].expirationDate = edit.expiration  # the value's dates follow the signed
+        if reason is None:
+            default_validator().validate(signed.key, signed, NOW)
+        else:
+            assert reason_of(signed) == reason
+    # the unsigned dates cannot stand in for the signed ones
+    stretched = Record()
+    stretched.CopyFrom(record)
+    stretched.values[0].expirationDate = NOW + 2 * DAY_MS
+    assert reason_of(stretched) == "unsigned_date_mismatch"
+
+
+def test_entries_are_bound_to_their_page_inbox_and_id() -> None:
+    record = message()
+    parsed = parse_inbox_value(record.values[0].value)
+    other = (page_of(parsed.entry_id) + 1) % INBOX_PAGES
+    moved = Record()
+    moved.CopyFrom(record)
+    moved.key = chat_key(BOB.id, other)
+    assert reason_of(moved) == "wrong_page"
+    renamed = Record()
+    renamed.CopyFrom(record)
+    renamed.id1 = MALLORY.id_hex
+    assert reason_of(renamed) == "client_id_mismatch"
+    # Mallory takes Alice's message id on the page it belongs to
+    steal = make_message(MALLORY, BOB.public_key, b"x", mime_type=TEXT, nonce=nonce("x"), now=NOW)
+    stolen = ChatMessage.FromString(SignedInboxEntry.FromString(steal.values[0].value).message)
+    stolen.message_id = parsed.entry_id
+    taken = resign_message(steal, stolen, MALLORY)
+    taken.key = record.key
+    assert reason_of(taken) == "bad_entry_id"
+
+
+def test_a_page_holds_a_bounded_number_of_receipts() -> None:
+    page = 4
+    ids = [
+        bytes([page + 16 * k]) + bytes(ENTRY_ID_SIZE - 1) for k in range(MAX_RECEIPTS_PER_PAGE + 1)
+    ]
+    expiration = NOW + 3 * DAY_MS
+    full = make_receipts(BOB, [(i, expiration) for i in ids[:-1]], NOW)
+    default_validator().validate(full.key, full, NOW)
+    too_many = make_receipts(BOB, [(i, expiration) for i in ids], NOW)
+    assert reason_of(too_many) == "receipts_full"
+    one_more = make_receipts(BOB, [(ids[-1], expiration)], NOW)
+    with pytest.raises(InvalidRecord) as info:
+        ChatValidator().admit(full.key, full, one_more, NOW)
+    assert info.value.reason == "receipts_full"
+
+
+def test_signatures_are_separated_by_kind() -> None:
+    record = message()
+    envelope = SignedInboxEntry.FromString(record.values[0].value)
+    for context in (HANDSHAKE_CONTEXT, RECEIPT_CONTEXT, b""):
+        resigned = Record()
+        resigned.CopyFrom(record)
+        resigned.values[0].value = SignedInboxEntry(
+            message=envelope.message, signature=ALICE.sign(signing_input(context, envelope.message))
+        ).SerializeToString()
+        assert reason_of(resigned) == "bad_signature"
+    handshake = make_handshake(ALICE, BOB.id, nonce=nonce("h"), now=NOW)
+    body = SignedInboxEntry.FromString(handshake.values[0].value).handshake
+    handshake.values[0].value = SignedInboxEntry(
+        handshake=body, signature=ALICE.sign(signing_input(MESSAGE_CONTEXT, body))
+    ).SerializeToString()
+    assert reason_of(handshake) == "bad_signature"
+    # a receipt's signature is not a message's: the same bytes under the receipt kind fail
+    as_receipt = Record()
+    as_receipt.CopyFrom(record)
+    as_receipt.values[0].value = SignedInboxEntry(
+        receipt=envelope.message, signature=envelope.signature
+    ).SerializeToString()
+    with pytest.raises(InvalidRecord):
+        default_validator().validate(as_receipt.key, as_receipt, NOW)
+
+
+def test_a_receipt_outranks_even_a_newer_copy_of_its_entry() -> None:
+    v = ChatValidator()
+    record = message(label="again")
+    value = record.values[0]
+    receipt = make_receipts(BOB, [(bytes.fromhex(value.id2), value.expirationDate)], NOW + 1000)
+    later = message(label="again", now=NOW + 5000)  # the sender re-sends it under the same id
+    assert later.values[0].id2 == value.id2
+    for records in ([receipt, later], [later, receipt]):
+        merged = v.consolidate(record.key, records, NOW + 6000)
+        assert [parse_inbox_value(x.value).kind for x in merged.values] == ["receipt"]
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(receipt.key, receipt, later, NOW + 6000)
+    assert info.value.reason == "acknowledged"

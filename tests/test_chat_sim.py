@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from node import PutFailed
-from node.chat import ChatClient, InboxEntry, NoHandshake, Sent, UnknownUser
+from node.chat import ChatClient, InboxEntry, MessageTooLarge, NoHandshake, Sent, UnknownUser
 from node.server import DHTNode
 from records import (
     DHTError,
@@ -20,10 +22,12 @@ from records import (
     inbox_keys,
     location,
     make_message,
+    make_receipts,
     meta_key,
 )
 from records.chat import (
     MAX_ENTRIES_PER_PAGE,
+    MAX_RECEIPTS_PER_PAGE,
     MESSAGE_CONTEXT,
     chat_key,
     entry_id,
@@ -54,7 +58,8 @@ def running(sim_node: SimNode) -> DHTNode:
 
 
 def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
-    """id2 -> kind of every inbox value of `uid` held by any live node."""
+    """id2 -> kind of every inbox value of `uid` held by any live node: "receipt" only when
+    no live node holds the acknowledged handshake or message itself."""
     now = sim.now_ms()
     found: dict[str, str] = {}
     for sim_node in sim.live():
@@ -64,21 +69,36 @@ def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
             entry = store.get(location(key), now)
             for value in entry.record.values if entry is not None else ():
                 kind = parse_inbox_value(value.value).kind
-                if found.get(value.id2) != "message" or kind == "message":
-                    found[value.id2] = kind
+                if found.get(value.id2, "receipt") == "receipt":
+                    found[value.id2] = kind  # an entry held anywhere outweighs receipts
     return found
 
 
-async def refused_by_holder(sim: Simulation, via: SimNode, record: Record) -> set[str]:
-    """What the nodes closest to `record`'s location answer when `via` stores it there."""
-    node = running(via)
-    assert node.protocol is not None
-    loc = location(record.key)
-    closest = (await node.lookup_nodes(loc)).closest[:5]
+def seeded(label: int) -> Callable[[int], bytes]:
+    """Nonces for a client from a fixed seed: entry ids, and so inbox pages and the nodes that
+    hold them, are the same on every run."""
+    return random.Random(label).randbytes
+
+
+def holders_of(sim: Simulation, key: str) -> list[SimNode]:
+    """The `replicas` (5) live nodes closest to `key`'s location: the ones that store it."""
+    target = int.from_bytes(location(key), "big")
+    by_distance = sorted(sim.live(), key=lambda n: int.from_bytes(n.identity.id, "big") ^ target)
+    return by_distance[:5]
+
+
+async def refused_by_holders(sim: Simulation, record: Record) -> list[str]:
+    """What each node storing `record`'s page answers when another node stores it there: the
+    refusal reason, or "True" for a node that took it. A node that does not answer fails."""
+    holders = holders_of(sim, record.key)
+    sender = running(next(n for n in sim.live() if n not in holders))
+    assert sender.protocol is not None
+    data, loc = encode_record(record), location(record.key)
     replies = await asyncio.gather(
-        *(node.protocol.store_at(p.address, p.id, loc, encode_record(record)) for p in closest)
+        *(sender.protocol.store_at(h.address, h.identity.id, loc, data) for h in holders)
     )
-    return {body[1] if isinstance(body, list) else repr(body) for ok, body in replies if ok}
+    assert all(ok for ok, _ in replies), "every holder answers"
+    return [body[1] if isinstance(body, list) else repr(body) for _, body in replies]
 
 
 def refusal_reasons(error: DHTError) -> set[str]:
@@ -105,10 +125,16 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
         sim = Simulation(seed=61)
         await sim.grow(50)
         alice, bob = user_identity(61, 0), user_identity(61, 1)
-        a1 = ChatClient(running(sim.nodes[3]), alice, name="Alice", min_poll=5.0)
-        a2 = ChatClient(running(sim.nodes[4]), alice, name="Alice", min_poll=5.0)
+        a1 = ChatClient(
+            running(sim.nodes[3]), alice, name="Alice", min_poll=5.0, random_bytes=seeded(1)
+        )
+        a2 = ChatClient(
+            running(sim.nodes[4]), alice, name="Alice", min_poll=5.0, random_bytes=seeded(2)
+        )
         bob_host = sim.nodes[5]
-        b = ChatClient(running(bob_host), bob, name="Bob", avatar=b"\x89PNG")
+        b = ChatClient(
+            running(bob_host), bob, name="Bob", avatar=b"\x89PNG", random_bytes=seeded(3)
+        )
         async with a1, a2:
             await b.start()
             # they find each other by uid: meta and live devices
@@ -128,7 +154,11 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
             with pytest.raises(NoHandshake):
                 await a1.send(bob.id, "too early")
 
+            with pytest.raises(ValueError, match="a uid is 20 bytes"):
+                await a1.lookup(bob.id.hex())  # type: ignore[arg-type]
             await a1.handshake(bob.id)
+            with pytest.raises(MessageTooLarge):
+                await a1.send(bob.id, "x" * 800)
             await b.close()
             await sim.crash(bob_host)  # Bob goes offline
             sent: list[Sent] = [await a1.send(bob.id, f"message {i}") for i in range(3)]
@@ -136,7 +166,7 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
             await asyncio.sleep(3600)
 
             node = await sim.start(bob_host, via=[sim.nodes[0]])  # Bob comes back
-            b = ChatClient(node, bob, name="Bob")
+            b = ChatClient(node, bob, name="Bob", random_bytes=seeded(4))
             async with b:
                 entries = await b.inbox()
                 assert [(e.kind, e.text) for e in entries] == [
@@ -152,8 +182,8 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
                 # Alice learns they were read; then no node holds them, only receipts
                 assert await a1.delivered(sent) == {s.entry_id for s in sent}
                 held = held_entries(sim, bob.id)
-                for s in sent:
-                    assert held.get(s.entry_id.hex()) == "receipt"
+                for e in entries:
+                    assert held.get(e.entry_id.hex()) == "receipt"
 
                 # Bob replies without a handshake of his own: Alice's reached him
                 await b.send(alice.id, "hi Alice")
@@ -175,8 +205,8 @@ def test_storage_nodes_refuse_forged_and_replayed_messages_with_a_reason() -> No
         sim = Simulation(seed=66)
         await sim.grow(50)
         alice, bob = user_identity(66, 0), user_identity(66, 1)
-        a = ChatClient(running(sim.nodes[1]), alice, name="Alice")
-        b = ChatClient(running(sim.nodes[2]), bob, name="Bob")
+        a = ChatClient(running(sim.nodes[1]), alice, name="Alice", random_bytes=seeded(5))
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(6))
         async with a, b:
             await a.handshake(bob.id)
             sent = await a.send(bob.id, "original")
@@ -198,20 +228,21 @@ def test_storage_nodes_refuse_forged_and_replayed_messages_with_a_reason() -> No
             envelope = SignedInboxEntry.FromString(forged.values[0].value)
             envelope.message = edited.SerializeToString(deterministic=True)
             forged.values[0].value = envelope.SerializeToString()
-            assert await refused_by_holder(sim, mallory, forged) == {"bad_signature"}
+            assert await refused_by_holders(sim, forged) == ["bad_signature"] * 5
 
             # wrong sender uid: Mallory signs with her key but claims Alice's uid
             claim = ChatMessage()
             claim.CopyFrom(message)
             claim.sender_public_key = user_identity(66, 2).public_key
-            assert await refused_by_holder(sim, mallory, resigned(original, claim, 2)) == {
-                "sender_uid_mismatch"
-            }
+            assert (
+                await refused_by_holders(sim, resigned(original, claim, 2))
+                == ["sender_uid_mismatch"] * 5
+            )
 
             # replay of the old copy after Bob's receipt
             entries = await b.inbox()
             assert await b.acknowledge(entries) == len(entries) == 2
-            assert await refused_by_holder(sim, mallory, original) == {"acknowledged"}
+            assert await refused_by_holders(sim, original) == ["acknowledged"] * 5
             with pytest.raises(DHTError) as info:
                 await running(mallory).put(original)
             assert refusal_reasons(info.value) == {"acknowledged"}
@@ -226,15 +257,23 @@ def test_after_seven_days_only_refreshed_metas_remain() -> None:
         sim = Simulation(seed=62, config=SLOW_MAINTENANCE)
         await sim.grow(50)
         alice, carol, dave = (user_identity(62, i) for i in range(3))
-        a = ChatClient(running(sim.nodes[1]), alice, name="Alice")
-        c = ChatClient(running(sim.nodes[2]), carol, name="Carol")
-        d = ChatClient(running(sim.nodes[3]), dave, name="Dave")
+        a = ChatClient(running(sim.nodes[1]), alice, name="Alice", random_bytes=seeded(7))
+        c = ChatClient(running(sim.nodes[2]), carol, name="Carol", random_bytes=seeded(8))
+        d = ChatClient(running(sim.nodes[3]), dave, name="Dave", random_bytes=seeded(9))
         async with a:
             async with c, d:
                 await a.handshake(carol.id)
                 sent = await a.send(carol.id, "unread")
+                # the longest lifetime allowed: 7 days
+                longest = ChatClient(
+                    running(sim.nodes[1]), alice, entry_ttl_ms=7 * 24 * 3600_000,
+                    random_bytes=seeded(15),
+                )  # fmt: skip
+                await longest.handshake(carol.id)
+                kept_longest = await longest.send(carol.id, "unread for a week")
             # Carol and Dave stop refreshing; Alice's client keeps running for 7 days
-            assert held_entries(sim, carol.id)[sent.entry_id.hex()] == "message"
+            held = held_entries(sim, carol.id)
+            assert held[sent.entry_id.hex()] == held[kept_longest.entry_id.hex()] == "message"
             await asyncio.sleep(7 * DAY + 3600)
             assert held_entries(sim, carol.id) == {}
             reader = running(sim.nodes[20])
@@ -248,7 +287,9 @@ def test_after_seven_days_only_refreshed_metas_remain() -> None:
             kept = await reader.get(meta_key(alice.id))
             assert kept is not None
             assert kept.values[0].expirationDate > sim.now_ms()
-            assert (await ChatClient(reader, carol).lookup(alice.id)).profile is not None
+            assert (
+                await ChatClient(reader, carol, random_bytes=seeded(10)).lookup(alice.id)
+            ).profile is not None
         await sim.stop_all()
 
     run_virtual(main())
@@ -286,8 +327,8 @@ def test_a_flooded_page_refuses_more_and_keeps_what_it_holds() -> None:
             with pytest.raises(DHTError) as info:
                 await flooder.put(record)
             assert refusal_reasons(info.value) == {"inbox_full"}
-            assert await refused_by_holder(sim, sim.nodes[10], record) == {"inbox_full"}
-        b = ChatClient(running(sim.nodes[11]), bob)
+            assert await refused_by_holders(sim, record) == ["inbox_full"] * 5
+        b = ChatClient(running(sim.nodes[11]), bob, random_bytes=seeded(11))
         got = await b.inbox()
         assert sorted(e.text for e in got) == [f"spam {k}" for k in range(MAX_ENTRIES_PER_PAGE)]
         page = await running(sim.nodes[12]).get(chat_key(bob.id, target))
@@ -303,22 +344,140 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
         sim = Simulation(seed=64)
         await sim.grow(20)
         alice, bob = user_identity(64, 0), user_identity(64, 1)
-        a = ChatClient(running(sim.nodes[1]), alice, name="Alice")
-        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", state_dir=tmp_path, min_poll=2.0)
+        a = ChatClient(running(sim.nodes[1]), alice, name="Alice", random_bytes=seeded(12))
+        b = ChatClient(
+            running(sim.nodes[2]),
+            bob,
+            name="Bob",
+            state_dir=tmp_path,
+            min_poll=2.0,
+            random_bytes=seeded(13),
+        )
         async with a, b:
             await a.handshake(bob.id)
             await a.send(bob.id, "one")
             stream = b.messages()
-            first = [await anext(stream), await anext(stream)]
+            first = [await asyncio.wait_for(anext(stream), 60) for _ in range(2)]
             await stream.aclose()
         assert [e.kind for e in first] == ["handshake", "message"]
-        again = ChatClient(running(sim.nodes[2]), bob, state_dir=tmp_path, min_poll=2.0)
+        again = ChatClient(
+            running(sim.nodes[2]), bob, state_dir=tmp_path, min_poll=2.0, random_bytes=seeded(14)
+        )
         async with a:
             await a.send(bob.id, "two")
             stream = again.messages()
             second = await asyncio.wait_for(anext(stream), 60)
             await stream.aclose()
         assert second.text == "two"  # "one" and the handshake are not repeated
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_a_message_to_a_page_with_read_messages_is_delivered() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=65)
+        await sim.grow(50)
+        alice, bob = user_identity(65, 0), user_identity(65, 1)
+        # the handshake, then two messages whose ids land on the same page of Bob's inbox
+        same_page: list[bytes] = []
+        i = 0
+        while len(same_page) < 2:
+            n = hashlib.sha256(f"page-{i}".encode()).digest()[:24]
+            if page_of(entry_id(alice.id, n)) == 7:
+                same_page.append(n)
+            i += 1
+        nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *same_page])
+        a = ChatClient(
+            running(sim.nodes[1]), alice, name="Alice", random_bytes=lambda _n: next(nonces)
+        )
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(5))
+        async with a, b:
+            await a.handshake(bob.id)
+            first = await a.send(bob.id, "first")
+            assert await b.acknowledge(await b.inbox()) == 2
+            # Alice's node holds "first" and "second" as one page record, and sends that
+            second = await a.send(bob.id, "second")
+            assert second.key == first.key
+            assert second.stored == 5
+            assert [e.text for e in await b.inbox()] == ["second"]
+            assert await a.delivered([first, second]) == {first.entry_id}
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_an_acknowledged_message_is_not_republished_for_days() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=67, config=SLOW_MAINTENANCE)
+        await sim.grow(50)
+        alice, bob = user_identity(67, 0), user_identity(67, 1)
+        sender = running(sim.nodes[9])
+        a = ChatClient(sender, alice, name="Alice", random_bytes=seeded(6))
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(7))
+        async with a, b:
+            await a.handshake(bob.id)
+            sent = await a.send(bob.id, "read soon")
+            assert await b.acknowledge(await b.inbox()) == 2
+        assert sender.store is not None
+        held = sender.store.get(location(sent.key), sim.now_ms())
+        assert held is not None
+        # Alice's node still has the message (no receipt reached it) and would republish it
+        assert held.origin
+        assert [parse_inbox_value(v.value).kind for v in held.record.values] == ["message"]
+
+        def refusals() -> int:
+            return sum(running(n).stats.refused["acknowledged"] for n in sim.live())
+
+        # within two republish intervals Alice's node learns that the holders refuse it for
+        # good (and replaces its copy); from then on nobody pushes the read message again
+        await asyncio.sleep(2 * SLOW_MAINTENANCE["republish_interval"])
+        settled = refusals()
+        assert settled > 0
+        await asyncio.sleep(3 * SLOW_MAINTENANCE["republish_interval"])
+        assert refusals() == settled
+        now_held = sender.store.get(location(sent.key), sim.now_ms())
+        assert now_held is not None
+        assert not now_held.origin
+        assert set(held_entries(sim, bob.id).values()) == {"receipt"}
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=68)
+        await sim.grow(50)
+        alice, bob = user_identity(68, 0), user_identity(68, 1)
+        page = 11
+        on_page: list[bytes] = []
+        i = 0
+        while len(on_page) < 2:
+            n = hashlib.sha256(f"full-{i}".encode()).digest()[:24]
+            if page_of(entry_id(alice.id, n)) == page:
+                on_page.append(n)
+            i += 1
+        nonces = iter(on_page)
+        a = ChatClient(
+            running(sim.nodes[1]), alice, name="Alice", random_bytes=lambda _n: next(nonces)
+        )
+        bob_node = running(sim.nodes[2])
+        b = ChatClient(bob_node, bob, name="Bob", random_bytes=seeded(8))
+        async with a, b:
+            await a.handshake(bob.id)
+            # Bob's receipts fill the page (for entries long gone), so none can be added
+            fake = [bytes([page + 16 * k]) + bytes(15) for k in range(MAX_RECEIPTS_PER_PAGE)]
+            expires = sim.now_ms() + 3 * 24 * 3600_000
+            await bob_node.put(make_receipts(bob, [(f, expires) for f in fake], sim.now_ms()))
+            await a.send(bob.id, "cannot be acknowledged yet")
+            entries = await b.inbox()
+            assert [e.kind for e in entries] == ["handshake", "message"]
+            assert await b.acknowledge(entries) == 0
+            stream = b.messages()
+            got = [await asyncio.wait_for(anext(stream), 600) for _ in range(2)]
+            await stream.aclose()
+            assert [e.entry_id for e in got] == [e.entry_id for e in entries]
         await sim.stop_all()
 
     run_virtual(main())

@@ -11,6 +11,7 @@ from records import Record, location
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
 from simulations.scenarios.common import announce, user_identity
+from tests.records_factory import meta
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,3 +180,40 @@ def test_a_holder_serving_a_forgery_is_banned_and_the_get_still_succeeds() -> No
     assert correct
     assert banned
     assert not in_table
+
+
+def test_watch_yields_each_new_version_and_ends_when_cancelled() -> None:
+    async def main() -> None:
+        sim = Simulation(seed=17)
+        await sim.grow(10)
+        writer, reader = sim.nodes[1].node, sim.nodes[2].node
+        assert writer is not None
+        assert reader is not None
+        assert reader.store is not None
+        start = sim.now_ms()
+        versions = [meta(name=f"Alice {i}", now=start + i * 1000) for i in range(3)]
+        await writer.put(versions[0])
+        seen: list[int] = []
+        two = asyncio.Event()
+
+        async def follow() -> None:
+            async for record in reader.watch(versions[0].key, poll_interval=60.0):
+                seen.append(record.values[0].creationDate)
+                if len(seen) == 2:
+                    two.set()
+
+        task = asyncio.get_running_loop().create_task(follow())
+        await asyncio.sleep(1.5)
+        await writer.put(versions[1])
+        await asyncio.wait_for(two.wait(), 300)  # the next poll finds it
+        assert seen == [start, start + 1000]
+        # a new version wakes the watch just as it is cancelled: the cancellation must win
+        write = reader.store.accept(location(versions[2].key), versions[2], sim.now_ms()).write
+        task.cancel()
+        if write is not None:
+            await write
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 60)
+        await sim.stop_all()
+
+    run_virtual(main())

@@ -121,3 +121,22 @@ def test_a_stale_sender_is_not_counted_as_holding_the_newest() -> None:
     held = s.get(loc, NOW + 10)
     assert held is not None
     assert held.holders == {b"a" * 20}
+
+
+async def test_disown_stops_republishing_only_the_refused_version() -> None:
+    backend = MemoryBackend()
+    s = store(backend)
+    old, new = presence(node="phone", now=NOW), presence(node="phone", now=NOW + 10)
+    loc = location(old.key)
+    s.accept(loc, old, NOW, origin=True, persist=False)
+    refused = encode_record(old)
+    s.accept(loc, new, NOW + 10, origin=True, persist=False)
+    assert s.disown(loc, refused) is None  # a newer version was put since: keep republishing
+    entry = s.get(loc, NOW + 10)
+    assert entry is not None
+    assert entry.origin
+    work = s.disown(loc, entry.data)
+    assert work is not None
+    await work
+    assert not entry.origin
+    assert backend.saved[loc] == (entry.data, False)  # a restart does not republish it either

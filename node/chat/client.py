@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,7 @@ from records.chat import (
     parse_inbox_value,
 )
 from records.chat_pb2 import ChatMessage, Handshake
+from records.identity import ID_SIZE
 from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
 from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
 
@@ -58,6 +59,13 @@ log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
 _RETRY_AFTER = 60.0  # seconds before a failed refresh of the meta or presence is tried again
+
+
+def _require_uid(uid: bytes) -> None:
+    """`ValueError` unless `uid` is a 20-byte uid (a hex string or a wrong length is a bug in
+    the caller, not an unknown user)."""
+    if not isinstance(uid, bytes) or len(uid) != ID_SIZE:
+        raise ValueError(f"a uid is {ID_SIZE} bytes, not {uid!r}")
 
 
 class ChatError(DHTError):
@@ -155,6 +163,10 @@ class ChatClient:
     `lookup` and `acknowledge` work with or without it. `state_dir` keeps which entries this
     device has already yielded and whom it has shaken hands with, so a restart neither repeats
     nor loses entries; without it that memory lasts as long as the object.
+
+    `random_bytes` draws the 24-byte nonces of handshakes and messages (they also pick the
+    entry ids and so the inbox pages). Keep the default, `os.urandom`, outside tests: a
+    simulation passes a seeded generator so that a run repeats exactly.
     """
 
     def __init__(
@@ -170,6 +182,7 @@ class ChatClient:
         presence_ttl_ms: int = DEFAULT_PRESENCE_TTL_MS,
         min_poll: float = 1.0,
         max_poll: float = 60.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not 0 < min_poll <= max_poll:
             raise ValueError("need 0 < min_poll <= max_poll")
@@ -186,6 +199,7 @@ class ChatClient:
         self.presence_ttl_ms = presence_ttl_ms
         self.min_poll = min_poll
         self.max_poll = max_poll
+        self._random_bytes = random_bytes
         self.undecryptable = 0
         """Inbox entries skipped because they did not decrypt or verify."""
         self._state = ChatState(state_dir / f"chat-{identity.id_hex}.json" if state_dir else None)
@@ -282,6 +296,7 @@ class ChatClient:
 
     async def lookup(self, uid: bytes) -> Contact:
         """The meta and live devices of `uid`; `UnknownUser` if neither is published."""
+        _require_uid(uid)
         meta_record, presence_record = await asyncio.gather(
             self.node.get(meta_key(uid)), self.node.get(presence_key(uid))
         )
@@ -315,6 +330,7 @@ class ChatClient:
     async def handshake(self, uid: bytes) -> Sent:
         """Send a signed handshake to `uid` (seed 003), after looking the user up to learn the
         key its messages are encrypted to. Raises `UnknownUser` if `uid` publishes nothing."""
+        _require_uid(uid)
         if self._state.peer_key(uid) is None:
             await self.lookup(uid)
         if self._state.peer_key(uid) is None:
@@ -322,7 +338,7 @@ class ChatClient:
         record = make_handshake(
             self.identity,
             uid,
-            nonce=os.urandom(NONCE_SIZE),
+            nonce=self._random_bytes(NONCE_SIZE),
             now=self._now(),
             ttl_ms=self.entry_ttl_ms,
         )
@@ -335,6 +351,7 @@ class ChatClient:
         it into their inbox. Raises `NoHandshake` before any handshake with `uid`,
         `MessageTooLarge` if it does not fit an inbox entry, and `PutFailed` (with the holders'
         reasons, such as ``inbox_full``) if no node stored it."""
+        _require_uid(uid)
         peer = self._state.peer_key(uid)
         if peer is None or not self._state.has_handshake(uid):
             raise NoHandshake(f"no handshake with {uid.hex()} yet")
@@ -345,7 +362,7 @@ class ChatClient:
                 peer,
                 data,
                 mime_type=mime_type,
-                nonce=os.urandom(NONCE_SIZE),
+                nonce=self._random_bytes(NONCE_SIZE),
                 now=self._now(),
                 ttl_ms=self.entry_ttl_ms,
             )
@@ -448,20 +465,21 @@ class ChatClient:
         ]
         now = self._now()
 
-        async def one(page: int, items: list[InboxEntry]) -> int:
+        async def one(page: int, items: list[InboxEntry]) -> list[InboxEntry]:
             record = make_receipts(self.identity, [(e.entry_id, e.expiration) for e in items], now)
             try:
                 await self.node.put(record)
             except (PutFailed, InvalidRecord) as exc:
                 log.warning("receipts for %s not stored: %s", chat_key(self.uid, page), exc)
-                return 0
+                return []
             await self._repair(record.key)
-            return len(items)
+            return items
 
-        counts = await asyncio.gather(*(one(p, items) for p, items in batches))
-        self._state.mark_seen((e.entry_id, e.expiration) for e in entries)
+        done = await asyncio.gather(*(one(p, items) for p, items in batches))
+        # only what was acknowledged: `messages` still yields the rest (once)
+        self._state.mark_seen((e.entry_id, e.expiration) for items in done for e in items)
         self._state.save(now)
-        return sum(counts)
+        return sum(len(items) for items in done)
 
     async def _repair(self, key: str) -> None:
         """Write the merged page to every node that answered with another version, not just the

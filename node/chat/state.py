@@ -1,8 +1,8 @@
 """What one chat device remembers between runs: entries already yielded, and its peers' keys.
 
-Kept in a small JSON file (written to a temporary file, then renamed over the old one, so a crash
-leaves the old or the new state, never half of one). Entry ids are forgotten once the entries
-they name have expired: by then no holder can serve them again.
+Kept in a small JSON file (written to a temporary file, synced, then renamed over the old one, so
+a crash leaves the old or the new state, never half of one). Entry ids are forgotten once the
+entries they name have expired: by then no holder can serve them again.
 """
 
 from __future__ import annotations
@@ -65,6 +65,16 @@ class ChatState:
             "handshakes": sorted(self._handshakes),
         }
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        # flushed to disk before the rename, and the rename itself after: a crash (even of the
+        # machine) leaves the old file or the new one, never an empty or partial one
+        with temporary.open("w", encoding="utf-8") as file:
+            file.write(json.dumps(data, sort_keys=True))
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
