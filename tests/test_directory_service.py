@@ -603,3 +603,35 @@ async def test_changes_need_the_owners_signed_version(directory: Directory) -> N
     assert stored is not None
     assert stored.version == T0 + 10
     assert stored.signature != b""
+
+
+async def test_number_operands_beyond_sqlite_integers(directory: Directory) -> None:
+    """A where clause's number is up to 8 bytes; SQLite's integers stop at 2^63 - 1. The
+    largest operands still compare as numbers (the server neither fails nor drops the
+    connection)."""
+    await populate(directory)
+    everyone = ["Ann", "Bob", "Robert'); DROP TABLE USER;--", "Carol_"]
+    top = (1 << 64) - 1
+    for column in (UpdateKey.MAILBOX, UpdateKey.SENDING_PRICE):
+        for op, expected in [
+            (Operator.LESS, everyone),
+            (Operator.NOT_EQUAL, everyone),
+            (Operator.GREATER, []),
+            (Operator.EQUAL, []),
+        ]:
+            for operand in (top, 1 << 63, (1 << 63) - 1):
+                status, results = await directory.search(where(column, op, operand))
+                if expected:
+                    assert status == Status.SUCCESS, (column, op, operand)
+                    assert names(results) == expected
+                else:
+                    assert status == Status.DATABASE_RETURNED_ZERO_RECORDS, (column, op, operand)
+
+
+async def test_a_missing_avatar_file_gives_10(directory: Directory) -> None:
+    session = await directory.login()
+    assert await directory.update(session, ann()) == Status.SUCCESS
+    for path in (directory.root / "users" / MAILBOX.hex).iterdir():
+        path.unlink()
+    status, _ = await directory.search(columns=(UpdateKey.AVATAR,))
+    assert status == Status.DATABASE_REPORTED_AN_ERROR

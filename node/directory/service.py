@@ -95,7 +95,8 @@ class DirectoryService:
         except DirectoryError as exc:
             log.debug("directory request %d refused: %s", command, exc)
             status, answer = exc.status, TRAILER
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):
+            # seed 000: ERROR_DATABASE_REPORTED_AN_ERROR; avatar files are part of the database
             log.exception("directory database failed")
             status, answer = Status.DATABASE_REPORTED_AN_ERROR, TRAILER
         return self._answer(command, status, challenge, answer)

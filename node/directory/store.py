@@ -120,7 +120,11 @@ _COMPARE_SQL = {
     Operator.CONTAINS: "instr({col}, ?) > 0",
     Operator.NOT_CONTAINS: "instr({col}, ?) = 0",
 }
-_RESULTS_OVERHEAD = 13 + len(TRAILER)  # results header (keys 0-3) and the trailer
+_RESULTS_OVERHEAD = 13 + len(TRAILER)
+# SQLite integers are signed 64-bit, a where clause's number up to 2^64 - 1 (8 bytes). Stored
+# numbers (mailbox: 7 bytes, price: 3) are far below 2^63 - 1, so comparing with the operand
+# capped there gives the same answer, where binding the operand itself would overflow.
+_SQL_INTEGER_MAX = (1 << 63) - 1  # results header (keys 0-3) and the trailer
 
 
 @dataclass(frozen=True)
@@ -603,7 +607,7 @@ def _where_sql(conditions: tuple[Condition, ...]) -> tuple[str, list[Any]]:
             operand = int(condition.operand).to_bytes(8, "big")  # QMailID blobs: memcmp order
         else:
             column = _NUMBER_SQL[UpdateKey(condition.column)]
-            operand = condition.operand
+            operand = min(int(condition.operand), _SQL_INTEGER_MAX)
         clause = _COMPARE_SQL[condition.operator].format(col=column)
         clause_params = [*column_params, operand]
         if condition.join == SearchKey.WHERE:
