@@ -38,10 +38,12 @@ from records.directory import (
     authorize_delete,
     authorize_update,
     encode_entries,
+    fields_digest,
     mint_ticket,
     open_session_request,
     parse_response,
     request_frame,
+    update_payload,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -635,3 +637,68 @@ async def test_a_missing_avatar_file_gives_10(directory: Directory) -> None:
         path.unlink()
     status, _ = await directory.search(columns=(UpdateKey.AVATAR,))
     assert status == Status.DATABASE_REPORTED_AN_ERROR
+
+
+@pytest.mark.parametrize(
+    ("entries", "lenient"),
+    [
+        ([(3, b"")], []),  # empty field
+        ([(3, b"Ann"), (4, b"")], [(3, b"Ann")]),  # empty field beside a good one
+        ([(3, b"Ann"), (9, b"x")], [(3, b"Ann")]),  # unknown key
+        ([(3, b"Ann"), (200, b"")], [(3, b"Ann")]),  # empty comment
+        ([(3, b"Ann"), (3, b"Bob")], [(3, b"Bob")]),  # a key twice
+        ([(5, b"\x00\x06")], [(5, b"\x00\x06")]),  # wrong length
+        ([(3, b"Ann"), (10, bytes(9))], [(3, b"Ann"), (10, bytes(9))]),  # wrong length
+        ([(3, b"Ann"), (10, bytes(9))], [(3, b"Ann")]),
+        ([(1, b"\x00\x06"), (2, bytes(3)), (3, b"Ann")], [(3, b"Ann")]),  # wrong length
+        ([(3, b"\xff\xfe")], [(3, b"\xff\xfe")]),  # not UTF-8
+        ([(3, b"Ann"), (201, bytes(7))], [(3, b"Ann")]),  # a version is 8 bytes
+    ],
+)
+async def test_bad_parameters_give_198_even_when_the_owner_signed_them(
+    directory: Directory, entries: list[tuple[int, bytes]], lenient: list[tuple[int, bytes]]
+) -> None:
+    """The 198 cases above carry no owner signature, so they would be refused even if the
+    bad field were read leniently. Here the owner signed what a lenient server would store
+    (the bad field dropped, or kept as sent): still 198, still nothing stored."""
+    session = await directory.login()
+    assert await directory.update(session, ann(), comment="first") == Status.SUCCESS
+    before = await directory.store.table_rows()
+    files_before = sorted(p.name for p in (directory.root / "users").rglob("*"))
+    version = directory.version()
+    digest = fields_digest(MAILBOX, encode_entries(lenient), b"")
+    signature = OWNER.sign(update_payload(MAILBOX, version, digest))
+    signed = [*entries]
+    if not any(key == 201 for key, _ in entries):
+        signed.append((201, version.to_bytes(8, "big")))
+    signed.append((202, signature))
+    body = (
+        directory.challenge()
+        + session
+        + encode_entries([(0, bytes([len(signed) + 1])), *signed])
+        + b"\xe3\xe3"
+    )
+    status, answer = await directory.call(Command.UPDATE, body)
+    assert (status, answer) == (Status.INVALID_PARAMETER, b"\xe3\xe3")
+    assert await directory.store.table_rows() == before
+    assert sorted(p.name for p in (directory.root / "users").rglob("*")) == files_before
+
+
+async def test_a_stale_update_or_delete_is_refused_before_payment(directory: Directory) -> None:
+    locker = b"L" * 16
+    payments = LockerPayments({Command.UPDATE: 1, Command.DELETE: 1}, {locker: 5})
+    directory.service.payments = payments
+    pay = Payment(CLOUDCOIN_COIN_ID, locker)
+    session = await directory.login()
+    assert await directory.update(session, ann(), version=T0 + 10, payment=pay) == 250
+    assert payments.lockers[locker] == 4
+    before = await directory.store.table_rows()
+    assert (
+        await directory.update(session, ann(display_name="Old"), version=T0 + 5, payment=pay) == 198
+    )
+    request = DeleteRequest(
+        directory.challenge(), session, pay, authorize_delete(OWNER, MAILBOX, T0 + 5)
+    )
+    assert (await directory.call(Command.DELETE, request.encode()))[0] == 198
+    assert payments.lockers[locker] == 4  # nothing charged for a refused change
+    assert await directory.store.table_rows() == before
