@@ -702,3 +702,32 @@ async def test_a_stale_update_or_delete_is_refused_before_payment(directory: Dir
     assert (await directory.call(Command.DELETE, request.encode()))[0] == 198
     assert payments.lockers[locker] == 4  # nothing charged for a refused change
     assert await directory.store.table_rows() == before
+
+
+async def test_concurrent_changes_keep_the_stored_avatar(directory: Directory) -> None:
+    """Two changes of one mailbox at once (a client's update and a synced one): whichever
+    wins, the database never names an avatar file the other one removed."""
+    import asyncio
+
+    store = directory.store
+    kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t", "signature": b"s"}
+    for round_ in range(5):
+        base = 100 * (round_ + 1)
+        profiles = [ann(avatar=bytes([round_, i]) * 50) for i in range(3)]
+        await asyncio.gather(
+            *(store.put(MAILBOX, p, version=base + i, **kw) for i, p in enumerate(profiles)),
+            store.put(MAILBOX, ann(avatar=b"late" * 9), version=base - 50, **kw),
+        )
+        stored = await store.get(MAILBOX)  # reads the avatar file the database names
+        assert stored is not None
+        assert stored.version == base + 2
+        assert stored.profile.avatar == profiles[2].avatar
+        files = list(store.user_dir(MAILBOX).iterdir())
+        assert [f.read_bytes() for f in files] == [profiles[2].avatar]
+    await asyncio.gather(
+        store.delete(MAILBOX, version=10_000, **kw),
+        store.put(MAILBOX, ann(avatar=b"after" * 9), version=10_001, **kw),
+    )
+    stored = await store.get(MAILBOX)
+    assert stored is not None
+    assert stored.profile.avatar == b"after" * 9

@@ -172,6 +172,9 @@ class DirectoryStore:
         self._db = db
         self.root = root
         self._lock = asyncio.Lock()  # one unit of work at a time on the one connection
+        # One change (avatar file, transaction, pruning of old files) at a time: otherwise a
+        # change committing first prunes the avatar file another is about to commit to.
+        self._change = asyncio.Lock()
 
     @classmethod
     async def open(cls, db: Database, root: Path) -> DirectoryStore:
@@ -298,6 +301,30 @@ class DirectoryStore:
     ) -> bool:
         """Store `profile` as `mailbox`'s whole record if (version, digest) is newer than what
         is held (record or tombstone). Returns whether it was stored."""
+        async with self._change:
+            return await self._put(
+                mailbox,
+                profile,
+                version=version,
+                owner_key=owner_key,
+                ticket=ticket,
+                signature=signature,
+                comment=comment,
+                created=created,
+            )
+
+    async def _put(
+        self,
+        mailbox: MailboxNumber,
+        profile: Profile,
+        *,
+        version: int,
+        owner_key: bytes,
+        ticket: bytes,
+        signature: bytes,
+        comment: str | None,
+        created: int | None,
+    ) -> bool:
         user = int(mailbox)
         digest = profile_digest(mailbox, profile)
         avatar_path: str | None = None
@@ -389,6 +416,20 @@ class DirectoryStore:
     ) -> bool:
         """Delete the whole record (seed 000) and leave a tombstone at `version`, if that is
         newer than what is held. Returns whether anything changed."""
+        async with self._change:
+            return await self._delete(
+                mailbox, version=version, owner_key=owner_key, ticket=ticket, signature=signature
+            )
+
+    async def _delete(
+        self,
+        mailbox: MailboxNumber,
+        *,
+        version: int,
+        owner_key: bytes,
+        ticket: bytes,
+        signature: bytes,
+    ) -> bool:
         user = int(mailbox)
         async with self._transaction() as db:
             held = await self._version_of(user)
