@@ -731,3 +731,21 @@ async def test_concurrent_changes_keep_the_stored_avatar(directory: Directory) -
     stored = await store.get(MAILBOX)
     assert stored is not None
     assert stored.profile.avatar == b"after" * 9
+
+
+async def test_a_session_ends_with_its_ticket(directory: Directory) -> None:
+    """Sessions count whole minutes; one opened with a ticket that has 30 s left still ends
+    when the ticket does."""
+    ticket = mint_ticket(
+        AUTHORITIES[:3], MAILBOX, OWNER.public_key, issued=T0 - 1000, expires=T0 + 30_000
+    )
+    request = open_session_request(OWNER, ticket, directory.challenge(), directory.clock.now)
+    status, body = await directory.call(Command.OPEN_SESSION, request.encode())
+    assert status == Status.SUCCESS
+    session = body[:16]
+    assert await directory.update(session, ann()) == Status.SUCCESS
+    before = await directory.store.table_rows()
+    directory.clock.now += 31_000
+    assert await directory.update(session, ann(display_name="After")) == Status.NOT_AUTHORIZED
+    assert await directory.delete(session) == Status.NOT_AUTHORIZED
+    assert await directory.store.table_rows() == before
