@@ -749,3 +749,23 @@ async def test_a_session_ends_with_its_ticket(directory: Directory) -> None:
     assert await directory.update(session, ann(display_name="After")) == Status.NOT_AUTHORIZED
     assert await directory.delete(session) == Status.NOT_AUTHORIZED
     assert await directory.store.table_rows() == before
+
+
+async def test_avatar_names_never_reach_the_file_system(directory: Directory) -> None:
+    """The avatar's name (key 6) is only a field: the file is ``users/<14 hex>/`` plus the
+    content's hash, whatever the name says."""
+    session = await directory.login()
+    for name in ["../../../escape.png", "/etc/passwd", "..", "a/../../b", "C:\\x\\..\\y"]:
+        profile = ann(avatar_name=name, avatar=name.encode() * 3)
+        assert await directory.update(session, profile) == Status.SUCCESS
+        stored = await directory.store.get(MAILBOX)
+        assert stored is not None
+        assert stored.profile.avatar_name == name
+        files = [p for p in directory.root.rglob("*") if p.is_file() and p.name != DATABASE_FILE]
+        files = [p for p in files if not p.name.startswith(DATABASE_FILE)]  # -wal, -shm
+        assert [p.relative_to(directory.root).parent for p in files] == [
+            Path("users") / MAILBOX.hex
+        ]
+        assert files[0].read_bytes() == name.encode() * 3
+    outside = directory.root.parent
+    assert not [p for p in outside.rglob("*") if p.name in ("escape.png", "passwd", "b", "y")]
