@@ -769,3 +769,15 @@ async def test_avatar_names_never_reach_the_file_system(directory: Directory) ->
         assert files[0].read_bytes() == name.encode() * 3
     outside = directory.root.parent
     assert not [p for p in outside.rglob("*") if p.name in ("escape.png", "passwd", "b", "y")]
+
+
+async def test_sessions_per_mailbox_are_bounded(directory: Directory) -> None:
+    from node.directory.store import MAX_SESSIONS_PER_MAILBOX
+
+    sessions = [await directory.login() for _ in range(MAX_SESSIONS_PER_MAILBOX + 5)]
+    rows = (await directory.store.table_rows())["SESSION"]
+    assert len(rows) == MAX_SESSIONS_PER_MAILBOX
+    assert await directory.update(sessions[0], ann()) == Status.NOT_AUTHORIZED  # the oldest
+    assert await directory.update(sessions[-1], ann()) == Status.SUCCESS
+    other = await directory.login(Identity.from_seed(b"y" * 32), MailboxNumber(6, 1, 7))
+    assert await directory.update(other, ann()) == Status.SUCCESS  # others are not affected

@@ -46,6 +46,9 @@ DATABASE_FILE = "directory.sqlite3"
 USERS_DIR = "users"
 AVATAR_PREFIX = ".avatar-"  # seed 000's example: users/<mailbox>/.avatar.png
 MAX_ROWS_SCANNED = 100_000
+MAX_SESSIONS_PER_MAILBOX = 16
+"""Open sessions kept per mailbox; opening another ends the oldest (an owner opening sessions
+in a loop cannot grow the SESSION table without bound)."""
 
 _SCHEMA = [
     # seed 000: USER. UserID is the 7-byte mailbox number as an integer. No empty fields: a
@@ -257,6 +260,11 @@ class DirectoryStore:
                 "INSERT INTO SESSION (SessionKey, UserID, MinutesUntilTimeout, StartDateTime,"
                 " OwnerKey, Ticket) VALUES (?, ?, ?, ?, ?, ?)",
                 (key, int(mailbox), minutes, now, owner_key, ticket),
+            )
+            await db.execute(
+                "DELETE FROM SESSION WHERE UserID = ? AND rowid NOT IN (SELECT rowid FROM SESSION"
+                " WHERE UserID = ? ORDER BY StartDateTime DESC, rowid DESC LIMIT ?)",
+                (int(mailbox), int(mailbox), MAX_SESSIONS_PER_MAILBOX),
             )
 
     async def session(self, key: bytes, now: int) -> Session | None:
