@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,18 @@ async def test_a_slow_frame_is_cut_off_and_a_failing_handler_ends_only_its_conne
         assert await transport.request(server.address, b"still here", within=5) == b"still here"
     finally:
         await server.close()
+
+
+async def test_a_directory_that_cannot_open_its_database_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "directory.sqlite3").write_bytes(b"not a database" * 100)
+    node = DHTNode(loopback_config())
+    await node.start()
+    try:
+        server = DirectoryServer(directory_config(tmp_path), node)
+        with pytest.raises(sqlite3.DatabaseError):
+            await server.start()
+        await server.stop()
+    finally:
+        await node.stop()

@@ -135,7 +135,11 @@ class DirectoryServer:
             if self.config.inline_database
             else await AiosqliteDatabase.open(path)
         )
-        self.store = await DirectoryStore.open(db, self.config.root)
+        try:
+            self.store = await DirectoryStore.open(db, self.config.root)
+        except BaseException:
+            await db.close()  # e.g. not a database: no connection (or its thread) left behind
+            raise
         self.service = DirectoryService(
             self.store,
             self.ownership,
