@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from records.directory import (
     MAILBOX_SIZE,
+    MAX_AVATAR_SIZE,
     QMAIL_KEYS,
     DirectoryError,
     MailboxNumber,
@@ -224,6 +225,17 @@ def _check_fields(entry: DirectoryEntry) -> None:
     has_name = UpdateKey.AVATAR_NAME in keys
     if has_name != (len(entry.avatar_sha256) == 32) or (has_name != (entry.avatar_size > 0)):
         raise InvalidRecord("malformed_value", "avatar name, hash and size come together")
+    if entry.avatar_size > MAX_AVATAR_SIZE:  # seed 000: avatar file up to 255x100 bytes
+        raise InvalidRecord("malformed_value", f"avatar of {entry.avatar_size} bytes")
+    # every field within the seed's limits (lengths, UTF-8, ranges), in the canonical order the
+    # servers publish, as a directory server would accept it (the avatar file stays behind)
+    try:
+        stand_in = span(UpdateKey.AVATAR, b"\x00") if has_name else []
+        profile = profile_from_entries([*entries, *stand_in])
+    except DirectoryError as exc:
+        raise InvalidRecord("malformed_value", f"a field breaks seed 000's limits: {exc}") from exc
+    if public_fields(profile) != entry.fields:
+        raise InvalidRecord("malformed_value", "fields are not in canonical order")
 
 
 def _entry_rank(record: Record) -> Rank:

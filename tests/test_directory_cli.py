@@ -200,3 +200,70 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
             main([command, "--help"])
         assert exited.value.code == 0
         assert command in capsys.readouterr().out
+
+
+def test_bad_input_gives_clear_errors_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = ["--server", "127.0.0.1:9"]
+    for argv, words in [
+        (["search", *server, "--columns", "mailbox,bogus"], "bogus"),
+        (["search", *server, "--where", "price", "eq", "abc"], "not a number"),
+        (["search", *server, "--where", "mailbox", "eq", "0006ZZ"], "mailbox"),
+        (["search", *server, "--where", "price", "eq", str(1 << 64)], "2^64"),
+        (["search", *server, "--where", "name", "eq", ""], "--where"),
+        (["search", *server, "--where", "name", "about", "x"], "op one of"),
+        (["update", *server, "--owner-key", "k", "--ticket", "t", "--qmail", "1:2"], "SLOT"),
+        (["search", "--server", "nohost"], "HOST:PORT"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2, argv
+        assert words in capsys.readouterr().err, argv
+
+    authorities = tmp_path / "auth"
+    assert (
+        main(["mint-authorities", "--out", str(authorities), "--count", "3", "--threshold", "2"])
+        == 0
+    )
+    capsys.readouterr()
+    key = tmp_path / "owner.key"
+    ticket = tmp_path / "t.bin"
+    mint = ["mint-ticket", "--authorities", str(authorities), "--owner-key", str(key)]
+    assert main([*mint, "--mailbox", "000634FC89A4", "--out", str(ticket)]) == 2
+    assert "14 hex digits" in capsys.readouterr().err
+    assert not key.exists()  # nothing written for a malformed mailbox
+    assert not ticket.exists()
+    (tmp_path / "bad.json").write_text("{}")
+    bad = ["--authorities", str(tmp_path / "nowhere"), "--owner-key", str(key)]
+    assert main(["mint-ticket", *bad, "--mailbox", "000634FC89A4E6", "--out", str(ticket)]) == 2
+    assert "error:" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "authorities.json").write_text("{}")
+    bad = ["--authorities", str(tmp_path / "empty"), "--owner-key", str(key)]
+    assert main(["mint-ticket", *bad, "--mailbox", "000634FC89A4E6", "--out", str(ticket)]) == 2
+    assert "not an authorities file" in capsys.readouterr().err
+    for missing in (
+        ["--owner-key", str(key), "--ticket", str(tmp_path / "none.ticket")],
+        ["--owner-key", str(tmp_path / "none.key"), "--ticket", str(ticket)],
+    ):
+        assert main(["update", *server, *missing, "--name", "A"]) == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_search_operands_as_a_user_writes_them() -> None:
+    from node.directory.__main__ import build_parser
+    from records.directory import MailboxNumber, QMailServer, SendingPrice
+
+    argv = ["search", "--server", "127.0.0.1:9", "--where", "mailbox", "eq", "000634FC89A4E6"]
+    argv += ["--or", "price", "gt", "6:2", "--and", "qmail0", "eq", "6:10.0.0.1:25"]
+    argv += ["--or", "mailbox", "lt", "0x10", "--columns", "name,avatar"]
+    args = build_parser().parse_args(argv)
+    operands = [c.operand for c in args.clauses]
+    assert operands == [
+        int(MailboxNumber.from_hex("000634FC89A4E6")),
+        int.from_bytes(SendingPrice(6, 2).to_bytes(), "big"),
+        int.from_bytes(QMailServer(6, "10.0.0.1", 25).to_bytes(), "big"),
+        16,
+    ]
+    assert args.columns == [3, 7]

@@ -38,10 +38,12 @@ from records.directory import (
     authorize_delete,
     authorize_update,
     encode_entries,
+    fields_digest,
     mint_ticket,
     open_session_request,
     parse_response,
     request_frame,
+    update_payload,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -603,3 +605,179 @@ async def test_changes_need_the_owners_signed_version(directory: Directory) -> N
     assert stored is not None
     assert stored.version == T0 + 10
     assert stored.signature != b""
+
+
+async def test_number_operands_beyond_sqlite_integers(directory: Directory) -> None:
+    """A where clause's number is up to 8 bytes; SQLite's integers stop at 2^63 - 1. The
+    largest operands still compare as numbers (the server neither fails nor drops the
+    connection)."""
+    await populate(directory)
+    everyone = ["Ann", "Bob", "Robert'); DROP TABLE USER;--", "Carol_"]
+    top = (1 << 64) - 1
+    for column in (UpdateKey.MAILBOX, UpdateKey.SENDING_PRICE):
+        for op, expected in [
+            (Operator.LESS, everyone),
+            (Operator.NOT_EQUAL, everyone),
+            (Operator.GREATER, []),
+            (Operator.EQUAL, []),
+        ]:
+            for operand in (top, 1 << 63, (1 << 63) - 1):
+                status, results = await directory.search(where(column, op, operand))
+                if expected:
+                    assert status == Status.SUCCESS, (column, op, operand)
+                    assert names(results) == expected
+                else:
+                    assert status == Status.DATABASE_RETURNED_ZERO_RECORDS, (column, op, operand)
+
+
+async def test_a_missing_avatar_file_gives_10(directory: Directory) -> None:
+    session = await directory.login()
+    assert await directory.update(session, ann()) == Status.SUCCESS
+    for path in (directory.root / "users" / MAILBOX.hex).iterdir():
+        path.unlink()
+    status, _ = await directory.search(columns=(UpdateKey.AVATAR,))
+    assert status == Status.DATABASE_REPORTED_AN_ERROR
+
+
+@pytest.mark.parametrize(
+    ("entries", "lenient"),
+    [
+        ([(3, b"")], []),  # empty field
+        ([(3, b"Ann"), (4, b"")], [(3, b"Ann")]),  # empty field beside a good one
+        ([(3, b"Ann"), (9, b"x")], [(3, b"Ann")]),  # unknown key
+        ([(3, b"Ann"), (200, b"")], [(3, b"Ann")]),  # empty comment
+        ([(3, b"Ann"), (3, b"Bob")], [(3, b"Bob")]),  # a key twice
+        ([(5, b"\x00\x06")], [(5, b"\x00\x06")]),  # wrong length
+        ([(3, b"Ann"), (10, bytes(9))], [(3, b"Ann"), (10, bytes(9))]),  # wrong length
+        ([(3, b"Ann"), (10, bytes(9))], [(3, b"Ann")]),
+        ([(1, b"\x00\x06"), (2, bytes(3)), (3, b"Ann")], [(3, b"Ann")]),  # wrong length
+        ([(3, b"\xff\xfe")], [(3, b"\xff\xfe")]),  # not UTF-8
+        ([(3, b"Ann"), (201, bytes(7))], [(3, b"Ann")]),  # a version is 8 bytes
+    ],
+)
+async def test_bad_parameters_give_198_even_when_the_owner_signed_them(
+    directory: Directory, entries: list[tuple[int, bytes]], lenient: list[tuple[int, bytes]]
+) -> None:
+    """The 198 cases above carry no owner signature, so they would be refused even if the
+    bad field were read leniently. Here the owner signed what a lenient server would store
+    (the bad field dropped, or kept as sent): still 198, still nothing stored."""
+    session = await directory.login()
+    assert await directory.update(session, ann(), comment="first") == Status.SUCCESS
+    before = await directory.store.table_rows()
+    files_before = sorted(p.name for p in (directory.root / "users").rglob("*"))
+    version = directory.version()
+    digest = fields_digest(MAILBOX, encode_entries(lenient), b"")
+    signature = OWNER.sign(update_payload(MAILBOX, version, digest))
+    signed = [*entries]
+    if not any(key == 201 for key, _ in entries):
+        signed.append((201, version.to_bytes(8, "big")))
+    signed.append((202, signature))
+    body = (
+        directory.challenge()
+        + session
+        + encode_entries([(0, bytes([len(signed) + 1])), *signed])
+        + b"\xe3\xe3"
+    )
+    status, answer = await directory.call(Command.UPDATE, body)
+    assert (status, answer) == (Status.INVALID_PARAMETER, b"\xe3\xe3")
+    assert await directory.store.table_rows() == before
+    assert sorted(p.name for p in (directory.root / "users").rglob("*")) == files_before
+
+
+async def test_a_stale_update_or_delete_is_refused_before_payment(directory: Directory) -> None:
+    locker = b"L" * 16
+    payments = LockerPayments({Command.UPDATE: 1, Command.DELETE: 1}, {locker: 5})
+    directory.service.payments = payments
+    pay = Payment(CLOUDCOIN_COIN_ID, locker)
+    session = await directory.login()
+    assert await directory.update(session, ann(), version=T0 + 10, payment=pay) == 250
+    assert payments.lockers[locker] == 4
+    before = await directory.store.table_rows()
+    assert (
+        await directory.update(session, ann(display_name="Old"), version=T0 + 5, payment=pay) == 198
+    )
+    request = DeleteRequest(
+        directory.challenge(), session, pay, authorize_delete(OWNER, MAILBOX, T0 + 5)
+    )
+    assert (await directory.call(Command.DELETE, request.encode()))[0] == 198
+    assert payments.lockers[locker] == 4  # nothing charged for a refused change
+    assert await directory.store.table_rows() == before
+
+
+async def test_concurrent_changes_keep_the_stored_avatar(directory: Directory) -> None:
+    """Two changes of one mailbox at once (a client's update and a synced one): whichever
+    wins, the database never names an avatar file the other one removed."""
+    import asyncio
+
+    store = directory.store
+    kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t", "signature": b"s"}
+    for round_ in range(5):
+        base = 100 * (round_ + 1)
+        profiles = [ann(avatar=bytes([round_, i]) * 50) for i in range(3)]
+        await asyncio.gather(
+            *(store.put(MAILBOX, p, version=base + i, **kw) for i, p in enumerate(profiles)),
+            store.put(MAILBOX, ann(avatar=b"late" * 9), version=base - 50, **kw),
+        )
+        stored = await store.get(MAILBOX)  # reads the avatar file the database names
+        assert stored is not None
+        assert stored.version == base + 2
+        assert stored.profile.avatar == profiles[2].avatar
+        files = list(store.user_dir(MAILBOX).iterdir())
+        assert [f.read_bytes() for f in files] == [profiles[2].avatar]
+    await asyncio.gather(
+        store.delete(MAILBOX, version=10_000, **kw),
+        store.put(MAILBOX, ann(avatar=b"after" * 9), version=10_001, **kw),
+    )
+    stored = await store.get(MAILBOX)
+    assert stored is not None
+    assert stored.profile.avatar == b"after" * 9
+
+
+async def test_a_session_ends_with_its_ticket(directory: Directory) -> None:
+    """Sessions count whole minutes; one opened with a ticket that has 30 s left still ends
+    when the ticket does."""
+    ticket = mint_ticket(
+        AUTHORITIES[:3], MAILBOX, OWNER.public_key, issued=T0 - 1000, expires=T0 + 30_000
+    )
+    request = open_session_request(OWNER, ticket, directory.challenge(), directory.clock.now)
+    status, body = await directory.call(Command.OPEN_SESSION, request.encode())
+    assert status == Status.SUCCESS
+    session = body[:16]
+    assert await directory.update(session, ann()) == Status.SUCCESS
+    before = await directory.store.table_rows()
+    directory.clock.now += 31_000
+    assert await directory.update(session, ann(display_name="After")) == Status.NOT_AUTHORIZED
+    assert await directory.delete(session) == Status.NOT_AUTHORIZED
+    assert await directory.store.table_rows() == before
+
+
+async def test_avatar_names_never_reach_the_file_system(directory: Directory) -> None:
+    """The avatar's name (key 6) is only a field: the file is ``users/<14 hex>/`` plus the
+    content's hash, whatever the name says."""
+    session = await directory.login()
+    for name in ["../../../escape.png", "/etc/passwd", "..", "a/../../b", "C:\\x\\..\\y"]:
+        profile = ann(avatar_name=name, avatar=name.encode() * 3)
+        assert await directory.update(session, profile) == Status.SUCCESS
+        stored = await directory.store.get(MAILBOX)
+        assert stored is not None
+        assert stored.profile.avatar_name == name
+        files = [p for p in directory.root.rglob("*") if p.is_file() and p.name != DATABASE_FILE]
+        files = [p for p in files if not p.name.startswith(DATABASE_FILE)]  # -wal, -shm
+        assert [p.relative_to(directory.root).parent for p in files] == [
+            Path("users") / MAILBOX.hex
+        ]
+        assert files[0].read_bytes() == name.encode() * 3
+    outside = directory.root.parent
+    assert not [p for p in outside.rglob("*") if p.name in ("escape.png", "passwd", "b", "y")]
+
+
+async def test_sessions_per_mailbox_are_bounded(directory: Directory) -> None:
+    from node.directory.store import MAX_SESSIONS_PER_MAILBOX
+
+    sessions = [await directory.login() for _ in range(MAX_SESSIONS_PER_MAILBOX + 5)]
+    rows = (await directory.store.table_rows())["SESSION"]
+    assert len(rows) == MAX_SESSIONS_PER_MAILBOX
+    assert await directory.update(sessions[0], ann()) == Status.NOT_AUTHORIZED  # the oldest
+    assert await directory.update(sessions[-1], ann()) == Status.SUCCESS
+    other = await directory.login(Identity.from_seed(b"y" * 32), MailboxNumber(6, 1, 7))
+    assert await directory.update(other, ann()) == Status.SUCCESS  # others are not affected

@@ -4,7 +4,9 @@ simulator's in-memory streams (latency, partitions, virtual time)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -77,11 +79,12 @@ async def test_loopback_tcp_update_search_and_limits(tmp_path: Path) -> None:
             await client.update(dataclasses.replace(session, key=bytes(16)), profile)
         assert refused.value.code == Status.NOT_AUTHORIZED
 
-        # a frame announcing more than the limit ends the connection without an answer
+        # a frame announcing more than the limit ends the connection without an answer, at
+        # once (not after the 30 s idle timeout, waiting for a gigabyte)
         reader, writer = await asyncio.open_connection(host, port)
         writer.write((10**9).to_bytes(4, "big"))
         await writer.drain()
-        assert await reader.read() == b""
+        assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         await writer.wait_closed()
         # one connection may carry several requests in turn
@@ -144,6 +147,14 @@ def test_simulated_streams_follow_latency_and_partitions(tmp_path: Path) -> None
     run_virtual(main())
 
 
+async def closed_unanswered(reader: asyncio.StreamReader) -> bool:
+    """True if the server closes the connection (or resets it) without answering."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
 async def test_tcp_server_bounds_connections_and_idle_time() -> None:
     async def echo(frame: bytes, peer: tuple[str, int]) -> bytes:
         return frame
@@ -159,9 +170,12 @@ async def test_tcp_server_bounds_connections_and_idle_time() -> None:
         for reader, _ in held:
             assert await reader.readexactly(5) == encode_frame(b"x")
         reader, writer = await asyncio.open_connection(*server.address)
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # a third is turned away
+        writer.write(encode_frame(b"x"))  # a third is turned away, unanswered
+        await writer.drain()
+        assert await closed_unanswered(reader)
         writer.close()
-        await writer.wait_closed()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
         for reader, writer in held:  # idle ones are closed after the idle timeout
             assert await asyncio.wait_for(reader.read(), 5) == b""
             writer.close()
@@ -169,3 +183,69 @@ async def test_tcp_server_bounds_connections_and_idle_time() -> None:
         assert server.dropped == 3
     finally:
         await server.close()
+
+
+async def test_a_slow_frame_is_cut_off_and_a_failing_handler_ends_only_its_connection() -> None:
+    """A client dribbling a frame a byte at a time cannot hold a connection (or its buffer)
+    past the idle timeout; a handler that raises ends that connection, not the server."""
+
+    async def answer(frame: bytes, peer: tuple[str, int]) -> bytes:
+        if frame == b"boom":
+            raise RuntimeError("handler bug")
+        return frame
+
+    transport = TcpStreamTransport(idle_timeout=0.5)
+    server = await transport.serve("127.0.0.1", 0, answer)
+    loop = asyncio.get_running_loop()
+    try:
+        reader, writer = await asyncio.open_connection(*server.address)
+        started = loop.time()
+        writer.write((1000).to_bytes(4, "big"))
+        closed = False
+        for _ in range(40):  # 4 s of one byte every 0.1 s, far past the 0.5 s deadline
+            if reader.at_eof() or writer.is_closing():
+                closed = True
+                break
+            try:
+                writer.write(b"x")
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                    closed = True
+                    break
+        assert closed
+        assert loop.time() - started < 2.0
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert server.dropped == 1
+
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(encode_frame(b"boom"))
+        await writer.drain()
+        assert await closed_unanswered(reader)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert server.failed == 1
+        assert await transport.request(server.address, b"still here", within=5) == b"still here"
+    finally:
+        await server.close()
+
+
+async def test_a_directory_that_cannot_open_its_database_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "directory.sqlite3").write_bytes(b"not a database" * 100)
+    node = DHTNode(loopback_config())
+    await node.start()
+    try:
+        server = DirectoryServer(directory_config(tmp_path), node)
+        with pytest.raises(sqlite3.DatabaseError):
+            await server.start()
+        await server.stop()
+    finally:
+        await node.stop()

@@ -227,3 +227,47 @@ def test_directory_servers_announce_one_value_each() -> None:
         validator.validate(DRD_SERVERS_KEY, forged, NOW)
     with pytest.raises(InvalidRecord):
         validator.validate(drd_key(MAILBOX), a, NOW)
+
+
+def with_fields(fields: bytes, avatar_sha256: bytes = b"", avatar_size: int = 0) -> Record:
+    """A /drd/ record, owner-approved and server-signed, whose fields are these raw bytes."""
+    from records.directory import fields_digest, update_payload
+    from records.directory_pb2 import DirectoryEntry
+    from records.drd import ENTRY_CONTEXT
+    from records.identity import signing_input
+
+    record = entry(Profile(display_name="x"))
+    signed = SignedDirectoryEntry()
+    signed.ParseFromString(record.values[0].value)
+    raw = DirectoryEntry()
+    raw.ParseFromString(signed.entry)
+    raw.fields, raw.avatar_sha256, raw.avatar_size = fields, avatar_sha256, avatar_size
+    digest = fields_digest(MAILBOX, fields, avatar_sha256)
+    raw.owner_signature = OWNER.sign(update_payload(MAILBOX, raw.version, digest))
+    signed.entry = raw.SerializeToString(deterministic=True)
+    signed.signature = SERVER.sign(signing_input(ENTRY_CONTEXT, signed.entry))
+    record.values[0].value = signed.SerializeToString(deterministic=True)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("fields", "avatar"),
+    [
+        ([(3, b"\xff\xfe")], None),  # not UTF-8
+        ([(5, b"\x00\x06")], None),  # a price is 3 bytes
+        ([(10, bytes(9))], None),  # a QMail server is 8
+        ([(4, b"desc"), (3, b"name")], None),  # not the order servers publish
+        ([(3, b"name"), (6, b"a.png")], 25_501),  # seed 000: avatar up to 255x100 bytes
+    ],
+)
+def test_entries_with_fields_beyond_the_seeds_limits_are_refused(
+    fields: list[tuple[int, bytes]], avatar: int | None
+) -> None:
+    from records.directory import encode_entries
+
+    good = with_fields(encode_entries([(3, b"name"), (6, b"a.png")]), b"h" * 32, 25_500)
+    default_validator().validate(good.key, good, NOW)
+    record = with_fields(encode_entries(fields), b"h" * 32 if avatar else b"", avatar or 0)
+    with pytest.raises(InvalidRecord) as refused:
+        default_validator().validate(record.key, record, NOW)
+    assert refused.value.reason == "malformed_value"

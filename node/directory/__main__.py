@@ -103,12 +103,43 @@ class _Clause(argparse.Action):
             )
         join = {"--where": SearchKey.WHERE, "--and": SearchKey.AND, "--or": SearchKey.OR}
         key = FIELDS[field]
-        value: int | str = operand
-        if key not in (UpdateKey.DISPLAY_NAME, UpdateKey.DESCRIPTION, UpdateKey.AVATAR_NAME):
-            value = int(operand, 0)
+        try:
+            value = _operand(key, operand)
+            condition = Condition(join[option_string or "--where"], key, OPERATORS[op], value)
+            condition.to_bytes()  # the layout's limits, checked here rather than mid-request
+        except (ValueError, DirectoryError) as exc:
+            parser.error(f"{option_string} {field} {op} {operand!r}: {exc}")
         clauses = list(getattr(namespace, self.dest) or [])
-        clauses.append(Condition(join[option_string or "--where"], key, OPERATORS[op], value))
+        clauses.append(condition)
         setattr(namespace, self.dest, clauses)
+
+
+def _operand(key: int, text: str) -> int | str:
+    """A where clause's operand as typed: text for text fields, a mailbox as 14 hex digits, a
+    price as COIN:DENOMINATION, a QMail server as COIN:IPv4:PORT, or any number (``0x..``)."""
+    if key in (UpdateKey.DISPLAY_NAME, UpdateKey.DESCRIPTION, UpdateKey.AVATAR_NAME):
+        return text
+    if key == UpdateKey.MAILBOX and len(text) == 14 and not text.lower().startswith("0x"):
+        return int(MailboxNumber.from_hex(text))
+    if key == UpdateKey.SENDING_PRICE and ":" in text:
+        return int.from_bytes(_price(text).to_bytes(), "big")
+    if key in QMAIL_KEYS and ":" in text:
+        coin, host, port = text.split(":")
+        return int.from_bytes(QMailServer(int(coin), host, int(port)).to_bytes(), "big")
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError("not a number (decimal, or 0x.. hex)") from None
+
+
+def _columns(text: str) -> list[int]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [name for name in names if name not in FIELDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown column(s) {', '.join(unknown) or '(none given)'}; one of {', '.join(FIELDS)}"
+        )
+    return [FIELDS[name] for name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search",
         help="search the directory",
-        description="Search; clauses combine left to right. Fields: "
+        description="Search; clauses combine left to right. A mailbox is 14 hex digits, a "
+        "price COIN:DENOM, a QMail server COIN:IPv4:PORT. Fields: "
         + ", ".join(FIELDS)
         + ". Operators: "
         + ", ".join(OPERATORS)
@@ -184,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server_args(search, False)
     search.add_argument(
-        "--columns", default="mailbox,name,description", help="comma-separated fields to return"
+        "--columns",
+        type=_columns,
+        default="mailbox,name,description",
+        help="comma-separated fields to return",
     )
     for flag in ("--where", "--and", "--or"):
         search.add_argument(
@@ -211,6 +246,7 @@ def _mint_authorities(args: argparse.Namespace) -> int:
 
 
 def _mint_ticket(args: argparse.Namespace) -> int:
+    mailbox = MailboxNumber.from_hex(args.mailbox)  # before any file is written
     _, threshold = load_authorities(args.authorities / AUTHORITIES_FILE)
     count = args.signers or threshold
     files = sorted(args.authorities.glob("authority-*.key"))[:count]
@@ -219,7 +255,7 @@ def _mint_ticket(args: argparse.Namespace) -> int:
     now = time.time_ns() // 1_000_000
     ticket = mint_ticket(
         authorities,
-        MailboxNumber.from_hex(args.mailbox),
+        mailbox,
         owner.public_key,
         issued=now,
         expires=now + int(args.hours * 3_600_000),
@@ -253,7 +289,7 @@ def _row_json(columns: Sequence[int], row: Sequence[bytes | None]) -> dict[str, 
 async def _remote(args: argparse.Namespace) -> int:
     client = DirectoryClient(timeout=args.timeout)
     if args.command == "search":
-        columns = [FIELDS[c.strip()] for c in args.columns.split(",") if c.strip()]
+        columns = args.columns
         results = await client.search(
             args.server,
             columns,

@@ -45,8 +45,12 @@ class AiosqliteDatabase:
     async def open(cls, path: Path | str) -> AiosqliteDatabase:
         """Open (create) the database file at `path` in WAL mode."""
         connection = await aiosqlite.connect(str(path), isolation_level=None)
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA foreign_keys=ON")
+        try:
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            await connection.close()  # e.g. not a database: end its thread, free the file
+            raise
         return cls(connection)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -76,7 +80,11 @@ class InlineDatabase:
     def open(cls, path: Path | str) -> InlineDatabase:
         """Open (create) the database at `path` (``":memory:"`` for none on disk)."""
         connection = sqlite3.connect(str(path), isolation_level=None)
-        connection.execute("PRAGMA foreign_keys=ON")
+        try:
+            connection.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            connection.close()
+            raise
         return cls(connection)
 
     async def execute(self, sql: str, params: Params = ()) -> int:

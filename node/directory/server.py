@@ -81,10 +81,13 @@ class DirectoryConfig:
 
 def load_authorities(path: Path) -> tuple[tuple[bytes, ...], int]:
     """(public keys, threshold) from an authorities file, as ``mint-authorities`` writes it:
-    ``{"threshold": k, "authorities": ["<64 hex>", ...]}``."""
+    ``{"threshold": k, "authorities": ["<64 hex>", ...]}``; `ValueError` if it is not one."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    keys = tuple(bytes.fromhex(k) for k in data["authorities"])
-    return keys, int(data["threshold"])
+    try:
+        keys = tuple(bytes.fromhex(k) for k in data["authorities"])
+        return keys, int(data["threshold"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not an authorities file: missing or bad {exc}") from exc
 
 
 class DirectoryServer:
@@ -132,7 +135,11 @@ class DirectoryServer:
             if self.config.inline_database
             else await AiosqliteDatabase.open(path)
         )
-        self.store = await DirectoryStore.open(db, self.config.root)
+        try:
+            self.store = await DirectoryStore.open(db, self.config.root)
+        except BaseException:
+            await db.close()  # e.g. not a database: no connection (or its thread) left behind
+            raise
         self.service = DirectoryService(
             self.store,
             self.ownership,

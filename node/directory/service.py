@@ -29,6 +29,7 @@ from records.directory import (
     OpenSession,
     SearchRequest,
     Status,
+    Ticket,
     UpdateRequest,
     delete_payload,
     profile_digest,
@@ -95,7 +96,8 @@ class DirectoryService:
         except DirectoryError as exc:
             log.debug("directory request %d refused: %s", command, exc)
             status, answer = exc.status, TRAILER
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):
+            # seed 000: ERROR_DATABASE_REPORTED_AN_ERROR; avatar files are part of the database
             log.exception("directory database failed")
             status, answer = Status.DATABASE_REPORTED_AN_ERROR, TRAILER
         return self._answer(command, status, challenge, answer)
@@ -107,9 +109,13 @@ class DirectoryService:
         return response_frame(command & 0x7F, status, challenge, body)
 
     async def _session(self, key: bytes) -> Session:
-        session = await self.store.session(key, self.clock.now_ms())
+        now = self.clock.now_ms()
+        session = await self.store.session(key, now)
         if session is None:
             raise DirectoryError("unknown or expired session", Status.NOT_AUTHORIZED)
+        # a session counts whole minutes (seed 000 SESSION); it ends with its ticket even so
+        if Ticket.from_bytes(session.ticket).expires <= now:
+            raise DirectoryError("the session's ticket expired", Status.NOT_AUTHORIZED)
         return session
 
     async def _open_session(self, body: bytes) -> tuple[Status, bytes]:

@@ -46,6 +46,9 @@ DATABASE_FILE = "directory.sqlite3"
 USERS_DIR = "users"
 AVATAR_PREFIX = ".avatar-"  # seed 000's example: users/<mailbox>/.avatar.png
 MAX_ROWS_SCANNED = 100_000
+MAX_SESSIONS_PER_MAILBOX = 16
+"""Open sessions kept per mailbox; opening another ends the oldest (an owner opening sessions
+in a loop cannot grow the SESSION table without bound)."""
 
 _SCHEMA = [
     # seed 000: USER. UserID is the 7-byte mailbox number as an integer. No empty fields: a
@@ -120,7 +123,11 @@ _COMPARE_SQL = {
     Operator.CONTAINS: "instr({col}, ?) > 0",
     Operator.NOT_CONTAINS: "instr({col}, ?) = 0",
 }
-_RESULTS_OVERHEAD = 13 + len(TRAILER)  # results header (keys 0-3) and the trailer
+_RESULTS_OVERHEAD = 13 + len(TRAILER)
+# SQLite integers are signed 64-bit, a where clause's number up to 2^64 - 1 (8 bytes). Stored
+# numbers (mailbox: 7 bytes, price: 3) are far below 2^63 - 1, so comparing with the operand
+# capped there gives the same answer, where binding the operand itself would overflow.
+_SQL_INTEGER_MAX = (1 << 63) - 1  # results header (keys 0-3) and the trailer
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,9 @@ class DirectoryStore:
         self._db = db
         self.root = root
         self._lock = asyncio.Lock()  # one unit of work at a time on the one connection
+        # One change (avatar file, transaction, pruning of old files) at a time: otherwise a
+        # change committing first prunes the avatar file another is about to commit to.
+        self._change = asyncio.Lock()
 
     @classmethod
     async def open(cls, db: Database, root: Path) -> DirectoryStore:
@@ -251,6 +261,11 @@ class DirectoryStore:
                 " OwnerKey, Ticket) VALUES (?, ?, ?, ?, ?, ?)",
                 (key, int(mailbox), minutes, now, owner_key, ticket),
             )
+            await db.execute(
+                "DELETE FROM SESSION WHERE UserID = ? AND rowid NOT IN (SELECT rowid FROM SESSION"
+                " WHERE UserID = ? ORDER BY StartDateTime DESC, rowid DESC LIMIT ?)",
+                (int(mailbox), int(mailbox), MAX_SESSIONS_PER_MAILBOX),
+            )
 
     async def session(self, key: bytes, now: int) -> Session | None:
         """The live session `key`, or None (unknown or expired)."""
@@ -294,6 +309,30 @@ class DirectoryStore:
     ) -> bool:
         """Store `profile` as `mailbox`'s whole record if (version, digest) is newer than what
         is held (record or tombstone). Returns whether it was stored."""
+        async with self._change:
+            return await self._put(
+                mailbox,
+                profile,
+                version=version,
+                owner_key=owner_key,
+                ticket=ticket,
+                signature=signature,
+                comment=comment,
+                created=created,
+            )
+
+    async def _put(
+        self,
+        mailbox: MailboxNumber,
+        profile: Profile,
+        *,
+        version: int,
+        owner_key: bytes,
+        ticket: bytes,
+        signature: bytes,
+        comment: str | None,
+        created: int | None,
+    ) -> bool:
         user = int(mailbox)
         digest = profile_digest(mailbox, profile)
         avatar_path: str | None = None
@@ -385,6 +424,20 @@ class DirectoryStore:
     ) -> bool:
         """Delete the whole record (seed 000) and leave a tombstone at `version`, if that is
         newer than what is held. Returns whether anything changed."""
+        async with self._change:
+            return await self._delete(
+                mailbox, version=version, owner_key=owner_key, ticket=ticket, signature=signature
+            )
+
+    async def _delete(
+        self,
+        mailbox: MailboxNumber,
+        *,
+        version: int,
+        owner_key: bytes,
+        ticket: bytes,
+        signature: bytes,
+    ) -> bool:
         user = int(mailbox)
         async with self._transaction() as db:
             held = await self._version_of(user)
@@ -603,7 +656,7 @@ def _where_sql(conditions: tuple[Condition, ...]) -> tuple[str, list[Any]]:
             operand = int(condition.operand).to_bytes(8, "big")  # QMailID blobs: memcmp order
         else:
             column = _NUMBER_SQL[UpdateKey(condition.column)]
-            operand = condition.operand
+            operand = min(int(condition.operand), _SQL_INTEGER_MAX)
         clause = _COMPARE_SQL[condition.operator].format(col=column)
         clause_params = [*column_params, operand]
         if condition.join == SearchKey.WHERE:

@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 OnChange = Callable[[MailboxNumber], Awaitable[None]]
 
+MAX_DIGEST_PAGES = 256
+"""Digest pages read from one peer in one round (1,048,576 mailboxes); a peer cannot keep a
+server reading forever."""
+MAX_REFUSED_PULLS = 256
+"""Offered changes that could not be pulled (or were refused) before a round with a peer ends."""
+
 
 class DirectorySync:
     """Both sides of anti-entropy for one server: answering peers, and pulling from them."""
@@ -109,32 +115,51 @@ class DirectorySync:
 
     async def sync_with(self, peer: Address) -> int:
         """Pull from `peer` every change newer than ours; returns how many were applied.
-        Raises `TransportError` or `DirectoryError` if the peer cannot be read."""
-        theirs = []
+        Raises `TransportError` or `DirectoryError` if the peer cannot be read.
+
+        The peer is not trusted to be finite: its digest is read page by page (rows in
+        strictly increasing mailbox order, at most `MAX_DIGEST_PAGES` pages a round) and
+        compared as it comes, and a peer whose offers keep failing is left after
+        `MAX_REFUSED_PULLS` of them, so memory and time per round stay bounded."""
+        ours = await self.store.digest()
+        applied = refused = 0
         after: MailboxNumber | None = None
-        while True:
+        for _ in range(MAX_DIGEST_PAGES):
             status, body = await self.client.call(
                 peer, Command.SYNC_DIGEST, encode_digest_request(self.client.challenge(), after)
             )
             if status != Status.SUCCESS:
                 raise DirectoryError(f"peer answered the digest with {status}")
             page = decode_digest(body)
-            theirs += page
+            if len(page) > DIGEST_PAGE:
+                raise DirectoryError(f"peer sent {len(page)} digest rows, a page is {DIGEST_PAGE}")
+            for mailbox, version, digest in page:
+                if after is not None and mailbox <= after:
+                    raise DirectoryError("peer's digest rows are not in increasing order")
+                after = mailbox
+                held = ours.get(mailbox)
+                if held is not None and held >= (version, digest):
+                    continue
+                try:
+                    if await self._pull(peer, mailbox):
+                        applied += 1
+                        continue
+                except DirectoryError as exc:
+                    self.stats["refused"] += 1
+                    log.warning("refused %s from %s:%d: %s", mailbox, *peer, exc)
+                refused += 1
+                if refused > MAX_REFUSED_PULLS:
+                    self.stats["peers_given_up"] += 1
+                    log.warning("%s:%d offers changes it cannot give; left this round", *peer)
+                    self.stats["applied"] += applied
+                    return applied
             if len(page) < DIGEST_PAGE:
                 break
-            after = page[-1][0]
-        ours = await self.store.digest()
-        applied = 0
-        for mailbox, version, digest in theirs:
-            held = ours.get(mailbox)
-            if held is not None and held >= (version, digest):
-                continue
-            try:
-                if await self._pull(peer, mailbox):
-                    applied += 1
-            except DirectoryError as exc:
-                self.stats["refused"] += 1
-                log.warning("refused %s from %s:%d: %s", mailbox, *peer, exc)
+        else:
+            self.stats["digests_cut_off"] += 1
+            log.warning(
+                "%s:%d digest longer than %d pages; rest next round", *peer, MAX_DIGEST_PAGES
+            )
         self.stats["applied"] += applied
         return applied
 

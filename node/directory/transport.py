@@ -89,7 +89,9 @@ class TcpStreamServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dropped = 0
-        """Connections ended for a bad frame or a timeout."""
+        """Connections ended for a bad frame, a timeout or a failed handler."""
+        self.failed = 0
+        """Requests whose handler raised (a bug: every request should get an answer)."""
 
     async def _start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._connection, host, port)
@@ -124,6 +126,11 @@ class TcpStreamServer:
         except (TimeoutError, TransportError, ConnectionError) as exc:
             self.dropped += 1
             log.debug("directory connection from %s dropped: %s", peer, exc)
+        except Exception:
+            # a handler's bug must not escape into the event loop's handler; counted, logged
+            self.dropped += 1
+            self.failed += 1
+            log.exception("directory request from %s failed", peer)
         finally:
             self._tasks.discard(task)
             writer.close()
