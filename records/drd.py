@@ -55,6 +55,7 @@ from records.validation import (
     check_lifetime,
     check_update_date,
     check_value_count,
+    consolidate_single,
     consolidate_values,
     encode_record,
     record_rank,
@@ -308,18 +309,7 @@ class DrdValidator:
 
     def consolidate(self, key: str, records: Sequence[Record], now: int | None = None) -> Record:
         """The best entry still alive at `now` (an empty record if none is)."""
-        if not records:
-            raise ValueError("consolidate needs at least one record")
-        live = [r for r in records if now is None or all(v.expirationDate > now for v in r.values)]
-        if not live:
-            return Record(
-                key=key,
-                updateDate=max(r.updateDate for r in records),
-                id1=min(r.id1 for r in records),
-            )
-        winner = Record()
-        winner.CopyFrom(live[self.select(key, live)])
-        return winner
+        return consolidate_single(key, records, now, _entry_rank)
 
 
 class DrdServersValidator:

@@ -192,6 +192,25 @@ def consolidate_values(
     return merged
 
 
+def consolidate_single(
+    key: str, records: Sequence[Record], now: int | None, rank: Callable[[Record], Rank]
+) -> Record:
+    """The merged record of a single-valued namespace: the best by `rank` among those still
+    alive at `now` (a record without values if none is)."""
+    if not records:
+        raise ValueError("consolidate needs at least one record")
+    live = [r for r in records if now is None or all(v.expirationDate > now for v in r.values)]
+    if not live:
+        return Record(
+            key=key,
+            updateDate=max(r.updateDate for r in records),
+            id1=min(r.id1 for r in records),
+        )
+    winner = Record()
+    winner.CopyFrom(live[select_by_rank(live, rank)])
+    return winner
+
+
 class NamespacedValidator:
     """Dispatches on a key's namespace (its first path segment); unknown namespaces are refused.
 
