@@ -27,7 +27,7 @@ from records import (
 )
 from records.chat import (
     MAX_ENTRIES_PER_PAGE,
-    MAX_RECEIPTS_PER_PAGE,
+    MAX_RECEIPT_IDS,
     MESSAGE_CONTEXT,
     chat_key,
     entry_id,
@@ -58,8 +58,9 @@ def running(sim_node: SimNode) -> DHTNode:
 
 
 def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
-    """id2 -> kind of every inbox value of `uid` held by any live node: "receipt" only when
-    no live node holds the acknowledged handshake or message itself."""
+    """entry id (hex) -> kind of every inbox entry of `uid` held by any live node, or listed by
+    a held receipt: "receipt" only when no live node holds the acknowledged handshake or
+    message itself (a receipt's own id2 maps to "receipt" too)."""
     now = sim.now_ms()
     found: dict[str, str] = {}
     for sim_node in sim.live():
@@ -68,9 +69,11 @@ def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
         for key in inbox_keys(uid):
             entry = store.get(location(key), now)
             for value in entry.record.values if entry is not None else ():
-                kind = parse_inbox_value(value.value).kind
-                if found.get(value.id2, "receipt") == "receipt":
-                    found[value.id2] = kind  # an entry held anywhere outweighs receipts
+                parsed = parse_inbox_value(value.value)
+                ids = [value.id2, *(eid.hex() for eid, _ in parsed.acknowledged)]
+                for id2 in ids:
+                    if found.get(id2, "receipt") == "receipt":
+                        found[id2] = parsed.kind  # an entry held anywhere outweighs receipts
     return found
 
 
@@ -467,7 +470,10 @@ def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
         async with a, b:
             await a.handshake(bob.id)
             # Bob's receipts fill the page (for entries long gone), so none can be added
-            fake = [bytes([page + 16 * k]) + bytes(15) for k in range(MAX_RECEIPTS_PER_PAGE)]
+            fake = [
+                bytes([page + 16 * (k % 16)]) + k.to_bytes(15, "big")
+                for k in range(MAX_RECEIPT_IDS)
+            ]
             expires = sim.now_ms() + 3 * 24 * 3600_000
             await bob_node.put(make_receipts(bob, [(f, expires) for f in fake], sim.now_ms()))
             await a.send(bob.id, "cannot be acknowledged yet")
