@@ -418,3 +418,109 @@ def test_a_receipt_outranks_even_a_newer_copy_of_its_entry() -> None:
     with pytest.raises(InvalidRecord) as info:
         v.admit(receipt.key, receipt, later, NOW + 6000)
     assert info.value.reason == "acknowledged"
+
+
+def page_messages(page: int, count: int, now: int = NOW) -> list[Record]:
+    """`count` messages from Alice to Bob whose ids land on `page`."""
+    return [
+        make_message(ALICE, BOB.public_key, f"m{i}".encode(), mime_type=TEXT, nonce=n, now=now)
+        for i, n in enumerate(nonces_on_page(ALICE.id, page, count))
+    ]
+
+
+def acked(record: Record) -> list[tuple[bytes, int]]:
+    return [(bytes.fromhex(v.id2), v.expirationDate) for v in record.values]
+
+
+def test_one_receipt_acknowledges_a_batch_and_refuses_every_replay() -> None:
+    v = ChatValidator()
+    messages = page_messages(6, 5)
+    receipt = make_receipts(BOB, [e for m in messages for e in acked(m)], NOW + 1000)
+    assert len(receipt.values) == 1
+    assert receipt.values[0].id2.startswith("receipt-")
+    default_validator().validate(receipt.key, receipt, NOW + 1000)
+    held = v.consolidate(receipt.key, [*messages, receipt], NOW + 1000)
+    assert held.values == receipt.values
+    for m in messages:
+        with pytest.raises(InvalidRecord) as info:
+            v.admit(held.key, held, m, NOW + 2000)
+        assert info.value.reason == "acknowledged"
+    # the receipt lives until the last listed entry would have expired
+    expiration = max(m.values[0].expirationDate for m in messages)
+    assert receipt.values[0].expirationDate == expiration
+    assert v.consolidate(held.key, [held, *messages], expiration).values == []
+
+
+def test_a_receipt_for_another_page_or_by_someone_else_is_refused() -> None:
+    ids = [bytes.fromhex(m.values[0].id2) for m in page_messages(3, 2)]
+    expiration = NOW + 3 * DAY_MS
+    good = make_receipts(BOB, [(i, expiration) for i in ids], NOW)
+    default_validator().validate(good.key, good, NOW)
+    moved = Record()
+    moved.CopyFrom(good)
+    moved.key = chat_key(BOB.id, 4)
+    assert reason_of(moved) == "wrong_page"
+    with pytest.raises(ValueError, match="one page"):
+        make_receipts(BOB, [(ids[0], expiration), (ids_on_page(4, 1)[0], expiration)], NOW)
+    mixed = Receipt(
+        recipient_public_key=BOB.public_key,
+        timestamp=NOW,
+        entry_ids=b"".join(sorted([ids[0], ids_on_page(4, 1)[0]])),
+        expirations=[expiration, expiration],
+    )
+    assert reason_of(signed_receipt(BOB, mixed, 3)) == "wrong_page"
+    # Mallory's receipt for Bob's inbox, signed by her or claiming Bob's key
+    forged = make_receipts(MALLORY, [(i, expiration) for i in ids], NOW)
+    forged.key, forged.id1 = good.key, BOB.id_hex
+    assert reason_of(forged) == "not_recipient"
+    claim = Receipt.FromString(SignedInboxEntry.FromString(good.values[0].value).receipt)
+    claim.entry_ids = b"".join(sorted([*ids, ids_on_page(3, 1, start=100)[0]]))
+    claim.expirations.append(expiration)
+    assert reason_of(signed_receipt(MALLORY, claim, 3)) == "bad_signature"
+    # the id2 is bound to the signed receipt: another one's id2 is refused
+    renamed = Record()
+    renamed.CopyFrom(good)
+    renamed.values[0].id2 = "receipt-" + "00" * 16
+    assert reason_of(renamed) == "id_mismatch"
+    renamed.values[0].id2 = ids[0].hex()
+    assert reason_of(renamed) == "id_mismatch"
+
+
+def test_a_dominated_receipt_is_dropped_and_two_devices_receipts_are_kept() -> None:
+    v = ChatValidator()
+    ids = ids_on_page(9, 4)
+    soon, late = NOW + 3 * DAY_MS, NOW + 4 * DAY_MS
+    old = make_receipts(BOB, [(ids[0], soon), (ids[1], late)], NOW)
+    newer = make_receipts(BOB, [(ids[0], soon), (ids[1], late), (ids[2], late)], NOW + 10)
+    for records in ([old, newer], [newer, old]):
+        assert v.consolidate(old.key, records, NOW + 20).values == newer.values
+    v.admit(old.key, old, newer, NOW + 20)  # and it is admitted over the old one
+    # a newer receipt listing fewer ids does not replace an older, longer one
+    subset = make_receipts(BOB, [(ids[1], late)], NOW + 20)
+    assert len(v.consolidate(old.key, [newer, subset], NOW + 30).values) == 2
+    # two devices acknowledging at once: neither lists all of the other's ids, both kept
+    device1 = make_receipts(BOB, [(ids[0], soon), (ids[1], late)], NOW + 30)
+    device2 = make_receipts(BOB, [(ids[1], late), (ids[3], late)], NOW + 31)
+    both = v.consolidate(old.key, [device1, device2], NOW + 40)
+    assert both.values == sorted([*device1.values, *device2.values], key=lambda x: x.id2)
+    default_validator().validate(both.key, both, NOW + 40)
+    # once ids[0] expired, device2's newer receipt lists every live id of device1's
+    assert v.consolidate(old.key, [device1, device2], soon).values == device2.values
+    # the next acknowledgement lists the union and replaces both
+    union = make_receipts(BOB, [(ids[0], soon), (ids[1], late), (ids[3], late)], NOW + 50)
+    assert v.consolidate(old.key, [both, union], NOW + 60).values == union.values
+
+
+def test_a_full_page_of_entries_and_receipts_fits_one_record() -> None:
+    v = ChatValidator()
+    messages = page_messages(2, MAX_ENTRIES_PER_PAGE + MAX_RECEIPT_IDS)
+    held = v.consolidate(messages[0].key, messages[:MAX_ENTRIES_PER_PAGE], NOW)
+    receipt = make_receipts(
+        BOB, [e for m in messages[MAX_ENTRIES_PER_PAGE:] for e in acked(m)], NOW + 1
+    )
+    v.admit(held.key, held, receipt, NOW + 1)
+    full = v.consolidate(held.key, [held, receipt], NOW + 1)
+    default_validator().validate(full.key, full, NOW + 1)
+    assert len(full.values) == MAX_ENTRIES_PER_PAGE + 1
+    assert len(encode_record(full)) <= MAX_RECORD_SIZE
+    assert MAX_RECEIPT_IDS >= 80

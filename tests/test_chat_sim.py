@@ -487,3 +487,67 @@ def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
         await sim.stop_all()
 
     run_virtual(main())
+
+
+def test_a_page_acknowledges_far_more_than_ten_messages_within_their_lifetime() -> None:
+    """Issue 6: 60 messages sent to one page and acknowledged there in batches, all within
+    their 3-day lifetime: no ``receipts_full``, no ``inbox_full``, and every holder drops them
+    (one receipt per page replaces the one before it)."""
+
+    async def main() -> None:
+        sim = Simulation(seed=69, config=SLOW_MAINTENANCE)
+        await sim.grow(50)
+        alice, bob = user_identity(69, 0), user_identity(69, 1)
+        page, batches, per_batch = 5, 12, 5
+        on_page: list[bytes] = []
+        i = 0
+        while len(on_page) < batches * per_batch:
+            n = hashlib.sha256(f"many-{i}".encode()).digest()[:24]
+            if page_of(entry_id(alice.id, n)) == page:
+                on_page.append(n)
+            i += 1
+        nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *on_page])
+        alice_node = running(sim.nodes[1])
+        a = ChatClient(alice_node, alice, name="Alice", random_bytes=lambda _n: next(nonces))
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(9))
+        async with a, b:
+            await a.handshake(bob.id)
+            assert await b.acknowledge(await b.inbox()) == 1
+            sent: list[Sent] = []
+            original: Record | None = None
+            for batch in range(batches):
+                texts = [f"message {batch}-{k}" for k in range(per_batch)]
+                for text in texts:
+                    item = await a.send(bob.id, text)
+                    assert item.key == chat_key(bob.id, page)
+                    assert item.stored > 0  # not refused as inbox_full
+                    sent.append(item)
+                if original is None:
+                    held = await alice_node.get(sent[0].key)
+                    assert held is not None
+                    original = Record(key=held.key, updateDate=held.updateDate, id1=held.id1)
+                    original.values.extend(
+                        v for v in held.values if v.id2 == sent[0].entry_id.hex()
+                    )
+                entries = await b.inbox()
+                assert [e.text for e in entries] == texts
+                assert await b.acknowledge(entries) == per_batch  # not receipts_full
+                await asyncio.sleep(3600.0)  # an hour of virtual time between batches
+            assert sim.now_ms() < sent[0].expiration  # all still within their lifetime
+            assert await b.inbox() == []
+            assert await a.delivered(sent) == {s.entry_id for s in sent}
+            held_now = held_entries(sim, bob.id)
+            assert all(held_now.get(s.entry_id.hex()) == "receipt" for s in sent)
+            # the page holds one receipt, listing all 60
+            page_record = await running(sim.nodes[3]).get(chat_key(bob.id, page))
+            assert page_record is not None
+            parsed = [parse_inbox_value(v.value) for v in page_record.values]
+            assert [p.kind for p in parsed] == ["receipt"]
+            assert {eid for eid, _ in parsed[0].acknowledged} == {s.entry_id for s in sent}
+            # a replay of the first message is refused for good
+            assert original is not None
+            assert len(original.values) == 1
+            assert await refused_by_holders(sim, original) == ["acknowledged"] * 5
+        await sim.stop_all()
+
+    run_virtual(main())
