@@ -24,9 +24,11 @@ receipt per page listing the ids of the receipts it sees there plus the new ones
 Bounds are enforced when a holder admits a new copy (`ChatValidator.admit`): a page holds
 `MAX_ENTRIES_PER_PAGE` entries and `MAX_RECEIPTS_PER_PAGE` receipts of at most
 `RECEIPT_BYTES_PER_PAGE` bytes together; a full page refuses more (``inbox_full``,
-``receipts_full``) and never evicts. A page so acknowledges up to `MAX_RECEIPT_IDS` (88) entries
-within their lifetime of 3 to 7 days, 1408 for the 16 pages of an inbox; a page full of entries
-and of receipts is 8141 bytes (measured in ``tests/test_chat_records.py``).
+``receipts_full``) and never evicts. A page so acknowledges up to `MAX_RECEIPT_IDS` (84) entries
+within their lifetime of 3 to 7 days, 1344 for the 16 pages of an inbox (the 10 one-entry
+receipts a page held before blocked an inbox after about 160 messages in 3 days). Measured: a
+receipt listing 84 ids is 2023 bytes, and a page with 6 of the largest messages (995 bytes each)
+and that receipt is 8114 bytes of the 8192 a record may have.
 
 Messages are encrypted with XChaCha20-Poly1305 under a key both users derive by X25519 from
 their identities (`conversation_key`): every device of a user holds the user's identity, so
@@ -96,7 +98,7 @@ RECEIPT_BYTES_PER_PAGE = (
     MAX_RECORD_SIZE - _RECORD_OVERHEAD - MAX_ENTRIES_PER_PAGE * (MAX_ENTRY_VALUE_SIZE + 3)
 )
 """Serialized size of a page's receipt values together (3 bytes of framing each included)."""
-_RECEIPT_BASE_SIZE = 180  # a receipt Value listing no id: id2, dates, key, signature, framing
+_RECEIPT_BASE_SIZE = 180  # a receipt Value but its ids: id2, dates, key, signature (172 measured)
 _RECEIPT_ID_SIZE = 22  # one more listed id: 16 bytes and a packed 6-byte expiration
 MAX_RECEIPT_IDS = (RECEIPT_BYTES_PER_PAGE - 3 - _RECEIPT_BASE_SIZE) // _RECEIPT_ID_SIZE
 """Entry ids one receipt lists: as many as fit the page's receipt bytes."""
