@@ -2,17 +2,33 @@
 
 A user's inbox is `INBOX_PAGES` records ``/chat/<uid>/<page>/``: one DHT record holds at most
 8 KiB, so the inbox is split into pages and an entry lives on the page its id picks
-(`page_of`). Each page is multi-valued, one `Value` per entry id (`Value.id2` is the id in hex):
+(`page_of`). Each page is multi-valued, one `Value` per id (`Value.id2`):
 
 - a **handshake** or a **message**, signed by its sender; the id is derived from the sender's uid
-  and a random nonce (`entry_id`), so nobody can take another sender's id;
-- a **receipt**, signed by the inbox's owner, that acknowledges the entry with the same id. It
-  outranks the entry, so merging removes the acknowledged entry on every holder, and it is kept
-  until the entry would have expired, so a replayed copy is refused (``acknowledged``).
+  and a random nonce (`entry_id`), so nobody can take another sender's id; `id2` is it in hex;
+- a **receipt**, signed by the inbox's owner, that acknowledges a batch of up to
+  `MAX_RECEIPT_IDS` entries of its page, each listed with its expiration; `id2` is
+  ``receipt-`` and a hash of the signed receipt (`receipt_id2`), so it never names an entry and
+  only the owner can make one. Merging drops every entry a receipt lists (on every holder), and
+  a listed id is kept until its entry would have expired, so a replayed copy is refused
+  (``acknowledged``).
 
-Merging is a per-id maximum (receipt > entry, then newest, then bytes): idempotent, commutative
-and associative. Bounds (entries and receipts per page) are enforced when a holder admits a new
-copy (`ChatValidator.admit`): a full page refuses more (``inbox_full``) and never evicts.
+Merging keeps, per id2, the newest value (then the canonical bytes); drops what expired; drops
+each receipt *dominated* by another one (newer, and listing every id of it that has not yet
+expired), and drops each entry a remaining receipt lists. Dominance is a strict partial order, so
+"the maximal receipts of the union" is idempotent, commutative and associative, and the ids the
+maximal receipts list are those all the receipts list. A device acknowledges by writing one new
+receipt per page listing the ids of the receipts it sees there plus the new ones
+(`make_receipts`): it dominates them, so a page holds about one receipt per device.
+
+Bounds are enforced when a holder admits a new copy (`ChatValidator.admit`): a page holds
+`MAX_ENTRIES_PER_PAGE` entries and `MAX_RECEIPTS_PER_PAGE` receipts of at most
+`RECEIPT_BYTES_PER_PAGE` bytes together; a full page refuses more (``inbox_full``,
+``receipts_full``) and never evicts. A page so acknowledges up to `MAX_RECEIPT_IDS` (84) entries
+within their lifetime of 3 to 7 days, 1344 for the 16 pages of an inbox (the 10 one-entry
+receipts a page held before blocked an inbox after about 160 messages in 3 days). Measured: a
+receipt listing 84 ids is 2023 bytes, and a page with 6 of the largest messages (995 bytes each)
+and that receipt is 8114 bytes of the 8192 a record may have.
 
 Messages are encrypted with XChaCha20-Poly1305 under a key both users derive by X25519 from
 their identities (`conversation_key`): every device of a user holds the user's identity, so
@@ -22,6 +38,7 @@ every device can read them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -55,7 +72,9 @@ from records.validation import (
 
 HANDSHAKE_CONTEXT = b"chat-handshake-v1"
 MESSAGE_CONTEXT = b"chat-message-v1"
-RECEIPT_CONTEXT = b"chat-receipt-v1"
+RECEIPT_CONTEXT = b"chat-receipt-v2"
+_RECEIPT_ID_CONTEXT = b"chat-receipt-id-v2"
+RECEIPT_ID2_PREFIX = "receipt-"
 _ENTRY_ID_CONTEXT = b"chat-entry-id-v1"
 _KEY_PERSON = b"kadnode-chat-v1"  # BLAKE2b personalization of the conversation key
 
@@ -72,15 +91,22 @@ MAX_ENTRIES_PER_PAGE = 6
 """Handshakes and messages a page holds before it refuses more (``inbox_full``)."""
 MAX_ENTRY_VALUE_SIZE = 1000
 """Serialized size of one handshake or message `Value` (about 690 bytes of content)."""
-MAX_RECEIPTS_PER_PAGE = 10
-MAX_RECEIPT_VALUE_SIZE = 192  # a real receipt Value is about 185 bytes
+MAX_RECEIPTS_PER_PAGE = 4
+"""Receipts a page holds (about one per device acknowledging at once) before ``receipts_full``."""
 _RECORD_OVERHEAD = 128  # key, id1, updateDate and framing of a page record
+RECEIPT_BYTES_PER_PAGE = (
+    MAX_RECORD_SIZE - _RECORD_OVERHEAD - MAX_ENTRIES_PER_PAGE * (MAX_ENTRY_VALUE_SIZE + 3)
+)
+"""Serialized size of a page's receipt values together (3 bytes of framing each included)."""
+_RECEIPT_BASE_SIZE = 180  # a receipt Value but its ids: id2, dates, key, signature (172 measured)
+_RECEIPT_ID_SIZE = 22  # one more listed id: 16 bytes and a packed 6-byte expiration
+MAX_RECEIPT_IDS = (RECEIPT_BYTES_PER_PAGE - 3 - _RECEIPT_BASE_SIZE) // _RECEIPT_ID_SIZE
+"""Entry ids one receipt lists: as many as fit the page's receipt bytes."""
+MAX_RECEIPT_VALUE_SIZE = RECEIPT_BYTES_PER_PAGE - 3
 
-# Bounding each value keeps a full page under the size limit, so only counts need checking.
+# Bounding each value and the receipts' bytes keeps a full page under the size limit.
 assert (
-    MAX_ENTRIES_PER_PAGE * (MAX_ENTRY_VALUE_SIZE + 3)
-    + MAX_RECEIPTS_PER_PAGE * (MAX_RECEIPT_VALUE_SIZE + 3)
-    + _RECORD_OVERHEAD
+    MAX_ENTRIES_PER_PAGE * (MAX_ENTRY_VALUE_SIZE + 3) + RECEIPT_BYTES_PER_PAGE + _RECORD_OVERHEAD
     <= MAX_RECORD_SIZE
 )
 
@@ -296,21 +322,48 @@ def make_message(
     return record
 
 
+def receipt_id2(receipt_bytes: bytes) -> str:
+    """The `Value.id2` of a receipt: ``receipt-`` and a hash of its marshaled `Receipt`, so it
+    never equals an entry's id (hex) and is fixed by what the owner signed."""
+    digest = hashlib.sha256(_RECEIPT_ID_CONTEXT + b"\x00" + receipt_bytes).digest()
+    return RECEIPT_ID2_PREFIX + digest[:ENTRY_ID_SIZE].hex()
+
+
 def make_receipts(
-    recipient: Identity, acknowledged: Sequence[tuple[bytes, int]], now: int
+    recipient: Identity, acknowledged: Iterable[tuple[bytes, int]], now: int
 ) -> Record:
-    """A page record of `recipient`'s own inbox holding one signed receipt for each (entry id,
-    entry expiration) in `acknowledged`; every id must live on the same page."""
-    entries = []
+    """A page record of `recipient`'s own inbox holding ONE signed receipt for every (entry id,
+    entry expiration) in `acknowledged`; every id must live on the same page, and there are at
+    most `MAX_RECEIPT_IDS` of them. To replace the receipts a page holds, list their unexpired
+    ids too and use a `now` newer than theirs (see `ChatClient.acknowledge`)."""
+    expirations: dict[bytes, int] = {}
     for eid, expiration in acknowledged:
-        body = Receipt(
-            recipient_public_key=recipient.public_key,
-            entry_id=eid,
-            timestamp=now,
-            expiration=expiration,
-        ).SerializeToString(deterministic=True)
-        entries.append((eid, now, expiration, _sign(recipient, "receipt", body)))
-    return _page_record(recipient.id, entries, now)
+        if len(eid) != ENTRY_ID_SIZE:
+            raise ValueError("an entry id is 16 bytes")
+        expirations[eid] = max(expiration, expirations.get(eid, expiration))
+    if not 1 <= len(expirations) <= MAX_RECEIPT_IDS:
+        raise ValueError(f"a receipt lists 1 to {MAX_RECEIPT_IDS} entry ids")
+    pages = {page_of(eid) for eid in expirations}
+    if len(pages) != 1:
+        raise ValueError("a receipt lists entries of exactly one page")
+    ids = sorted(expirations)
+    body = Receipt(
+        recipient_public_key=recipient.public_key,
+        timestamp=now,
+        entry_ids=b"".join(ids),
+        expirations=[expirations[eid] for eid in ids],
+    ).SerializeToString(deterministic=True)
+    expires = max(expirations.values())
+    record = Record(key=chat_key(recipient.id, pages.pop()), updateDate=now, id1=recipient.id.hex())
+    record.values.append(
+        Value(
+            id2=receipt_id2(body),
+            creationDate=now,
+            expirationDate=expires,
+            value=_sign(recipient, "receipt", body),
+        )
+    )
+    return record
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -329,6 +382,15 @@ class InboxValue:
     body: Handshake | ChatMessage | Receipt
     signed_bytes: bytes
     signature: bytes
+    acknowledged: tuple[tuple[bytes, int], ...] = ()
+    """For a receipt: the (entry id, entry expiration) it lists, ids ascending."""
+
+    @property
+    def id2(self) -> str:
+        """The `Value.id2` this value must be stored under."""
+        if self.kind == "receipt":
+            return receipt_id2(self.signed_bytes)
+        return self.entry_id.hex()
 
 
 def parse_inbox_value(data: bytes) -> InboxValue:
@@ -363,9 +425,25 @@ def parse_inbox_value(data: bytes) -> InboxValue:
             }
         elif kind == "receipt":
             body = Receipt.FromString(envelope.receipt)
+            ids = [
+                body.entry_ids[i : i + ENTRY_ID_SIZE]
+                for i in range(0, len(body.entry_ids), ENTRY_ID_SIZE)
+            ]
+            if (
+                len(body.entry_ids) % ENTRY_ID_SIZE
+                or len(ids) != len(body.expirations)
+                or not ids
+                or any(a >= b for a, b in itertools.pairwise(ids))
+            ):
+                raise InvalidRecord(
+                    "malformed_value",
+                    "a receipt lists ascending 16-byte ids, one expiration each, at least one",
+                )
+            acknowledged = tuple(zip(ids, body.expirations, strict=True))
+            digest = hashlib.sha256(_RECEIPT_ID_CONTEXT + b"\x00" + envelope.receipt).digest()
             parsed = InboxValue(
-                "receipt", body.entry_id, body.recipient_public_key, body.timestamp,
-                body.expiration, body, envelope.receipt, envelope.signature,
+                "receipt", digest[:ENTRY_ID_SIZE], body.recipient_public_key, body.timestamp,
+                max(body.expirations), body, envelope.receipt, envelope.signature, acknowledged,
             )  # fmt: skip
             sizes = {}
         else:
@@ -381,41 +459,70 @@ def parse_inbox_value(data: bytes) -> InboxValue:
     return parsed
 
 
-def _is_receipt(value: Value) -> bool:
+def _receipt_ids(value: Value) -> tuple[tuple[bytes, int], ...] | None:
+    """The (entry id, expiration) pairs a receipt value lists; None if it is no receipt."""
     try:
-        return SignedInboxEntry.FromString(value.value).WhichOneof("entry") == "receipt"
-    except DecodeError:
-        return False
+        parsed = parse_inbox_value(value.value)
+    except InvalidRecord:
+        return None
+    return parsed.acknowledged if parsed.kind == "receipt" else None
+
+
+def _acknowledged_ids(values: Iterable[Value], now: int | None) -> set[str]:
+    """Hex ids of the entries the receipts among `values` list and that are live at `now`."""
+    ids: set[str] = set()
+    for value in values:
+        for eid, expiration in _receipt_ids(value) or ():
+            if now is None or expiration > now:
+                ids.add(eid.hex())
+    return ids
 
 
 def _merge(values: Iterable[Value], now: int | None) -> list[Value]:
-    """One value per id: a receipt beats the entry it acknowledges, then the newest, then the
-    canonical bytes; expired values dropped; sorted by id. A per-id maximum, hence idempotent,
-    commutative and associative."""
-    best: dict[str, tuple[tuple[int, int, bytes], Value]] = {}
+    """The newest value per id2 (then the canonical bytes), expired values dropped; then the
+    receipts dominated by another one dropped, and the entries a receipt lists; sorted by id2.
+
+    Receipt `a` is dominated by `b` when `b` is newer (creation date, then canonical bytes) and
+    lists every id of `a` live at `now`: a strict partial order, so keeping the maximal
+    receipts of the union is idempotent, commutative and associative, and the live ids they
+    list are those every receipt lists (each dropped one is dominated by a kept one)."""
+    best: dict[str, tuple[tuple[int, bytes], Value]] = {}
     for value in values:
         if now is not None and value.expirationDate <= now:
             continue
-        rank = (
-            int(_is_receipt(value)),
-            value.creationDate,
-            value.SerializeToString(deterministic=True),
-        )
+        rank = (value.creationDate, value.SerializeToString(deterministic=True))
         held = best.get(value.id2)
         if held is None or rank > held[0]:
             best[value.id2] = (rank, value)
-    return [best[id2][1] for id2 in sorted(best)]
-
-
-def _counts(values: Iterable[Value]) -> tuple[int, int]:
-    """(handshakes and messages, receipts) among `values`."""
-    receipts = entries = 0
-    for value in values:
-        if _is_receipt(value):
-            receipts += 1
+    receipts: list[tuple[tuple[int, bytes], frozenset[bytes], Value]] = []
+    entries: list[Value] = []
+    for rank, value in best.values():
+        listed = _receipt_ids(value)
+        if listed is None:
+            entries.append(value)
         else:
+            live = frozenset(eid for eid, exp in listed if now is None or exp > now)
+            receipts.append((rank, live, value))
+    kept = [
+        value
+        for rank, live, value in receipts
+        if not any(other > rank and live <= ids for other, ids, _ in receipts)
+    ]
+    acknowledged = _acknowledged_ids(kept, now)
+    kept.extend(value for value in entries if value.id2 not in acknowledged)
+    return sorted(kept, key=lambda value: value.id2)
+
+
+def _counts(values: Iterable[Value]) -> tuple[int, int, int]:
+    """(handshakes and messages, receipts, serialized bytes of the receipts) among `values`."""
+    receipts = entries = receipt_bytes = 0
+    for value in values:
+        if _receipt_ids(value) is None:
             entries += 1
-    return entries, receipts
+        else:
+            receipts += 1
+            receipt_bytes += value.ByteSize() + 3  # and its framing in the record
+    return entries, receipts, receipt_bytes
 
 
 class ChatValidator:
@@ -423,9 +530,10 @@ class ChatValidator:
 
     A handshake or message must be signed by its sender, whose uid is the SHA-1 of the key that
     signed, addressed to the path's uid, on the page its id picks, and live 3 to 7 days; a
-    receipt must be signed by the path's uid. A page holds at most `max_entries` handshakes and
-    messages and `max_receipts` receipts; `admit` refuses what would overflow it and copies of
-    acknowledged entries.
+    receipt must be signed by the path's uid and list only ids of the path's page. A page holds
+    at most `max_entries` handshakes and messages and `max_receipts` receipts of at most
+    `RECEIPT_BYTES_PER_PAGE` bytes together; `admit` refuses what would overflow it and copies
+    of acknowledged entries.
     """
 
     def __init__(
@@ -438,9 +546,7 @@ class ChatValidator:
         if max_entries < 1 or max_receipts < 1:
             raise ValueError("a page must hold at least one entry and one receipt")
         if (
-            max_entries * (MAX_ENTRY_VALUE_SIZE + 3)
-            + max_receipts * (MAX_RECEIPT_VALUE_SIZE + 3)
-            + _RECORD_OVERHEAD
+            max_entries * (MAX_ENTRY_VALUE_SIZE + 3) + RECEIPT_BYTES_PER_PAGE + _RECORD_OVERHEAD
             > MAX_RECORD_SIZE
         ):
             raise ValueError("a full page would not fit one record")
@@ -456,16 +562,11 @@ class ChatValidator:
             raise InvalidRecord("client_id_mismatch", f"id1 {record.id1!r} is not the path's uid")
         check_update_date(record, now, self.clock_skew_ms)
         check_value_count(record, self.max_entries + self.max_receipts)
-        acknowledged: set[str] = set()
-        entries: set[str] = set()
         for value in record.values:
-            if self._validate_value(uid, page, value, now) == "receipt":
-                acknowledged.add(value.id2)
-            else:
-                entries.add(value.id2)
-        self._check_bounds(len(entries), len(acknowledged))
+            self._validate_value(uid, page, value, now)
+        self._check_bounds(*_counts(record.values))
 
-    def _check_bounds(self, entries: int, receipts: int) -> None:
+    def _check_bounds(self, entries: int, receipts: int, receipt_bytes: int) -> None:
         if entries > self.max_entries:
             raise InvalidRecord(
                 "inbox_full", f"{entries} entries on one page, at most {self.max_entries}"
@@ -474,6 +575,11 @@ class ChatValidator:
             raise InvalidRecord(
                 "receipts_full", f"{receipts} receipts on one page, at most {self.max_receipts}"
             )
+        if receipt_bytes > RECEIPT_BYTES_PER_PAGE:
+            raise InvalidRecord(
+                "receipts_full",
+                f"{receipt_bytes} bytes of receipts on one page, at most {RECEIPT_BYTES_PER_PAGE}",
+            )
 
     def _validate_value(self, uid: str, page: int, value: Value, now: int) -> EntryKind:
         size = value.ByteSize()
@@ -481,11 +587,17 @@ class ChatValidator:
         limit = MAX_RECEIPT_VALUE_SIZE if parsed.kind == "receipt" else MAX_ENTRY_VALUE_SIZE
         if size > limit:
             raise RecordTooLarge(size, limit, "value")
-        if value.id2 != parsed.entry_id.hex():
-            raise InvalidRecord("id_mismatch", "id2 is not the entry's id")
-        if page_of(parsed.entry_id) != page:
+        if value.id2 != parsed.id2:
+            raise InvalidRecord("id_mismatch", "id2 is not the entry's (or the receipt's) id")
+        listed = [eid for eid, _ in parsed.acknowledged] or [parsed.entry_id]
+        for eid in listed:
+            if page_of(eid) != page:
+                raise InvalidRecord(
+                    "wrong_page", f"entry {eid.hex()} belongs on page {page_of(eid)}"
+                )
+        if len(parsed.acknowledged) > MAX_RECEIPT_IDS:
             raise InvalidRecord(
-                "wrong_page", f"the entry belongs on page {page_of(parsed.entry_id)}"
+                "receipts_full", f"a receipt lists at most {MAX_RECEIPT_IDS} entry ids"
             )
         if value.creationDate != parsed.timestamp or value.expirationDate != parsed.expiration:
             raise InvalidRecord(
@@ -534,9 +646,10 @@ class ChatValidator:
         return select_by_rank(records, record_rank)
 
     def consolidate(self, key: str, records: Sequence[Record], now: int | None = None) -> Record:
-        """One value per entry id: receipts replace what they acknowledge, newer copies replace
-        older ones, expired values are dropped. Bounds are not applied here (that would make the
-        merge depend on order); `admit` keeps every held page within them."""
+        """One value per id2 (the newest), expired values dropped, receipts dominated by a newer
+        one listing all their live ids dropped, and the entries a receipt lists dropped. Bounds
+        are not applied here (that would make the merge depend on order); `admit` keeps every
+        held page within them."""
         if not records:
             raise ValueError("consolidate needs at least one record")
         merged = Record(
@@ -556,8 +669,8 @@ class ChatValidator:
         A copy that also carries something new is merged: the receipts still win over the
         acknowledged entries in it. (A sender's node holds all it sent to one page as one
         record, so refusing that whole copy would lose a new message next to a read one.)"""
-        receipts = {v.id2 for v in held.values if v.expirationDate > now and _is_receipt(v)}
-        replayed = [v.id2 for v in incoming.values if v.id2 in receipts and not _is_receipt(v)]
+        receipts = _acknowledged_ids(held.values, now)
+        replayed = [v.id2 for v in incoming.values if v.id2 in receipts and _receipt_ids(v) is None]
         merged = _merge([*held.values, *incoming.values], now)
         if replayed and merged == _merge(held.values, now):
             raise InvalidRecord(

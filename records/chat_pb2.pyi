@@ -5,8 +5,10 @@ Chat inbox entries: seed 003 ("Message Handshake", "Messaging Transit", delivery
 Each is stored, marshaled and signed, in one Value of an inbox page /chat/<uid>/<page>/.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -144,35 +146,40 @@ Global___ChatContent: _TypeAlias = ChatContent  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):
-    """"I have read it": the recipient's receipt for one inbox entry. It replaces the entry on every
-    holder (same Value.id2) and keeps it from coming back until the entry would have expired.
+    """"I have read these": the inbox owner's receipt for a batch of entries of one inbox page. Its
+    Value.id2 is "receipt-" and a hash of these bytes (see records/chat.py), never an entry's id.
+    Holders drop every listed entry and refuse it back until its expiration; a receipt that is
+    older than another one on the page and lists a subset of its unexpired ids is dropped, so a
+    device's newest receipt (the union of what it saw plus new ids) replaces its older ones.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RECIPIENT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
-    ENTRY_ID_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
-    EXPIRATION_FIELD_NUMBER: _builtins.int
+    ENTRY_IDS_FIELD_NUMBER: _builtins.int
+    EXPIRATIONS_FIELD_NUMBER: _builtins.int
     recipient_public_key: _builtins.bytes
     """ed25519 public key of the inbox's owner (32 B)"""
-    entry_id: _builtins.bytes
-    """the acknowledged handshake or message id (16 B)"""
     timestamp: _builtins.int
     """Unix ms when acknowledged"""
-    expiration: _builtins.int
-    """the acknowledged entry's expiration (Unix ms)"""
+    entry_ids: _builtins.bytes
+    """the acknowledged ids, 16 B each, ascending, all on one page"""
+    @_builtins.property
+    def expirations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """each listed entry's expiration (Unix ms), in the same order"""
+
     def __init__(
         self,
         *,
         recipient_public_key: _builtins.bytes = ...,
-        entry_id: _builtins.bytes = ...,
         timestamp: _builtins.int = ...,
-        expiration: _builtins.int = ...,
+        entry_ids: _builtins.bytes = ...,
+        expirations: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "expiration", b"expiration", "recipient_public_key", b"recipient_public_key", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_ids", b"entry_ids", "expirations", b"expirations", "recipient_public_key", b"recipient_public_key", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,12 +23,13 @@ from records import (
 )
 from records.chat import (
     DAY_MS,
-    ENTRY_ID_SIZE,
     HANDSHAKE_CONTEXT,
     INBOX_PAGES,
     MAX_ENTRIES_PER_PAGE,
+    MAX_RECEIPT_IDS,
     MAX_RECEIPTS_PER_PAGE,
     MESSAGE_CONTEXT,
+    RECEIPT_BYTES_PER_PAGE,
     RECEIPT_CONTEXT,
     conversation_key,
     decrypt_message,
@@ -36,8 +37,9 @@ from records.chat import (
     page_of,
     parse_chat_key,
     parse_inbox_value,
+    receipt_id2,
 )
-from records.chat_pb2 import ChatMessage, Handshake, SignedInboxEntry
+from records.chat_pb2 import ChatMessage, Handshake, Receipt, SignedInboxEntry
 from records.identity import signing_input
 from records.validation import MAX_RECORD_SIZE
 from tests.records_factory import NOW, identity
@@ -205,7 +207,7 @@ def test_full_page_refuses_more_and_keeps_what_it_holds() -> None:
     held = v.consolidate(held.key, [held, receipt], NOW)
     v.admit(held.key, held, records[-1], NOW)
     # a full page plus a full set of receipts still fits one record
-    assert len(encode_record(held)) + MAX_RECEIPTS_PER_PAGE * 195 <= MAX_RECORD_SIZE
+    assert len(encode_record(held)) + RECEIPT_BYTES_PER_PAGE <= MAX_RECORD_SIZE
 
 
 def test_oversized_message_is_refused_at_the_sender() -> None:
@@ -250,7 +252,10 @@ def test_a_new_message_beside_an_acknowledged_one_is_merged_not_refused() -> Non
     v.admit(held.key, held, senders_copy, NOW + 2000)
     merged = v.consolidate(held.key, [held, senders_copy], NOW + 2000)
     kinds = {x.id2: parse_inbox_value(x.value).kind for x in merged.values}
-    assert kinds == {read.id2: "receipt", second.values[0].id2: "message"}
+    assert kinds == {receipt.values[0].id2: "receipt", second.values[0].id2: "message"}
+    assert parse_inbox_value(receipt.values[0].value).acknowledged == (
+        (bytes.fromhex(read.id2), read.expirationDate),
+    )
     # once the page holds all of it, the same copy brings nothing back: a replay
     with pytest.raises(InvalidRecord) as info:
         v.admit(merged.key, merged, senders_copy, NOW + 3000)
@@ -304,20 +309,74 @@ def test_entries_are_bound_to_their_page_inbox_and_id() -> None:
     assert reason_of(taken) == "bad_entry_id"
 
 
+def ids_on_page(page: int, count: int, start: int = 0) -> list[bytes]:
+    """`count` distinct (fake) entry ids on `page`."""
+    return [
+        bytes([page + 16 * (k % 16)]) + k.to_bytes(15, "big") for k in range(start, start + count)
+    ]
+
+
+def signed_receipt(signer: object, body: Receipt, page: int, owner: bytes = BOB.id) -> Record:
+    """A page record of `owner`'s inbox with `body` as a receipt signed by `signer`, built by
+    hand (`make_receipts` refuses to build what holders refuse)."""
+    raw = body.SerializeToString(deterministic=True)
+    sig = signer.sign(signing_input(RECEIPT_CONTEXT, raw))  # type: ignore[attr-defined]
+    record = Record(key=chat_key(owner, page), updateDate=body.timestamp, id1=owner.hex())
+    record.values.append(
+        Value(
+            id2=receipt_id2(raw),
+            creationDate=body.timestamp,
+            expirationDate=max(body.expirations),
+            value=SignedInboxEntry(receipt=raw, signature=sig).SerializeToString(),
+        )
+    )
+    return record
+
+
 def test_a_page_holds_a_bounded_number_of_receipts() -> None:
     page = 4
-    ids = [
-        bytes([page + 16 * k]) + bytes(ENTRY_ID_SIZE - 1) for k in range(MAX_RECEIPTS_PER_PAGE + 1)
-    ]
     expiration = NOW + 3 * DAY_MS
+    ids = ids_on_page(page, MAX_RECEIPT_IDS + 1)
+    # one receipt lists at most MAX_RECEIPT_IDS ids
     full = make_receipts(BOB, [(i, expiration) for i in ids[:-1]], NOW)
     default_validator().validate(full.key, full, NOW)
-    too_many = make_receipts(BOB, [(i, expiration) for i in ids], NOW)
-    assert reason_of(too_many) == "receipts_full"
-    one_more = make_receipts(BOB, [(ids[-1], expiration)], NOW)
+    with pytest.raises(ValueError, match="1 to"):
+        make_receipts(BOB, [(i, expiration) for i in ids], NOW)
+    body = Receipt(
+        recipient_public_key=BOB.public_key,
+        timestamp=NOW,
+        entry_ids=b"".join(sorted(ids)),
+        expirations=[expiration] * len(ids),
+    )
+    assert reason_of(signed_receipt(BOB, body, page)) in {"receipts_full", "value_too_large"}
+    # at most MAX_RECEIPTS_PER_PAGE receipts that do not replace each other (disjoint ids)
+    v = ChatValidator()
+    held = make_receipts(BOB, [(ids[0], expiration)], NOW)
+    for k in range(1, MAX_RECEIPTS_PER_PAGE):
+        one = make_receipts(BOB, [(ids[k], expiration)], NOW + k)
+        v.admit(held.key, held, one, NOW + k)
+        held = v.consolidate(held.key, [held, one], NOW + k)
+    assert len(held.values) == MAX_RECEIPTS_PER_PAGE
+    default_validator().validate(held.key, held, NOW + 10)
+    one_more = make_receipts(BOB, [(ids[-1], expiration)], NOW + 10)
     with pytest.raises(InvalidRecord) as info:
-        ChatValidator().admit(full.key, full, one_more, NOW)
+        v.admit(held.key, held, one_more, NOW + 10)
     assert info.value.reason == "receipts_full"
+    # and at most RECEIPT_BYTES_PER_PAGE bytes of them: two long lists that do not replace
+    # each other do not fit
+    half = MAX_RECEIPT_IDS // 2
+    first = make_receipts(BOB, [(i, expiration) for i in ids[:half]], NOW)
+    second = make_receipts(BOB, [(i, expiration) for i in ids[half : 2 * half]], NOW + 1)
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(first.key, first, second, NOW + 1)
+    assert info.value.reason == "receipts_full"
+    assert reason_of(v.consolidate(first.key, [first, second], NOW + 1), NOW + 1) == (
+        "receipts_full"
+    )
+    # a receipt listing both (newer) replaces them, so it is admitted
+    both = make_receipts(BOB, [(i, expiration) for i in ids[: 2 * half]], NOW + 2)
+    v.admit(full.key, first, both, NOW + 2)
+    assert v.consolidate(first.key, [first, second, both], NOW + 2).values == both.values
 
 
 def test_signatures_are_separated_by_kind() -> None:
@@ -359,3 +418,109 @@ def test_a_receipt_outranks_even_a_newer_copy_of_its_entry() -> None:
     with pytest.raises(InvalidRecord) as info:
         v.admit(receipt.key, receipt, later, NOW + 6000)
     assert info.value.reason == "acknowledged"
+
+
+def page_messages(page: int, count: int, now: int = NOW) -> list[Record]:
+    """`count` messages from Alice to Bob whose ids land on `page`."""
+    return [
+        make_message(ALICE, BOB.public_key, f"m{i}".encode(), mime_type=TEXT, nonce=n, now=now)
+        for i, n in enumerate(nonces_on_page(ALICE.id, page, count))
+    ]
+
+
+def acked(record: Record) -> list[tuple[bytes, int]]:
+    return [(bytes.fromhex(v.id2), v.expirationDate) for v in record.values]
+
+
+def test_one_receipt_acknowledges_a_batch_and_refuses_every_replay() -> None:
+    v = ChatValidator()
+    messages = page_messages(6, 5)
+    receipt = make_receipts(BOB, [e for m in messages for e in acked(m)], NOW + 1000)
+    assert len(receipt.values) == 1
+    assert receipt.values[0].id2.startswith("receipt-")
+    default_validator().validate(receipt.key, receipt, NOW + 1000)
+    held = v.consolidate(receipt.key, [*messages, receipt], NOW + 1000)
+    assert held.values == receipt.values
+    for m in messages:
+        with pytest.raises(InvalidRecord) as info:
+            v.admit(held.key, held, m, NOW + 2000)
+        assert info.value.reason == "acknowledged"
+    # the receipt lives until the last listed entry would have expired
+    expiration = max(m.values[0].expirationDate for m in messages)
+    assert receipt.values[0].expirationDate == expiration
+    assert v.consolidate(held.key, [held, *messages], expiration).values == []
+
+
+def test_a_receipt_for_another_page_or_by_someone_else_is_refused() -> None:
+    ids = [bytes.fromhex(m.values[0].id2) for m in page_messages(3, 2)]
+    expiration = NOW + 3 * DAY_MS
+    good = make_receipts(BOB, [(i, expiration) for i in ids], NOW)
+    default_validator().validate(good.key, good, NOW)
+    moved = Record()
+    moved.CopyFrom(good)
+    moved.key = chat_key(BOB.id, 4)
+    assert reason_of(moved) == "wrong_page"
+    with pytest.raises(ValueError, match="one page"):
+        make_receipts(BOB, [(ids[0], expiration), (ids_on_page(4, 1)[0], expiration)], NOW)
+    mixed = Receipt(
+        recipient_public_key=BOB.public_key,
+        timestamp=NOW,
+        entry_ids=b"".join(sorted([ids[0], ids_on_page(4, 1)[0]])),
+        expirations=[expiration, expiration],
+    )
+    assert reason_of(signed_receipt(BOB, mixed, 3)) == "wrong_page"
+    # Mallory's receipt for Bob's inbox, signed by her or claiming Bob's key
+    forged = make_receipts(MALLORY, [(i, expiration) for i in ids], NOW)
+    forged.key, forged.id1 = good.key, BOB.id_hex
+    assert reason_of(forged) == "not_recipient"
+    claim = Receipt.FromString(SignedInboxEntry.FromString(good.values[0].value).receipt)
+    claim.entry_ids = b"".join(sorted([*ids, ids_on_page(3, 1, start=100)[0]]))
+    claim.expirations.append(expiration)
+    assert reason_of(signed_receipt(MALLORY, claim, 3)) == "bad_signature"
+    # the id2 is bound to the signed receipt: another one's id2 is refused
+    renamed = Record()
+    renamed.CopyFrom(good)
+    renamed.values[0].id2 = "receipt-" + "00" * 16
+    assert reason_of(renamed) == "id_mismatch"
+    renamed.values[0].id2 = ids[0].hex()
+    assert reason_of(renamed) == "id_mismatch"
+
+
+def test_a_dominated_receipt_is_dropped_and_two_devices_receipts_are_kept() -> None:
+    v = ChatValidator()
+    ids = ids_on_page(9, 4)
+    soon, late = NOW + 3 * DAY_MS, NOW + 4 * DAY_MS
+    old = make_receipts(BOB, [(ids[0], soon), (ids[1], late)], NOW)
+    newer = make_receipts(BOB, [(ids[0], soon), (ids[1], late), (ids[2], late)], NOW + 10)
+    for records in ([old, newer], [newer, old]):
+        assert v.consolidate(old.key, records, NOW + 20).values == newer.values
+    v.admit(old.key, old, newer, NOW + 20)  # and it is admitted over the old one
+    # a newer receipt listing fewer ids does not replace an older, longer one
+    subset = make_receipts(BOB, [(ids[1], late)], NOW + 20)
+    assert len(v.consolidate(old.key, [newer, subset], NOW + 30).values) == 2
+    # two devices acknowledging at once: neither lists all of the other's ids, both kept
+    device1 = make_receipts(BOB, [(ids[0], soon), (ids[1], late)], NOW + 30)
+    device2 = make_receipts(BOB, [(ids[1], late), (ids[3], late)], NOW + 31)
+    both = v.consolidate(old.key, [device1, device2], NOW + 40)
+    assert both.values == sorted([*device1.values, *device2.values], key=lambda x: x.id2)
+    default_validator().validate(both.key, both, NOW + 40)
+    # once ids[0] expired, device2's newer receipt lists every live id of device1's
+    assert v.consolidate(old.key, [device1, device2], soon).values == device2.values
+    # the next acknowledgement lists the union and replaces both
+    union = make_receipts(BOB, [(ids[0], soon), (ids[1], late), (ids[3], late)], NOW + 50)
+    assert v.consolidate(old.key, [both, union], NOW + 60).values == union.values
+
+
+def test_a_full_page_of_entries_and_receipts_fits_one_record() -> None:
+    v = ChatValidator()
+    messages = page_messages(2, MAX_ENTRIES_PER_PAGE + MAX_RECEIPT_IDS)
+    held = v.consolidate(messages[0].key, messages[:MAX_ENTRIES_PER_PAGE], NOW)
+    receipt = make_receipts(
+        BOB, [e for m in messages[MAX_ENTRIES_PER_PAGE:] for e in acked(m)], NOW + 1
+    )
+    v.admit(held.key, held, receipt, NOW + 1)
+    full = v.consolidate(held.key, [held, receipt], NOW + 1)
+    default_validator().validate(full.key, full, NOW + 1)
+    assert len(full.values) == MAX_ENTRIES_PER_PAGE + 1
+    assert len(encode_record(full)) <= MAX_RECORD_SIZE
+    assert MAX_RECEIPT_IDS >= 80

@@ -27,7 +27,7 @@ from records import (
 )
 from records.chat import (
     MAX_ENTRIES_PER_PAGE,
-    MAX_RECEIPTS_PER_PAGE,
+    MAX_RECEIPT_IDS,
     MESSAGE_CONTEXT,
     chat_key,
     entry_id,
@@ -58,8 +58,9 @@ def running(sim_node: SimNode) -> DHTNode:
 
 
 def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
-    """id2 -> kind of every inbox value of `uid` held by any live node: "receipt" only when
-    no live node holds the acknowledged handshake or message itself."""
+    """entry id (hex) -> kind of every inbox entry of `uid` held by any live node, or listed by
+    a held receipt: "receipt" only when no live node holds the acknowledged handshake or
+    message itself (a receipt's own id2 maps to "receipt" too)."""
     now = sim.now_ms()
     found: dict[str, str] = {}
     for sim_node in sim.live():
@@ -68,9 +69,11 @@ def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
         for key in inbox_keys(uid):
             entry = store.get(location(key), now)
             for value in entry.record.values if entry is not None else ():
-                kind = parse_inbox_value(value.value).kind
-                if found.get(value.id2, "receipt") == "receipt":
-                    found[value.id2] = kind  # an entry held anywhere outweighs receipts
+                parsed = parse_inbox_value(value.value)
+                ids = [value.id2, *(eid.hex() for eid, _ in parsed.acknowledged)]
+                for id2 in ids:
+                    if found.get(id2, "receipt") == "receipt":
+                        found[id2] = parsed.kind  # an entry held anywhere outweighs receipts
     return found
 
 
@@ -467,7 +470,10 @@ def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
         async with a, b:
             await a.handshake(bob.id)
             # Bob's receipts fill the page (for entries long gone), so none can be added
-            fake = [bytes([page + 16 * k]) + bytes(15) for k in range(MAX_RECEIPTS_PER_PAGE)]
+            fake = [
+                bytes([page + 16 * (k % 16)]) + k.to_bytes(15, "big")
+                for k in range(MAX_RECEIPT_IDS)
+            ]
             expires = sim.now_ms() + 3 * 24 * 3600_000
             await bob_node.put(make_receipts(bob, [(f, expires) for f in fake], sim.now_ms()))
             await a.send(bob.id, "cannot be acknowledged yet")
@@ -478,6 +484,70 @@ def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
             got = [await asyncio.wait_for(anext(stream), 600) for _ in range(2)]
             await stream.aclose()
             assert [e.entry_id for e in got] == [e.entry_id for e in entries]
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_a_page_acknowledges_far_more_than_ten_messages_within_their_lifetime() -> None:
+    """Issue 6: 60 messages sent to one page and acknowledged there in batches, all within
+    their 3-day lifetime: no ``receipts_full``, no ``inbox_full``, and every holder drops them
+    (one receipt per page replaces the one before it)."""
+
+    async def main() -> None:
+        sim = Simulation(seed=69, config=SLOW_MAINTENANCE)
+        await sim.grow(50)
+        alice, bob = user_identity(69, 0), user_identity(69, 1)
+        page, batches, per_batch = 5, 12, 5
+        on_page: list[bytes] = []
+        i = 0
+        while len(on_page) < batches * per_batch:
+            n = hashlib.sha256(f"many-{i}".encode()).digest()[:24]
+            if page_of(entry_id(alice.id, n)) == page:
+                on_page.append(n)
+            i += 1
+        nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *on_page])
+        alice_node = running(sim.nodes[1])
+        a = ChatClient(alice_node, alice, name="Alice", random_bytes=lambda _n: next(nonces))
+        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(9))
+        async with a, b:
+            await a.handshake(bob.id)
+            assert await b.acknowledge(await b.inbox()) == 1
+            sent: list[Sent] = []
+            original: Record | None = None
+            for batch in range(batches):
+                texts = [f"message {batch}-{k}" for k in range(per_batch)]
+                for text in texts:
+                    item = await a.send(bob.id, text)
+                    assert item.key == chat_key(bob.id, page)
+                    assert item.stored > 0  # not refused as inbox_full
+                    sent.append(item)
+                if original is None:
+                    held = await alice_node.get(sent[0].key)
+                    assert held is not None
+                    original = Record(key=held.key, updateDate=held.updateDate, id1=held.id1)
+                    original.values.extend(
+                        v for v in held.values if v.id2 == sent[0].entry_id.hex()
+                    )
+                entries = await b.inbox()
+                assert [e.text for e in entries] == texts
+                assert await b.acknowledge(entries) == per_batch  # not receipts_full
+                await asyncio.sleep(3600.0)  # an hour of virtual time between batches
+            assert sim.now_ms() < sent[0].expiration  # all still within their lifetime
+            assert await b.inbox() == []
+            assert await a.delivered(sent) == {s.entry_id for s in sent}
+            held_now = held_entries(sim, bob.id)
+            assert all(held_now.get(s.entry_id.hex()) == "receipt" for s in sent)
+            # the page holds one receipt, listing all 60
+            page_record = await running(sim.nodes[3]).get(chat_key(bob.id, page))
+            assert page_record is not None
+            parsed = [parse_inbox_value(v.value) for v in page_record.values]
+            assert [p.kind for p in parsed] == ["receipt"]
+            assert {eid for eid, _ in parsed[0].acknowledged} == {s.entry_id for s in sent}
+            # a replay of the first message is refused for good
+            assert original is not None
+            assert len(original.values) == 1
+            assert await refused_by_holders(sim, original) == ["acknowledged"] * 5
         await sim.stop_all()
 
     run_virtual(main())

@@ -144,11 +144,13 @@ def test_announcement_round_trips(node: str, offset: int) -> None:
 @functools.cache
 def chat_pool() -> list[Record]:
     """Entries and receipts of one inbox page: two versions of one message, receipts (two
-    versions of one), expirations a second apart so a `now` can drop some."""
+    versions of one), expirations a second apart so a `now` can drop some; and batch receipts
+    of two devices: each device's newer one lists the ids of its older one and more, and the
+    two devices' receipts do not dominate each other (some only while an id is unexpired)."""
     alice, bob = identity("alice"), identity("bob")
     nonces: list[bytes] = []
     i = 0
-    while len(nonces) < 3:
+    while len(nonces) < 4:
         n = hashlib.sha256(f"law-{i}".encode()).digest()[:24]
         if page_of(entry_id(alice.id, n)) == 0:
             nonces.append(n)
@@ -166,6 +168,17 @@ def chat_pool() -> list[Record]:
         for k, n in enumerate(nonces)
         for version in range(2)
     ]
+    exp = [NOW + MIN_ENTRY_TTL_MS + k * 1000 for k in range(len(nonces))]
+    ids = [entry_id(alice.id, n) for n in nonces]
+    batches = [
+        ([0], 4000),  # device 1
+        ([0, 1], 6000),  # device 1 again: dominates its first
+        ([2], 5500),  # device 2
+        ([1, 2, 3], 7000),  # device 2 again: dominates its first; device 1's only once 0 expired
+        ([0, 3], 6500),
+    ]
+    for listed, at in batches:
+        pool.append(make_receipts(bob, [(ids[k], exp[k]) for k in listed], NOW + at))
     for k, n in enumerate(nonces[:2]):
         eid = entry_id(alice.id, n)
         for version in range(2 - k):
@@ -223,8 +236,20 @@ def test_chat_consolidated_records_stay_valid_and_acknowledged_entries_stay_gone
     at = NOW + 6000
     merged = default_validator().consolidate(key, records, at)
     default_validator().validate(key, merged, at)
-    acknowledged = {
-        v.id2 for r in records for v in r.values if parse_inbox_value(v.value).kind == "receipt"
+
+    def listed(values: list[Value]) -> set[bytes]:
+        return {
+            eid
+            for v in values
+            for eid, expiration in parse_inbox_value(v.value).acknowledged
+            if expiration > at
+        }
+
+    acknowledged = listed([v for r in records for v in r.values])
+    # every live id any receipt lists is still listed, and no such entry is held
+    assert acknowledged <= listed(list(merged.values))
+    assert not acknowledged & {
+        parse_inbox_value(v.value).entry_id
+        for v in merged.values
+        if parse_inbox_value(v.value).kind != "receipt"
     }
-    kinds = {v.id2: parse_inbox_value(v.value).kind for v in merged.values}
-    assert all(kinds[i] == "receipt" for i in acknowledged)

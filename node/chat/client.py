@@ -40,7 +40,7 @@ from records import (
 from records.chat import (
     DEFAULT_ENTRY_TTL_MS,
     MAX_ENTRY_TTL_MS,
-    MAX_RECEIPTS_PER_PAGE,
+    MAX_RECEIPT_IDS,
     MIN_ENTRY_TTL_MS,
     NONCE_SIZE,
     DecryptionFailed,
@@ -391,12 +391,12 @@ class ChatClient:
         records = await asyncio.gather(*(self.node.get(key) for key in by_key))
         done: set[bytes] = set()
         for ids, record in zip(by_key.values(), records, strict=True):
-            receipts = {
-                v.id2
+            acknowledged = {
+                eid
                 for v in (record.values if record is not None else ())
-                if parse_inbox_value(v.value).kind == "receipt"
+                for eid, _ in parse_inbox_value(v.value).acknowledged
             }
-            done.update(i for i in ids if i.hex() in receipts)
+            done.update(i for i in ids if i in acknowledged)
         return done
 
     # -- receiving ----------------------------------------------------------------------------
@@ -453,29 +453,44 @@ class ChatClient:
 
     async def acknowledge(self, entries: Sequence[InboxEntry]) -> int:
         """Store signed receipts for `entries`: every holder then drops them and refuses them
-        back. Returns how many entries were acknowledged (a full receipt list on a page, or
-        no node reachable, leaves that page's entries for a later call)."""
+        back. Returns how many entries were acknowledged (a page whose receipts already list
+        `MAX_RECEIPT_IDS` live entries, or no node reachable, leaves that page's entries for a
+        later call).
+
+        One receipt per page lists the new ids and those of the receipts the page holds (not
+        yet expired), and is newer than them: holders then keep it in their place."""
         by_page: dict[int, list[InboxEntry]] = {}
         for entry in entries:
             by_page.setdefault(page_of(entry.entry_id), []).append(entry)
-        batches = [
-            (page, items[i : i + MAX_RECEIPTS_PER_PAGE])
-            for page, items in by_page.items()
-            for i in range(0, len(items), MAX_RECEIPTS_PER_PAGE)
-        ]
         now = self._now()
 
         async def one(page: int, items: list[InboxEntry]) -> list[InboxEntry]:
-            record = make_receipts(self.identity, [(e.entry_id, e.expiration) for e in items], now)
+            held = await self.node.get(chat_key(self.uid, page))
+            listed: dict[bytes, int] = {}
+            newest = now - 1
+            for value in held.values if held is not None else ():
+                parsed = parse_inbox_value(value.value)
+                if parsed.kind != "receipt" or parsed.author_key != self.identity.public_key:
+                    continue
+                newest = max(newest, parsed.timestamp)
+                listed.update((eid, exp) for eid, exp in parsed.acknowledged if exp > now)
+            already = [e for e in items if e.entry_id in listed]
+            fresh = [e for e in items if e.entry_id not in listed]
+            fresh = fresh[: max(MAX_RECEIPT_IDS - len(listed), 0)]
+            if not fresh:
+                return already
+            acknowledged = [*listed.items(), *((e.entry_id, e.expiration) for e in fresh)]
+            # newer than every receipt it replaces, even if this device's clock is behind
+            record = make_receipts(self.identity, acknowledged, max(now, newest + 1))
             try:
                 await self.node.put(record)
             except (PutFailed, InvalidRecord) as exc:
                 log.warning("receipts for %s not stored: %s", chat_key(self.uid, page), exc)
-                return []
+                return already
             await self._repair(record.key)
-            return items
+            return [*already, *fresh]
 
-        done = await asyncio.gather(*(one(p, items) for p, items in batches))
+        done = await asyncio.gather(*(one(p, items) for p, items in by_page.items()))
         # only what was acknowledged: `messages` still yields the rest (once)
         self._state.mark_seen((e.entry_id, e.expiration) for items in done for e in items)
         self._state.save(now)
