@@ -47,17 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         help="wall seconds allowed per stock phase (120)",
     )
+    parser.add_argument(
+        "--get-paths", type=int, help="our nodes' disjoint paths per get (default: the node's)"
+    )
+    parser.add_argument(
+        "--no-proofs", action="store_true", help="our nodes trust claimed IDs, as stock does"
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``bench-loopback``; the result holds one entry per implementation."""
     if args.nodes < 2 or args.keys < 1 or not 0 < args.kill < 1:
         raise SystemExit("need --nodes >= 2, --keys >= 1 and 0 < --kill < 1")
+    if args.get_paths is not None and args.get_paths < 1:
+        raise SystemExit("--get-paths must be at least 1")
+    overrides: dict[str, Any] = {}
+    if args.get_paths is not None:
+        overrides["get_paths"] = args.get_paths
+    if args.no_proofs:
+        overrides["prove_ids"] = False
     for name in ("rpcudp", "kademlia"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # stock logs every timeout at ERROR
     result: dict[str, Any] = {"benchmark": "bench-loopback"}
     if args.impl in ("both", "ours"):
-        result["ours"] = asyncio.run(_run(OursAdapter(), args, budget=None))
+        result["ours"] = asyncio.run(_run(OursAdapter(overrides), args, budget=None))
     if args.impl in ("both", "stock"):
         result["stock"] = asyncio.run(_run(StockAdapter(), args, budget=args.stock_budget))
     result["peak_rss_mb"] = peak_rss_mb()
@@ -69,11 +82,13 @@ class OursAdapter:
 
     name = "ours"
 
-    def __init__(self) -> None:
+    def __init__(self, overrides: dict[str, Any]) -> None:
         self.nodes: list[DHTNode] = []
+        self.overrides = overrides
 
     async def start(self, bootstrap: tuple[str, int] | None) -> tuple[str, int]:
-        node = DHTNode(NodeConfig(host=HOST, port=0, bootstrap=(bootstrap,) if bootstrap else ()))
+        joined = (bootstrap,) if bootstrap else ()
+        node = DHTNode(NodeConfig(host=HOST, port=0, bootstrap=joined, **self.overrides))
         await node.start()
         self.nodes.append(node)
         return node.address
