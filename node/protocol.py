@@ -479,10 +479,11 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     def _learn_owner(self, msg_id: bytes, body: Any, address: Address) -> None:
         """An answer failed to prove the ID we asked for; if it proves its sender's own ID
         instead, remember whose address it is."""
-        proof = body.get("proof") if isinstance(body, dict) else None
-        if isinstance(proof, list) and len(proof) == 2 and all(isinstance(p, bytes) for p in proof):
-            owner = identity_id(proof[0])
-            if check_node_proof(owner, proof[0], proof[1], msg_id, self.own_id):
+        parts = _proof_parts(body)
+        if parts is not None:
+            _, public_key, signature = parts
+            owner = identity_id(public_key)
+            if check_node_proof(owner, public_key, signature, msg_id, self.own_id):
                 self._remember_proof(owner, address)
 
     def _proven_answer(
@@ -491,17 +492,14 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         """Unwrap an answer that had to carry a proof: ``(answer, proven node ID)``, or
         ``(None, None)`` if the proof is missing or wrong. A ping to a bare address proves the ID
         it answers with."""
-        if not (isinstance(body, dict) and body.keys() == {"answer", "proof"}):
+        parts = _proof_parts(body)
+        if parts is None:
             return None, None
-        answer, proof = body["answer"], body["proof"]
+        answer, public_key, signature = parts
         if node_id is None:
             node_id = answer if isinstance(answer, bytes) and len(answer) == 20 else None
-        if (
-            node_id is None
-            or not isinstance(proof, list)
-            or len(proof) != 2
-            or not all(isinstance(part, bytes) for part in proof)
-            or not check_node_proof(node_id, proof[0], proof[1], msg_id, self.own_id)
+        if node_id is None or not check_node_proof(
+            node_id, public_key, signature, msg_id, self.own_id
         ):
             return None, None
         return answer, node_id
@@ -659,6 +657,18 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
     ) -> asyncio.Future[Reply]:
         """A store request of record bytes `data` at location `key`."""
         return self.call(address, "store", [self.own_id, key, data], node_id)
+
+
+def _proof_parts(body: Any) -> tuple[Any, bytes, bytes] | None:
+    """``(answer, public key, signature)`` of an answer wrapped with a proof, if well formed."""
+    if not (isinstance(body, dict) and body.keys() == {"answer", "proof"}):
+        return None
+    proof = body["proof"]
+    if not (
+        isinstance(proof, list) and len(proof) == 2 and all(isinstance(p, bytes) for p in proof)
+    ):
+        return None
+    return body["answer"], proof[0], proof[1]
 
 
 def _source(addr: Address) -> str:
