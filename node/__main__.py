@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="ticket authorities (from 'python -m node.directory mint-authorities'; "
-        "default DIR/authorities.json)",
+        "default DIR/authorities.json); also on a node without --directory, so that it "
+        "refuses /drd/ entries whose tickets they did not sign",
     )
     parser.add_argument(
         "--directory-public-host",
@@ -215,13 +216,18 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
         print("node stopped", flush=True)
 
 
-def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
-    """The directory role's settings from the command line."""
+def _authorities(args: argparse.Namespace) -> tuple[tuple[bytes, ...], int]:
+    """The ticket authorities' keys and threshold named on the command line."""
     path = args.directory_authorities or args.directory / AUTHORITIES_FILE
     try:
-        authorities, threshold = load_authorities(path)
+        return load_authorities(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"cannot read directory authorities from {path}: {exc}") from exc
+
+
+def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
+    """The directory role's settings from the command line."""
+    authorities, threshold = _authorities(args)
     return DirectoryConfig(
         root=args.directory,
         authorities=authorities,
@@ -231,12 +237,12 @@ def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
 
 
 def _directory_validator(args: argparse.Namespace) -> NamespacedValidator | None:
-    """A directory server's node knows the ticket authorities, so it also refuses /drd/
-    entries whose tickets they did not sign (other nodes cannot check that)."""
-    if args.directory is None:
+    """A node that knows the ticket authorities (every directory server, and any node given
+    ``--directory-authorities``) also refuses /drd/ entries whose tickets they did not sign;
+    other nodes cannot check that."""
+    if args.directory is None and args.directory_authorities is None:
         return None
-    config = _directory_config(args)
-    verifier = QuorumTicketVerifier(config.authorities, config.threshold)
+    verifier = QuorumTicketVerifier(*_authorities(args))
     validators = default_validators()
     validators["drd"] = DrdValidator(ticket_check=verifier.check)
     return NamespacedValidator(validators)

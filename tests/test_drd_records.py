@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -271,3 +274,36 @@ def test_entries_with_fields_beyond_the_seeds_limits_are_refused(
     with pytest.raises(InvalidRecord) as refused:
         default_validator().validate(record.key, record, NOW)
     assert refused.value.reason == "malformed_value"
+
+
+def test_a_plain_node_given_the_authorities_refuses_a_self_made_ticket(tmp_path: Path) -> None:
+    """``python -m node --directory-authorities FILE`` without ``--directory``: the node's
+    validator checks /drd/ tickets against the authorities."""
+    from node.__main__ import _directory_validator, build_parser
+
+    path = tmp_path / "authorities.json"
+    path.write_text(
+        json.dumps({"threshold": 13, "authorities": [a.public_key.hex() for a in AUTHORITIES]})
+    )
+    assert _directory_validator(build_parser().parse_args([])) is None  # no authorities: default
+    validator = _directory_validator(
+        build_parser().parse_args(["--directory-authorities", str(path)])
+    )
+    assert validator is not None
+    validator.validate(entry().key, entry(), NOW)
+    fakes = [Identity.from_seed(bytes([i + 100]) * 32) for i in range(13)]
+    fake = mint_ticket(fakes, MAILBOX, OWNER.public_key, issued=NOW, expires=NOW + 1000)
+    record = make_drd_record(
+        SERVER,
+        MAILBOX,
+        version=NOW,
+        profile=PROFILE,
+        ticket=fake.to_bytes(),
+        owner_signature=authorize_update(OWNER, MAILBOX, PROFILE, NOW).signature,
+        host="h",
+        port=1,
+        now=NOW,
+    )
+    with pytest.raises(InvalidRecord) as refused:
+        validator.validate(record.key, record, NOW)
+    assert refused.value.reason == "bad_ticket"
