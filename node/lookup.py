@@ -25,7 +25,8 @@ NEW, WAITING, STALLED, ANSWERED, FAILED = range(5)
 OnReply = Callable[[bool, Any], None]
 # query(peer, on_reply, on_stall): send the lookup's request to `peer`; on_reply(ok, answer) once
 # answered or timed out, on_stall() if the answer is later than the peer's expected round trip.
-Query = Callable[["Peer", OnReply, Callable[[], None]], None]
+# Sends a request to a peer; returns False if nothing was sent (its failure already reported).
+Query = Callable[["Peer", OnReply, Callable[[], None]], bool | None]
 
 
 class Peer:
@@ -240,12 +241,13 @@ class Lookup:
     def _launch(self, peer: Peer) -> None:
         peer.state = WAITING
         self._active += 1
-        self._result.messages += 1
-        self._query(
+        sent = self._query(
             peer,
             lambda ok, body: self._on_reply(peer, ok, body),
             lambda: self._on_stall(peer),
         )
+        if sent is not False:
+            self._result.messages += 1
 
     def _on_stall(self, peer: Peer) -> None:
         if peer.state == WAITING and not self._done.done():

@@ -554,19 +554,20 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         node_id: bytes | None,
         on_reply: OnReply,
         on_stall: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> bool:
         """Send request `name` to `address`; `on_reply(True, answer)` runs when it is answered,
         `on_reply(False, None)` after the adaptive timeout (or at once if too many calls are in
         flight). `on_stall()`, if given, runs when the answer is later than expected but the call
         has not timed out yet. `node_id`, when known, is the node expected to answer: its round
-        trip is measured and its failures counted."""
+        trip is measured and its failures counted. Returns False if nothing was sent (the
+        failure was reported at once)."""
         if self._closed:
             on_reply(False, None)
-            return
+            return False
         if len(self._outstanding) >= self.config.max_outstanding_calls:
             self.stats.dropped["too_many_calls"] += 1
             on_reply(False, None)
-            return
+            return False
         msg_id = self._new_msg_id()
         prove = (
             self.config.prove_ids
@@ -576,7 +577,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
         if prove and name != "ping" and self._held_by_another(address, node_id):
             self.stats.dropped["address_of_another"] += 1  # not worth a datagram
             on_reply(False, None)
-            return
+            return False
         data = encode_request(msg_id, name, [*args, PROVE] if prove else args)
         now = self._loop.time()
         timeout, expected = self._bounded_estimates(node_id)
@@ -589,6 +590,7 @@ class DHTProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no 
             self._add_deadline(pending.stall_at, msg_id)
         self.stats.requests_out[name] += 1
         self._send(data, address)
+        return True
 
     def call(
         self, address: Address, name: str, args: list[Any], node_id: bytes | None = None

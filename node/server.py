@@ -267,8 +267,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
 
         args = [self.id, target]
 
-        def query(peer: Peer, on_reply: OnReply, on_stall: Callable[[], None]) -> None:
-            protocol.request(peer.address, rpc, args, peer.id, on_reply, on_stall)
+        def query(peer: Peer, on_reply: OnReply, on_stall: Callable[[], None]) -> bool:
+            return protocol.request(peer.address, rpc, args, peer.id, on_reply, on_stall)
 
         started = asyncio.get_running_loop().time()
         try:
