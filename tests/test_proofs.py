@@ -36,7 +36,7 @@ def test_a_proof_answers_one_challenge_from_one_asker_for_one_identity() -> None
 
 
 async def answer_ping_backs(
-    sock: socket.socket, node_id: bytes, proof: Any, count: int = 1
+    sock: socket.socket, node_id: bytes, proof: Callable[[bytes, bytes], Any], count: int = 1
 ) -> list[list[Any]]:
     """Answer the node's next `count` requests to `sock` as `node_id`, with `proof(msg_id,
     asker_id)` as the proof; returns the requests' bodies."""
