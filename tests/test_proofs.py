@@ -61,13 +61,17 @@ async def ask(sock: socket.socket, address: tuple[str, int], sender: bytes) -> N
     )
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (at most 2 s) for `condition`; the node's answers travel over real loopback UDP."""
-    for _ in range(200):
-        if condition():
+async def ping(sock: socket.socket, address: tuple[str, int], sender: bytes) -> None:
+    """Ping as `sender` and wait for the answer. The node handles datagrams in the order they
+    reach its socket, so by then it has handled everything sent to it before."""
+    loop = asyncio.get_running_loop()
+    msg_id = b"\x08" * 20
+    await loop.sock_sendto(sock, encode_request(msg_id, "ping", [sender]), address)
+    for _ in range(10):  # skips the node's own requests (ping-backs) to this socket
+        message = decode(await asyncio.wait_for(loop.sock_recv(sock, 65536), 5))
+        if message.kind != REQUEST and message.msg_id == msg_id:
             return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in 2 s")
+    raise AssertionError("no answer to the ping")
 
 
 async def test_only_a_node_that_signs_for_its_id_enters_the_table() -> None:
@@ -96,15 +100,14 @@ async def test_only_a_node_that_signs_for_its_id_enters_the_table() -> None:
         )
         # a stock-like node never answers the proof request
         await ask(silent, node.address, b"\x03" * 20)
-        await until(lambda: node.stats.dropped["unproven"] == 1)
+        await ping(good, node.address, honest.id)  # everything above has been handled
         assert node.table is not None
         assert node.table.get(honest.id) is not None
         assert node.table.get(victim.id) is None
         assert node.stats.dropped["unproven"] == 1
         assert node.table.get(b"\x03" * 20) is None
         # a proven contact is not asked again
-        await ask(good, node.address, honest.id)
-        await asyncio.sleep(0.05)
+        await ping(good, node.address, honest.id)
         # one ping back to each stranger, none to the proven one
         assert node.stats.requests_out["ping"] == 3
     finally:
@@ -125,7 +128,7 @@ async def test_a_proof_must_be_fresh() -> None:
         await ask(sock, node.address, someone.id)
         old = list(prove_node(someone, b"\x00" * 20, node.id))
         await answer_ping_backs(sock, someone.id, lambda _msg_id, _asker: old)
-        await until(lambda: node.stats.dropped["unproven"] == 1)
+        await ping(sock, node.address, someone.id)  # the stale proof has been handled
         assert node.table is not None
         assert node.table.get(someone.id) is None
         assert node.stats.dropped["unproven"] == 1
