@@ -66,6 +66,7 @@ from records.validation import (
     check_lifetime,
     check_update_date,
     check_value_count,
+    merged_record,
     record_rank,
     select_by_rank,
 )
@@ -650,15 +651,7 @@ class ChatValidator:
         one listing all their live ids dropped, and the entries a receipt lists dropped. Bounds
         are not applied here (that would make the merge depend on order); `admit` keeps every
         held page within them."""
-        if not records:
-            raise ValueError("consolidate needs at least one record")
-        merged = Record(
-            key=key,
-            updateDate=max(r.updateDate for r in records),
-            id1=min(r.id1 for r in records),
-        )
-        merged.values.extend(_merge((v for r in records for v in r.values), now))
-        return merged
+        return merged_record(key, records, _merge((v for r in records for v in r.values), now))
 
     def admit(self, key: str, held: Record, incoming: Record, now: int) -> None:
         """Refuse `incoming` (valid on its own) if it only brings back entries acknowledged on

@@ -177,10 +177,9 @@ def merge_values(values: Iterable[Value], now: int | None, max_values: int) -> l
     return [value for _, value in sorted(kept, key=lambda item: item[1].id2)]
 
 
-def consolidate_values(
-    key: str, records: Sequence[Record], now: int | None, max_values: int
-) -> Record:
-    """The merged record of a multi-valued namespace (see `merge_values`)."""
+def merged_record(key: str, records: Sequence[Record], values: Iterable[Value]) -> Record:
+    """The record `consolidate` returns: `values` at `key`, dated as the newest of `records`
+    (and the least `id1`, so every holder builds the same bytes)."""
     if not records:
         raise ValueError("consolidate needs at least one record")
     merged = Record(
@@ -188,8 +187,16 @@ def consolidate_values(
         updateDate=max(r.updateDate for r in records),
         id1=min(r.id1 for r in records),
     )
-    merged.values.extend(merge_values((v for r in records for v in r.values), now, max_values))
+    merged.values.extend(values)
     return merged
+
+
+def consolidate_values(
+    key: str, records: Sequence[Record], now: int | None, max_values: int
+) -> Record:
+    """The merged record of a multi-valued namespace (see `merge_values`)."""
+    values = merge_values((v for r in records for v in r.values), now, max_values)
+    return merged_record(key, records, values)
 
 
 def consolidate_single(
@@ -197,15 +204,9 @@ def consolidate_single(
 ) -> Record:
     """The merged record of a single-valued namespace: the best by `rank` among those still
     alive at `now` (a record without values if none is)."""
-    if not records:
-        raise ValueError("consolidate needs at least one record")
     live = [r for r in records if now is None or all(v.expirationDate > now for v in r.values)]
     if not live:
-        return Record(
-            key=key,
-            updateDate=max(r.updateDate for r in records),
-            id1=min(r.id1 for r in records),
-        )
+        return merged_record(key, records, ())  # raises on no records at all
     winner = Record()
     winner.CopyFrom(live[select_by_rank(live, rank)])
     return winner
