@@ -25,6 +25,7 @@ from node.directory.server import (
     DirectoryServer,
     load_authorities,
 )
+from node.keyexchange import KeyExchange
 from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
@@ -165,7 +166,7 @@ def resolve(addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
 async def run(config: NodeConfig, args: argparse.Namespace) -> None:
     """Start the node (and its API and metrics), print its ID and address, wait for a signal or
     a shutdown request, stop cleanly."""
-    node = DHTNode(config)
+    node = DHTNode(config, services=[KeyExchange(serve=args.key_server, ttl=args.key_ttl)])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -271,8 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             data_dir=args.data_dir,
             bootstrap=tuple(resolve(args.bootstrap)),
-            key_server=args.key_server,
-            key_ttl=args.key_ttl,
             validator=_directory_validator(args),
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):

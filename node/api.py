@@ -19,7 +19,7 @@ import grpc
 
 from node import control_pb2 as pb
 from node import control_pb2_grpc as pb_grpc
-from node.errors import NodeNotRunning, PutFailed
+from node.errors import NodeNotRunning
 from node.server import DHTNode
 from records import (
     DHTError,
@@ -31,6 +31,7 @@ from records import (
     namespace_of,
     presence_key,
 )
+from records.errors import NetworkError
 from records.identity import is_hex_id
 from records.meta import parse_meta
 from records.presence import parse_announcement
@@ -201,7 +202,7 @@ async def _answer(context: Any, work: Awaitable[T]) -> T:
         return await work
     except (InvalidRecord, ValueError) as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(exc))
-    except (PutFailed, NodeNotRunning) as exc:
+    except (NetworkError, NodeNotRunning) as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except DHTError as exc:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))

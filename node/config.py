@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,8 +77,12 @@ class NodeConfig:
     replicas: int = 5
     """How many of the closest nodes store each record (r)."""
 
-    min_timeout: float = 0.02
-    """Lower bound of the adaptive per-peer RPC timeout."""
+    min_timeout: float = 0.2
+    """Lower bound of the adaptive per-peer RPC timeout. A busy host answers loopback
+    requests in tens of milliseconds; a lower floor counted those late answers as failures."""
+    min_expected_rtt: float = 0.01
+    """A lookup stops waiting for an answer (without counting it failed) after the peer's
+    expected round trip, but never sooner than this."""
     max_timeout: float = 5.0
     """Upper bound of the adaptive per-peer RPC timeout."""
     initial_timeout: float = 1.0
@@ -116,8 +121,16 @@ class NodeConfig:
     """Ping / find_node / find_value requests answered per second from everyone together."""
     max_pending_requests: int = 512
     """Requests handled concurrently (those that must wait on disk); more are dropped."""
+    max_calls_in_flight: int = 64
+    """RPCs this node keeps in flight; more wait in a queue and go out as answers come in
+    (congestion control: a burst of lookups is slowed down, not lost to full socket buffers)."""
     max_outstanding_calls: int = 10_000
-    """RPCs this node may have in flight; more fail at once."""
+    """RPCs that may wait in that queue; more fail at once."""
+    receive_buffer: int = 4 * MiB
+    """Socket receive buffer asked of the kernel (it may grant less: ``net.core.rmem_max``)."""
+    ban_seconds: float = 3600.0
+    """How long a node or address caught forging (a bad signature, a key that does not match
+    its ID, a forged proof) is shunned."""
 
     prove_ids: bool = True
     """A contact enters the routing table (and so can be chosen to store records) only after
@@ -133,15 +146,12 @@ class NodeConfig:
     malicious nodes. Each path hears from its share of the k closest; 1 is a plain lookup
     (about 40 % fewer messages, measurably less robust)."""
 
-    key_server: bool = False
-    """Serve the anonymous key exchange's Post Key / Get Key (seed 002) on the node's port."""
-    key_ttl: float = 300.0
-    """Seconds a posted key part is kept before it is dropped unfetched."""
-    key_max_parts: int = 10_000
-    """Key parts held at most (a full server answers "offline")."""
-
     seed: int | None = None
-    """Seed for the node's random choices (simulations); None: unpredictable."""
+    """Seed for the node's random choices (timer jitter, refresh targets; simulations);
+    None: unpredictable. Message IDs come from `randbytes`."""
+    randbytes: Callable[[int], bytes] = field(default=os.urandom, compare=False)
+    """Source of random bytes for message IDs and challenges (they must be unpredictable on
+    a real network; a simulation injects a seeded one)."""
     clock: Clock = field(default_factory=SystemClock, compare=False)
     """Wall clock for record dates."""
     validator: Validator | None = field(default=None, compare=False)
@@ -167,7 +177,7 @@ class NodeConfig:
             "store_burst",
             "lookup_burst",
             "get_paths",
-            "key_max_parts",
+            "max_calls_in_flight",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
@@ -175,6 +185,8 @@ class NodeConfig:
             problems.append(f"replicas ({self.replicas}) cannot exceed k ({self.k})")
         if not 0 < self.min_timeout <= self.initial_timeout <= self.max_timeout:
             problems.append("need 0 < min_timeout <= initial_timeout <= max_timeout")
+        if not 0 < self.min_expected_rtt <= self.min_timeout:
+            problems.append("need 0 < min_expected_rtt <= min_timeout")
         if self.drop_after < self.stale_after:
             problems.append("drop_after must be at least stale_after")
         for name in (
@@ -187,7 +199,7 @@ class NodeConfig:
             "lookups_per_source_per_s",
             "stores_per_s",
             "lookups_per_s",
-            "key_ttl",
+            "ban_seconds",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")

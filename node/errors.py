@@ -1,32 +1,13 @@
-"""Errors the node raises, on the records package's `DHTError` hierarchy."""
+"""The node's errors; they are defined with the rest of the hierarchy in `records.errors`."""
 
 from __future__ import annotations
 
-from records import DHTError
+from records.errors import (
+    LookupFailed,
+    NodeNotRunning,
+    ProtocolError,
+    PutFailed,
+    StoreFull,
+)
 
-
-class NodeNotRunning(DHTError):
-    """The node was used before `start()` or after `stop()`."""
-
-
-class PutFailed(DHTError):
-    """No node acknowledged a store; `reasons` counts what the refusing nodes said."""
-
-    def __init__(self, message: str, reasons: dict[str, int] | None = None) -> None:
-        self.reasons = dict(reasons or {})
-        detail = ", ".join(f"{reason} x{count}" for reason, count in sorted(self.reasons.items()))
-        super().__init__(f"{message} ({detail})" if detail else message)
-
-
-class StoreFull(DHTError):
-    """The local store's byte quota would be exceeded."""
-
-    reason = "store_full"
-
-
-class ProtocolError(DHTError):
-    """A datagram could not be decoded; `reason` is the drop counter's name."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {message}" if message else reason)
+__all__ = ["LookupFailed", "NodeNotRunning", "ProtocolError", "PutFailed", "StoreFull"]

@@ -22,11 +22,12 @@ import logging
 import os
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from node.engine import Limits
 from node.errors import NodeNotRunning
-from node.protocol import DHTProtocol
 from node.routing import Address
 from node.tasks import cancel_and_wait
 from records import DHTError
@@ -35,6 +36,7 @@ from records.rke import (
     KEY_LAST_BYTE,
     PADDING_SIZE,
     POST_KEY,
+    RESPONSE_FLAG,
     SIGNAL,
     GetKeyStatus,
     PartLocation,
@@ -59,6 +61,9 @@ from records.rke import (
     split_sizes,
 )
 
+if TYPE_CHECKING:
+    from node.server import DHTNode
+
 log = logging.getLogger(__name__)
 
 
@@ -73,42 +78,84 @@ class _HeldPart:
     expires: float
 
 
+REQUEST_LIMITS = Limits(per_source_rate=20.0, per_source_burst=40.0, rate=500.0)
+"""Budget of Post Key / Get Key / Signal datagrams, in tokens: a request costs one, a Signal
+one more per part it names (each costs us a Get Key to a server the sender chose)."""
+
+
+def request_cost(data: bytes) -> int:
+    """Tokens a request datagram costs: 1, plus the parts a Signal makes us fetch."""
+    if data[0] == SIGNAL and len(data) > 17:
+        return 1 + data[17]  # seed 002: the Signal's part count follows its 16-byte challenge
+    return 1
+
+
 class KeyExchange:
-    """One node's key-exchange service (server role optional) and client."""
+    """One node's key-exchange service (server role optional) and client: a node plugin
+    (`DHTNode(config, services=[KeyExchange(...)])`).
+
+    Bounded: at most `max_collections` Signals are collected at once (more are answered FAIL
+    and counted), at most `max_calls` Post / Get / Signal calls wait for answers, and every
+    datagram it answers is paid for from the node's budgets (`REQUEST_LIMITS` on top)."""
 
     def __init__(
         self,
-        protocol: DHTProtocol,
         *,
-        serve: bool,
-        ttl: float,
-        max_parts: int,
-        rng: random.Random,
-        find_servers: Callable[[], asyncio.Future[list[Address]]] | None = None,
+        serve: bool = False,
+        ttl: float = 300.0,
+        max_parts: int = 10_000,
+        max_collections: int = 16,
+        max_calls: int = 256,
+        rng: random.Random | None = None,
+        find_servers: Callable[[], Awaitable[list[Address]]] | None = None,
     ) -> None:
-        self.protocol = protocol
+        if ttl <= 0 or max_parts < 1 or max_collections < 1 or max_calls < 1:
+            raise ValueError("ttl must be positive; max_parts, max_collections, max_calls >= 1")
         self.serve = serve
         self.ttl = ttl
         self.max_parts = max_parts
-        self.rng = rng
+        self.max_collections = max_collections
+        self.max_calls = max_calls
+        self.rng = rng or random.Random()
+        self._rng_given = rng is not None
         self.find_servers = find_servers
         self.stats: Counter[str] = Counter()
         self.received: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
         """Keys reassembled from signals, for the application to take."""
+        self.node: DHTNode | None = None
+        self._randbytes: Callable[[int], bytes] = os.urandom
         self._parts: OrderedDict[bytes, _HeldPart] = OrderedDict()  # by key-ID hash, oldest first
         self._by_sender: dict[Address, bytes] = {}
         # calls in flight by challenge: (server, command, answer)
         self._pending: dict[bytes, tuple[Address, int, asyncio.Future[tuple[int, bytes]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.get_running_loop()
-        for command in (POST_KEY, GET_KEY, SIGNAL):
-            protocol.services[command] = self._on_request
-            protocol.services[0x80 | command] = self._on_response
+
+    def attach(self, node: DHTNode) -> None:
+        """Answer Post Key / Get Key / Signal on `node`'s port, within its budgets."""
+        self.node = node
+        self._randbytes = node.config.randbytes
+        if not self._rng_given:
+            self.rng = node.rng  # seeded in simulations
+        if self.find_servers is None:
+            self.find_servers = node.random_nodes
+        # through lambdas, so that the methods are looked up at each datagram (tests patch them)
+        node.register_datagrams(
+            "rke",
+            (POST_KEY, GET_KEY, SIGNAL),
+            lambda data, addr, now: self._on_request(data, addr, now),
+            limits=REQUEST_LIMITS,
+            cost=request_cost,
+        )
+        node.register_datagrams(
+            "rke_answer",
+            [RESPONSE_FLAG | c for c in (POST_KEY, GET_KEY, SIGNAL)],
+            lambda data, addr, now: self._on_response(data, addr, now),
+        )
 
     @property
     def parts_held(self) -> dict[bytes, bytes]:
         """Parts this node holds now, by key-ID hash (for inspection)."""
-        self._expire()
+        self._expire(asyncio.get_running_loop().time())
         return {h: held.part for h, held in self._parts.items()}
 
     async def close(self) -> None:
@@ -119,17 +166,27 @@ class KeyExchange:
         self._pending.clear()
         await cancel_and_wait(self._tasks)
 
+    def _node(self) -> DHTNode:
+        if self.node is None or not self.node.running:
+            raise NodeNotRunning("the key exchange is not attached to a running node")
+        return self.node
+
+    def _drop(self, reason: str) -> None:
+        self.stats[f"dropped.{reason}"] += 1
+        if self.node is not None and self.node.engine is not None:
+            self.node.engine.stats.dropped[f"rke_{reason}"] += 1
+
     # -- server side -----------------------------------------------------------------------
 
-    def _on_request(self, data: bytes, addr: Address) -> None:
+    def _on_request(self, data: bytes, addr: Address, now: float) -> None:
         command, body = data[0], data[1:]
         challenge = body[:16]
         self.stats[f"requests.{command}"] += 1
         if command == POST_KEY:
-            status = self._post(body, addr)
+            status = self._post(body, addr, now)
             self._answer(POST_KEY, status, challenge, addr)
         elif command == GET_KEY:
-            status, answer = self._get(body)
+            status, answer = self._get(body, now)
             self._answer(GET_KEY, status, challenge, addr, answer)
         else:
             self._signal(body, addr)
@@ -138,10 +195,9 @@ class KeyExchange:
         self, command: int, status: int, challenge: bytes, addr: Address, body: bytes = b"\xe3\xe3"
     ) -> None:
         self.stats[f"answers.{command}.{status}"] += 1
-        self.protocol.send_datagram(response(command, status, challenge, body), addr)
+        self._node().send_datagram(response(command, status, challenge, body), addr)
 
-    def _expire(self) -> None:
-        now = self._loop.time()
+    def _expire(self, now: float) -> None:
         while self._parts:
             key_hash, held = next(iter(self._parts.items()))
             if held.expires > now:
@@ -154,13 +210,13 @@ class KeyExchange:
             del self._by_sender[held.sender]
         return held
 
-    def _post(self, body: bytes, addr: Address) -> int:
+    def _post(self, body: bytes, addr: Address, now: float) -> int:
         if not self.serve:
             return PostKeyStatus.OFFLINE
         post, status = decode_post_key(body)
         if post is None:
             return status
-        self._expire()
+        self._expire(now)
         previous = self._by_sender.get(addr)
         if previous is not None:  # seed 002: a new request writes over the sender's last one
             self._forget(previous)
@@ -168,17 +224,17 @@ class KeyExchange:
             return PostKeyStatus.OFFLINE  # full: "service temporarily offline"
         key_hash = key_id_hash(post.key_id)
         self._forget(key_hash)
-        self._parts[key_hash] = _HeldPart(post.part, addr, self._loop.time() + self.ttl)
+        self._parts[key_hash] = _HeldPart(post.part, addr, now + self.ttl)
         self._by_sender[addr] = key_hash
         return PostKeyStatus.SUCCESS
 
-    def _get(self, body: bytes) -> tuple[int, bytes]:
+    def _get(self, body: bytes, now: float) -> tuple[int, bytes]:
         if not self.serve:
             return GetKeyStatus.OFFLINE, b"\xe3\xe3"
         parsed = decode_get_key(body)
         if parsed is None:
             return GetKeyStatus.FAIL, b"\xe3\xe3"
-        self._expire()
+        self._expire(now)
         _, key_hash = parsed
         held = self._forget(key_hash)  # handed out once, then forgotten
         if held is None:
@@ -193,7 +249,12 @@ class KeyExchange:
             self._answer(SIGNAL, SignalStatus.FAIL, body[:16], addr, encode_signal_answer([]))
             return
         challenge, locations = parsed
-        task = self._loop.create_task(self._collect(challenge, locations, addr))
+        if len(self._tasks) >= self.max_collections:
+            self._drop("busy")  # every collection slot taken: this Signal fails at once
+            used = [False] * len(locations)
+            self._answer(SIGNAL, SignalStatus.FAIL, challenge, addr, encode_signal_answer(used))
+            return
+        task = asyncio.get_running_loop().create_task(self._collect(challenge, locations, addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -221,15 +282,15 @@ class KeyExchange:
 
     # -- client side -----------------------------------------------------------------------
 
-    def _on_response(self, data: bytes, addr: Address) -> None:
+    def _on_response(self, data: bytes, addr: Address, now: float) -> None:
         try:
             command, status, challenge, body = parse_response(data)
         except RkeError:
-            self.stats["dropped.malformed_response"] += 1
+            self._drop("malformed_response")
             return
         waiting = self._pending.get(challenge)
         if waiting is None or waiting[:2] != (addr, command):
-            self.stats["dropped.unexpected_response"] += 1
+            self._drop("unexpected_response")
             return
         del self._pending[challenge]
         if not waiting[2].done():
@@ -238,12 +299,14 @@ class KeyExchange:
     async def _call(
         self, command: int, body: bytes, addr: Address, within: float
     ) -> tuple[int, bytes]:
-        if self.protocol.transport is None:
-            raise NodeNotRunning("the node is not running")
+        node = self._node()
+        if len(self._pending) >= self.max_calls:
+            self._drop("too_many_calls")
+            raise KeyExchangeFailed("too many key-exchange calls in flight")
         challenge = body[:16]
-        future: asyncio.Future[tuple[int, bytes]] = self._loop.create_future()
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[challenge] = (addr, command, future)
-        self.protocol.send_datagram(request(command, body), addr)
+        node.send_datagram(request(command, body), addr)
         try:
             return await asyncio.wait_for(future, within)
         except TimeoutError:
@@ -252,10 +315,10 @@ class KeyExchange:
             self._pending.pop(challenge, None)
 
     def _timeout(self) -> float:
-        return 2 * self.protocol.timeout_for(None)
+        return 2 * self._node().timeout_for(None)
 
     def _random(self, size: int) -> bytes:
-        return os.urandom(size) if self.protocol.config.seed is None else self.rng.randbytes(size)
+        return self._randbytes(size)
 
     async def post_part(self, part: bytes, server: Address) -> bytes:
         """Post one part to `server`; returns its key-ID hash. `KeyExchangeFailed` if refused."""
@@ -296,9 +359,7 @@ class KeyExchange:
             if self.find_servers is None:
                 raise KeyExchangeFailed("no way to find key servers")
             servers = await self.find_servers()
-        own = (
-            self.protocol.transport.get_extra_info("sockname") if self.protocol.transport else None
-        )
+        own = self._node().address
         candidates = [s for s in servers if s != receiver and s != own]
         locations: list[PartLocation] = []
         offset = 0

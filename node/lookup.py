@@ -65,6 +65,8 @@ class LookupResult:
     """Requests that timed out or got an unusable answer."""
     liars: int = 0
     """Peers whose value failed validation (their answers were dropped)."""
+    unanswered: list[Peer] = field(default_factory=list)
+    """Peers asked that never gave a usable answer (timed out, stalled to the end, lied)."""
 
 
 def _node_entry(item: Any) -> tuple[bytes, Address] | None:
@@ -128,6 +130,7 @@ async def disjoint_lookup(
         rounds=max(r.rounds for r in results),
         failures=sum(r.failures for r in results),
         liars=sum(r.liars for r in results),
+        unanswered=[p for r in results for p in r.unanswered],
     )
 
 
@@ -304,4 +307,5 @@ class Lookup:
     def _finish(self) -> None:
         closest = [p for p in self._sorted if p.state == ANSWERED][: self._count]
         self._result.closest = closest
+        self._result.unanswered = [p for p in self._sorted if p.state in (FAILED, STALLED)]
         self._result.rounds = max((p.depth for p in closest), default=0)

@@ -1,8 +1,13 @@
 """DHTNode: a Kademlia node storing validated, signed records (DESIGN §4).
 
-Lifecycle: ``await node.start()`` binds the endpoint, loads the identity and held records, joins
-through the bootstrap nodes and starts one maintenance task (bucket refresh, republish,
-re-replication, expiry); ``await node.stop()`` ends every task the node owns.
+Lifecycle: ``await node.start()`` (or ``async with DHTNode(...)``) loads the identity and held
+records, attaches the services it was given, binds the endpoint, joins through the bootstrap
+nodes and starts one maintenance task (`node.maintenance`); ``await node.stop()`` closes the
+services and ends every task the node owns.
+
+Services (key exchange, directory, ...) are plugins (`Service`): they register the datagram
+kinds they answer, their rate limits and the validators of their namespaces with the node; the
+node knows none of them.
 """
 
 from __future__ import annotations
@@ -10,27 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from typing import Any
-
-from kademlia.network import Server
-from kademlia.node import Node
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from node.config import NodeConfig
-from node.errors import NodeNotRunning, PutFailed, StoreFull
-from node.keyexchange import KeyExchange
+from node.engine import Engine, Limits, NodeStats, OnReply, RequestHandlers
+from node.engine.handlers import refused_for_good
+from node.errors import LookupFailed, NodeNotRunning, ProtocolError, PutFailed, StoreFull
 from node.keyfile import load_or_create_identity
-from node.lookup import Lookup, LookupResult, Peer, disjoint_lookup
-from node.protocol import DHTProtocol, NodeStats, OnReply
-from node.routing import Address, Bucket, Contact, RoutingTable
-from node.storage import RecordBackend, RecordStore, SqliteBackend, StoredRecord
+from node.lookup import ANSWERED, Lookup, LookupResult, Peer, disjoint_lookup
+from node.maintenance import Maintenance
+from node.protocol import EngineProtocol
+from node.routing import Address, Bucket, RoutingTable
+from node.storage import RecordBackend, RecordStore, SqliteBackend
 from node.tasks import cancel_and_wait
 from records import (
     MAX_RECORD_SIZE,
-    PERMANENT_REFUSALS,
     Identity,
     InvalidRecord,
     NamespacedValidator,
@@ -44,54 +47,84 @@ from records import (
     location,
     without_expired,
 )
+from records.validation import merge_copies
 
 log = logging.getLogger(__name__)
 
 KEY_FILE = "node.key"
-_RETRIES_PER_SWEEP = 16
 RECORDS_FILE = "records.sqlite3"
 
+S = TypeVar("S", bound="Service")
 
-class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
-    """A DHT node. Subclasses `kademlia.network.Server` and replaces its lookups, storage and
-    maintenance; see the module docstring for the lifecycle."""
 
-    protocol_class: type[DHTProtocol] = DHTProtocol
-    """The datagram protocol a node speaks (a simulation's misbehaving nodes override it)."""
+class Service(Protocol):
+    """A service running on a node: `attach` registers it (before the node binds its port),
+    `close` ends it (before the node stops); both are called by the node's lifecycle."""
 
-    def __init__(self, config: NodeConfig | None = None) -> None:
+    def attach(self, node: DHTNode) -> None:
+        """Register datagram kinds, limits and validators with `node`."""
+        ...
+
+    async def close(self) -> None:
+        """Stop: end every task and call the service owns."""
+        ...
+
+
+@dataclass
+class StoreOutcome:
+    """How the closest nodes answered a store."""
+
+    acks: int = 0
+    """Nodes that stored it."""
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Refusals by reason; ``timeout`` for a node that did not answer."""
+    final: int = 0
+    """Refusals no retry of the same record overcomes (the refusal's `final` field)."""
+
+
+@dataclass
+class GetResult:
+    """What a get found, and whether it can be trusted to be complete."""
+
+    record: Record | None
+    """The validated, merged record, or None if no holder had one."""
+    complete: bool
+    """True if most of the closest nodes asked answered: a missing record is then really
+    missing. False when too many timed out (the record may be there all the same)."""
+    lookup: LookupResult
+    """The lookup behind it (messages, hops, holders)."""
+
+
+class DHTNode:
+    """A DHT node; see the module docstring."""
+
+    handlers_class: type[RequestHandlers] = RequestHandlers
+    """How the node answers RPCs (a simulation's misbehaving nodes override it)."""
+
+    def __init__(self, config: NodeConfig | None = None, *, services: Iterable[Service] = ()):
         self.config = config or NodeConfig()
         cfg = self.config
-        # The stock Server's attributes, for code that inspects them; its storage is ours.
-        self.ksize = cfg.k
-        self.alpha = cfg.alpha
-        self.node: Node | None = None
-        self.transport: asyncio.DatagramTransport | None = None
-        self.protocol: DHTProtocol | None = None
-        self.refresh_loop = None
-        self.save_state_loop = None
-
         self.clock = cfg.clock
         self.rng = random.Random(cfg.seed)
         self.validator: Validator = cfg.validator or default_validator()
         self.identity: Identity | None = cfg.identity
+        self.services: list[Service] = list(services)
+        """The services attached to this node, in the order they were given."""
         self.table: RoutingTable | None = None
         self.store: RecordStore | None = None
-        self.storage: RecordStore | None = None
-        self.key_exchange: KeyExchange | None = None
-        """The anonymous key-exchange service (seed 002), once started."""
+        self.engine: Engine | None = None
+        self.protocol: EngineProtocol | None = None
+        self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
-        self._last_bootstrap = -math.inf
+        self._maintenance = Maintenance(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
     def id(self) -> bytes:
         """This node's 20-byte ID (SHA-1 of its public key)."""
-        if self.identity is None:
-            raise NodeNotRunning("the node's identity is loaded by start()")
-        return self.identity.id
+        return self._identity().id
 
     @property
     def address(self) -> Address:
@@ -109,10 +142,10 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
     @property
     def stats(self) -> NodeStats:
         """Traffic counters."""
-        return self._protocol().stats
+        return self._engine().stats
 
     async def start(self) -> None:
-        """Bind, load identity and records, join the network, start maintenance."""
+        """Load identity and records, attach services, bind, join, start maintenance."""
         if self._running:
             raise RuntimeError("node already started")
         cfg = self.config
@@ -126,44 +159,39 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 self.identity = Identity.from_seed(self.rng.randbytes(32))
             else:
                 self.identity = Identity.generate()
-        self.node = Node(self.identity.id)
         backend: RecordBackend | None = cfg.backend
         if backend is None and cfg.data_dir is not None:
             backend = SqliteBackend(cfg.data_dir / RECORDS_FILE)
-        self.store = self.storage = RecordStore(
-            self.validator, max_bytes=cfg.max_store_bytes, backend=backend
-        )
-        loaded = await self.store.open(self.clock.now_ms())
-        self.table = RoutingTable(
+        store = RecordStore(self.validator, max_bytes=cfg.max_store_bytes, backend=backend)
+        table = RoutingTable(
             self.identity.id,
             k=cfg.k,
             stale_after=cfg.stale_after,
             drop_after=cfg.drop_after,
             now=loop.time(),
         )
-        protocol = self.protocol_class(
+        engine = Engine(
             identity=self.identity,
-            table=self.table,
-            store=self.store,
+            table=table,
+            store=store,
             config=cfg,
             clock=self.clock,
-            rng=self.rng,
+            randbytes=cfg.randbytes,
+            handlers=self.handlers_class,
         )
+        self.store, self.table, self.engine = store, table, engine
+        for service in self.services:
+            service.attach(self)
+        protocol = EngineProtocol(engine, receive_buffer=cfg.receive_buffer)
+        loaded = await store.open(self.clock.now_ms())
         factory = cfg.transport_factory or loop.create_datagram_endpoint
         try:
             transport, _ = await factory(lambda: protocol, local_addr=(cfg.host, cfg.port))
         except BaseException:
-            await self.store.close()
+            await self._close_services()
+            await store.close()
             raise
         self.transport, self.protocol = transport, protocol
-        self.key_exchange = KeyExchange(
-            protocol,
-            serve=cfg.key_server,
-            ttl=cfg.key_ttl,
-            max_parts=cfg.key_max_parts,
-            rng=self.rng,
-            find_servers=lambda: asyncio.ensure_future(self._key_servers()),
-        )
         self._running = True
         log.info(
             "node started id=%s address=%s:%d records=%d",
@@ -171,24 +199,31 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             *self.address,
             loaded,
         )
-        self._spawn(self._maintain())
+        self.spawn(self._maintenance.run())
         if cfg.bootstrap:
             await self.bootstrap(cfg.bootstrap)
 
     async def stop(self) -> None:
-        """Stop every task the node owns, fail calls in flight, close the endpoint and store."""
+        """Stop every task the node owns, close the services, fail calls in flight, close the
+        endpoint and the store."""
         if not self._running:
             return
         self._running = False
         await cancel_and_wait(self._tasks)
-        if self.key_exchange is not None:
-            await self.key_exchange.close()
+        await self._close_services()
         if self.protocol is not None:
             await self.protocol.close()
         if self.store is not None:
             await self.store.close()
         self.transport = None
         log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
+
+    async def _close_services(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.close()
+            except Exception:
+                log.exception("closing service %s failed", type(service).__name__)
 
     async def __aenter__(self) -> DHTNode:
         await self.start()
@@ -197,7 +232,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` as a task owned by the node (cancelled by `stop()`); not once stopped."""
         if not self._running:
             coro.close()
@@ -213,16 +248,59 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 return  # the node stopped under it
             log.error("background task failed", exc_info=exc)
 
-    def _protocol(self) -> DHTProtocol:
+    def _identity(self) -> Identity:
+        if self.identity is None:
+            raise NodeNotRunning("the node's identity is loaded by start()")
+        return self.identity
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise NodeNotRunning("the node is not running: call start() first")
+        return self.engine
+
+    def _protocol(self) -> EngineProtocol:
         if self.protocol is None or not self._running:
             raise NodeNotRunning("the node is not running: call start() first")
         return self.protocol
 
-    def _parts(self) -> tuple[DHTProtocol, RoutingTable, RecordStore]:
+    def _parts(self) -> tuple[EngineProtocol, RoutingTable, RecordStore]:
         protocol = self._protocol()
         assert self.table is not None
         assert self.store is not None
         return protocol, self.table, self.store
+
+    # -- plugins ---------------------------------------------------------------------------
+
+    def register_datagrams(
+        self,
+        name: str,
+        kinds: Collection[int],
+        handle: Callable[[bytes, Address, float], None],
+        *,
+        limits: Limits | None = None,
+        cost: Callable[[bytes], int] | None = None,
+    ) -> None:
+        """Route datagrams whose first byte is in `kinds` to `handle(data, addr, now)`, within
+        `limits` and the node's own budgets (see `Engine.register_service`)."""
+        self._engine().register_service(name, kinds, handle, limits=limits, cost=cost)
+
+    def register_validator(self, namespace: str, validator: Validator) -> None:
+        """Check records of `namespace` with `validator` (replacing the default one)."""
+        if not isinstance(self.validator, NamespacedValidator):
+            raise TypeError("a custom validator was configured: register namespaces there")
+        self.validator.register(namespace, validator)
+
+    def service(self, kind: type[S]) -> S | None:
+        """The attached service of type `kind`, if any."""
+        return next((s for s in self.services if isinstance(s, kind)), None)
+
+    def send_datagram(self, data: bytes, addr: Address) -> None:
+        """Send raw bytes from the node's port (a service's datagram)."""
+        self._protocol().send_datagram(data, addr)
+
+    def timeout_for(self, node_id: bytes | None) -> float:
+        """The current RPC timeout for `node_id` (None: a peer not measured yet)."""
+        return self._protocol().timeout_for(node_id)
 
     # -- joining ---------------------------------------------------------------------------
 
@@ -232,12 +310,12 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         Returns how many of `addrs` answered (0 leaves the node alone; maintenance retries).
         """
         protocol, table, _ = self._parts()
-        self._last_bootstrap = asyncio.get_running_loop().time()
+        self._maintenance.last_bootstrap = asyncio.get_running_loop().time()
         replies = await asyncio.gather(*(protocol.ping_address((a[0], a[1])) for a in addrs))
         answered = sum(1 for ok, body in replies if ok and isinstance(body, bytes))
         if answered:
             await self.lookup_nodes(self.id)
-            self._spawn(self._fill_buckets())
+            self.spawn(self._fill_buckets())
         else:
             log.warning("no bootstrap node answered; will retry")
         log.info("bootstrap answered=%d contacts=%d", answered, len(table))
@@ -247,6 +325,19 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         """Addresses of the closest contacts, to bootstrap from later."""
         _, table, _ = self._parts()
         return [c.address for c in table.closest(int.from_bytes(self.id, "big"), self.config.k)]
+
+    async def _fill_buckets(self) -> None:
+        """After joining, meet a few nodes in every bucket that is not full (paper §2.3 refreshes
+        every bucket farther than the closest neighbour; a short lookup per bucket suffices to
+        populate it, at a fraction of the messages)."""
+        _, table, _ = self._parts()
+        for bucket in list(table.buckets):
+            if len(bucket.contacts) < self.config.k and not bucket.covers(table.own_long_id):
+                await self.lookup_nodes(self.random_id_in(bucket), count=1)
+
+    def random_id_in(self, bucket: Bucket) -> bytes:
+        """A random 20-byte ID in `bucket`'s range (a lookup target that refreshes it)."""
+        return (bucket.lo + self.rng.randrange(bucket.size)).to_bytes(20, "big")
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -259,18 +350,19 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         accept_value: Callable[[Peer, bytes], bool] | None = None,
     ) -> LookupResult:
         protocol, table, _ = self._parts()
+        engine = self._engine()
+        loop = asyncio.get_running_loop()
         target_long = int.from_bytes(target, "big")
-        table.mark_lookup(target_long, asyncio.get_running_loop().time())
+        table.mark_lookup(target_long, loop.time())
         seeds = table.closest(target_long, self.config.k, good_only=True)
         if len(seeds) < self.config.alpha:
             seeds = table.closest(target_long, self.config.k)
-
         args = [self.id, target]
 
         def query(peer: Peer, on_reply: OnReply, on_stall: Callable[[], None]) -> bool:
             return protocol.request(peer.address, rpc, args, peer.id, on_reply, on_stall)
 
-        started = asyncio.get_running_loop().time()
+        started = loop.time()
         try:
             if paths > 1:
                 # Each path hears from its share of `count`, but at least from as many as hold a
@@ -288,7 +380,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                     query=query,
                     max_nodes_per_reply=self.config.k,
                     accept_value=accept_value,
-                    exclude=protocol.banned,
+                    exclude=engine.bans,
                 )
             lookup = Lookup(
                 target,
@@ -299,28 +391,20 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 query=query,
                 max_nodes_per_reply=self.config.k,
                 accept_value=accept_value,
-                exclude=protocol.banned,
+                exclude=engine.bans,
             )
             return await lookup.run()
         finally:
-            protocol.stats.lookup_seconds.observe(asyncio.get_running_loop().time() - started)
+            engine.stats.lookup_seconds.observe(loop.time() - started)
 
     async def lookup_nodes(self, target: bytes, count: int | None = None) -> LookupResult:
         """The `count` (default k) closest nodes to `target` that answered (find_node)."""
         return await self._lookup(target, "find_node", count or self.config.k)
 
-    async def _fill_buckets(self) -> None:
-        """After joining, meet a few nodes in every bucket that is not full (paper §2.3 refreshes
-        every bucket farther than the closest neighbour; a short lookup per bucket suffices to
-        populate it, at a fraction of the messages)."""
-        _, table, _ = self._parts()
-        for bucket in list(table.buckets):
-            if len(bucket.contacts) < self.config.k and not bucket.covers(table.own_long_id):
-                await self.lookup_nodes(self._random_id_in(bucket), count=1)
-
-    def _random_id_in(self, bucket: Bucket) -> bytes:
-        """A random 20-byte ID in `bucket`'s range (a lookup target that refreshes it)."""
-        return (bucket.lo + self.rng.randrange(bucket.size)).to_bytes(20, "big")
+    async def random_nodes(self) -> list[Address]:
+        """Addresses of the nodes closest to a random ID: a sample spread over the network."""
+        result = await self.lookup_nodes(self.rng.getrandbits(160).to_bytes(20, "big"))
+        return [peer.address for peer in result.closest]
 
     # -- put / get -------------------------------------------------------------------------
 
@@ -347,56 +431,72 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             if accepted.write is not None:
                 await accepted.write
             data = accepted.entry.data
-        acks, reasons = await self._store_on_closest(loc, data)
-        if acks == 0:
-            raise PutFailed(f"no node stored {record.key}", reasons)
-        return acks
+        outcome = await self.store_on_closest(loc, data)
+        if outcome.acks == 0:
+            raise PutFailed(f"no node stored {record.key}", outcome.reasons)
+        return outcome.acks
 
-    async def _store_on_closest(self, loc: bytes, data: bytes) -> tuple[int, Counter[str]]:
+    async def store_on_closest(self, loc: bytes, data: bytes) -> StoreOutcome:
+        """Store record bytes `data` at the `replicas` closest nodes to `loc` (after a lookup)."""
         protocol, _, store = self._parts()
         result = await self._lookup(loc, "find_node", self.config.k)
         targets = result.closest[: self.config.replicas]
         replies = await asyncio.gather(
             *(protocol.store_at(p.address, p.id, loc, data) for p in targets)
         )
-        reasons: Counter[str] = Counter()
-        acks = 0
+        outcome = StoreOutcome()
+        reasons = outcome.reasons
         entry = store.get(loc, self.clock.now_ms())
         for peer, (ok, body) in zip(targets, replies, strict=True):
             if ok and body is True:
-                acks += 1
+                outcome.acks += 1
                 if entry is not None and entry.data == data:
                     entry.holders.add(peer.id)
                     entry.published = True
             elif not ok:
                 reasons["timeout"] += 1
-            elif isinstance(body, list) and len(body) == 2 and isinstance(body[1], str):
+            elif isinstance(body, list) and len(body) >= 2 and isinstance(body[1], str):
                 reasons[body[1][:40]] += 1
+                outcome.final += refused_for_good(body)
             else:
                 reasons["bad_answer"] += 1
         if not targets:
             reasons["no_peers"] += 1
-        return acks, reasons
+        return outcome
 
     async def get(self, path: str) -> Record | None:
         """The record at `path`: collected from the closest holders, each copy validated, merged
         (or the best selected) with any local copy; stale or missing close copies are then
-        written back. Returns None if no valid record exists."""
-        record, _ = await self.get_with_lookup(path)
-        return record
+        written back. Returns None if no valid record exists; raises `LookupFailed` if none was
+        found but too many of the closest nodes did not answer to say so."""
+        result = await self.get_result(path)
+        if result.record is None and not result.complete:
+            closest = self.config.replicas
+            raise LookupFailed(
+                f"no record at {path} among the nodes that answered, but most of the "
+                f"{closest} closest did not answer",
+                answered=len(result.lookup.closest),
+                wanted=closest,
+            )
+        return result.record
 
     async def get_with_lookup(self, path: str) -> tuple[Record | None, LookupResult]:
         """`get`, and the lookup behind it (messages, rounds, holders) for measurements."""
+        result = await self.get_result(path)
+        return result.record, result.lookup
+
+    async def get_result(self, path: str) -> GetResult:
+        """`get` with the lookup behind it and whether it was complete; never raises for
+        what peers sent (invalid copies are dropped and counted, forgers banned)."""
         self._parts()
         _check_known_namespace(self.validator, path)
         loc = location(path)
         valid: dict[bytes, Record] = {}
-        protocol = self._protocol()
+        engine = self._engine()
 
         def accept(peer: Peer, data: bytes) -> bool:
-            record = self._valid_answer(path, data, self.clock.now_ms())
+            record = self._valid_answer(path, data, peer)
             if record is None:
-                protocol.ban(peer.id)
                 return False
             valid[peer.id] = record
             return True
@@ -404,28 +504,37 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         result = await self._lookup(
             loc, "find_value", self.config.k, self.config.get_paths, accept_value=accept
         )
-        return self._merge_answers(path, loc, result, list(valid.values())), result
+        record = self._merge_answers(path, loc, result, list(valid.values()))
+        complete = answered_most(result, self.config.replicas)
+        if not complete:
+            engine.stats.dropped["incomplete_get"] += 1
+        return GetResult(record, complete, result)
 
     def _merge_answers(
         self, path: str, loc: bytes, result: LookupResult, answers: list[Record]
     ) -> Record | None:
+        """Merge the valid answers with our copy; write the merge back where it is missing,
+        if it is itself a valid record (holders that diverged may together hold more than one
+        record may: it is then returned, not spread)."""
         protocol, _, store = self._parts()
         now = self.clock.now_ms()
-        found: list[Record] = list(answers)
         local = store.get(loc, now)
-        if local is not None:
-            found.append(local.record)
-        if not found:
-            return None
-        merged = self.validator.consolidate(path, found, now)
-        if not merged.values:
-            return None
-        best = encode_record(merged)
+        merge = merge_copies(
+            self.validator, path, [*answers, *([local.record] if local else [])], now
+        )
+        merged, best = merge.record, merge.data
+        if merged is None or best is None:
+            if merge.refused is not None:
+                self._engine().stats.dropped[f"merge_not_written.{merge.refused}"] += 1
+            return merged
         for peer in result.closest[: self.config.replicas]:
             if peer.value != best:
-                protocol.store_at(peer.address, peer.id, loc, best)
-        if local is not None and local.data != best:
-            self._accept_quietly(loc, merged, now)
+                try:
+                    protocol.store_at(peer.address, peer.id, loc, best)
+                except ProtocolError:  # best effort; the record was checked to fit
+                    log.debug("write-back of %s to %s did not fit", path, peer)
+        if local is None or local.data != best:
+            self.accept_quietly(loc, merged, now)
         return merged
 
     async def watch(self, path: str, *, poll_interval: float = 5.0) -> AsyncIterator[Record]:
@@ -439,7 +548,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         last: bytes | None = None
         try:
             while True:
-                record = await self.get(path)
+                record = (await self.get_result(path)).record
                 if record is not None and (data := encode_record(record)) != last:
                     last = data
                     yield record
@@ -458,31 +567,29 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         record = countersign(message, client_signature, self._identity())
         return await self.put(record)
 
-    async def _key_servers(self) -> list[Address]:
-        """Candidate key servers: the nodes closest to a random ID (spread over the network)."""
-        target = self.rng.getrandbits(160).to_bytes(20, "big")
-        result = await self.lookup_nodes(target)
-        return [peer.address for peer in result.closest]
-
-    def _identity(self) -> Identity:
-        if self.identity is None:
-            raise NodeNotRunning("the node's identity is loaded by start()")
-        return self.identity
-
-    def _valid_answer(self, path: str, data: bytes | None, now: int) -> Record | None:
+    def _valid_answer(self, path: str, data: bytes | None, peer: Peer) -> Record | None:
+        """A peer's copy of the record at `path` if it is valid; else None, counted, and the
+        peer banned if the copy was forged."""
         if data is None:
             return None
+        now = self.clock.now_ms()
+        engine = self._engine()
         try:
             record = without_expired(decode_record(data), now)
             if record.key != path:
-                raise InvalidRecord("key_mismatch", "answer is a record for another key")
+                raise InvalidRecord(
+                    "key_mismatch", "answer is a record for another key", forgery=True
+                )
             self.validator.validate(path, record, now)
         except InvalidRecord as exc:
-            self._protocol().stats.dropped[f"bad_answer.{exc.reason}"] += 1
+            engine.stats.dropped[f"bad_answer.{exc.reason}"] += 1
+            if exc.forgery:
+                engine.ban(peer.id, exc.reason, asyncio.get_running_loop().time())
             return None
         return record
 
-    def _accept_quietly(self, loc: bytes, record: Record, now: int) -> None:
+    def accept_quietly(self, loc: bytes, record: Record, now: int) -> None:
+        """Keep `record` if the store takes it (its write goes on in the background)."""
         _, _, store = self._parts()
         try:
             accepted = store.accept(loc, record, now)
@@ -490,144 +597,16 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
             log.debug("not keeping a fresher copy of %s: %s", record.key, exc)
             return
         if accepted.write is not None:
-            self._spawn(_log_failure(accepted.write, "saving a fresher copy"))
-
-    # -- maintenance -----------------------------------------------------------------------
-
-    async def _maintain(self) -> None:
-        """Run the periodic jobs, each at its own interval, with a random first offset."""
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        jobs: list[tuple[float, Callable[[], Awaitable[None]]]] = [
-            (cfg.sweep_interval, self._sweep),
-            (cfg.replicate_interval, self._replicate),
-            (cfg.republish_interval, self._republish),
-            (min(cfg.refresh_interval / 4, 600.0), self._refresh),
-        ]
-        now = loop.time()
-        due = [now + interval * (0.5 + self.rng.random() / 2) for interval, _ in jobs]
-        while True:
-            soonest = min(range(len(jobs)), key=due.__getitem__)
-            await asyncio.sleep(max(0.0, due[soonest] - loop.time()))
-            interval, job = jobs[soonest]
-            due[soonest] = loop.time() + interval * (0.9 + self.rng.random() / 5)
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("maintenance job %s failed", getattr(job, "__name__", job))
-
-    async def _sweep(self) -> None:
-        """Drop expired records; rejoin if every contact is gone; retry originated records no
-        node has acknowledged yet (a put that failed, or records reloaded after a restart)."""
-        _, table, store = self._parts()
-        work = store.sweep(self.clock.now_ms())
-        if work is not None:
-            await work
-        unpublished = [(loc, e) for loc, e in store if e.origin and not e.published]
-        for loc, entry in unpublished[:_RETRIES_PER_SWEEP]:
-            if len(table):
-                await self._republish_one(loc, entry.data)
-        now = asyncio.get_running_loop().time()
-        if (
-            len(table) == 0
-            and self.config.bootstrap
-            and now - self._last_bootstrap >= self.config.bootstrap_retry_interval
-        ):
-            await self.bootstrap(self.config.bootstrap)
-
-    async def _replicate(self) -> None:
-        """Make sure each held record sits on the `replicas` closest live nodes we know."""
-        _, _, store = self._parts()
-        now = self.clock.now_ms()
-        entries = [(loc, entry) for loc, entry in store if entry.expires > now]
-        limit = asyncio.Semaphore(8)
-
-        async def one(loc: bytes, entry: StoredRecord) -> None:
-            async with limit:
-                await self._replicate_entry(loc, entry)
-
-        await asyncio.gather(*(one(loc, entry) for loc, entry in entries))
-
-    async def _replicate_entry(self, loc: bytes, entry: StoredRecord) -> None:
-        """Store `entry` on the closest known nodes not known to hold it, in waves: a node that
-        does not answer gives its turn to the next closest, until `replicas` nodes (this one
-        included, if it is among the closest) hold it or the candidates run out."""
-        protocol, table, _ = self._parts()
-        target = int.from_bytes(loc, "big")
-        replicas = self.config.replicas
-        candidates = table.closest(target, 2 * replicas, good_only=True)
-        own_distance = int.from_bytes(self.id, "big") ^ target
-        closer = sum(1 for c in candidates[:replicas] if c.long_id ^ target < own_distance)
-        needed = replicas - (1 if closer < replicas else 0)
-        queue = list(reversed(candidates))
-        data = entry.data
-        while needed > 0 and queue:
-            wave: list[Contact] = []
-            while queue and len(wave) < needed:
-                contact = queue.pop()
-                if contact.id in entry.holders:
-                    needed -= 1
-                else:
-                    wave.append(contact)
-            replies = await asyncio.gather(
-                *(protocol.store_at(c.address, c.id, loc, data) for c in wave)
-            )
-            for contact, (ok, body) in zip(wave, replies, strict=True):
-                if ok and body is True and entry.data == data:
-                    entry.holders.add(contact.id)
-                    needed -= 1
-            # a close node holds a version that supersedes ours: take it rather than push ours
-            # on to farther nodes that lack it (an acknowledged chat entry would spread again)
-            refused = any(ok and _refused_for_good(body) for ok, body in replies)
-            if refused and await self._refresh_superseded(loc, data):
-                return
-
-    async def _republish(self) -> None:
-        """Originators re-store their records on the current closest nodes."""
-        _, _, store = self._parts()
-        now = self.clock.now_ms()
-        for loc, entry in store:
-            if entry.origin and entry.expires > now:
-                await self._republish_one(loc, entry.data)
-
-    async def _republish_one(self, loc: bytes, data: bytes) -> None:
-        """Store `data` on the closest nodes; stop republishing it if none stored it and every
-        node that answered refused it for good (`PERMANENT_REFUSALS`, e.g. a chat entry its
-        recipient acknowledged), and take the network's version instead."""
-        acks, reasons = await self._store_on_closest(loc, data)
-        refused = set(reasons) - {"timeout"}
-        if acks == 0 and refused and refused <= PERMANENT_REFUSALS:
-            _, _, store = self._parts()
-            work = store.disown(loc, data)
-            if work is not None:
-                await work
-            await self._refresh_superseded(loc, data)
-
-    async def _refresh_superseded(self, loc: bytes, data: bytes) -> bool:
-        """Our copy `data` at `loc` was refused for good: get the record, which merges the
-        network's version into the store. True if the held copy changed."""
-        _, _, store = self._parts()
-        entry = store.get(loc, self.clock.now_ms())
-        if entry is None or entry.data != data:
-            return entry is not None
-        await self.get(entry.record.key)
-        fresh = store.get(loc, self.clock.now_ms())
-        return fresh is None or fresh.data != data
-
-    async def _refresh(self) -> None:
-        """Look up a random ID in every bucket that saw no lookup for `refresh_interval`."""
-        _, table, _ = self._parts()
-        now = asyncio.get_running_loop().time()
-        for bucket in table.stale_buckets(now, self.config.refresh_interval):
-            # A short lookup meets (and so re-checks) enough nodes of the bucket's range.
-            await self.lookup_nodes(self._random_id_in(bucket), count=self.config.alpha)
+            self.spawn(_log_failure(accepted.write, "saving a fresher copy"))
 
 
-def _refused_for_good(body: object) -> bool:
-    """A store reply refusing with one of the `PERMANENT_REFUSALS`."""
-    return isinstance(body, list) and len(body) == 2 and body[1] in PERMANENT_REFUSALS
+def answered_most(result: LookupResult, replicas: int) -> bool:
+    """True if more than half of the `replicas` closest peers the lookup asked answered: a
+    record they do not hold is then not there. A dead node or two among the closest do not
+    make a get incomplete; a burst of timeouts (an overloaded host) does."""
+    asked = sorted([*result.closest, *result.unanswered])[:replicas]
+    answered = sum(1 for peer in asked if peer.state == ANSWERED)
+    return not asked or 2 * answered > len(asked)
 
 
 def _check_known_namespace(validator: Validator, path: str) -> None:

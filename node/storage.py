@@ -260,30 +260,52 @@ class RecordStore:
         Raises `InvalidRecord` (with its reason) for a record the validator refuses or one sent
         to the wrong location, and `StoreFull` when the byte quota would be exceeded.
         """
-        key = record.key
-        pruned = without_expired(record, now)
-        if record.values and not pruned.values:
-            raise InvalidRecord("expired", "every value has expired")
-        record = pruned
-        self.validator.validate(key, record, now)
-        if location(key) != loc:
-            raise InvalidRecord(
-                "location_mismatch", "the record's key does not hash to this location"
-            )
+        record = self._validated(loc, record, now)
         held = self._entries.get(loc)
         if held is not None:
-            check_admission(self.validator, key, held.record, record, now)
-        merged = self.validator.consolidate(key, [held.record, record] if held else [record], now)
+            check_admission(self.validator, record.key, held.record, record, now)
+        merged = self.validator.consolidate(
+            record.key, [held.record, record] if held else [record], now
+        )
         data = encode_record(merged)
         # the sender holds our version only if it sent exactly that
         holder = source if source is not None and encode_record(record) == data else None
         if held is not None and data == held.data:
-            if holder is not None:
-                held.holders.add(holder)
-            if origin and not held.origin:
-                held.origin = True
-                return Accepted(held, False, self._save(loc, held) if persist else None)
-            return Accepted(held, False, None)
+            return self._unchanged(loc, held, holder, origin, persist)
+        entry = self._install(loc, held, merged, data, origin)
+        if holder is not None:
+            entry.holders.add(holder)
+        for callback in list(self._listeners.get(loc, ())):
+            callback(entry)
+        return Accepted(entry, True, self._save(loc, entry) if persist else None)
+
+    def _validated(self, loc: bytes, record: Record, now: int) -> Record:
+        """`record` without its expired values, checked by the validator and for `loc`."""
+        pruned = without_expired(record, now)
+        if record.values and not pruned.values:
+            raise InvalidRecord("expired", "every value has expired")
+        self.validator.validate(pruned.key, pruned, now)
+        if location(pruned.key) != loc:
+            raise InvalidRecord(
+                "location_mismatch", "the record's key does not hash to this location"
+            )
+        return pruned
+
+    def _unchanged(
+        self, loc: bytes, held: StoredRecord, holder: bytes | None, origin: bool, persist: bool
+    ) -> Accepted:
+        """The store already held this version: note who holds it and whether we own it."""
+        if holder is not None:
+            held.holders.add(holder)
+        if origin and not held.origin:
+            held.origin = True
+            return Accepted(held, False, self._save(loc, held) if persist else None)
+        return Accepted(held, False, None)
+
+    def _install(
+        self, loc: bytes, held: StoredRecord | None, merged: Record, data: bytes, origin: bool
+    ) -> StoredRecord:
+        """Hold `merged` (canonical bytes `data`) at `loc` instead of `held`, within quota."""
         old_size = len(held.data) if held else 0
         if self.bytes_used - old_size + len(data) > self.max_bytes:
             raise StoreFull(f"holding {len(data)} more bytes would exceed {self.max_bytes}")
@@ -295,13 +317,9 @@ class RecordStore:
             next_expiry=min(expirations),
             origin=origin or (held is not None and held.origin),
         )
-        if holder is not None:
-            entry.holders.add(holder)
         self._entries[loc] = entry
         self.bytes_used += len(data) - old_size
-        for callback in list(self._listeners.get(loc, ())):
-            callback(entry)
-        return Accepted(entry, True, self._save(loc, entry) if persist else None)
+        return entry
 
     def disown(self, loc: bytes, data: bytes) -> Awaitable[None] | None:
         """Stop republishing the record at `loc` if it is still the version `data` (which its

@@ -36,7 +36,6 @@ from records.record_pb2 import Record, Value
 from records.registry import default_validator, default_validators
 from records.validation import (
     MAX_RECORD_SIZE,
-    PERMANENT_REFUSALS,
     Admission,
     NamespacedValidator,
     Validator,
@@ -48,7 +47,6 @@ from records.validation import (
 
 __all__ = [
     "MAX_RECORD_SIZE",
-    "PERMANENT_REFUSALS",
     "Admission",
     "AnnouncementMessage",
     "ChatValidator",

@@ -526,6 +526,33 @@ def _counts(values: Iterable[Value]) -> tuple[int, int, int]:
     return entries, receipts, receipt_bytes
 
 
+def _check_entry(
+    uid: str, author_uid: bytes, parsed: InboxValue, body: Handshake | ChatMessage
+) -> None:
+    """A handshake or message (`body`): lifetime floor, addressed to this inbox, signed by the
+    sender it names, its id derived from sender and nonce, a handshake's key the sender's."""
+    if parsed.expiration - parsed.timestamp < MIN_ENTRY_TTL_MS:
+        raise InvalidRecord(
+            "ttl_too_short", "seed 003: handshakes and messages live at least 3 days"
+        )
+    if body.recipient_uid.hex() != uid:
+        raise InvalidRecord("recipient_mismatch", "the entry is addressed to another uid")
+    if body.sender_uid != author_uid:
+        raise InvalidRecord(
+            "sender_uid_mismatch",
+            "the sender uid is not SHA-1 of the sender's key",
+            forgery=True,
+        )
+    if entry_id(body.sender_uid, body.nonce) != parsed.entry_id:
+        raise InvalidRecord("bad_entry_id", "the id is not derived from sender and nonce")
+    if isinstance(body, Handshake) and body.x25519_key != _x25519_of(body.sender_public_key):
+        raise InvalidRecord(
+            "x25519_key_mismatch",
+            "the handshake key is not the sender's identity key",
+            forgery=True,
+        )
+
+
 class ChatValidator:
     """Validator of the ``chat`` namespace (``/chat/<uid>/<page>/``).
 
@@ -583,15 +610,40 @@ class ChatValidator:
             )
 
     def _validate_value(self, uid: str, page: int, value: Value, now: int) -> EntryKind:
-        size = value.ByteSize()
+        """Check one value: its framing and page, its dates, who wrote it, its signature."""
         parsed = parse_inbox_value(value.value)
+        self._check_framing(page, value, parsed)
+        check_lifetime(
+            parsed.timestamp,
+            parsed.expiration,
+            now,
+            max_ttl_ms=MAX_ENTRY_TTL_MS,  # seed 003: kept 3-7 days
+            clock_skew_ms=self.clock_skew_ms,
+        )
+        author_uid = identity_id(parsed.author_key)
+        if not isinstance(parsed.body, Receipt):
+            _check_entry(uid, author_uid, parsed, parsed.body)
+        elif author_uid.hex() != uid:
+            raise InvalidRecord(
+                "not_recipient", "a receipt must be signed by the inbox's owner", forgery=True
+            )
+        signed = signing_input(_CONTEXTS[parsed.kind], parsed.signed_bytes)
+        if not verify_signature(parsed.author_key, signed, parsed.signature):
+            raise InvalidRecord(
+                "bad_signature", f"the {parsed.kind}'s signature does not verify", forgery=True
+            )
+        return parsed.kind
+
+    @staticmethod
+    def _check_framing(page: int, value: Value, parsed: InboxValue) -> None:
+        """Size, id2, page and the unsigned dates of a value agree with what it carries."""
+        size = value.ByteSize()
         limit = MAX_RECEIPT_VALUE_SIZE if parsed.kind == "receipt" else MAX_ENTRY_VALUE_SIZE
         if size > limit:
             raise RecordTooLarge(size, limit, "value")
         if value.id2 != parsed.id2:
             raise InvalidRecord("id_mismatch", "id2 is not the entry's (or the receipt's) id")
-        listed = [eid for eid, _ in parsed.acknowledged] or [parsed.entry_id]
-        for eid in listed:
+        for eid in [eid for eid, _ in parsed.acknowledged] or [parsed.entry_id]:
             if page_of(eid) != page:
                 raise InvalidRecord(
                     "wrong_page", f"entry {eid.hex()} belongs on page {page_of(eid)}"
@@ -604,43 +656,6 @@ class ChatValidator:
             raise InvalidRecord(
                 "unsigned_date_mismatch", "the value's dates differ from the signed ones"
             )
-        check_lifetime(
-            parsed.timestamp,
-            parsed.expiration,
-            now,
-            max_ttl_ms=MAX_ENTRY_TTL_MS,  # seed 003: kept 3-7 days
-            clock_skew_ms=self.clock_skew_ms,
-        )
-        author_uid = identity_id(parsed.author_key)
-        body = parsed.body
-        if isinstance(body, Receipt):
-            if author_uid.hex() != uid:
-                raise InvalidRecord(
-                    "not_recipient", "a receipt must be signed by the inbox's owner"
-                )
-        else:
-            if parsed.expiration - parsed.timestamp < MIN_ENTRY_TTL_MS:
-                raise InvalidRecord(
-                    "ttl_too_short", "seed 003: handshakes and messages live at least 3 days"
-                )
-            if body.recipient_uid.hex() != uid:
-                raise InvalidRecord("recipient_mismatch", "the entry is addressed to another uid")
-            if body.sender_uid != author_uid:
-                raise InvalidRecord(
-                    "sender_uid_mismatch", "the sender uid is not SHA-1 of the sender's key"
-                )
-            if entry_id(body.sender_uid, body.nonce) != parsed.entry_id:
-                raise InvalidRecord("bad_entry_id", "the id is not derived from sender and nonce")
-            if isinstance(body, Handshake) and body.x25519_key != _x25519_of(
-                body.sender_public_key
-            ):
-                raise InvalidRecord(
-                    "x25519_key_mismatch", "the handshake key is not the sender's identity key"
-                )
-        signed = signing_input(_CONTEXTS[parsed.kind], parsed.signed_bytes)
-        if not verify_signature(parsed.author_key, signed, parsed.signature):
-            raise InvalidRecord("bad_signature", f"the {parsed.kind}'s signature does not verify")
-        return parsed.kind
 
     def select(self, key: str, records: Sequence[Record]) -> int:
         """The most recently updated record (ties broken by canonical bytes)."""
@@ -667,6 +682,6 @@ class ChatValidator:
         merged = _merge([*held.values, *incoming.values], now)
         if replayed and merged == _merge(held.values, now):
             raise InvalidRecord(
-                "acknowledged", f"entry {replayed[0]} was acknowledged by its recipient"
+                "acknowledged", f"entry {replayed[0]} was acknowledged by its recipient", final=True
             )
         self._check_bounds(*_counts(merged))

@@ -291,7 +291,9 @@ class DrdValidator:
         if len(entry.server_key) != PUBLIC_KEY_SIZE or not verify_signature(
             entry.server_key, signing_input(ENTRY_CONTEXT, signed.entry), signed.signature
         ):
-            raise InvalidRecord("bad_server_signature", "the server's signature does not verify")
+            raise InvalidRecord(
+                "bad_server_signature", "the server's signature does not verify", forgery=True
+            )
         _check_fields(entry)
         try:
             _, ticket = check_owner_approval(entry)
@@ -338,7 +340,9 @@ class DrdServersValidator:
             if len(announcement.server_key) != PUBLIC_KEY_SIZE:
                 raise InvalidRecord("malformed_value", "a server key is 32 bytes")
             if identity_id(announcement.server_key).hex() != value.id2:
-                raise InvalidRecord("node_id_mismatch", "id2 is not SHA-1 of the server key")
+                raise InvalidRecord(
+                    "node_id_mismatch", "id2 is not SHA-1 of the server key", forgery=True
+                )
             if (
                 value.creationDate != announcement.timestamp
                 or value.expirationDate != announcement.expiration
@@ -358,7 +362,9 @@ class DrdServersValidator:
                 signing_input(SERVER_CONTEXT, signed.announcement),
                 signed.signature,
             ):
-                raise InvalidRecord("bad_signature", "the server's signature does not verify")
+                raise InvalidRecord(
+                    "bad_signature", "the server's signature does not verify", forgery=True
+                )
 
     def select(self, key: str, records: Sequence[Record]) -> int:
         """The most recently updated record (ties broken by canonical bytes)."""

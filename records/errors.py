@@ -1,4 +1,17 @@
-"""The project's one error hierarchy: every error we raise on purpose derives from `DHTError`."""
+"""The project's one error hierarchy: every error we raise on purpose derives from `DHTError`.
+
+As in h11, an error says whose fault it is:
+
+- `UsageError`: local misuse, the caller's to fix (a stopped node, a record that does not
+  validate, one too large to store).
+- `PeerError`: junk a peer sent. The node drops and counts it; it never reaches a caller of
+  `get`, `put` or a service.
+- `NetworkError`: the network did not do what was asked (no node stored a put, a lookup could
+  not ask enough nodes, a key exchange failed). Retrying later may work.
+
+`StoreFull` (our own quota) and the codec errors of the services (`RkeError`,
+`DirectoryError`, ...) derive from `DHTError` directly.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +20,39 @@ class DHTError(Exception):
     """Base of every error this project raises on purpose."""
 
 
-class InvalidRecord(DHTError):
+class UsageError(DHTError):
+    """Local misuse: what the caller asked cannot be done as asked."""
+
+
+class PeerError(DHTError):
+    """A peer sent something we cannot use (dropped and counted, never raised to callers)."""
+
+
+class NetworkError(DHTError):
+    """The network did not do what was asked; trying again later may work."""
+
+
+class InvalidRecord(UsageError):
     """A record was refused by a validator.
 
     `reason` is a short, stable, machine-readable token (``"expired"``, ``"bad_client_signature"``
-    ...) that callers may match on and count; the message explains it to a human.
+    ...) that callers may match on and count; the message explains it to a human. Raised to a
+    caller, the record was the caller's own (a put); a peer's invalid record is counted instead.
+
+    `forgery` marks the reasons nobody honest produces (a signature that does not verify, a
+    key that does not match the identity it claims): only they get a peer banned. `final`
+    marks a refusal no retry of the same record overcomes (the holder keeps something that
+    supersedes it for good, e.g. a receipt for a chat entry): an originator stops
+    republishing a record every answering holder refuses so.
     """
 
-    def __init__(self, reason: str, message: str = "") -> None:
+    def __init__(
+        self, reason: str, message: str = "", *, forgery: bool = False, final: bool = False
+    ) -> None:
         self.reason = reason
         self.message = message or reason.replace("_", " ")
+        self.forgery = forgery
+        self.final = final
         super().__init__(f"{reason}: {self.message}")
 
 
@@ -30,3 +66,42 @@ class RecordTooLarge(InvalidRecord):
         )
         self.size = size
         self.limit = limit
+
+
+class NodeNotRunning(UsageError):
+    """The node was used before `start()` or after `stop()`."""
+
+
+class ProtocolError(PeerError):
+    """A datagram could not be decoded (or one we built would not fit); `reason` is the drop
+    counter's name."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}" if message else reason)
+
+
+class PutFailed(NetworkError):
+    """No node acknowledged a store; `reasons` counts what the refusing nodes said."""
+
+    def __init__(self, message: str, reasons: dict[str, int] | None = None) -> None:
+        self.reasons = dict(reasons or {})
+        detail = ", ".join(f"{reason} x{count}" for reason, count in sorted(self.reasons.items()))
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class LookupFailed(NetworkError):
+    """A get found nothing, but too few of the closest nodes answered to say that nothing is
+    there (`answered` of `wanted`)."""
+
+    def __init__(self, message: str, answered: int = 0, wanted: int = 0) -> None:
+        self.answered = answered
+        self.wanted = wanted
+        super().__init__(message)
+
+
+class StoreFull(DHTError):
+    """The local store's byte quota would be exceeded."""
+
+    reason = "store_full"
+    final = False

@@ -122,7 +122,9 @@ class MetaValidator:
             raise InvalidRecord("node_id_mismatch", "a meta value's id2 must be the uid")
         envelope, meta = parse_meta(value.value)
         if identity_id(meta.public_key).hex() != uid or meta.uid != bytes.fromhex(uid):
-            raise InvalidRecord("uid_mismatch", "the path's uid is not SHA-1 of the meta's key")
+            raise InvalidRecord(
+                "uid_mismatch", "the path's uid is not SHA-1 of the meta's key", forgery=True
+            )
         if value.creationDate != meta.timestamp or value.expirationDate != meta.expiration:
             raise InvalidRecord(
                 "unsigned_date_mismatch", "the value's dates differ from the signed ones"
@@ -145,7 +147,9 @@ class MetaValidator:
             )
         signed = signing_input(META_CONTEXT, envelope.meta)
         if not verify_signature(meta.public_key, signed, envelope.signature):
-            raise InvalidRecord("bad_signature", "the meta's signature does not verify")
+            raise InvalidRecord(
+                "bad_signature", "the meta's signature does not verify", forgery=True
+            )
 
     def select(self, key: str, records: Sequence[Record]) -> int:
         """The newest signed meta (ties broken by canonical bytes)."""

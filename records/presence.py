@@ -87,7 +87,9 @@ def countersign(message: bytes, client_signature: bytes, node: Identity) -> Reco
         raise InvalidRecord("node_id_mismatch", "the announcement names another node")
     signed = signing_input(ANNOUNCEMENT_CONTEXT, message)
     if not verify_signature(parsed.client_identity, signed, client_signature):
-        raise InvalidRecord("bad_client_signature", "the client's signature does not verify")
+        raise InvalidRecord(
+            "bad_client_signature", "the client's signature does not verify", forgery=True
+        )
     envelope = SignedAnnouncement(
         message=message, client_signature=client_signature, node_signature=node.sign(signed)
     ).SerializeToString(deterministic=True)
@@ -246,9 +248,13 @@ class PresenceValidator:
                 raise InvalidRecord(
                     "identities_swapped", "the client and node identities are swapped"
                 )
-            raise InvalidRecord("uid_mismatch", "the path's uid is not SHA-1 of the client key")
+            raise InvalidRecord(
+                "uid_mismatch", "the path's uid is not SHA-1 of the client key", forgery=True
+            )
         if node_id != value.id2:
-            raise InvalidRecord("node_id_mismatch", "id2 is not SHA-1 of the node identity key")
+            raise InvalidRecord(
+                "node_id_mismatch", "id2 is not SHA-1 of the node identity key", forgery=True
+            )
         if message.fingerprint != hashlib.sha256(message.node_identity).digest():
             raise InvalidRecord(
                 "fingerprint_mismatch", "fingerprint is not SHA-256 of the node key"
@@ -268,11 +274,17 @@ class PresenceValidator:
         client_ok = verify_signature(message.client_identity, signed, envelope.client_signature)
         node_ok = verify_signature(message.node_identity, signed, envelope.node_signature)
         if not (client_ok or node_ok):
-            raise InvalidRecord("bad_signatures", "neither signature matches the message")
+            raise InvalidRecord(
+                "bad_signatures", "neither signature matches the message", forgery=True
+            )
         if not client_ok:
-            raise InvalidRecord("bad_client_signature", "the client's signature does not verify")
+            raise InvalidRecord(
+                "bad_client_signature", "the client's signature does not verify", forgery=True
+            )
         if not node_ok:
-            raise InvalidRecord("bad_node_signature", "the node's signature does not verify")
+            raise InvalidRecord(
+                "bad_node_signature", "the node's signature does not verify", forgery=True
+            )
 
     def select(self, key: str, records: Sequence[Record]) -> int:
         """The most recently updated record (ties broken by canonical bytes)."""

@@ -7,6 +7,7 @@ Seed 001's Go interface is ``Validate`` / ``Select`` / ``Consolidate``; here tim
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from google.protobuf.message import DecodeError
@@ -18,11 +19,6 @@ from records.record_pb2 import Record, Value
 # DESIGN §4: a datagram is at most 8 KiB, so a serialized record is too.
 MAX_RECORD_SIZE = 8192
 DEFAULT_CLOCK_SKEW_MS = 5 * 60 * 1000
-
-PERMANENT_REFUSALS = frozenset({"acknowledged"})
-"""Refusal reasons (`InvalidRecord.reason`) that no later retry of the same record overcomes:
-the holder keeps something that supersedes it for good (a receipt for a chat entry). An
-originator stops republishing a record every answering holder refuses so."""
 
 Rank = tuple[int, bytes]
 
@@ -191,6 +187,38 @@ def merged_record(key: str, records: Sequence[Record], values: Iterable[Value]) 
     return merged
 
 
+@dataclass(frozen=True)
+class Merge:
+    """What a getter makes of the valid copies it collected (see `merge_copies`)."""
+
+    record: Record | None
+    """Every copy merged; None if nothing is left alive."""
+    data: bytes | None
+    """Its canonical bytes if the merge is itself a valid record, to write back to holders
+    that lack it; None if it is not (copies that diverged may together hold more than one
+    record may: the union goes to the reader, never onto the wire)."""
+    refused: str | None = None
+    """Why the merge is not written back."""
+
+
+def merge_copies(validator: Validator, key: str, copies: Sequence[Record], now: int) -> Merge:
+    """Consolidate valid `copies` of the record at `key` and check the result before anyone
+    writes it back: within `MAX_RECORD_SIZE` and valid on its own."""
+    if not copies:
+        return Merge(None, None)
+    merged = validator.consolidate(key, copies, now)
+    if not merged.values:
+        return Merge(None, None)
+    data = encode_record(merged)
+    try:
+        if len(data) > MAX_RECORD_SIZE:
+            raise RecordTooLarge(len(data), MAX_RECORD_SIZE)
+        validator.validate(key, merged, now)
+    except InvalidRecord as exc:
+        return Merge(merged, None, exc.reason)
+    return Merge(merged, data)
+
+
 def consolidate_values(
     key: str, records: Sequence[Record], now: int | None, max_values: int
 ) -> Record:
@@ -229,6 +257,11 @@ class NamespacedValidator:
     def namespaces(self) -> frozenset[str]:
         """The namespaces this validator accepts."""
         return frozenset(self._validators)
+
+    def register(self, namespace: str, validator: Validator) -> None:
+        """Check records of `namespace` with `validator` from now on (a plugin's namespace, or
+        a stricter validator for a known one)."""
+        self._validators[namespace] = validator
 
     def validator_for(self, key: str) -> Validator:
         """The validator of `key`'s namespace; `InvalidRecord` if the namespace is unknown."""

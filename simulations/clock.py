@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -46,6 +46,12 @@ class _VirtualSelector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready:
             return ready
+        if timeout == 0:
+            return []
+        if self._clock.executor_jobs:
+            # work in a thread (`run_in_executor`, `asyncio.to_thread`) takes no virtual time:
+            # wait for it to finish before time moves on
+            return self._real.select(_IDLE_WALL_WAIT)
         if timeout is None:
             # No timer at all: only real I/O (a thread finishing) could wake us.
             ready = self._real.select(_IDLE_WALL_WAIT)
@@ -62,6 +68,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, start: float = 0.0) -> None:
         self._virtual_now = start
+        self.executor_jobs = 0
+        """Calls running in the executor, which the virtual clock waits for."""
         super().__init__(selector=_VirtualSelector(self))
 
     def time(self) -> float:
@@ -72,13 +80,36 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Move the virtual clock forward."""
         self._virtual_now += seconds
 
+    def run_in_executor(  # type: ignore[override]  # typeshed's TypeVarTuple signature
+        self, executor: Any, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        """Run `func` in a thread as usual; the virtual clock waits for it (a file write in a
+        thread takes no virtual time, as if it were instant)."""
+        future = super().run_in_executor(executor, func, *args)
+        self.executor_jobs += 1
+        future.add_done_callback(self._job_done)
+        return future
+
+    def _job_done(self, _future: asyncio.Future[Any]) -> None:
+        self.executor_jobs -= 1
+
+
+class LeakedTasks(RuntimeError):
+    """`run_virtual`'s coroutine returned while tasks it started were still running."""
+
 
 def run_virtual(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
-    """Run `main` to completion on a fresh `VirtualTimeLoop`; leftover tasks are cancelled."""
+    """Run `main` to completion on a fresh `VirtualTimeLoop`.
+
+    Every task must have ended by the time `main` returns (STYLE 9: an owner ends what it
+    started): leftover tasks are cancelled, then `LeakedTasks` names them."""
     loop = VirtualTimeLoop(start)
+    leaked: list[asyncio.Task[Any]] = []
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)
+        result = loop.run_until_complete(main)
+        loop.run_until_complete(asyncio.sleep(0))  # tasks that were ending as main returned
+        leaked = [t for t in asyncio.all_tasks(loop) if not t.done()]
     finally:
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -90,3 +121,6 @@ def run_virtual(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+    if leaked:
+        raise LeakedTasks(f"tasks left running: {leaked}")
+    return result

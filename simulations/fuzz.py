@@ -163,7 +163,7 @@ async def _fuzz(count: int, seed: int, sources: int, quiet: bool) -> dict[str, A
         target.address, "ping", [peer.node.id], target.identity.id
     )
     table, store = target.node.table, target.node.store
-    stats = protocol.stats
+    stats = target.node.stats
     result = {
         "benchmark": "fuzz",
         "datagrams": count,

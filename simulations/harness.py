@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node import DHTNode, LoopClock, MemoryBackend, NodeConfig
+from node import DHTNode, LoopClock, MemoryBackend, NodeConfig, Service
 from records import Identity, Record
 from simulations.network import SIM_PORT, SimNetwork
 
@@ -115,6 +115,8 @@ class Simulation:
         self._running: dict[int, SimNode] = {}  # by index, in start order
         self.node_class: Callable[[SimNode], type[DHTNode]] = lambda _: DHTNode
         """Which node class a host runs (a scenario may make some misbehave)."""
+        self.services: Callable[[SimNode], Sequence[Service]] = lambda _: ()
+        """The services (plugins) a host's node runs, made anew at each start."""
         self._clock: LoopClock | None = None
 
     @property
@@ -145,12 +147,14 @@ class Simulation:
 
     def node_config(self, sim_node: SimNode, bootstrap: Sequence[tuple[str, int]]) -> NodeConfig:
         """The config a simulated node runs with."""
+        seed = self.rng.getrandbits(64)
         base = NodeConfig(
             host=sim_node.host,
             port=SIM_PORT,
             identity=sim_node.identity,
             bootstrap=tuple(bootstrap),
-            seed=self.rng.getrandbits(64),
+            seed=seed,
+            randbytes=random.Random(f"randbytes-{seed}").randbytes,
             clock=self.clock,
             transport_factory=self.network.create_endpoint,
             backend=sim_node.backend,
@@ -162,7 +166,8 @@ class Simulation:
         if sim_node.alive:
             raise RuntimeError(f"node {sim_node.index} is already running")
         self.network.recover(sim_node.host)
-        node = self.node_class(sim_node)(self.node_config(sim_node, [v.address for v in via]))
+        config = self.node_config(sim_node, [v.address for v in via])
+        node = self.node_class(sim_node)(config, services=self.services(sim_node))
         sim_node.node = node
         sim_node.crashed = False
         self._running[sim_node.index] = sim_node

@@ -97,7 +97,7 @@ def _describe(fd: int) -> str | None:
 
 @pytest.fixture
 async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail an async test that leaves a task running."""
+    """Fail an async test that leaves a task running (on the test's own event loop)."""
     before = asyncio.all_tasks()
     yield
     await asyncio.sleep(0)
@@ -106,9 +106,11 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     assert not leaked, f"test leaked tasks: {leaked}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Apply the task-leak check to every coroutine test."""
-    for item in items:
-        function = getattr(item, "function", None)
-        if function is not None and asyncio.iscoroutinefunction(function):
-            item.add_marker(pytest.mark.usefixtures("no_leaked_tasks"))
+@pytest.fixture(autouse=True)
+def _task_leak_check(request: pytest.FixtureRequest) -> None:
+    """Apply `no_leaked_tasks` to every coroutine test (a marker added at collection would
+    come too late: pytest has fixed each test's fixtures by then). Tests that run their own
+    loop (`run_virtual`) are checked by it: it fails on tasks left behind."""
+    function = getattr(request.node, "function", None)
+    if function is not None and asyncio.iscoroutinefunction(function):
+        request.getfixturevalue("no_leaked_tasks")

@@ -412,7 +412,9 @@ def test_a_message_to_a_page_with_read_messages_is_delivered() -> None:
 
 def test_an_acknowledged_message_is_not_republished_for_days() -> None:
     async def main() -> None:
-        sim = Simulation(seed=67, config=SLOW_MAINTENANCE)
+        # the scenario needs Alice's node outside Bob's lookups (else Bob's repair hands it the
+        # receipt at once): true for this seed, checked below
+        sim = Simulation(seed=68, config=SLOW_MAINTENANCE)
         await sim.grow(50)
         alice, bob = user_identity(67, 0), user_identity(67, 1)
         sender = running(sim.nodes[9])

@@ -75,7 +75,7 @@ def test_datagram_handler_survives_anything() -> None:
         for i in range(5000):
             protocol.datagram_received(fuzzer.datagram(), (f"127.3.{i % 250}.1", 1000 + i))
         ok, answer = await peer.protocol.call(sim.nodes[0].address, "ping", [peer.id])
-        errors = protocol.stats.dropped.get("handler_error", 0)
+        errors = node.stats.dropped.get("handler_error", 0)
         await sim.stop_all()
         assert seen > 0
         return errors, bool(ok and answer == node.id)

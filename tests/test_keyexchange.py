@@ -28,12 +28,22 @@ pytestmark = pytest.mark.timeout(60)
 
 def exchange(node: SimNode) -> KeyExchange:
     assert node.node is not None
-    assert node.node.key_exchange is not None
-    return node.node.key_exchange
+    service = node.node.service(KeyExchange)
+    assert service is not None
+    return service
 
 
-async def network(count: int, **config: Any) -> Simulation:
-    sim = Simulation(seed=21, config={"key_server": True, "key_ttl": 120.0, **config})
+def run_key_exchange(sim: Simulation, **settings: Any) -> dict[str, Any]:
+    """Nodes started from now on run a `KeyExchange(**settings)`; change the returned dict to
+    change what later nodes run."""
+    current = dict(settings)
+    sim.services = lambda _node: [KeyExchange(**current)]
+    return current
+
+
+async def network(count: int, **settings: Any) -> Simulation:
+    sim = Simulation(seed=21)
+    run_key_exchange(sim, **{"serve": True, "ttl": 120.0, **settings})
     await sim.grow(count)
     return sim
 
@@ -45,16 +55,17 @@ def test_a_32_byte_key_reaches_the_receiver_in_parts_no_server_sees_it_whole() -
         posts: list[tuple[str, int]] = []  # (server host, part length) of every accepted post
         for node in sim.live():
             ke = exchange(node)
-            original: Callable[[bytes, Any], int] = ke._post
+            original: Callable[[bytes, Any, float], int] = ke._post
 
             def recording(
                 body: bytes,
                 addr: Any,
+                now: float,
                 ke: KeyExchange = ke,
-                original: Callable[[bytes, Any], int] = original,
+                original: Callable[[bytes, Any, float], int] = original,
                 host: str = node.host,
             ) -> int:
-                status = original(body, addr)
+                status = original(body, addr, now)
                 if status == PostKeyStatus.SUCCESS:
                     posts.append((host, body[33]))
                 return status
@@ -80,7 +91,7 @@ def test_a_32_byte_key_reaches_the_receiver_in_parts_no_server_sees_it_whole() -
 
 def test_parts_expire_and_a_replayed_get_key_finds_nothing() -> None:
     async def main() -> tuple[object, ...]:
-        sim = await network(20, key_ttl=30.0)
+        sim = await network(20, ttl=30.0)
         client, server = exchange(sim.nodes[1]), sim.nodes[9]
         first = await client.post_part(b"\x01\x02\x03\x04", server.address)
         assert exchange(server).parts_held == {first: b"\x01\x02\x03\x04"}
@@ -93,15 +104,15 @@ def test_parts_expire_and_a_replayed_get_key_finds_nothing() -> None:
         assert own is not None
         assert own.protocol is not None
 
-        def capture(data: bytes, addr: Any) -> None:
+        def capture(data: bytes, addr: Any, now: float) -> None:
             answers.append(data)
             if not waiting.done():
                 waiting.set_result(None)
 
-        own.protocol.services[0x80 | GET_KEY] = capture
+        client._on_response = capture  # type: ignore[method-assign]
         own.protocol.send_datagram(request(GET_KEY, replay), server.address)
         await asyncio.wait_for(waiting, 5)
-        own.protocol.services[0x80 | GET_KEY] = client._on_response
+        del client._on_response  # the class's own again
         second = await client.post_part(b"\x05\x06\x07\x08", server.address)
         await asyncio.sleep(31)  # past the TTL
         try:
@@ -135,10 +146,11 @@ def test_a_new_post_from_the_same_sender_replaces_the_previous_one() -> None:
 
 def test_status_codes_over_the_wire() -> None:
     async def main() -> dict[str, int]:
-        sim = Simulation(seed=22, config={"key_server": False})
+        sim = Simulation(seed=22)
+        settings = run_key_exchange(sim, serve=False)
         await sim.grow(4)
         plain = sim.nodes[3]
-        sim.config_overrides = {"key_server": True, "key_max_parts": 1}
+        settings.update(serve=True, max_parts=1)
         full = sim.new_host()
         await sim.start(full, via=[sim.nodes[0]])
         asker = sim.nodes[1].node
@@ -148,12 +160,11 @@ def test_status_codes_over_the_wire() -> None:
         answers: dict[int, bytes] = {}
         arrived = asyncio.Event()
 
-        def capture(data: bytes, addr: Any) -> None:
+        def capture(data: bytes, addr: Any, now: float) -> None:
             answers[data[0] & 0x7F] = data
             arrived.set()
 
-        for command in (POST_KEY, GET_KEY, SIGNAL):
-            protocol.services[0x80 | command] = capture
+        exchange(sim.nodes[1])._on_response = capture  # type: ignore[method-assign]
 
         async def ask(command: int, body: bytes, where: SimNode) -> int:
             arrived.clear()
@@ -179,7 +190,7 @@ def test_status_codes_over_the_wire() -> None:
         other = sim.nodes[2].node
         assert other is not None
         assert other.protocol is not None
-        other.protocol.services[0x80 | POST_KEY] = capture
+        exchange(sim.nodes[2])._on_response = capture  # type: ignore[method-assign]
         arrived.clear()
         other.protocol.send_datagram(request(POST_KEY, post(0, 8, b"\x02" * 16)), full.address)
         await asyncio.wait_for(arrived.wait(), 5)
@@ -204,9 +215,10 @@ def test_status_codes_over_the_wire() -> None:
 
 def test_send_key_passes_over_nodes_without_the_role() -> None:
     async def main() -> tuple[bytes, bytes]:
-        sim = Simulation(seed=23, config={"key_server": False})
+        sim = Simulation(seed=23)
+        settings = run_key_exchange(sim, serve=False)
         await sim.grow(10)
-        sim.config_overrides = {"key_server": True}
+        settings["serve"] = True
         for _ in range(12):
             await sim.start(sim.new_host(), via=[sim.nodes[0]])
         sender, receiver = sim.nodes[0], sim.nodes[15]

@@ -169,9 +169,9 @@ def test_a_holder_serving_a_forgery_is_banned_and_the_get_still_succeeds() -> No
         entry.data = entry.data[:-3] + bytes([entry.data[-3] ^ 0x40]) + entry.data[-2:]
         reader = sim.nodes[25].node
         assert reader is not None
-        assert reader.protocol is not None
+        assert reader.engine is not None
         got = await reader.get(record.key)
-        banned = liar.identity.id in reader.protocol.banned
+        banned = liar.identity.id in reader.engine.bans
         in_table = reader.table is not None and reader.table.get(liar.identity.id) is not None
         await sim.stop_all()
         return got == record, banned, in_table

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from node import DHTNode
-from node.protocol import PROVE, DHTProtocol
+from node.engine.handlers import RequestHandlers
+from node.engine.proofs import PROVE
 from node.wire import REQUEST, decode, encode_request, encode_response
 from records import Identity, check_node_proof, location, prove_node
 from simulations.clock import run_virtual
@@ -141,16 +142,17 @@ def spoofing_node_class() -> type[DHTNode]:
     """Nodes that answer find_node with made-up IDs right next to the target, all at their
     own address (they cannot sign for those IDs), as an attacker choosing positions would."""
 
-    class SpoofingProtocol(DHTProtocol):
-        def _closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+    class SpoofingHandlers(RequestHandlers):
+        def closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
             target = int.from_bytes(key, "big")
-            host, port = self.transport.get_extra_info("sockname")  # type: ignore[union-attr]
+            config = self.engine.config  # a simulated node binds the host and port it is given
             return [
-                [(target ^ (i + 1)).to_bytes(20, "big"), host, port] for i in range(self.config.k)
+                [(target ^ (i + 1)).to_bytes(20, "big"), config.host, config.port]
+                for i in range(config.k)
             ]
 
     class SpoofingNode(DHTNode):
-        protocol_class = SpoofingProtocol
+        handlers_class = SpoofingHandlers
 
     return SpoofingNode
 

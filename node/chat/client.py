@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from node.chat.state import ChatState
-from node.errors import NodeNotRunning, PutFailed
+from node.errors import LookupFailed, NodeNotRunning, PutFailed
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import (
@@ -51,6 +51,7 @@ from records.chat import (
     parse_inbox_value,
 )
 from records.chat_pb2 import ChatMessage, Handshake
+from records.errors import NetworkError
 from records.identity import ID_SIZE
 from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
 from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
@@ -403,8 +404,22 @@ class ChatClient:
 
     async def inbox(self) -> list[InboxEntry]:
         """Every handshake and message in this user's inbox not yet acknowledged, verified and
-        decrypted, oldest first (all pages are read at once)."""
-        records = await asyncio.gather(*(self.node.get(key) for key in inbox_keys(self.uid)))
+        decrypted, oldest first (all pages are read at once).
+
+        Raises `LookupFailed` if a page found empty could not be asked of enough of its
+        holders, even on a second try: an empty page is then not known to be empty."""
+        keys = inbox_keys(self.uid)
+        results = list(await asyncio.gather(*(self.node.get_result(key) for key in keys)))
+        retry = [i for i, r in enumerate(results) if r.record is None and not r.complete]
+        for i, again in zip(
+            retry,
+            await asyncio.gather(*(self.node.get_result(keys[i]) for i in retry)),
+            strict=True,
+        ):
+            if again.record is None and not again.complete:
+                raise LookupFailed(f"could not read inbox page {keys[i]}: too few holders answered")
+            results[i] = again
+        records = [r.record for r in results]
         entries = []
         for record in records:
             for value in record.values if record is not None else ():
@@ -465,7 +480,11 @@ class ChatClient:
         now = self._now()
 
         async def one(page: int, items: list[InboxEntry]) -> list[InboxEntry]:
-            held = await self.node.get(chat_key(self.uid, page))
+            try:
+                held = await self.node.get(chat_key(self.uid, page))
+            except LookupFailed as exc:
+                log.warning("receipts for page %d not stored: %s", page, exc)
+                return []
             listed: dict[bytes, int] = {}
             newest = now - 1
             for value in held.values if held is not None else ():
@@ -493,7 +512,7 @@ class ChatClient:
         done = await asyncio.gather(*(one(p, items) for p, items in by_page.items()))
         # only what was acknowledged: `messages` still yields the rest (once)
         self._state.mark_seen((e.entry_id, e.expiration) for items in done for e in items)
-        self._state.save(now)
+        await self._state.save_async(now)
         return sum(len(items) for items in done)
 
     async def _repair(self, key: str) -> None:
@@ -525,10 +544,15 @@ class ChatClient:
         try:
             while True:
                 wake.clear()
-                fresh = [e for e in await self.inbox() if not self._state.seen(e.entry_id)]
+                try:
+                    entries = await self.inbox()
+                except NetworkError as exc:  # read again at the next poll
+                    log.info("inbox not read: %s", exc)
+                    entries = []
+                fresh = [e for e in entries if not self._state.seen(e.entry_id)]
                 for entry in fresh:
                     self._state.mark_seen([(entry.entry_id, entry.expiration)])
-                    self._state.save(self._now())
+                    await self._state.save_async(self._now())
                     yield entry
                 interval = self.min_poll if fresh else min(interval * 2, self.max_poll)
                 # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that

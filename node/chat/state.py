@@ -7,6 +7,7 @@ entries they name have expired: by then no holder can serve them again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ class ChatState:
         self._seen: dict[str, int] = {}
         self._peers: dict[str, str] = {}
         self._handshakes: set[str] = set()
+        self._saving = asyncio.Lock()
         if path is not None and path.exists():
             data = json.loads(path.read_text(encoding="utf-8"))
             self._seen = {str(k): int(v) for k, v in data.get("seen", {}).items()}
@@ -55,21 +57,38 @@ class ChatState:
         return uid.hex() in self._handshakes
 
     def save(self, now: int) -> None:
-        """Forget ids of entries expired at `now`, then write the file (if any)."""
+        """Forget ids of entries expired at `now`, then write the file (if any), blocking."""
+        data = self._snapshot(now)
+        if data is not None:
+            self._write(data)
+
+    async def save_async(self, now: int) -> None:
+        """`save`, with the file written (and synced) in a worker thread, off the event loop;
+        saves complete in the order they were asked for."""
+        data = self._snapshot(now)
+        if data is not None:
+            async with self._saving:
+                await asyncio.to_thread(self._write, data)
+
+    def _snapshot(self, now: int) -> str | None:
         self._seen = {k: v for k, v in self._seen.items() if v > now}
         if self.path is None:
-            return
+            return None
         data = {
             "seen": self._seen,
             "peers": self._peers,
             "handshakes": sorted(self._handshakes),
         }
+        return json.dumps(data, sort_keys=True)
+
+    def _write(self, data: str) -> None:
+        assert self.path is not None
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         # flushed to disk before the rename, and the rename itself after: a crash (even of the
         # machine) leaves the old file or the new one, never an empty or partial one
         with temporary.open("w", encoding="utf-8") as file:
-            file.write(json.dumps(data, sort_keys=True))
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.path)

@@ -22,9 +22,9 @@ import random
 from typing import Any
 
 from node import DHTNode
-from node.protocol import DHTProtocol
+from node.engine.handlers import Contacts, Request, RequestHandlers
 from node.routing import Address
-from node.wire import encode_request, encode_response
+from node.wire import encode_request
 from records import DHTError, InvalidRecord, Record, decode_record, default_validator
 from simulations.harness import GetSample, SimNode, Simulation
 from simulations.report import Progress
@@ -62,10 +62,10 @@ def malicious_node_class(colluders: Colluders, seed: int, spoof: bool = False) -
     """A `DHTNode` whose protocol lies as the module docstring says."""
     rng = random.Random(f"malice-{seed}")
 
-    class MaliciousProtocol(DHTProtocol):
-        def _closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+    class MaliciousHandlers(RequestHandlers):
+        def closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
             target = int.from_bytes(key, "big")
-            fellows = colluders.closest(target, self.config.k)
+            fellows = colluders.closest(target, self.engine.config.k)
             if not spoof:
                 return fellows
             return [
@@ -73,27 +73,30 @@ def malicious_node_class(colluders: Colluders, seed: int, spoof: bool = False) -
                 for i, (_, host, port) in enumerate(fellows)
             ]
 
-        def _find_value(self, key: bytes, exclude: bytes) -> Any:
-            nodes = self._closest_as_list(key, exclude)
-            held = self.store.get(key, self.clock.now_ms())
+        def find_value(self, request: Request) -> Any:
+            key = request.args[1]
+            nodes = self.closest_as_list(key, request.args[0])
+            engine = self.engine
+            held = engine.store.get(key, engine.clock.now_ms())
             if held is None:
-                return nodes
+                return Contacts(None, nodes)
             data = held.data
             if rng.random() < 0.5:  # a forgery: the signed bytes altered
                 at = len(data) - 1 - rng.randrange(64)
                 data = data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1 :]
-            return {"value": data, "nodes": nodes}
+            return Contacts(data, nodes)
 
-        def _store(self, msg_id: bytes, args: list[Any], addr: Address) -> None:
-            _, key, value = args
-            if self.store.get(key, self.clock.now_ms()) is None and isinstance(value, bytes):
+        def store(self, request: Request) -> Any:
+            _, key, value = request.args
+            store, now = self.engine.store, self.engine.clock.now_ms()
+            if store.get(key, now) is None and isinstance(value, bytes):
                 # keep the first version only: later ones are "stored" and dropped; junk ignored
                 with contextlib.suppress(DHTError):
-                    self.store.accept(key, decode_record(value), self.clock.now_ms(), persist=False)
-            self._send(encode_response(msg_id, True), addr)
+                    store.accept(key, decode_record(value), now, persist=False)
+            return True
 
     class MaliciousNode(DHTNode):
-        protocol_class = MaliciousProtocol
+        handlers_class = MaliciousHandlers
 
         async def start(self) -> None:
             await super().start()

@@ -1,0 +1,195 @@
+"""The RPCs a node answers: a table of handlers by name, and answers sized to a datagram.
+
+A handler takes a parsed `Request` and returns the answer's body; `DEFERRED` means it answers
+later (a store waiting for the disk). Simulations subclass `RequestHandlers` to make nodes that
+lie (`closest_as_list`, `find_value`, `store`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from node.engine.proofs import PROVABLE, PROVE, wrap_proof
+from node.routing import Address
+from node.wire import MAX_DATAGRAM_SIZE, encode_response
+from records import InvalidRecord, decode_record, prove_node
+from records.errors import StoreFull
+
+if TYPE_CHECKING:
+    from node.engine.core import Engine
+
+ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2, "stun": 0}
+"""Arguments each RPC takes (without the proof request)."""
+# Which arguments are 20-byte IDs: the sender's, and the target for find_*.
+_ID_ARGS = {"ping": 1, "store": 2, "find_node": 2, "find_value": 2, "stun": 0}
+
+DEFERRED: Any = object()
+"""A handler's answer that comes later (`PendingWrite`): the engine sends nothing now."""
+NO_ANSWER: Any = object()
+"""A handler's answer when the request is dropped unanswered (counted by the handler)."""
+
+
+@dataclass(slots=True)
+class Request:
+    """A parsed request."""
+
+    msg_id: bytes
+    name: str
+    args: list[Any]
+    addr: Address
+    now: float
+    prove: bool
+
+    @property
+    def sender_id(self) -> bytes | None:
+        """The ID the sender claims (every RPC but stun carries it first)."""
+        return self.args[0] if self.args else None
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """A store accepted in memory whose answer waits for the disk: the adapter awaits
+    `work`, then tells the engine (`Engine.write_finished`)."""
+
+    request: Request
+    work: Awaitable[None]
+
+
+@dataclass(slots=True)
+class Contacts:
+    """A find answer: a value or not, and node triples that may be cut to fit a datagram."""
+
+    value: bytes | None
+    nodes: list[list[Any]]
+
+    def body(self, count: int) -> Any:
+        """The answer's body with the first `count` nodes: a list, or ``{"value", "nodes"}``
+        (ours; stock kademlia answers ``{"value"}`` alone)."""
+        if self.value is None:
+            return self.nodes[:count]
+        return {"value": self.value, "nodes": self.nodes[:count]}
+
+
+def refusal(reason: str, final: bool = False) -> list[Any]:
+    """A store's refusal: ``[False, reason]``, or ``[False, reason, True]`` when no retry of
+    the same record will ever be accepted (`InvalidRecord.final`)."""
+    return [False, reason, True] if final else [False, reason]
+
+
+def refused_for_good(body: object) -> bool:
+    """A store reply refusing in a way no retry overcomes (the refusal's `final` field)."""
+    return isinstance(body, list) and len(body) == 3 and body[0] is False and body[2] is True
+
+
+def encode_answer(msg_id: bytes, answer: Any, proof: tuple[bytes, bytes] | None) -> bytes | None:
+    """The response datagram for `answer` (wrapped with `proof` if given), within
+    `MAX_DATAGRAM_SIZE`: a `Contacts` answer loses its farthest nodes until it fits. None if
+    even that cannot fit (nothing we hold is that large: records are at most 8 KiB)."""
+
+    def build(body: Any) -> bytes:
+        return encode_response(msg_id, wrap_proof(body, *proof) if proof else body)
+
+    if not isinstance(answer, Contacts):
+        data = build(answer)
+        return data if len(data) <= MAX_DATAGRAM_SIZE else None
+    count = len(answer.nodes)
+    data = build(answer.body(count))
+    while len(data) > MAX_DATAGRAM_SIZE and count > 0:
+        excess = len(data) - MAX_DATAGRAM_SIZE
+        per_node = max(1, (len(data) - len(build(answer.body(0)))) // count)
+        count = max(0, count - max(1, -(-excess // per_node)))
+        data = build(answer.body(count))
+    return data if len(data) <= MAX_DATAGRAM_SIZE else None
+
+
+def parse_request(body: Any) -> tuple[str, list[Any], bool] | str:
+    """``(name, args, prove)`` of a request body, or the drop reason."""
+    if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
+        return "malformed"
+    name, args = body
+    if not isinstance(name, str) or name not in ARITY:
+        return "unknown_rpc"
+    prove = name in PROVABLE and len(args) == ARITY[name] + 1 and args[-1] == PROVE
+    if prove:
+        args = args[:-1]
+    ids = args[: _ID_ARGS[name]]
+    if len(args) != ARITY[name] or not all(isinstance(v, bytes) and len(v) == 20 for v in ids):
+        return "bad_arguments"
+    return name, args, prove
+
+
+class RequestHandlers:
+    """The RPCs of `ARITY`, each a method; `table()` maps names to them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def table(self) -> dict[str, Callable[[Request], Any]]:
+        """Handlers by RPC name."""
+        return {
+            "ping": self.ping,
+            "find_node": self.find_node,
+            "find_value": self.find_value,
+            "stun": self.stun,
+            "store": self.store,
+        }
+
+    def ping(self, request: Request) -> Any:
+        """Our ID."""
+        return self.engine.own_id
+
+    def stun(self, request: Request) -> Any:
+        """The address the request came from, as we see it."""
+        return [request.addr[0], request.addr[1]]
+
+    def find_node(self, request: Request) -> Any:
+        """The k closest good contacts to the target (not the asker)."""
+        return Contacts(None, self.closest_as_list(request.args[1], request.args[0]))
+
+    def find_value(self, request: Request) -> Any:
+        """The record at the target, if held, and the closest contacts."""
+        key = request.args[1]
+        entry = self.engine.store.get(key, self.engine.clock.now_ms())
+        nodes = self.closest_as_list(key, request.args[0])
+        return Contacts(entry.data if entry is not None else None, nodes)
+
+    def closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+        """``[id, host, port]`` of the k closest good contacts to `key`."""
+        engine = self.engine
+        target = int.from_bytes(key, "big")
+        contacts = engine.table.closest(target, engine.config.k, exclude=exclude, good_only=True)
+        return [[c.id, c.address[0], c.address[1]] for c in contacts]
+
+    def store(self, request: Request) -> Any:
+        """Validate and keep a record: True, a refusal, or `DEFERRED` until it is on disk."""
+        engine = self.engine
+        value = request.args[2]
+        if not isinstance(value, bytes):
+            return engine.refuse("malformed_record")
+        reason = engine.store_budget.allow(engine.source_of(request.addr), request.now)
+        if reason is not None:
+            engine.stats.dropped[reason] += 1
+            return refusal("rate_limited")
+        if engine.store.backend is not None and not engine.can_defer_write():
+            engine.stats.dropped["overloaded"] += 1  # too many writes waiting on the disk
+            return NO_ANSWER
+        try:
+            record = decode_record(value)
+            accepted = engine.store.accept(
+                request.args[1], record, engine.clock.now_ms(), source=request.args[0]
+            )
+        except (InvalidRecord, StoreFull) as exc:
+            return engine.refuse(exc.reason, getattr(exc, "final", False))
+        if accepted.write is None:
+            return True
+        engine.defer_write(PendingWrite(request, accepted.write))
+        return DEFERRED
+
+
+def answer_with_proof(engine: Engine, request: Request) -> tuple[bytes, bytes] | None:
+    """The proof of our ID for `request`, if it asked for one."""
+    if not request.prove:
+        return None
+    return prove_node(engine.identity, request.msg_id, request.args[0])

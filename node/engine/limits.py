@@ -1,0 +1,85 @@
+"""Rate limits: token buckets per source and for everyone together.
+
+A source is what one sender cannot multiply cheaply: an IPv4 address, an IPv6 /64 (one host
+is usually handed a whole /64), or on loopback, where many nodes share one address, an address
+and port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from node.routing import Address
+
+
+class TokenBuckets:
+    """Token buckets by key, with a bounded number of keys (least recently used evicted)."""
+
+    def __init__(self, rate: float, burst: float, max_sources: int = 4096) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, source: str, now: float, cost: float = 1.0) -> bool:
+        """Take `cost` tokens from `source`'s bucket if it has them (True), else take none."""
+        tokens, last = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        allowed = tokens >= cost
+        self._buckets[source] = (tokens - cost if allowed else tokens, now)
+        if len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A budget: so many per second per source (with a burst) and so many for everyone."""
+
+    per_source_rate: float
+    per_source_burst: float
+    rate: float
+
+    def buckets(self) -> tuple[TokenBuckets, TokenBuckets]:
+        """(per source, global): the global bucket holds a second's worth."""
+        return (
+            TokenBuckets(self.per_source_rate, self.per_source_burst),
+            TokenBuckets(self.rate, max(1.0, self.rate), 1),
+        )
+
+
+class Budget:
+    """One `Limits` applied: `allow` names why a datagram is refused, or returns None.
+
+    `reason` is the drop counter of a source over its own budget; one over the shared budget
+    counts as ``rate_limited_global``."""
+
+    def __init__(self, reason: str, limits: Limits) -> None:
+        self.reason = reason
+        self._per_source, self._everyone = limits.buckets()
+
+    def allow(self, source: str, now: float, cost: float = 1.0) -> str | None:
+        """None if `source` may spend `cost` tokens now, else the drop reason."""
+        if not self._per_source.allow(source, now, cost):
+            return self.reason
+        if not self._everyone.allow("*", now, cost):
+            return "rate_limited_global"
+        return None
+
+
+def source_of(addr: Address) -> str:
+    """What rate limits count by (see the module docstring)."""
+    host = addr[0]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.is_loopback:
+        return f"{host}:{addr[1]}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return host

@@ -1,0 +1,111 @@
+"""Proven node IDs (S/Kademlia): who proved which ID from which address, and checking proofs.
+
+A request to a node whose ID is not proven yet carries one extra last argument, ``"prove"``;
+the answer is then ``{"answer": result, "proof": [public_key, signature]}`` (see
+`records.prove_node`; the challenge is the request's random message ID). Stock rpcudp cannot
+take the extra argument, so a stock node never answers it and never enters our routing table.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from node.routing import Address, RoutingTable
+from records import check_node_proof, identity_id
+
+PROVE = "prove"
+PROVABLE = frozenset({"ping", "find_node", "find_value"})
+# After an address proved to be one node's, a lookup does not ask it for another ID for this
+# long (a liar's made-up IDs cost one request, not twenty); then a restarted node with a new
+# key may sit there.
+OWNER_TTL = 600.0
+MAX_PING_BACKS = 256
+
+
+def proof_parts(body: Any) -> tuple[Any, bytes, bytes] | None:
+    """``(answer, public key, signature)`` of an answer wrapped with a proof, if well formed."""
+    if not (isinstance(body, dict) and body.keys() == {"answer", "proof"}):
+        return None
+    proof = body["proof"]
+    if not (
+        isinstance(proof, list) and len(proof) == 2 and all(isinstance(p, bytes) for p in proof)
+    ):
+        return None
+    return body["answer"], proof[0], proof[1]
+
+
+def wrap_proof(answer: Any, public_key: bytes, signature: bytes) -> dict[str, Any]:
+    """The answer to a request that asked for a proof."""
+    return {"answer": answer, "proof": [public_key, signature]}
+
+
+class ProofBook:
+    """What this node knows of proofs: proven IDs by address and the other way round."""
+
+    def __init__(self, own_id: bytes, cache_size: int) -> None:
+        self.own_id = own_id
+        self.cache_size = cache_size
+        # Nodes that proved their IDs lately, by ID: the address they proved it from.
+        self._proven_at: OrderedDict[bytes, Address] = OrderedDict()
+        # Which node proved lately that it holds an address, and when.
+        self._owners: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
+        self.ping_backs: set[bytes] = set()
+        """Unproven nodes that asked us something, being pinged for a proof."""
+
+    def proven(self, node_id: bytes, address: Address, table: RoutingTable) -> bool:
+        """True if `node_id` has proved its ID from `address` (it is in the routing table or
+        proved it lately)."""
+        if self._proven_at.get(node_id) == address:
+            self._proven_at.move_to_end(node_id)
+            return True
+        return table.known_at(node_id, address)
+
+    def remember(self, node_id: bytes, address: Address, now: float) -> None:
+        """`node_id` just proved its ID from `address`."""
+        self._proven_at[node_id] = address
+        self._proven_at.move_to_end(node_id)
+        self._owners[address] = (node_id, now)
+        self._owners.move_to_end(address)
+        if len(self._proven_at) > self.cache_size:
+            self._proven_at.popitem(last=False)
+        if len(self._owners) > self.cache_size:
+            self._owners.popitem(last=False)
+
+    def held_by_another(self, address: Address, node_id: bytes | None, now: float) -> bool:
+        """True if another node proved within `OWNER_TTL` that `address` is its own."""
+        owner = self._owners.get(address)
+        return (
+            owner is not None
+            and node_id is not None
+            and owner[0] != node_id
+            and now - owner[1] < OWNER_TTL
+        )
+
+    def unwrap(self, msg_id: bytes, body: Any, node_id: bytes | None) -> tuple[Any, bytes | None]:
+        """``(answer, proven node ID)`` of an answer that had to carry a proof, or
+        ``(None, None)`` if the proof is missing or wrong. A call to a bare address (bootstrap)
+        learns the ID its key proves."""
+        parts = proof_parts(body)
+        if parts is None:
+            return None, None
+        answer, public_key, signature = parts
+        if node_id is None:
+            node_id = identity_id(public_key)
+        if not check_node_proof(node_id, public_key, signature, msg_id, self.own_id):
+            return None, None
+        return answer, node_id
+
+    def failed_proof(self, msg_id: bytes, body: Any, address: Address, now: float) -> bool:
+        """An answer failed to prove the ID we asked for. If it proves its sender's own ID
+        instead (an address that changed hands), remember whose address it is. True if it
+        carries a proof valid for no key at all: a forgery, which nobody honest sends."""
+        parts = proof_parts(body)
+        if parts is None:
+            return False
+        _, public_key, signature = parts
+        owner = identity_id(public_key)
+        if check_node_proof(owner, public_key, signature, msg_id, self.own_id):
+            self.remember(owner, address, now)
+            return False
+        return True

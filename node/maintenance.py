@@ -1,0 +1,168 @@
+"""A node's periodic jobs: expiry, bootstrap retries, re-replication, republishing, bucket
+refresh (Kademlia paper §2.3, §2.5), each at its own interval, in one task the node owns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from node.engine.handlers import refused_for_good
+from node.routing import Contact
+from node.storage import StoredRecord
+
+if TYPE_CHECKING:
+    from node.server import DHTNode
+
+log = logging.getLogger(__name__)
+
+_RETRIES_PER_SWEEP = 16
+
+
+class Maintenance:
+    """The periodic jobs of one `DHTNode`."""
+
+    def __init__(self, node: DHTNode) -> None:
+        self.node = node
+        self.last_bootstrap = -math.inf
+        """Loop time of the last bootstrap attempt."""
+
+    async def run(self) -> None:
+        """Run the jobs, each at its own interval, with a random first offset."""
+        node = self.node
+        cfg = node.config
+        loop = asyncio.get_running_loop()
+        jobs: list[tuple[float, Callable[[], Awaitable[None]]]] = [
+            (cfg.sweep_interval, self.sweep),
+            (cfg.replicate_interval, self.replicate),
+            (cfg.republish_interval, self.republish),
+            (min(cfg.refresh_interval / 4, 600.0), self.refresh),
+        ]
+        now = loop.time()
+        due = [now + interval * (0.5 + node.rng.random() / 2) for interval, _ in jobs]
+        while True:
+            soonest = min(range(len(jobs)), key=due.__getitem__)
+            await asyncio.sleep(max(0.0, due[soonest] - loop.time()))
+            interval, job = jobs[soonest]
+            due[soonest] = loop.time() + interval * (0.9 + node.rng.random() / 5)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance job %s failed", getattr(job, "__name__", job))
+
+    async def sweep(self) -> None:
+        """Drop expired records; rejoin if every contact is gone; retry originated records no
+        node has acknowledged yet (a put that failed, or records reloaded after a restart)."""
+        node = self.node
+        _, table, store = node._parts()
+        work = store.sweep(node.clock.now_ms())
+        if work is not None:
+            await work
+        unpublished = [(loc, e) for loc, e in store if e.origin and not e.published]
+        for loc, entry in unpublished[:_RETRIES_PER_SWEEP]:
+            if len(table):
+                await self.republish_one(loc, entry.data)
+        now = asyncio.get_running_loop().time()
+        if (
+            len(table) == 0
+            and node.config.bootstrap
+            and now - self.last_bootstrap >= node.config.bootstrap_retry_interval
+        ):
+            await node.bootstrap(node.config.bootstrap)
+
+    async def replicate(self) -> None:
+        """Make sure each held record sits on the `replicas` closest live nodes we know."""
+        node = self.node
+        _, _, store = node._parts()
+        now = node.clock.now_ms()
+        entries = [(loc, entry) for loc, entry in store if entry.expires > now]
+        limit = asyncio.Semaphore(8)
+
+        async def one(loc: bytes, entry: StoredRecord) -> None:
+            async with limit:
+                await self.replicate_entry(loc, entry)
+
+        await asyncio.gather(*(one(loc, entry) for loc, entry in entries))
+
+    async def replicate_entry(self, loc: bytes, entry: StoredRecord) -> None:
+        """Store `entry` on the closest known nodes not known to hold it, in waves: a node that
+        does not answer gives its turn to the next closest, until `replicas` nodes (this one
+        included, if it is among the closest) hold it or the candidates run out."""
+        node = self.node
+        protocol, table, _ = node._parts()
+        target = int.from_bytes(loc, "big")
+        replicas = node.config.replicas
+        candidates = table.closest(target, 2 * replicas, good_only=True)
+        own_distance = int.from_bytes(node.id, "big") ^ target
+        closer = sum(1 for c in candidates[:replicas] if c.long_id ^ target < own_distance)
+        needed = replicas - (1 if closer < replicas else 0)
+        queue = list(reversed(candidates))
+        data = entry.data
+        while needed > 0 and queue:
+            wave: list[Contact] = []
+            while queue and len(wave) < needed:
+                contact = queue.pop()
+                if contact.id in entry.holders:
+                    needed -= 1
+                else:
+                    wave.append(contact)
+            replies = await asyncio.gather(
+                *(protocol.store_at(c.address, c.id, loc, data) for c in wave)
+            )
+            for contact, (ok, body) in zip(wave, replies, strict=True):
+                if ok and body is True and entry.data == data:
+                    entry.holders.add(contact.id)
+                    needed -= 1
+            # a close node holds a version that supersedes ours: take it rather than push ours
+            # on to farther nodes that lack it (an acknowledged chat entry would spread again)
+            refused = any(ok and refused_for_good(body) for ok, body in replies)
+            if refused and await self.refresh_superseded(loc, data):
+                return
+
+    async def republish(self) -> None:
+        """Originators re-store their records on the current closest nodes."""
+        node = self.node
+        _, _, store = node._parts()
+        now = node.clock.now_ms()
+        for loc, entry in store:
+            if entry.origin and entry.expires > now:
+                await self.republish_one(loc, entry.data)
+
+    async def republish_one(self, loc: bytes, data: bytes) -> None:
+        """Store `data` on the closest nodes; stop republishing it if none stored it and every
+        node that answered refused it for good (e.g. a chat entry its recipient acknowledged),
+        and take the network's version instead."""
+        node = self.node
+        outcome = await node.store_on_closest(loc, data)
+        refusals = sum(outcome.reasons.values()) - outcome.reasons["timeout"]
+        if outcome.acks == 0 and outcome.final and outcome.final == refusals:
+            _, _, store = node._parts()
+            work = store.disown(loc, data)
+            if work is not None:
+                await work
+            await self.refresh_superseded(loc, data)
+
+    async def refresh_superseded(self, loc: bytes, data: bytes) -> bool:
+        """Our copy `data` at `loc` was refused for good: get the record, which merges the
+        network's version into the store. True if the held copy changed."""
+        node = self.node
+        _, _, store = node._parts()
+        entry = store.get(loc, node.clock.now_ms())
+        if entry is None or entry.data != data:
+            return entry is not None
+        await node.get_result(entry.record.key)
+        fresh = store.get(loc, node.clock.now_ms())
+        return fresh is None or fresh.data != data
+
+    async def refresh(self) -> None:
+        """Look up a random ID in every bucket that saw no lookup for `refresh_interval`."""
+        node = self.node
+        _, table, _ = node._parts()
+        now = asyncio.get_running_loop().time()
+        for bucket in table.stale_buckets(now, node.config.refresh_interval):
+            # A short lookup meets (and so re-checks) enough nodes of the bucket's range.
+            await node.lookup_nodes(node.random_id_in(bucket), count=node.config.alpha)
