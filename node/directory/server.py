@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Clock
+from node.directory.avatars import in_thread, inline
 from node.directory.client import DirectoryClient
 from node.directory.database import AiosqliteDatabase, Database, InlineDatabase
 from node.directory.ownership import OwnershipVerifier, PaymentVerifier, QuorumTicketVerifier
@@ -59,7 +60,8 @@ class DirectoryConfig:
     tombstone_keep_ms: int = 30 * 24 * 3600 * 1000
     """How long a deletion is remembered so that syncing servers do not bring it back."""
     inline_database: bool = False
-    """Run SQLite on the event loop's thread (the simulator's virtual clock needs this)."""
+    """Run SQLite and the avatar files on the event loop's thread (the simulator's virtual
+    clock needs this); otherwise both run on worker threads."""
     max_frame_size: int = MAX_FRAME_SIZE
     """Largest request or response frame."""
     public_host: str | None = None
@@ -136,7 +138,8 @@ class DirectoryServer:
             else await AiosqliteDatabase.open(path)
         )
         try:
-            self.store = await DirectoryStore.open(db, self.config.root)
+            offload = inline if self.config.inline_database else in_thread
+            self.store = await DirectoryStore.open(db, self.config.root, offload=offload)
         except BaseException:
             await db.close()  # e.g. not a database: no connection (or its thread) left behind
             raise

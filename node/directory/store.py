@@ -1,6 +1,7 @@
 """The directory's database (seed 000): the USER, SESSION, USER_MAILSERVER and MAILSERVER
 tables, a private table for the "why I updated" comment, tombstones for deletions, and avatars
-as files under ``ROOT/users/<14 hex>/``.
+as files under ``ROOT/users/<14 hex>/`` (see `node.directory.avatars`; their file work runs off
+the event loop).
 
 Every statement is parameterised; the few SQL fragments built at run time come from fixed
 tables in this module, never from request bytes. Each change is one ``BEGIN IMMEDIATE`` ...
@@ -15,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.directory.avatars import USERS_DIR, AvatarFiles, Offload, in_thread
 from node.directory.database import Database
 from records.directory import (
     QMAIL_KEYS,
@@ -43,8 +44,6 @@ from records.directory import (
 from records.drd import DigestRow
 
 DATABASE_FILE = "directory.sqlite3"
-USERS_DIR = "users"
-AVATAR_PREFIX = ".avatar-"  # seed 000's example: users/<mailbox>/.avatar.png
 MAX_ROWS_SCANNED = 100_000
 MAX_SESSIONS_PER_MAILBOX = 16
 """Open sessions kept per mailbox; opening another ends the oldest (an owner opening sessions
@@ -105,6 +104,7 @@ _SCHEMA = [
 ]
 
 _TABLES = ("USER", "SESSION", "MAILSERVER", "USER_MAILSERVER", "PRIVATE_COMMENT", "TOMBSTONE")
+
 _TEXT_SQL = {
     UpdateKey.DISPLAY_NAME: "U.PublicAlias",
     UpdateKey.DESCRIPTION: "U.PublicDescription",
@@ -128,6 +128,24 @@ _RESULTS_OVERHEAD = 13 + len(TRAILER)
 # numbers (mailbox: 7 bytes, price: 3) are far below 2^63 - 1, so comparing with the operand
 # capped there gives the same answer, where binding the operand itself would overflow.
 _SQL_INTEGER_MAX = (1 << 63) - 1  # results header (keys 0-3) and the trailer
+
+_UPSERT_USER = (
+    "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile, SendingPrice,"
+    " StartDateTime, AvatarName, AvatarSHA256, Version, Digest, OwnerKey, Ticket, OwnerSignature)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(UserID) DO UPDATE SET PublicAlias = excluded.PublicAlias,"
+    " PublicDescription = excluded.PublicDescription,"
+    " PathToAvatarFile = excluded.PathToAvatarFile,"
+    " SendingPrice = excluded.SendingPrice, AvatarName = excluded.AvatarName,"
+    " AvatarSHA256 = excluded.AvatarSHA256, Version = excluded.Version,"
+    " Digest = excluded.Digest, OwnerKey = excluded.OwnerKey,"
+    " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature"
+)
+_UPSERT_MAILSERVER = (
+    "INSERT INTO MAILSERVER (QMailID, FQDN, FirstRegistrationDate, LastUpdateData)"
+    " VALUES (?, ?, ?, ?)"
+    " ON CONFLICT(QMailID) DO UPDATE SET LastUpdateData = excluded.LastUpdateData"
+)
 
 
 @dataclass(frozen=True)
@@ -168,21 +186,36 @@ class Session:
     expires: int
 
 
+@dataclass(frozen=True)
+class _Approval:
+    """What authorises a change: the owner's version and signature, under a ticket."""
+
+    version: int
+    owner_key: bytes
+    ticket: bytes
+    signature: bytes
+
+
 class DirectoryStore:
     """Profiles, sessions, comments and tombstones in SQLite; avatars as files under `root`."""
 
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, *, offload: Offload = in_thread) -> None:
         self._db = db
         self.root = root
+        self.avatars = AvatarFiles(root)
+        self._offload = offload
         self._lock = asyncio.Lock()  # one unit of work at a time on the one connection
         # One change (avatar file, transaction, pruning of old files) at a time: otherwise a
         # change committing first prunes the avatar file another is about to commit to.
         self._change = asyncio.Lock()
 
     @classmethod
-    async def open(cls, db: Database, root: Path) -> DirectoryStore:
-        """Create the tables if needed; avatars go under ``root/users``."""
-        store = cls(db, root)
+    async def open(
+        cls, db: Database, root: Path, *, offload: Offload = in_thread
+    ) -> DirectoryStore:
+        """Create the tables if needed; avatars go under ``root/users``, their file work
+        through `offload` (a worker thread by default)."""
+        store = cls(db, root, offload=offload)
         (root / USERS_DIR).mkdir(parents=True, exist_ok=True)
         for statement in _SCHEMA:
             await db.execute(statement)
@@ -206,38 +239,9 @@ class DirectoryStore:
                     await self._db.execute("ROLLBACK")
                 raise
 
-    # -- avatars ---------------------------------------------------------------------------
-
     def user_dir(self, mailbox: MailboxNumber) -> Path:
         """``root/users/<14 hex>/`` (seed 000's directory layout)."""
-        return self.root / USERS_DIR / mailbox.hex
-
-    def _write_avatar(self, mailbox: MailboxNumber, avatar: bytes, sha: bytes) -> str:
-        """Write the avatar atomically under its hash; returns its path relative to `root`."""
-        folder = self.user_dir(mailbox)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{AVATAR_PREFIX}{sha.hex()}"
-        if not final.exists():
-            temp = folder / f".tmp-{sha.hex()}"
-            with open(temp, "wb") as out:
-                out.write(avatar)
-                out.flush()
-                os.fsync(out.fileno())
-            temp.replace(final)
-        return str(final.relative_to(self.root))
-
-    def _prune_avatars(self, mailbox: MailboxNumber, keep: str | None) -> None:
-        folder = self.user_dir(mailbox)
-        if not folder.is_dir():
-            return
-        for path in folder.iterdir():
-            if path.name.startswith((AVATAR_PREFIX, ".tmp-")) and (
-                keep is None or str(path.relative_to(self.root)) != keep
-            ):
-                path.unlink(missing_ok=True)
-        if keep is None:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty (seed 000 lets other files live there)
+        return self.avatars.user_dir(mailbox)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -309,97 +313,43 @@ class DirectoryStore:
     ) -> bool:
         """Store `profile` as `mailbox`'s whole record if (version, digest) is newer than what
         is held (record or tombstone). Returns whether it was stored."""
+        approval = _Approval(version, owner_key, ticket, signature)
         async with self._change:
-            return await self._put(
-                mailbox,
-                profile,
-                version=version,
-                owner_key=owner_key,
-                ticket=ticket,
-                signature=signature,
-                comment=comment,
-                created=created,
-            )
+            return await self._put(mailbox, profile, approval, comment, created)
 
     async def _put(
         self,
         mailbox: MailboxNumber,
         profile: Profile,
-        *,
-        version: int,
-        owner_key: bytes,
-        ticket: bytes,
-        signature: bytes,
+        approval: _Approval,
         comment: str | None,
         created: int | None,
     ) -> bool:
+        """The avatar file first, then one transaction, then the files it no longer names."""
         user = int(mailbox)
         digest = profile_digest(mailbox, profile)
-        avatar_path: str | None = None
-        avatar_sha: bytes | None = None
-        if profile.avatar is not None:
-            avatar_sha = _sha256(profile.avatar)
-            avatar_path = self._write_avatar(mailbox, profile.avatar, avatar_sha)
+        avatar_sha = None if profile.avatar is None else _sha256(profile.avatar)
+        avatar_path = None
+        if profile.avatar is not None and avatar_sha is not None:
+            avatar_path = await self._offload(
+                self.avatars.write, mailbox, profile.avatar, avatar_sha
+            )
         stored = False
         try:
             async with self._transaction() as db:
                 held = await self._version_of(user)
-                if held is not None and held >= (version, digest):
+                if held is not None and held >= (approval.version, digest):
                     return False
-                price = profile.sending_price
-                await db.execute(
-                    "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile,"
-                    " SendingPrice, StartDateTime, AvatarName, AvatarSHA256, Version, Digest,"
-                    " OwnerKey, Ticket, OwnerSignature)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(UserID) DO UPDATE SET PublicAlias = excluded.PublicAlias,"
-                    " PublicDescription = excluded.PublicDescription,"
-                    " PathToAvatarFile = excluded.PathToAvatarFile,"
-                    " SendingPrice = excluded.SendingPrice, AvatarName = excluded.AvatarName,"
-                    " AvatarSHA256 = excluded.AvatarSHA256, Version = excluded.Version,"
-                    " Digest = excluded.Digest, OwnerKey = excluded.OwnerKey,"
-                    " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature",
-                    (
-                        user,
-                        profile.display_name,
-                        profile.description,
-                        avatar_path,
-                        None if price is None else int.from_bytes(price.to_bytes(), "big"),
-                        version if created is None else created,
-                        profile.avatar_name,
-                        avatar_sha,
-                        version,
-                        digest,
-                        owner_key,
-                        ticket,
-                        signature,
-                    ),
+                await _write_user(
+                    db, user, profile, digest, approval, avatar_path, avatar_sha, created
                 )
                 await db.execute("DELETE FROM TOMBSTONE WHERE UserID = ?", (user,))
-                await db.execute("DELETE FROM USER_MAILSERVER WHERE UserID = ?", (user,))
-                for slot, server in profile.qmail:
-                    qmail_id = server.to_bytes()
-                    await db.execute(
-                        "INSERT INTO MAILSERVER (QMailID, FQDN, FirstRegistrationDate,"
-                        " LastUpdateData) VALUES (?, ?, ?, ?) ON CONFLICT(QMailID)"
-                        " DO UPDATE SET LastUpdateData = excluded.LastUpdateData",
-                        (qmail_id, f"{server.host}:{server.port}", version, version),
-                    )
-                    await db.execute(
-                        "INSERT INTO USER_MAILSERVER (UserID, QMailID, Slot) VALUES (?, ?, ?)",
-                        (user, qmail_id, slot),
-                    )
-                # the comment explains the last update only
-                await db.execute("DELETE FROM PRIVATE_COMMENT WHERE UserID = ?", (user,))
-                if comment:
-                    await db.execute(
-                        "INSERT INTO PRIVATE_COMMENT (UserID, Comment, Version) VALUES (?, ?, ?)",
-                        (user, comment, version),
-                    )
+                await _write_mailservers(db, user, profile.qmail, approval.version)
+                await _write_comment(db, user, comment, approval.version)
             stored = True  # committed
         finally:
             if stored:
-                self._prune_avatars(mailbox, avatar_path)
+                await self._offload(self.avatars.prune, mailbox, avatar_path)
             elif avatar_path is not None:
                 await self._drop_unreferenced_avatar(user, mailbox, avatar_path)
         return True
@@ -411,7 +361,7 @@ class DirectoryStore:
             )
         keep = rows[0][0] if rows else None
         if keep != path:
-            self._prune_avatars(mailbox, keep)
+            await self._offload(self.avatars.prune, mailbox, keep)
 
     async def delete(
         self,
@@ -424,24 +374,15 @@ class DirectoryStore:
     ) -> bool:
         """Delete the whole record (seed 000) and leave a tombstone at `version`, if that is
         newer than what is held. Returns whether anything changed."""
+        approval = _Approval(version, owner_key, ticket, signature)
         async with self._change:
-            return await self._delete(
-                mailbox, version=version, owner_key=owner_key, ticket=ticket, signature=signature
-            )
+            return await self._delete(mailbox, approval)
 
-    async def _delete(
-        self,
-        mailbox: MailboxNumber,
-        *,
-        version: int,
-        owner_key: bytes,
-        ticket: bytes,
-        signature: bytes,
-    ) -> bool:
+    async def _delete(self, mailbox: MailboxNumber, approval: _Approval) -> bool:
         user = int(mailbox)
         async with self._transaction() as db:
             held = await self._version_of(user)
-            if held is not None and held >= (version, TOMBSTONE_DIGEST):
+            if held is not None and held >= (approval.version, TOMBSTONE_DIGEST):
                 return False
             await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
             await db.execute(
@@ -449,9 +390,9 @@ class DirectoryStore:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(UserID) DO UPDATE SET"
                 " Version = excluded.Version, OwnerKey = excluded.OwnerKey,"
                 " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature",
-                (user, version, owner_key, ticket, signature),
+                (user, approval.version, approval.owner_key, approval.ticket, approval.signature),
             )
-        self._prune_avatars(mailbox, None)
+        await self._offload(self.avatars.prune, mailbox, None)
         return True
 
     async def drop_tombstones(self, older_than: int) -> int:
@@ -478,7 +419,8 @@ class DirectoryStore:
         servers = await self._db.fetchall(
             "SELECT Slot, QMailID FROM USER_MAILSERVER WHERE UserID = ? ORDER BY Slot", (user,)
         )
-        avatar = (self.root / path).read_bytes() if path is not None else None
+        # read while the lock is held: no change can prune the file the row names meanwhile
+        avatar = None if path is None else await self._offload(self.avatars.read, path)
         profile = Profile(
             display_name=name,
             description=description,
@@ -628,10 +570,69 @@ class DirectoryStore:
             elif column == UpdateKey.SENDING_PRICE:
                 row.append(None if price is None else int(price).to_bytes(3, "big"))
             elif column == UpdateKey.AVATAR:
-                row.append(None if path is None else (self.root / path).read_bytes())
+                # read while the lock is held: no change can prune the file meanwhile
+                row.append(None if path is None else await self._offload(self.avatars.read, path))
             else:
                 row.append(slots.get(column))
         return tuple(row)
+
+
+async def _write_user(
+    db: Database,
+    user: int,
+    profile: Profile,
+    digest: bytes,
+    approval: _Approval,
+    avatar_path: str | None,
+    avatar_sha: bytes | None,
+    created: int | None,
+) -> None:
+    """The USER row (seed 000), inserted or replaced whole."""
+    price = profile.sending_price
+    await db.execute(
+        _UPSERT_USER,
+        (
+            user,
+            profile.display_name,
+            profile.description,
+            avatar_path,
+            None if price is None else int.from_bytes(price.to_bytes(), "big"),
+            approval.version if created is None else created,
+            profile.avatar_name,
+            avatar_sha,
+            approval.version,
+            digest,
+            approval.owner_key,
+            approval.ticket,
+            approval.signature,
+        ),
+    )
+
+
+async def _write_mailservers(
+    db: Database, user: int, qmail: tuple[tuple[int, QMailServer], ...], version: int
+) -> None:
+    """The record's QMail servers (seed 000: MAILSERVER and USER_MAILSERVER), replaced whole."""
+    await db.execute("DELETE FROM USER_MAILSERVER WHERE UserID = ?", (user,))
+    for slot, server in qmail:
+        qmail_id = server.to_bytes()
+        await db.execute(
+            _UPSERT_MAILSERVER, (qmail_id, f"{server.host}:{server.port}", version, version)
+        )
+        await db.execute(
+            "INSERT INTO USER_MAILSERVER (UserID, QMailID, Slot) VALUES (?, ?, ?)",
+            (user, qmail_id, slot),
+        )
+
+
+async def _write_comment(db: Database, user: int, comment: str | None, version: int) -> None:
+    """The private comment explains the last update only (seed 000: the one private field)."""
+    await db.execute("DELETE FROM PRIVATE_COMMENT WHERE UserID = ?", (user,))
+    if comment:
+        await db.execute(
+            "INSERT INTO PRIVATE_COMMENT (UserID, Comment, Version) VALUES (?, ?, ?)",
+            (user, comment, version),
+        )
 
 
 def _utf8(text: str | None) -> bytes | None:
