@@ -16,9 +16,12 @@ import pytest
 from node.directory.database import AiosqliteDatabase, Database, InlineDatabase, Params
 from node.directory.store import DATABASE_FILE, DirectoryStore
 from records.directory import (
+    Condition,
     MailboxNumber,
+    Operator,
     Profile,
     QMailServer,
+    SearchKey,
     SearchRequest,
     UpdateKey,
 )
@@ -105,3 +108,60 @@ async def test_avatar_files_are_written_and_read_off_the_event_loop(
     assert results.rows == ((profile(2).avatar,),)
     assert {kind for kind, _ in seen} == {"write", "read", "remove"}
     assert [kind for kind, thread in seen if thread == loop_thread] == []
+
+
+async def test_search_pages_by_key_with_one_query_per_chunk(
+    counted: tuple[DirectoryStore, CountingDatabase],
+) -> None:
+    """Before, a search ran one query for the matching ids and then one or two per row (its
+    fields, its QMail servers), all holding the store's lock."""
+    store, db = counted
+    for serial in range(60):
+        assert await store.put(MailboxNumber(6, 1, serial), profile(serial), version=10, **KW)
+    columns = (UpdateKey.MAILBOX, UpdateKey.DISPLAY_NAME, UpdateKey.AVATAR, 13)
+    tea = Condition(SearchKey.WHERE, UpdateKey.DESCRIPTION, Operator.CONTAINS, "tea")
+    pages = []
+    for page in range(4):
+        db.queries = 0
+        request = SearchRequest(bytes(16), bytes(16), columns, (tea,), limit_kb=4, page=page)
+        results = await store.search(request)
+        assert db.queries <= 2, f"page {page}: {db.queries} queries"
+        pages.append(results.rows)
+    rows = [row for page in pages for row in page]
+    odd = [serial for serial in range(60) if serial % 2]
+    assert [row[0] for row in rows] == [MailboxNumber(6, 1, s).to_bytes() for s in odd]
+    assert rows[0] == (
+        MailboxNumber(6, 1, 1).to_bytes(),
+        b"user 1",
+        profile(1).avatar,
+        QMailServer(6, "10.0.0.2", 2).to_bytes(),
+    )
+    assert all(pages[:3])
+    assert len(pages[0]) > 1
+
+
+async def test_pages_do_not_depend_on_the_chunk_size(
+    counted: tuple[DirectoryStore, CountingDatabase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows and page breaks are the same whether a page spans one chunk or many."""
+    from node.directory import search
+
+    store, _ = counted
+    for serial in range(25):
+        assert await store.put(MailboxNumber(6, 2, serial), profile(serial), version=10, **KW)
+    columns = (UpdateKey.MAILBOX, UpdateKey.AVATAR, 10)
+
+    async def pages() -> list[tuple[Any, ...]]:
+        out = []
+        for page in range(5):
+            request = SearchRequest(bytes(16), bytes(16), columns, limit_kb=2, page=page)
+            out.append((await store.search(request)).rows)
+        return out
+
+    whole = await pages()
+    monkeypatch.setattr(search, "CHUNK_ROWS", 3)
+    assert await pages() == whole
+    assert [row[0] for page in whole for row in page] == [
+        MailboxNumber(6, 2, s).to_bytes() for s in range(25)
+    ]
+    assert all(len(page) > 1 for page in whole)

@@ -24,27 +24,22 @@ from typing import Any
 
 from node.directory.avatars import USERS_DIR, AvatarFiles, Offload, in_thread
 from node.directory.database import Database
+from node.directory.search import Match, Pager, chunk_query, matches
 from records.directory import (
-    QMAIL_KEYS,
     TOMBSTONE_DIGEST,
-    TRAILER,
-    Condition,
     MailboxNumber,
-    Operator,
     Profile,
     QMailServer,
-    SearchKey,
+    Row,
     SearchRequest,
     SearchResults,
     SendingPrice,
     UpdateKey,
-    encode_row,
     profile_digest,
 )
 from records.drd import DigestRow
 
 DATABASE_FILE = "directory.sqlite3"
-MAX_ROWS_SCANNED = 100_000
 MAX_SESSIONS_PER_MAILBOX = 16
 """Open sessions kept per mailbox; opening another ends the oldest (an owner opening sessions
 in a loop cannot grow the SESSION table without bound)."""
@@ -104,30 +99,6 @@ _SCHEMA = [
 ]
 
 _TABLES = ("USER", "SESSION", "MAILSERVER", "USER_MAILSERVER", "PRIVATE_COMMENT", "TOMBSTONE")
-
-_TEXT_SQL = {
-    UpdateKey.DISPLAY_NAME: "U.PublicAlias",
-    UpdateKey.DESCRIPTION: "U.PublicDescription",
-    UpdateKey.AVATAR_NAME: "U.AvatarName",
-}
-_NUMBER_SQL = {UpdateKey.SENDING_PRICE: "U.SendingPrice", UpdateKey.MAILBOX: "U.UserID"}
-_QMAIL_SQL = (
-    "(SELECT UM.QMailID FROM USER_MAILSERVER UM WHERE UM.UserID = U.UserID AND UM.Slot = ?)"
-)
-_COMPARE_SQL = {
-    Operator.NOT_EQUAL: "{col} != ?",
-    Operator.EQUAL: "{col} = ?",
-    Operator.GREATER: "{col} > ?",
-    Operator.LESS: "{col} < ?",
-    # instr, not LIKE: '%' and '_' in a search are the characters themselves
-    Operator.CONTAINS: "instr({col}, ?) > 0",
-    Operator.NOT_CONTAINS: "instr({col}, ?) = 0",
-}
-_RESULTS_OVERHEAD = 13 + len(TRAILER)
-# SQLite integers are signed 64-bit, a where clause's number up to 2^64 - 1 (8 bytes). Stored
-# numbers (mailbox: 7 bytes, price: 3) are far below 2^63 - 1, so comparing with the operand
-# capped there gives the same answer, where binding the operand itself would overflow.
-_SQL_INTEGER_MAX = (1 << 63) - 1  # results header (keys 0-3) and the trailer
 
 _UPSERT_USER = (
     "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile, SendingPrice,"
@@ -520,61 +491,39 @@ class DirectoryStore:
         """The page `request.page` of matching records, pages being as many whole rows as fit
         `request.limit_kb` KB (at least one row each), rows ordered by mailbox number.
 
-        Raises `sqlite3.Error` if the database fails (status 10)."""
-        where, params = _where_sql(request.conditions)
-        async with self._lock:
-            ids = await self._db.fetchall(
-                f"SELECT U.UserID FROM USER U WHERE {where} ORDER BY U.UserID LIMIT ?",
-                (*params, MAX_ROWS_SCANNED),
-            )
-            budget = request.limit_kb * 1024 - _RESULTS_OVERHEAD
-            page, used = 0, 0
-            rows: list[tuple[bytes | None, ...]] = []
-            for (user,) in ids:
-                row = await self._row(user, request.columns)
-                size = len(encode_row(request.columns, row))
-                if rows and (used + size > budget or len(rows) == 0xFFFF):
-                    if page == request.page:
-                        break
-                    page, used, rows = page + 1, 0, []
-                rows.append(row)
-                used += size
-        if page != request.page:
-            rows = []
+        Records are read by key, a chunk per query (see `node.directory.search`); the lock is
+        held for one chunk at a time, and avatar files are sized or read off the loop, only if
+        the avatar is a requested column. Raises `sqlite3.Error` if the database fails, or
+        `OSError` if an avatar file does (status 10)."""
+        sql, params = chunk_query(request)
+        pager = Pager(request)
+        rows: list[Row] = []
+        while not pager.done:
+            async with self._lock:
+                found = matches(await self._db.fetchall(sql, params))
+                rows += await self._page_rows(pager, found)
+            if len(found) < params[-1]:
+                break
+            params[0] = found[-1].user  # the next chunk starts after this one's last record
         return SearchResults(request.columns, tuple(rows))
 
-    async def _row(self, user: int, columns: tuple[int, ...]) -> tuple[bytes | None, ...]:
-        """One result row; the avatar file is read only if it is a requested column."""
-        fields = await self._db.fetchall(
-            "SELECT PublicAlias, PublicDescription, SendingPrice, AvatarName, PathToAvatarFile"
-            " FROM USER WHERE UserID = ?",
-            (user,),
-        )
-        name, description, price, avatar_name, path = fields[0]
-        slots: dict[int, bytes] = {}
-        if any(c in QMAIL_KEYS for c in columns):
-            for slot, qmail_id in await self._db.fetchall(
-                "SELECT Slot, QMailID FROM USER_MAILSERVER WHERE UserID = ?", (user,)
-            ):
-                slots[UpdateKey.QMAIL_FIRST + slot] = bytes(qmail_id)
-        row: list[bytes | None] = []
-        for column in columns:
-            if column == UpdateKey.MAILBOX:
-                row.append(int(user).to_bytes(7, "big"))
-            elif column == UpdateKey.DISPLAY_NAME:
-                row.append(_utf8(name))
-            elif column == UpdateKey.DESCRIPTION:
-                row.append(_utf8(description))
-            elif column == UpdateKey.AVATAR_NAME:
-                row.append(_utf8(avatar_name))
-            elif column == UpdateKey.SENDING_PRICE:
-                row.append(None if price is None else int(price).to_bytes(3, "big"))
-            elif column == UpdateKey.AVATAR:
-                # read while the lock is held: no change can prune the file meanwhile
-                row.append(None if path is None else await self._offload(self.avatars.read, path))
-            else:
-                row.append(slots.get(column))
-        return tuple(row)
+    async def _page_rows(self, pager: Pager, found: list[Match]) -> list[Row]:
+        """Walk one chunk; the rows on the page asked for, their avatars read (lock held, so
+        no change prunes a file a row names meanwhile)."""
+        wants_avatar = UpdateKey.AVATAR in pager.columns
+        sizes: list[int | None] = [None] * len(found)
+        if wants_avatar:
+            sizes = await self._offload(self.avatars.sizes, [m.path for m in found])
+        kept: list[Match] = []
+        for match, size in zip(found, sizes, strict=True):
+            if pager.done:
+                break
+            if pager.take(pager.size(match, size)):
+                kept.append(match)
+        avatars: list[bytes | None] = [None] * len(kept)
+        if wants_avatar and kept:
+            avatars = await self._offload(self.avatars.read_all, [m.path for m in kept])
+        return [m.row(pager.columns, avatar) for m, avatar in zip(kept, avatars, strict=True)]
 
 
 async def _write_user(
@@ -633,40 +582,6 @@ async def _write_comment(db: Database, user: int, comment: str | None, version: 
             "INSERT INTO PRIVATE_COMMENT (UserID, Comment, Version) VALUES (?, ?, ?)",
             (user, comment, version),
         )
-
-
-def _utf8(text: str | None) -> bytes | None:
-    return None if text is None else text.encode("utf-8")
-
-
-def _where_sql(conditions: tuple[Condition, ...]) -> tuple[str, list[Any]]:
-    """SQL for the where / AND / OR clauses, left to right (``(a AND b) OR c``), and its
-    parameters. Column and operator SQL come from this module's fixed tables."""
-    if not conditions:
-        return "1", []
-    expression = ""
-    params: list[Any] = []
-    for condition in conditions:
-        column_params: list[Any] = []
-        if condition.column in _TEXT_SQL:
-            column = _TEXT_SQL[UpdateKey(condition.column)]
-            operand: Any = condition.operand
-        elif condition.column in QMAIL_KEYS:
-            column = _QMAIL_SQL
-            column_params = [condition.column - UpdateKey.QMAIL_FIRST]
-            operand = int(condition.operand).to_bytes(8, "big")  # QMailID blobs: memcmp order
-        else:
-            column = _NUMBER_SQL[UpdateKey(condition.column)]
-            operand = min(int(condition.operand), _SQL_INTEGER_MAX)
-        clause = _COMPARE_SQL[condition.operator].format(col=column)
-        clause_params = [*column_params, operand]
-        if condition.join == SearchKey.WHERE:
-            expression = f"({clause})"
-        else:
-            joiner = "AND" if condition.join == SearchKey.AND else "OR"
-            expression = f"({expression} {joiner} {clause})"
-        params += clause_params
-    return expression, params
 
 
 def _mailbox(user: int) -> MailboxNumber:
