@@ -76,13 +76,23 @@ class QuorumTicketVerifier:
 
 
 class PaymentVerifier(Protocol):
-    """Takes payment for a service (seed 000 keys 1 and 2: coin code and locker code)."""
+    """Takes payment for a service (seed 000 keys 1 and 2: coin code and locker code).
+
+    The directory charges a change only once its store has found it newer than what it holds,
+    with every other change held off until it is written; if the change still fails (the
+    database does), or a search does, it calls `refund`."""
 
     async def charge(
         self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
     ) -> Status:
         """`Status.SUCCESS` if the service is paid for (or free), else the seed's
         `FEW_COINS_IN_LOCKER` (153) or `LOCKER_EMPTY_OR_NOT_EXISTS` (179)."""
+        ...
+
+    async def refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        """Give back what a successful `charge` with the same arguments took."""
         ...
 
 
@@ -94,6 +104,11 @@ class NoCharge:
     ) -> Status:
         """Always `Status.SUCCESS`."""
         return Status.SUCCESS
+
+    async def refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        """Nothing was taken."""
 
 
 class LockerPayments:
@@ -130,3 +145,11 @@ class LockerPayments:
             return Status.FEW_COINS_IN_LOCKER  # seed 000: 153
         self.lockers[payment.locker] = held - price
         return Status.SUCCESS
+
+    async def refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        """Put the price back into the locker it was taken from."""
+        price = self.prices.get(command, 0)
+        if price > 0 and payment is not None:
+            self.lockers[payment.locker] = self.lockers.get(payment.locker, 0) + price

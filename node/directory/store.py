@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from records.directory import (
 from records.drd import DigestRow
 
 DATABASE_FILE = "directory.sqlite3"
+Charge = Callable[[], Awaitable[None]]
+"""Takes payment for a change, or raises to refuse it (see `DirectoryStore.put`)."""
 MAX_SESSIONS_PER_MAILBOX = 16
 """Open sessions kept per mailbox; opening another ends the oldest (an owner opening sessions
 in a loop cannot grow the SESSION table without bound)."""
@@ -281,12 +283,17 @@ class DirectoryStore:
         signature: bytes,
         comment: str | None = None,
         created: int | None = None,
+        charge: Charge | None = None,
     ) -> bool:
         """Store `profile` as `mailbox`'s whole record if (version, digest) is newer than what
-        is held (record or tombstone). Returns whether it was stored."""
+        is held (record or tombstone). Returns whether it was stored.
+
+        `charge` is awaited once the change is known to be newer and before anything is
+        written, while every other change of this store waits: a payment taken there cannot be
+        overtaken by a newer change. If it raises, nothing is written."""
         approval = _Approval(version, owner_key, ticket, signature)
         async with self._change:
-            return await self._put(mailbox, profile, approval, comment, created)
+            return await self._put(mailbox, profile, approval, comment, created, charge)
 
     async def _put(
         self,
@@ -295,22 +302,26 @@ class DirectoryStore:
         approval: _Approval,
         comment: str | None,
         created: int | None,
+        charge: Charge | None,
     ) -> bool:
-        """The avatar file first, then one transaction, then the files it no longer names."""
+        """The version check and the payment, the avatar file, then one transaction, then the
+        files it no longer names."""
         user = int(mailbox)
         digest = profile_digest(mailbox, profile)
-        avatar_sha = None if profile.avatar is None else _sha256(profile.avatar)
-        avatar_path = None
-        if profile.avatar is not None and avatar_sha is not None:
+        if not await self._is_newer(user, (approval.version, digest)):
+            return False
+        if charge is not None:
+            await charge()
+        avatar_sha: bytes | None = None
+        avatar_path: str | None = None
+        if profile.avatar is not None:
+            avatar_sha = _sha256(profile.avatar)
             avatar_path = await self._offload(
                 self.avatars.write, mailbox, profile.avatar, avatar_sha
             )
         stored = False
         try:
             async with self._transaction() as db:
-                held = await self._version_of(user)
-                if held is not None and held >= (approval.version, digest):
-                    return False
                 await _write_user(
                     db, user, profile, digest, approval, avatar_path, avatar_sha, created
                 )
@@ -324,6 +335,13 @@ class DirectoryStore:
             elif avatar_path is not None:
                 await self._drop_unreferenced_avatar(user, mailbox, avatar_path)
         return True
+
+    async def _is_newer(self, user: int, rank: tuple[int, bytes]) -> bool:
+        """Whether a change ranked `rank` beats what is held (the caller holds `_change`, so
+        no other change can come between this answer and its transaction)."""
+        async with self._lock:
+            held = await self._version_of(user)
+        return held is None or held < rank
 
     async def _drop_unreferenced_avatar(self, user: int, mailbox: MailboxNumber, path: str) -> None:
         async with self._lock:
@@ -342,19 +360,23 @@ class DirectoryStore:
         owner_key: bytes,
         ticket: bytes,
         signature: bytes,
+        charge: Charge | None = None,
     ) -> bool:
         """Delete the whole record (seed 000) and leave a tombstone at `version`, if that is
-        newer than what is held. Returns whether anything changed."""
+        newer than what is held. Returns whether anything changed. `charge` as for `put`."""
         approval = _Approval(version, owner_key, ticket, signature)
         async with self._change:
-            return await self._delete(mailbox, approval)
+            return await self._delete(mailbox, approval, charge)
 
-    async def _delete(self, mailbox: MailboxNumber, approval: _Approval) -> bool:
+    async def _delete(
+        self, mailbox: MailboxNumber, approval: _Approval, charge: Charge | None
+    ) -> bool:
         user = int(mailbox)
+        if not await self._is_newer(user, (approval.version, TOMBSTONE_DIGEST)):
+            return False
+        if charge is not None:
+            await charge()
         async with self._transaction() as db:
-            held = await self._version_of(user)
-            if held is not None and held >= (approval.version, TOMBSTONE_DIGEST):
-                return False
             await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
             await db.execute(
                 "INSERT INTO TOMBSTONE (UserID, Version, OwnerKey, Ticket, OwnerSignature)"
