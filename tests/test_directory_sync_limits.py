@@ -31,10 +31,12 @@ from records.directory import (
 )
 from records.drd import (
     DIGEST_PAGE,
+    MAX_PULL_BATCH,
     decode_digest_request,
     decode_pull_request,
     encode_digest,
     encode_pull,
+    encode_pull_item,
     sync_entry,
 )
 
@@ -57,7 +59,8 @@ class FakePeer:
     """Stands in for `DirectoryClient`: answers with whatever the test's functions say."""
 
     digest: Callable[[MailboxNumber | None], bytes]
-    pull: Callable[[MailboxNumber], tuple[int, bytes]] = lambda _: (9, b"\xe3\xe3")
+    pull: Callable[[MailboxNumber], bytes] = lambda _: encode_pull_item(None)
+    """One pull item per mailbox asked for (default: nothing held)."""
     clock: FixedClock = field(default_factory=FixedClock)
     calls: list[int] = field(default_factory=list)
 
@@ -68,7 +71,8 @@ class FakePeer:
         self.calls.append(command)
         if command == Command.SYNC_DIGEST:
             return Status.SUCCESS, self.digest(decode_digest_request(body))
-        return self.pull(decode_pull_request(body))
+        mailboxes, _ = decode_pull_request(body)
+        return Status.SUCCESS, encode_pull([self.pull(mailbox) for mailbox in mailboxes])
 
 
 @pytest.fixture
@@ -118,9 +122,39 @@ async def test_a_peer_offering_only_refusals_is_left_early(store: DirectoryStore
     """Every offered change is newer but none can be pulled: the round ends after a bounded
     number of refusals instead of asking for all of them."""
     peer = FakePeer(lambda after: encode_digest(rows(0, 1000) if after is None else []))
-    peer.pull = lambda mailbox: (Status.SUCCESS, b"\x00\x00\x00\x02\x08\x01\xe3\xe3")
-    assert await syncer(store, peer).sync_with(("peer", 1)) == 0
+    peer.pull = lambda mailbox: b"\x00\x00\x00\x02\x08\x01" + bytes(4)  # entry does not parse
+    sync = syncer(store, peer)
+    assert await sync.sync_with(("peer", 1)) == 0
     assert peer.calls.count(Command.SYNC_PULL) <= sync_module.MAX_REFUSED_PULLS + 1
+    assert sync.stats["peers_given_up"] == 1
+    assert sync.stats["refused"] <= sync_module.MAX_REFUSED_PULLS + MAX_PULL_BATCH
+
+
+@pytest.mark.parametrize("answer", ["none", "too_many", "cut_short"])
+async def test_a_pull_answered_with_nothing_usable_is_refused(
+    store: DirectoryStore, answer: str
+) -> None:
+    """A peer answering a pull with no items, more items than asked, or broken framing gets
+    every change of that pull counted refused; the round goes on, bounded."""
+    peer = FakePeer(lambda after: encode_digest(rows(0, 10) if after is None else []))
+
+    async def call(server: object, command: Command, body: bytes) -> tuple[int, bytes]:
+        peer.calls.append(command)
+        if command == Command.SYNC_DIGEST:
+            return Status.SUCCESS, peer.digest(decode_digest_request(body))
+        mailboxes, _ = decode_pull_request(body)
+        if answer == "none":
+            return Status.SUCCESS, encode_pull([])
+        if answer == "too_many":
+            return Status.SUCCESS, encode_pull([encode_pull_item(None)] * (len(mailboxes) + 1))
+        return Status.SUCCESS, encode_pull([encode_pull_item(None)])[:-4] + b"\xe3\xe3"
+
+    peer.call = call  # type: ignore[method-assign]
+    sync = syncer(store, peer)
+    assert await sync.sync_with(("peer", 1)) == 0
+    assert sync.stats["refused"] == 10
+    assert peer.calls.count(Command.SYNC_PULL) == 1
+    assert await store.count() == 0
 
 
 def _ticket() -> bytes:
@@ -151,7 +185,7 @@ async def test_a_deleted_record_is_not_brought_back_by_a_peer(store: DirectorySt
     before = await store.table_rows()
     # a peer that still holds the old record offers it again: it is older than the deletion
     stale = encode_digest([(MAILBOX, version, DIGEST)])
-    peer = FakePeer(lambda after: stale, lambda mailbox: (Status.SUCCESS, encode_pull(entry, b"")))
+    peer = FakePeer(lambda after: stale, lambda mailbox: encode_pull_item(entry))
     assert await syncer(store, peer).sync_with(("peer", 1)) == 0
     assert not await sync.apply(entry, b"")
     assert await store.get(MAILBOX) is None
@@ -171,7 +205,7 @@ async def test_a_pull_answered_with_another_mailbox_is_refused(store: DirectoryS
     )
     peer = FakePeer(
         lambda after: encode_digest([(MAILBOX, T0, DIGEST)] if after is None else []),
-        lambda mailbox: (Status.SUCCESS, encode_pull(entry, b"")),
+        lambda mailbox: encode_pull_item(entry),
     )
     sync = syncer(store, peer)
     assert await sync.sync_with(("peer", 1)) == 0

@@ -1,10 +1,11 @@
 """Anti-entropy between directory servers (seed 000: "DRD servers may synchronize
 themselves"): each server periodically asks each peer found at ``/drd-servers/all/`` for its
 digest (mailbox -> version, content digest) and pulls every record or deletion newer than its
-own. A pulled change is checked like any change (the owner's signature, the ticket's quorum),
-so a peer can offer nothing an owner did not approve; the newest change wins on every server
-alike. Deletions travel as tombstones, forgotten after `tombstone_keep_ms`. Private comments
-never travel: the sync layouts have no field for them (see `records.drd`).
+own, up to `MAX_PULL_BATCH` of them a request (as many as fit a frame come back). A pulled
+change is checked like any change (the owner's signature, the ticket's quorum), so a peer can
+offer nothing an owner did not approve; the newest change wins on every server alike.
+Deletions travel as tombstones, forgotten after `tombstone_keep_ms`. Private comments never
+travel: the sync layouts have no field for them (see `records.drd`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from node.directory.client import DirectoryClient
 from node.directory.ownership import OwnershipVerifier
 from node.directory.store import DirectoryStore
-from node.directory.transport import Address
+from node.directory.transport import MAX_FRAME_SIZE, Address
 from records.directory import (
     CHALLENGE_SIZE,
     TRAILER,
@@ -30,6 +31,7 @@ from records.directory import (
 from records.directory_pb2 import DirectoryEntry
 from records.drd import (
     DIGEST_PAGE,
+    MAX_PULL_BATCH,
     check_owner_approval,
     decode_digest,
     decode_digest_request,
@@ -38,7 +40,9 @@ from records.drd import (
     encode_digest,
     encode_digest_request,
     encode_pull,
+    encode_pull_item,
     encode_pull_request,
+    parse_pulled,
     profile_of,
     sync_entry,
 )
@@ -52,6 +56,7 @@ MAX_DIGEST_PAGES = 256
 server reading forever."""
 MAX_REFUSED_PULLS = 256
 """Offered changes that could not be pulled (or were refused) before a round with a peer ends."""
+_ANSWER_OVERHEAD = 2 + 16 + 2  # response frame: command, status, challenge; the trailer
 
 
 class DirectorySync:
@@ -65,8 +70,11 @@ class DirectorySync:
         *,
         on_change: OnChange | None = None,
         clock_skew_ms: int = 5 * 60 * 1000,
+        max_answer_bytes: int = MAX_FRAME_SIZE,
     ) -> None:
         self.clock_skew_ms = clock_skew_ms
+        self.max_answer_bytes = max_answer_bytes
+        """Largest frame this server sends or takes (its transport's limit)."""
         self.store = store
         self.ownership = ownership
         self.client = client
@@ -84,32 +92,43 @@ class DirectorySync:
                 after = decode_digest_request(body)
                 rows = await self.store.digest_page(after, DIGEST_PAGE)
                 return response_frame(command, Status.SUCCESS, challenge, encode_digest(rows))
-            mailbox = decode_pull_request(body)
-            stored = await self.store.get(mailbox)
-            if stored is not None:
-                entry = sync_entry(
-                    mailbox,
-                    version=stored.version,
-                    profile=stored.profile,
-                    ticket=stored.ticket,
-                    owner_signature=stored.signature,
-                )
-                avatar = stored.profile.avatar or b""
-            else:
-                gone = await self.store.tombstone(mailbox)
-                if gone is None:
-                    return response_frame(command, Status.DATABASE_RETURNED_ZERO_RECORDS, challenge)
-                entry = sync_entry(
-                    mailbox,
-                    version=gone.version,
-                    profile=None,
-                    ticket=gone.ticket,
-                    owner_signature=gone.signature,
-                )
-                avatar = b""
-            return response_frame(command, Status.SUCCESS, challenge, encode_pull(entry, avatar))
+            mailboxes, max_answer = decode_pull_request(body)
+            budget = min(max_answer, self.max_answer_bytes) - _ANSWER_OVERHEAD
+            items: list[bytes] = []
+            used = 0
+            for mailbox in mailboxes:
+                item = await self._item(mailbox)
+                if items and used + len(item) > budget:
+                    break  # the puller asks again for the rest
+                items.append(item)
+                used += len(item)
+            return response_frame(command, Status.SUCCESS, challenge, encode_pull(items))
         except DirectoryError as exc:
             return response_frame(command, exc.status, challenge, TRAILER)
+
+    async def _item(self, mailbox: MailboxNumber) -> bytes:
+        """The pull item of what is held for `mailbox`: record, deletion or nothing."""
+        stored = await self.store.get(mailbox)
+        if stored is not None:
+            entry = sync_entry(
+                mailbox,
+                version=stored.version,
+                profile=stored.profile,
+                ticket=stored.ticket,
+                owner_signature=stored.signature,
+            )
+            return encode_pull_item(entry, stored.profile.avatar or b"")
+        gone = await self.store.tombstone(mailbox)
+        if gone is None:
+            return encode_pull_item(None)
+        entry = sync_entry(
+            mailbox,
+            version=gone.version,
+            profile=None,
+            ticket=gone.ticket,
+            owner_signature=gone.signature,
+        )
+        return encode_pull_item(entry)
 
     # -- pulling ---------------------------------------------------------------------------
 
@@ -119,11 +138,13 @@ class DirectorySync:
 
         The peer is not trusted to be finite: its digest is read page by page (rows in
         strictly increasing mailbox order, at most `MAX_DIGEST_PAGES` pages a round) and
-        compared as it comes, and a peer whose offers keep failing is left after
-        `MAX_REFUSED_PULLS` of them, so memory and time per round stay bounded."""
+        compared as it comes, what is newer pulled `MAX_PULL_BATCH` at a time, and a peer
+        whose offers keep failing is left after `MAX_REFUSED_PULLS` of them, so memory and
+        time per round stay bounded."""
         ours = await self.store.digest()
-        applied = refused = 0
+        tally = _Tally()
         after: MailboxNumber | None = None
+        wanted: list[MailboxNumber] = []
         for _ in range(MAX_DIGEST_PAGES):
             status, body = await self.client.call(
                 peer, Command.SYNC_DIGEST, encode_digest_request(self.client.challenge(), after)
@@ -138,21 +159,13 @@ class DirectorySync:
                     raise DirectoryError("peer's digest rows are not in increasing order")
                 after = mailbox
                 held = ours.get(mailbox)
-                if held is not None and held >= (version, digest):
-                    continue
-                try:
-                    if await self._pull(peer, mailbox):
-                        applied += 1
-                        continue
-                except DirectoryError as exc:
-                    self.stats["refused"] += 1
-                    log.warning("refused %s from %s:%d: %s", mailbox, *peer, exc)
-                refused += 1
-                if refused > MAX_REFUSED_PULLS:
-                    self.stats["peers_given_up"] += 1
-                    log.warning("%s:%d offers changes it cannot give; left this round", *peer)
-                    self.stats["applied"] += applied
-                    return applied
+                if held is None or held < (version, digest):
+                    wanted.append(mailbox)
+                if len(wanted) == MAX_PULL_BATCH:
+                    await self._pull(peer, wanted, tally)
+                    wanted = []
+                    if tally.refused > MAX_REFUSED_PULLS:
+                        return self._give_up(peer, tally)
             if len(page) < DIGEST_PAGE:
                 break
         else:
@@ -160,16 +173,48 @@ class DirectorySync:
             log.warning(
                 "%s:%d digest longer than %d pages; rest next round", *peer, MAX_DIGEST_PAGES
             )
-        self.stats["applied"] += applied
-        return applied
+        if wanted:
+            await self._pull(peer, wanted, tally)
+            if tally.refused > MAX_REFUSED_PULLS:
+                return self._give_up(peer, tally)
+        self.stats["applied"] += tally.applied
+        return tally.applied
 
-    async def _pull(self, peer: Address, mailbox: MailboxNumber) -> bool:
-        status, body = await self.client.call(
-            peer, Command.SYNC_PULL, encode_pull_request(self.client.challenge(), mailbox)
-        )
-        if status != Status.SUCCESS:
-            return False
-        entry, avatar = decode_pull(body)
+    def _give_up(self, peer: Address, tally: _Tally) -> int:
+        self.stats["peers_given_up"] += 1
+        log.warning("%s:%d offers changes it cannot give; left this round", *peer)
+        self.stats["applied"] += tally.applied
+        return tally.applied
+
+    async def _pull(self, peer: Address, mailboxes: list[MailboxNumber], tally: _Tally) -> None:
+        """Pull `mailboxes` (at most `MAX_PULL_BATCH`), as many requests as the answers'
+        size needs; every item applied or counted refused."""
+        rest = mailboxes
+        while rest:
+            request = encode_pull_request(self.client.challenge(), rest, self.max_answer_bytes)
+            try:
+                status, body = await self.client.call(peer, Command.SYNC_PULL, request)
+                items = decode_pull(body) if status == Status.SUCCESS else []
+                if not items or len(items) > len(rest):
+                    raise DirectoryError(f"peer answered a pull of {len(rest)} with {status}")
+            except DirectoryError as exc:
+                self.stats["refused"] += len(rest)
+                tally.refused += len(rest)
+                log.warning("pull of %d from %s:%d failed: %s", len(rest), *peer, exc)
+                return
+            for mailbox, (data, avatar) in zip(rest, items, strict=False):
+                try:
+                    if data and await self._apply_pulled(mailbox, data, avatar):
+                        tally.applied += 1
+                        continue
+                except DirectoryError as exc:
+                    self.stats["refused"] += 1
+                    log.warning("refused %s from %s:%d: %s", mailbox, *peer, exc)
+                tally.refused += 1
+            rest = rest[len(items) :]
+
+    async def _apply_pulled(self, mailbox: MailboxNumber, data: bytes, avatar: bytes) -> bool:
+        entry = parse_pulled(data)
         if entry.mailbox != mailbox.to_bytes():
             raise DirectoryError("the peer sent another mailbox")
         return await self.apply(entry, avatar)
@@ -203,3 +248,11 @@ class DirectorySync:
         if changed and self.on_change is not None:
             await self.on_change(mailbox)
         return changed
+
+
+class _Tally:
+    """What one round with a peer has applied and refused so far."""
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.refused = 0
