@@ -395,6 +395,14 @@ def servers_of(record: Record) -> list[tuple[bytes, str, int]]:
 #
 # The receiver believes nothing a peer says: it checks the ticket and the owner's signature
 # as for any change, so a peer can offer only changes owners made.
+#
+# Version floors: a server keeps a deletion's tombstone (with its ticket) for a while, then only
+# the mailbox's floor: the version, the owner's key and signature of the deletion (digest rows
+# show it as `FLOOR_DIGEST`). No change at or below a floor is taken again, whoever offers it.
+# A floor proves nothing to a server that holds nothing (there is no ticket), but it does to one
+# still holding an older record approved by that same owner key (a server that was away): the
+# owner who approved that record later signed its deletion, so the record goes
+# (`floor_entry`, `check_floor`).
 
 DIGEST_ROW = MAILBOX_SIZE + 8 + 32
 DIGEST_PAGE = 4096
@@ -531,6 +539,37 @@ def sync_entry(
         entry.avatar_sha256 = avatar_hash(profile)
         entry.avatar_size = len(profile.avatar or b"")
     return entry
+
+
+def floor_entry(
+    mailbox: MailboxNumber, *, version: int, owner_key: bytes, owner_signature: bytes
+) -> DirectoryEntry:
+    """The unsigned entry a server hands a syncing peer for a version floor (no ticket)."""
+    return DirectoryEntry(
+        mailbox=mailbox.to_bytes(),
+        version=version,
+        deleted=True,
+        owner_key=owner_key,
+        owner_signature=owner_signature,
+    )
+
+
+def is_floor(entry: DirectoryEntry) -> bool:
+    """Whether a pulled entry is a version floor (a deletion that carries no ticket)."""
+    return entry.deleted and not entry.ticket
+
+
+def check_floor(entry: DirectoryEntry) -> MailboxNumber:
+    """The mailbox of a floor entry whose owner key signed the deletion; `NotApproved` (status
+    40) otherwise. Whether that key is the mailbox's owner is the caller's to know."""
+    mailbox = MailboxNumber.from_bytes(entry.mailbox)
+    if entry.fields or entry.avatar_sha256 or entry.avatar_size:
+        raise NotApproved("bad_owner_signature", "a floor carries no fields")
+    if len(entry.owner_key) != PUBLIC_KEY_SIZE or not verify_signature(
+        entry.owner_key, delete_payload(mailbox, entry.version), entry.owner_signature
+    ):
+        raise NotApproved("bad_owner_signature", "the floor's owner did not sign the deletion")
+    return mailbox
 
 
 def profile_of(entry: DirectoryEntry, avatar: bytes) -> Profile:

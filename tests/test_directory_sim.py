@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ class DirectoryNet:
         await self.sim.stop_all()
 
 
-async def directory_net(tmp_path: Path, seed: int) -> DirectoryNet:
+async def directory_net(tmp_path: Path, seed: int, **settings: Any) -> DirectoryNet:
     sim = Simulation(seed=seed)
     hosts = await sim.grow(10)
     streams = SimStreams(sim.network)
@@ -83,6 +84,7 @@ async def directory_net(tmp_path: Path, seed: int) -> DirectoryNet:
             threshold=3,
             inline_database=True,
             sync_interval=SYNC,
+            **settings,
         )
         server = DirectoryServer(config, host.node, transport=streams.transport(host.host))
         await server.start()
@@ -250,6 +252,56 @@ def test_a_peer_cannot_sync_a_change_the_owner_did_not_sign(tmp_path: Path) -> N
             with pytest.raises(DirectoryError):
                 await target.sync.apply(forged, b"")
             assert await target.store.table_rows() == before
+        finally:
+            await net.stop()
+
+    run_virtual(main())
+
+
+def test_a_server_away_longer_than_tombstones_last_does_not_bring_a_delete_back(
+    tmp_path: Path,
+) -> None:
+    """Server 2 is cut off while the owner deletes the mailbox, and stays away until the other
+    servers have forgotten the deletion's tombstone. Before, when it came back, its old record
+    looked new to them: they pulled it and the deleted mailbox was back everywhere."""
+    keep_ms = 5 * 60_000
+
+    async def main() -> None:
+        net = await directory_net(tmp_path, 84, tombstone_keep_ms=keep_ms)
+        try:
+            session = await net.login(0)
+            await net.client.update(session, PROFILE)
+            await asyncio.sleep(2 * SYNC + 5)
+            first = await net.held()
+            assert first[0] is not None
+            assert first == [first[0]] * 3
+            hosts = [h.host for h in net.hosts]
+            net.sim.network.partition([hosts[:2] + hosts[3:], [hosts[2]]])
+            await net.client.delete(session)
+            await asyncio.sleep(2 * keep_ms / 1000)  # far longer than tombstones are kept
+            assert await net.held() == [None, None, first[0]]
+            for server in net.servers[:2]:
+                assert server.store is not None
+                assert await server.store.tombstone(MAILBOX) is None  # its ticket forgotten
+                assert await server.store.floor(MAILBOX) is not None  # its version kept
+            net.sim.network.heal()
+            await asyncio.sleep(4 * SYNC)
+            assert await net.held() == [None, None, None]
+            away = net.servers[2]
+            assert away.sync is not None
+            assert away.sync.stats["floors_applied"] == 1  # the owner's deletion reached it
+            for server in net.servers:
+                results = await net.client.search(server.address, [UpdateKey.MAILBOX])
+                assert results.rows == ()
+                assert server.store is not None
+                assert not server.store.user_dir(MAILBOX).exists()
+            # the owner can still come back with a newer record, and it reaches everyone
+            session = await net.login(2)
+            await net.client.update(session, PROFILE)
+            await asyncio.sleep(2 * SYNC + 5)
+            again = await net.held()
+            assert again[0] is not None
+            assert again == [again[0]] * 3
         finally:
             await net.stop()
 

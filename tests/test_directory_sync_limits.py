@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from node.directory.store import DirectoryStore
 from node.directory.sync import DirectorySync
 from records import Identity
 from records.directory import (
+    FLOOR_DIGEST,
     Command,
     DirectoryError,
     MailboxNumber,
@@ -37,6 +39,7 @@ from records.drd import (
     encode_digest,
     encode_pull,
     encode_pull_item,
+    floor_entry,
     sync_entry,
 )
 
@@ -228,3 +231,99 @@ async def test_fields_out_of_canonical_order_are_refused(store: DirectoryStore) 
     with pytest.raises(DirectoryError):
         await syncer(store, FakePeer(lambda after: b"\xe3\xe3")).apply(entry, b"")
     assert await store.count() == 0
+
+
+async def _held_record(store: DirectoryStore, version: int) -> None:
+    old = Profile(display_name="old")
+    entry = sync_entry(
+        MAILBOX,
+        version=version,
+        profile=old,
+        ticket=_ticket(),
+        owner_signature=authorize_update(OWNER, MAILBOX, old, version).signature,
+    )
+    assert await syncer(store, FakePeer(lambda after: b"\xe3\xe3")).apply(entry, b"")
+
+
+@pytest.mark.parametrize("signer", ["stranger", "forged", "owner_but_older"])
+async def test_a_floor_removes_only_an_older_record_of_its_own_owner(
+    store: DirectoryStore, signer: str
+) -> None:
+    """A version floor carries no ticket, so it proves only that its key signed a deletion: it
+    may remove a record that key approved (older than the floor), nothing else."""
+    version = T0 - 10_000
+    await _held_record(store, version)
+    before = await store.table_rows()
+    stranger = Identity.from_seed(b"stranger".ljust(32, b"\x00"))
+    floor_version = version - 1 if signer == "owner_but_older" else version + 5
+    who = stranger if signer == "stranger" else OWNER
+    signature = authorize_delete(who, MAILBOX, floor_version).signature
+    if signer == "forged":
+        signature = authorize_delete(stranger, MAILBOX, floor_version).signature
+    floor = floor_entry(
+        MAILBOX,
+        version=floor_version,
+        owner_key=who.public_key if signer != "forged" else OWNER.public_key,
+        owner_signature=signature,
+    )
+    offered = encode_digest([(MAILBOX, floor_version, FLOOR_DIGEST)])
+    peer = FakePeer(lambda after: offered, lambda mailbox: encode_pull_item(floor))
+    sync = syncer(store, peer)
+    assert await sync.sync_with(("peer", 1)) == 0
+    assert await store.table_rows() == before
+    assert await store.get(MAILBOX) is not None
+
+
+async def test_a_floor_of_the_owner_removes_an_older_record_and_stays(
+    store: DirectoryStore,
+) -> None:
+    version = T0 - 10_000
+    await _held_record(store, version)
+    signature = authorize_delete(OWNER, MAILBOX, version + 5).signature
+    floor = floor_entry(
+        MAILBOX, version=version + 5, owner_key=OWNER.public_key, owner_signature=signature
+    )
+    offered = encode_digest([(MAILBOX, version + 5, FLOOR_DIGEST)])
+    peer = FakePeer(lambda after: offered, lambda mailbox: encode_pull_item(floor))
+    assert await syncer(store, peer).sync_with(("peer", 1)) == 1
+    assert await store.get(MAILBOX) is None
+    assert await store.version_of(MAILBOX) == (version + 5, FLOOR_DIGEST)
+    # the same record offered again (by the peer that was away) is older than the floor
+    await _held_record_refused(store, version)
+
+
+async def _held_record_refused(store: DirectoryStore, version: int) -> None:
+    old = Profile(display_name="old")
+    entry = sync_entry(
+        MAILBOX,
+        version=version,
+        profile=old,
+        ticket=_ticket(),
+        owner_signature=authorize_update(OWNER, MAILBOX, old, version).signature,
+    )
+    assert not await syncer(store, FakePeer(lambda after: b"\xe3\xe3")).apply(entry, b"")
+
+
+async def test_a_floor_offered_for_nothing_held_is_not_pulled(store: DirectoryStore) -> None:
+    """A server holding nothing for a mailbox cannot check a floor (no ticket) and does not
+    ask for it, round after round."""
+    offered = encode_digest([(MAILBOX, T0, FLOOR_DIGEST)])
+    peer = FakePeer(lambda after: offered)
+    assert await syncer(store, peer).sync_with(("peer", 1)) == 0
+    assert peer.calls == [Command.SYNC_DIGEST]
+
+
+async def test_forgotten_tombstones_leave_floors(store: DirectoryStore) -> None:
+    kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t", "signature": b"s"}
+    assert await store.put(MAILBOX, Profile(display_name="a"), version=10, **kw)
+    assert await store.delete(MAILBOX, version=20, **kw)
+    assert await store.drop_tombstones(older_than=100) == 1
+    assert await store.tombstone(MAILBOX) is None
+    assert await store.floor(MAILBOX) is not None
+    assert await store.digest() == {MAILBOX: (20, FLOOR_DIGEST)}
+    for version in (10, 19, 20):
+        assert not await store.put(MAILBOX, Profile(display_name="back"), version=version, **kw)
+        assert not await store.delete(MAILBOX, version=version, **kw)
+    assert await store.put(MAILBOX, Profile(display_name="new"), version=21, **kw)
+    assert await store.floor(MAILBOX) is None  # the newer record holds the version now
+    assert await store.digest_page(None, 10) == [(MAILBOX, 21, (await store.digest())[MAILBOX][1])]

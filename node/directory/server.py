@@ -58,7 +58,8 @@ class DirectoryConfig:
     session_minutes: int = DEFAULT_SESSION_MINUTES
     """Minutes a session lasts (seed 000 SESSION.MinutesUntilTimeout)."""
     tombstone_keep_ms: int = 30 * 24 * 3600 * 1000
-    """How long a deletion is remembered so that syncing servers do not bring it back."""
+    """How long a deletion's tombstone (with its ticket, published in the DHT) is kept; after
+    that only the mailbox's version floor stays, for good, so no server brings it back."""
     inline_database: bool = False
     """Run SQLite and the avatar files on the event loop's thread (the simulator's virtual
     clock needs this); otherwise both run on worker threads."""

@@ -1,6 +1,8 @@
 """The directory's database (seed 000): the USER, SESSION, USER_MAILSERVER and MAILSERVER
-tables, a private table for the "why I updated" comment, tombstones for deletions, and avatars
-as files under ``ROOT/users/<14 hex>/`` (see `node.directory.avatars`; their file work runs off
+tables, a private table for the "why I updated" comment, tombstones for deletions and, once a
+tombstone's time is up, the version floor it leaves (never forgotten: about 110 bytes a
+mailbox, so a server that was away longer cannot bring a deleted record back), and avatars as
+files under ``ROOT/users/<14 hex>/`` (see `node.directory.avatars`; their file work runs off
 the event loop).
 
 Every statement is parameterised; the few SQL fragments built at run time come from fixed
@@ -26,6 +28,7 @@ from node.directory.avatars import USERS_DIR, AvatarFiles, Offload, in_thread
 from node.directory.database import Database
 from node.directory.search import Match, Pager, chunk_query, matches
 from records.directory import (
+    FLOOR_DIGEST,
     TOMBSTONE_DIGEST,
     MailboxNumber,
     Profile,
@@ -36,6 +39,7 @@ from records.directory import (
     SendingPrice,
     UpdateKey,
     profile_digest,
+    supersedes,
 )
 from records.drd import DigestRow
 
@@ -98,9 +102,30 @@ _SCHEMA = [
         OwnerKey BLOB NOT NULL,
         Ticket BLOB NOT NULL,
         OwnerSignature BLOB NOT NULL)""",
+    # ours: what a tombstone leaves when its ticket is dropped: the newest deletion's version
+    # (no change at or below it is taken again) and the owner's signature of it
+    """CREATE TABLE IF NOT EXISTS VERSION_FLOOR (
+        UserID INTEGER PRIMARY KEY,
+        Version INTEGER NOT NULL,
+        OwnerKey BLOB NOT NULL,
+        OwnerSignature BLOB NOT NULL)""",
 ]
 
-_TABLES = ("USER", "SESSION", "MAILSERVER", "USER_MAILSERVER", "PRIVATE_COMMENT", "TOMBSTONE")
+_TABLES = (
+    "USER",
+    "SESSION",
+    "MAILSERVER",
+    "USER_MAILSERVER",
+    "PRIVATE_COMMENT",
+    "TOMBSTONE",
+    "VERSION_FLOOR",
+)
+# (mailbox, version, digest) of every record, tombstone and floor (a mailbox is in one of them)
+_RANKS = (
+    "SELECT UserID, Version, Digest FROM USER WHERE UserID > ?1 UNION ALL "
+    "SELECT UserID, Version, ?2 FROM TOMBSTONE WHERE UserID > ?1 UNION ALL "
+    "SELECT UserID, Version, ?3 FROM VERSION_FLOOR WHERE UserID > ?1"
+)
 
 _UPSERT_USER = (
     "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile, SendingPrice,"
@@ -146,6 +171,17 @@ class Tombstone:
     owner_key: bytes
     ticket: bytes
     signature: bytes
+
+
+@dataclass(frozen=True)
+class VersionFloor:
+    """A deletion whose tombstone was dropped: no change at or below `version` is taken."""
+
+    mailbox: MailboxNumber
+    version: int
+    owner_key: bytes
+    signature: bytes
+    """The owner's signature of the deletion (`records.directory.delete_payload`)."""
 
 
 @dataclass(frozen=True)
@@ -260,15 +296,16 @@ class DirectoryStore:
     # -- records ---------------------------------------------------------------------------
 
     async def version_of(self, mailbox: MailboxNumber) -> tuple[int, bytes] | None:
-        """(version, digest) of the record or tombstone held for `mailbox`, if any."""
+        """(version, digest) of the record, tombstone or floor held for `mailbox`, if any."""
         async with self._lock:
             return await self._version_of(int(mailbox))
 
     async def _version_of(self, user: int) -> tuple[int, bytes] | None:
         rows = await self._db.fetchall(
-            "SELECT Version, Digest FROM USER WHERE UserID = ? UNION ALL "
-            "SELECT Version, ? FROM TOMBSTONE WHERE UserID = ?",
-            (user, TOMBSTONE_DIGEST, user),
+            "SELECT Version, Digest FROM USER WHERE UserID = ?1 UNION ALL "
+            "SELECT Version, ?2 FROM TOMBSTONE WHERE UserID = ?1 UNION ALL "
+            "SELECT Version, ?3 FROM VERSION_FLOOR WHERE UserID = ?1",
+            (user, TOMBSTONE_DIGEST, FLOOR_DIGEST),
         )
         return max((int(v), bytes(d)) for v, d in rows) if rows else None
 
@@ -286,7 +323,7 @@ class DirectoryStore:
         charge: Charge | None = None,
     ) -> bool:
         """Store `profile` as `mailbox`'s whole record if (version, digest) is newer than what
-        is held (record or tombstone). Returns whether it was stored.
+        is held (record, tombstone or floor). Returns whether it was stored.
 
         `charge` is awaited once the change is known to be newer and before anything is
         written, while every other change of this store waits: a payment taken there cannot be
@@ -325,7 +362,7 @@ class DirectoryStore:
                 await _write_user(
                     db, user, profile, digest, approval, avatar_path, avatar_sha, created
                 )
-                await db.execute("DELETE FROM TOMBSTONE WHERE UserID = ?", (user,))
+                await _clear_deletion(db, user)
                 await _write_mailservers(db, user, profile.qmail, approval.version)
                 await _write_comment(db, user, comment, approval.version)
             stored = True  # committed
@@ -337,11 +374,11 @@ class DirectoryStore:
         return True
 
     async def _is_newer(self, user: int, rank: tuple[int, bytes]) -> bool:
-        """Whether a change ranked `rank` beats what is held (the caller holds `_change`, so
-        no other change can come between this answer and its transaction)."""
+        """Whether a change ranked `rank` supersedes what is held (the caller holds `_change`,
+        so no other change can come between this answer and its transaction)."""
         async with self._lock:
             held = await self._version_of(user)
-        return held is None or held < rank
+        return supersedes(rank, held)
 
     async def _drop_unreferenced_avatar(self, user: int, mailbox: MailboxNumber, path: str) -> None:
         async with self._lock:
@@ -378,6 +415,7 @@ class DirectoryStore:
             await charge()
         async with self._transaction() as db:
             await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
+            await _clear_deletion(db, user)
             await db.execute(
                 "INSERT INTO TOMBSTONE (UserID, Version, OwnerKey, Ticket, OwnerSignature)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(UserID) DO UPDATE SET"
@@ -389,9 +427,38 @@ class DirectoryStore:
         return True
 
     async def drop_tombstones(self, older_than: int) -> int:
-        """Forget deletions whose version is before `older_than` (ms)."""
+        """Drop the tombstones of deletions whose version is before `older_than` (ms), with
+        their tickets; each leaves its mailbox's version floor. Returns how many went."""
         async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO VERSION_FLOOR (UserID, Version, OwnerKey, OwnerSignature)"
+                " SELECT UserID, Version, OwnerKey, OwnerSignature FROM TOMBSTONE"
+                " WHERE Version < ?",
+                (older_than,),
+            )
             return await db.execute("DELETE FROM TOMBSTONE WHERE Version < ?", (older_than,))
+
+    async def apply_floor(self, floor: VersionFloor) -> bool:
+        """Delete the record held for the floor's mailbox if it is older than the floor and
+        was approved by the same owner key (who has since signed its deletion: the caller
+        checked that signature), leaving the floor. Returns whether the record went."""
+        user = int(floor.mailbox)
+        async with self._change:
+            async with self._transaction() as db:
+                rows = await db.fetchall(
+                    "SELECT Version, OwnerKey FROM USER WHERE UserID = ?", (user,)
+                )
+                # a deletion wins a tie with an update of the same millisecond
+                if not rows or rows[0][0] > floor.version or bytes(rows[0][1]) != floor.owner_key:
+                    return False
+                await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
+                await db.execute(
+                    "INSERT INTO VERSION_FLOOR (UserID, Version, OwnerKey, OwnerSignature)"
+                    " VALUES (?, ?, ?, ?)",
+                    (user, floor.version, floor.owner_key, floor.signature),
+                )
+            await self._offload(self.avatars.prune, floor.mailbox, None)
+        return True
 
     async def get(self, mailbox: MailboxNumber) -> StoredProfile | None:
         """The record held for `mailbox` (avatar read from its file), or None."""
@@ -447,6 +514,18 @@ class DirectoryStore:
         version, owner, ticket, signature = rows[0]
         return Tombstone(mailbox, version, bytes(owner), bytes(ticket), bytes(signature))
 
+    async def floor(self, mailbox: MailboxNumber) -> VersionFloor | None:
+        """The version floor a forgotten deletion left for `mailbox`, if any."""
+        async with self._lock:
+            rows = await self._db.fetchall(
+                "SELECT Version, OwnerKey, OwnerSignature FROM VERSION_FLOOR WHERE UserID = ?",
+                (int(mailbox),),
+            )
+        if not rows:
+            return None
+        version, owner, signature = rows[0]
+        return VersionFloor(mailbox, int(version), bytes(owner), bytes(signature))
+
     async def comment(self, mailbox: MailboxNumber) -> str | None:
         """The private comment of the last update of `mailbox` (never published)."""
         async with self._lock:
@@ -456,13 +535,9 @@ class DirectoryStore:
         return str(rows[0][0]) if rows else None
 
     async def digest(self) -> dict[MailboxNumber, tuple[int, bytes]]:
-        """(version, digest) of every record and tombstone held (for anti-entropy)."""
+        """(version, digest) of every record, tombstone and floor held (for anti-entropy)."""
         async with self._lock:
-            rows = await self._db.fetchall(
-                "SELECT UserID, Version, Digest FROM USER UNION ALL "
-                "SELECT UserID, Version, ? FROM TOMBSTONE",
-                (TOMBSTONE_DIGEST,),
-            )
+            rows = await self._db.fetchall(_RANKS, (-1, TOMBSTONE_DIGEST, FLOOR_DIGEST))
         out: dict[MailboxNumber, tuple[int, bytes]] = {}
         for user, version, digest in rows:
             mailbox = _mailbox(user)
@@ -472,20 +547,17 @@ class DirectoryStore:
         return out
 
     async def digest_page(self, after: MailboxNumber | None, limit: int) -> list[DigestRow]:
-        """Up to `limit` (mailbox, version, digest) rows of records and tombstones, in mailbox
-        order, after `after` (None: from the first)."""
+        """Up to `limit` (mailbox, version, digest) rows of records, tombstones and floors, in
+        mailbox order, after `after` (None: from the first)."""
         start = -1 if after is None else int(after)
         async with self._lock:
             rows = await self._db.fetchall(
-                "SELECT UserID, Version, Digest FROM USER WHERE UserID > ? UNION ALL "
-                "SELECT UserID, Version, ? FROM TOMBSTONE WHERE UserID > ? "
-                "ORDER BY 1 LIMIT ?",
-                (start, TOMBSTONE_DIGEST, start, limit),
+                f"{_RANKS} ORDER BY 1 LIMIT ?4", (start, TOMBSTONE_DIGEST, FLOOR_DIGEST, limit)
             )
         return [(_mailbox(user), int(version), bytes(digest)) for user, version, digest in rows]
 
     async def mailboxes(self) -> list[MailboxNumber]:
-        """Every mailbox with a record or a tombstone."""
+        """Every mailbox with a record or a tombstone (what there is to publish)."""
         async with self._lock:
             rows = await self._db.fetchall(
                 "SELECT UserID FROM USER UNION SELECT UserID FROM TOMBSTONE ORDER BY 1"
@@ -594,6 +666,12 @@ async def _write_mailservers(
             "INSERT INTO USER_MAILSERVER (UserID, QMailID, Slot) VALUES (?, ?, ?)",
             (user, qmail_id, slot),
         )
+
+
+async def _clear_deletion(db: Database, user: int) -> None:
+    """A newer change replaces the mailbox's tombstone or floor (its version is above it)."""
+    await db.execute("DELETE FROM TOMBSTONE WHERE UserID = ?", (user,))
+    await db.execute("DELETE FROM VERSION_FLOOR WHERE UserID = ?", (user,))
 
 
 async def _write_comment(db: Database, user: int, comment: str | None, version: int) -> None:

@@ -4,8 +4,10 @@ digest (mailbox -> version, content digest) and pulls every record or deletion n
 own, up to `MAX_PULL_BATCH` of them a request (as many as fit a frame come back). A pulled
 change is checked like any change (the owner's signature, the ticket's quorum), so a peer can
 offer nothing an owner did not approve; the newest change wins on every server alike.
-Deletions travel as tombstones, forgotten after `tombstone_keep_ms`. Private comments never
-travel: the sync layouts have no field for them (see `records.drd`).
+Deletions travel as tombstones, kept `tombstone_keep_ms`, then as version floors: a floor makes
+the servers that know it refuse anything older for good, and removes the older record of a
+server that was away if the same owner key approved that record (see `records.drd`). Private
+comments never travel: the sync layouts have no field for them (see `records.drd`).
 """
 
 from __future__ import annotations
@@ -16,22 +18,27 @@ from collections.abc import Awaitable, Callable
 
 from node.directory.client import DirectoryClient
 from node.directory.ownership import OwnershipVerifier
-from node.directory.store import DirectoryStore
+from node.directory.store import DirectoryStore, VersionFloor
 from node.directory.transport import MAX_FRAME_SIZE, Address
 from records.directory import (
     CHALLENGE_SIZE,
+    FLOOR_DIGEST,
+    TOMBSTONE_DIGEST,
     TRAILER,
     Command,
     DirectoryError,
     MailboxNumber,
+    Rank,
     Status,
     public_fields,
     response_frame,
+    supersedes,
 )
 from records.directory_pb2 import DirectoryEntry
 from records.drd import (
     DIGEST_PAGE,
     MAX_PULL_BATCH,
+    check_floor,
     check_owner_approval,
     decode_digest,
     decode_digest_request,
@@ -42,6 +49,8 @@ from records.drd import (
     encode_pull,
     encode_pull_item,
     encode_pull_request,
+    floor_entry,
+    is_floor,
     parse_pulled,
     profile_of,
     sync_entry,
@@ -119,16 +128,25 @@ class DirectorySync:
             )
             return encode_pull_item(entry, stored.profile.avatar or b"")
         gone = await self.store.tombstone(mailbox)
-        if gone is None:
-            return encode_pull_item(None)
-        entry = sync_entry(
-            mailbox,
-            version=gone.version,
-            profile=None,
-            ticket=gone.ticket,
-            owner_signature=gone.signature,
-        )
-        return encode_pull_item(entry)
+        if gone is not None:
+            entry = sync_entry(
+                mailbox,
+                version=gone.version,
+                profile=None,
+                ticket=gone.ticket,
+                owner_signature=gone.signature,
+            )
+            return encode_pull_item(entry)
+        floor = await self.store.floor(mailbox)
+        if floor is not None:
+            entry = floor_entry(
+                mailbox,
+                version=floor.version,
+                owner_key=floor.owner_key,
+                owner_signature=floor.signature,
+            )
+            return encode_pull_item(entry)
+        return encode_pull_item(None)
 
     # -- pulling ---------------------------------------------------------------------------
 
@@ -158,8 +176,7 @@ class DirectorySync:
                 if after is not None and mailbox <= after:
                     raise DirectoryError("peer's digest rows are not in increasing order")
                 after = mailbox
-                held = ours.get(mailbox)
-                if held is None or held < (version, digest):
+                if _wanted(ours.get(mailbox), (version, digest)):
                     wanted.append(mailbox)
                 if len(wanted) == MAX_PULL_BATCH:
                     await self._pull(peer, wanted, tally)
@@ -221,6 +238,8 @@ class DirectorySync:
 
     async def apply(self, entry: DirectoryEntry, avatar: bytes) -> bool:
         """Store a change from a peer if the owner approved it and it is newer than ours."""
+        if is_floor(entry):
+            return await self._apply_floor(entry)
         mailbox, ticket = check_owner_approval(entry)
         if entry.version > self.client.clock.now_ms() + self.clock_skew_ms:
             raise DirectoryError("a change dated in the future")  # it would freeze the record
@@ -249,6 +268,20 @@ class DirectorySync:
             await self.on_change(mailbox)
         return changed
 
+    async def _apply_floor(self, entry: DirectoryEntry) -> bool:
+        """A version floor: it removes only an older record of ours that its owner key had
+        approved (the only proof a floor can give without its ticket)."""
+        mailbox = check_floor(entry)
+        if entry.version > self.client.clock.now_ms() + self.clock_skew_ms:
+            raise DirectoryError("a deletion dated in the future")
+        floor = VersionFloor(mailbox, entry.version, entry.owner_key, entry.owner_signature)
+        changed = await self.store.apply_floor(floor)
+        if changed:
+            self.stats["floors_applied"] += 1
+            if self.on_change is not None:
+                await self.on_change(mailbox)
+        return changed
+
 
 class _Tally:
     """What one round with a peer has applied and refused so far."""
@@ -256,3 +289,13 @@ class _Tally:
     def __init__(self) -> None:
         self.applied = 0
         self.refused = 0
+
+
+def _wanted(held: Rank | None, offered: Rank) -> bool:
+    """Whether a peer's digest row is worth pulling, given what is held for the mailbox."""
+    if offered[1] == FLOOR_DIGEST:
+        # a floor carries no ticket: it can only take away an older record of ours
+        return (
+            held is not None and held[1] not in (TOMBSTONE_DIGEST, FLOOR_DIGEST) and held < offered
+        )
+    return supersedes(offered, held)
