@@ -14,7 +14,7 @@ import pytest
 from node.directory.client import ClientSession, DirectoryClient, lookup_entry
 from node.directory.ownership import QuorumTicketVerifier
 from node.directory.server import DirectoryConfig, DirectoryServer
-from records import Identity, InvalidRecord
+from records import Identity, InvalidRecord, Record
 from records.directory import (
     Command,
     DirectoryError,
@@ -25,7 +25,14 @@ from records.directory import (
     authorize_update,
     mint_ticket,
 )
-from records.drd import drd_key, entry_of, sync_entry
+from records.drd import (
+    DRD_SERVERS_KEY,
+    drd_key,
+    entry_of,
+    make_drd_servers_record,
+    servers_of,
+    sync_entry,
+)
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
 from simulations.streams import SimStreams
@@ -303,6 +310,64 @@ def test_a_server_away_longer_than_tombstones_last_does_not_bring_a_delete_back(
             assert again[0] is not None
             assert again == [again[0]] * 3
         finally:
+            await net.stop()
+
+    run_virtual(main())
+
+
+def test_fake_announcements_do_not_cut_servers_off_from_each_other(tmp_path: Path) -> None:
+    """Anyone can announce a directory server, and /drd-servers/all/ keeps the newest 24. A
+    node that keeps announcing 24 fakes, dated ahead, pushes the real servers out of it. Before,
+    servers synced only with what it listed, so from then on no change travelled between them."""
+
+    async def main() -> None:
+        net = await directory_net(tmp_path, 85)
+        attacker = net.hosts[5].node
+        reader = net.hosts[7].node
+        assert attacker is not None
+        assert reader is not None
+        fakes = [Identity.from_seed(bytes([i + 150]) * 32) for i in range(24)]
+
+        async def flood() -> None:
+            while True:
+                now = net.sim.now_ms() + 4 * 60_000  # within the allowed clock skew
+                record = Record(key=DRD_SERVERS_KEY, updateDate=now, id1=fakes[0].id_hex)
+                for index, fake in enumerate(fakes):
+                    host = net.hosts[3 + index % 6].host  # real hosts, no directory there
+                    one = make_drd_servers_record(fake, host, 9000 + index, now=now)
+                    record.values.extend(one.values)
+                await attacker.put(record)
+                await asyncio.sleep(60)
+
+        session = await net.login(0)
+        await net.client.update(session, PROFILE)
+        await asyncio.sleep(3 * SYNC)
+        first = await net.held()
+        assert first[0] is not None
+        assert first == [first[0]] * 3  # the servers found each other, then the flood starts
+        flooding = asyncio.get_running_loop().create_task(flood())
+        try:
+            await asyncio.sleep(5)
+            listed = await reader.get(DRD_SERVERS_KEY)
+            assert listed is not None
+            real = {s.node.identity.public_key for s in net.servers if s.node.identity}
+            assert len(servers_of(listed)) == 24
+            assert not {key for key, _, _ in servers_of(listed)} & real  # pushed out
+            newer = Profile(display_name="Sim Ann, again", description="after the flood")
+            await net.client.update(session, newer)
+            await asyncio.sleep(3 * SYNC)
+            held = await net.held()
+            assert held[0] is not None
+            assert held[0][1] == newer
+            assert held == [held[0]] * 3
+            for server in net.servers:
+                peers = server.peer_table
+                assert len(peers) <= 24
+                others = {s.address for s in net.servers if s is not server}
+                assert others <= set(peers.proven())
+        finally:
+            flooding.cancel()
+            await asyncio.gather(flooding, return_exceptions=True)
             await net.stop()
 
     run_virtual(main())

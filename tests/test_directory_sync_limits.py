@@ -327,3 +327,38 @@ async def test_forgotten_tombstones_leave_floors(store: DirectoryStore) -> None:
     assert await store.put(MAILBOX, Profile(display_name="new"), version=21, **kw)
     assert await store.floor(MAILBOX) is None  # the newer record holds the version now
     assert await store.digest_page(None, 10) == [(MAILBOX, 21, (await store.digest())[MAILBOX][1])]
+
+
+@pytest.mark.parametrize("tickets", ["real", "self_made"])
+async def test_a_peer_is_proven_only_by_an_entry_with_a_valid_ticket(
+    store: DirectoryStore, tickets: str
+) -> None:
+    """A peer in step with us has nothing to pull: asked to prove itself, it is sent for one
+    entry both hold. A fake serving entries under tickets its own 'authorities' signed (the
+    digest copied from a real server) proves nothing."""
+    version = T0 - 10_000
+    await _held_record(store, version)
+    (_, held_digest) = (await store.digest())[MAILBOX]
+    old = Profile(display_name="old")
+    ticket = _ticket()
+    if tickets == "self_made":
+        fakes = [Identity.from_seed(bytes([i + 200]) * 32) for i in range(2)]
+        made = mint_ticket(fakes, MAILBOX, OWNER.public_key, issued=T0, expires=T0 + 10**9)
+        ticket = made.to_bytes()
+    entry = sync_entry(
+        MAILBOX,
+        version=version,
+        profile=old,
+        ticket=ticket,
+        owner_signature=authorize_update(OWNER, MAILBOX, old, version).signature,
+    )
+    offered = encode_digest([(MAILBOX, version, held_digest)])
+    peer = FakePeer(lambda after: offered, lambda mailbox: encode_pull_item(entry))
+    sync = syncer(store, peer)
+    proven: list[object] = []
+    sync.on_verified = proven.append
+    assert await sync.sync_with(("peer", 1)) == 0
+    assert proven == []  # not asked to prove itself: no extra request
+    assert peer.calls == [Command.SYNC_DIGEST]
+    assert await sync.sync_with(("peer", 1), prove=True) == 0
+    assert proven == ([("peer", 1)] if tickets == "real" else [])

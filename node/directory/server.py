@@ -20,6 +20,7 @@ from node.directory.avatars import in_thread, inline
 from node.directory.client import DirectoryClient
 from node.directory.database import AiosqliteDatabase, Database, InlineDatabase
 from node.directory.ownership import OwnershipVerifier, PaymentVerifier, QuorumTicketVerifier
+from node.directory.peers import PeerTable
 from node.directory.service import DEFAULT_SESSION_MINUTES, DirectoryService
 from node.directory.store import DATABASE_FILE, DirectoryStore
 from node.directory.sync import DirectorySync
@@ -119,6 +120,8 @@ class DirectoryServer:
         self.store: DirectoryStore | None = None
         self.service: DirectoryService | None = None
         self.sync: DirectorySync | None = None
+        self.peer_table = PeerTable()
+        """The servers this one syncs with (at most 24, proven ones kept first)."""
         self._listener: StreamServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -164,6 +167,8 @@ class DirectoryServer:
             self.ownership,
             DirectoryClient(self.transport, clock=self.clock, timeout=self.config.request_timeout),
             on_change=self._changed,
+            max_answer_bytes=self.config.max_frame_size,
+            on_verified=self.peer_table.prove,
         )
         self._spawn(self._maintain())
         log.info("directory serving %s on %s:%d", self.config.root, *self._listener.address)
@@ -280,18 +285,28 @@ class DirectoryServer:
         if record is None:
             return []
         own = self._identity().public_key
-        return [(host, port) for key, host, port in servers_of(record) if key != own]
+        return [
+            (host, port)
+            for key, host, port in servers_of(record)
+            if key != own and (host, port) != self.public_address
+        ]
 
     async def sync_round(self) -> int:
-        """One anti-entropy round with every known peer; returns changes applied."""
+        """One anti-entropy round with this round's peers (`PeerTable`: every proven one,
+        a few announced ones not proven yet); returns changes applied."""
         assert self.sync is not None
         assert self.store is not None
+        self.peer_table.announced(await self.peers())
+        proven = set(self.peer_table.proven())
         applied = 0
-        for peer in await self.peers():
+        for peer in self.peer_table.this_round():
             try:
-                applied += await self.sync.sync_with(peer)
+                applied += await self.sync.sync_with(peer, prove=peer not in proven)
             except (TransportError, DirectoryError) as exc:
+                self.peer_table.failed(peer)
                 log.info("sync with %s:%d failed: %s", *peer, exc)
+            else:
+                self.peer_table.succeeded(peer)
         await self.store.drop_tombstones(self.clock.now_ms() - self.config.tombstone_keep_ms)
         return applied
 

@@ -30,6 +30,7 @@ from records.directory import (
     MailboxNumber,
     Rank,
     Status,
+    Ticket,
     public_fields,
     response_frame,
     supersedes,
@@ -59,6 +60,8 @@ from records.drd import (
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[MailboxNumber], Awaitable[None]]
+OnVerified = Callable[[Address], None]
+"""Told of a peer that handed over an entry whose owner approval and ticket verified."""
 
 MAX_DIGEST_PAGES = 256
 """Digest pages read from one peer in one round (1,048,576 mailboxes); a peer cannot keep a
@@ -80,7 +83,9 @@ class DirectorySync:
         on_change: OnChange | None = None,
         clock_skew_ms: int = 5 * 60 * 1000,
         max_answer_bytes: int = MAX_FRAME_SIZE,
+        on_verified: OnVerified | None = None,
     ) -> None:
+        self.on_verified = on_verified
         self.clock_skew_ms = clock_skew_ms
         self.max_answer_bytes = max_answer_bytes
         """Largest frame this server sends or takes (its transport's limit)."""
@@ -150,9 +155,11 @@ class DirectorySync:
 
     # -- pulling ---------------------------------------------------------------------------
 
-    async def sync_with(self, peer: Address) -> int:
+    async def sync_with(self, peer: Address, *, prove: bool = False) -> int:
         """Pull from `peer` every change newer than ours; returns how many were applied.
-        Raises `TransportError` or `DirectoryError` if the peer cannot be read.
+        Raises `TransportError` or `DirectoryError` if the peer cannot be read. A pulled entry
+        that verifies proves the peer holds real, ticketed records (`on_verified`); with
+        `prove`, a round that pulled none asks for one entry both hold, only to check it.
 
         The peer is not trusted to be finite: its digest is read page by page (rows in
         strictly increasing mailbox order, at most `MAX_DIGEST_PAGES` pages a round) and
@@ -176,8 +183,11 @@ class DirectorySync:
                 if after is not None and mailbox <= after:
                     raise DirectoryError("peer's digest rows are not in increasing order")
                 after = mailbox
-                if _wanted(ours.get(mailbox), (version, digest)):
+                held = ours.get(mailbox)
+                if _wanted(held, (version, digest)):
                     wanted.append(mailbox)
+                elif tally.sample is None and digest != FLOOR_DIGEST and held == (version, digest):
+                    tally.sample = mailbox  # held alike here and there: a spot check
                 if len(wanted) == MAX_PULL_BATCH:
                     await self._pull(peer, wanted, tally)
                     wanted = []
@@ -194,6 +204,10 @@ class DirectorySync:
             await self._pull(peer, wanted, tally)
             if tally.refused > MAX_REFUSED_PULLS:
                 return self._give_up(peer, tally)
+        if prove and not tally.verified and tally.sample is not None:
+            await self._spot_check(peer, tally.sample, tally)
+        if tally.verified and self.on_verified is not None:
+            self.on_verified(peer)
         self.stats["applied"] += tally.applied
         return tally.applied
 
@@ -221,7 +235,7 @@ class DirectorySync:
                 return
             for mailbox, (data, avatar) in zip(rest, items, strict=False):
                 try:
-                    if data and await self._apply_pulled(mailbox, data, avatar):
+                    if data and await self._apply_pulled(mailbox, data, avatar, tally):
                         tally.applied += 1
                         continue
                 except DirectoryError as exc:
@@ -230,20 +244,48 @@ class DirectorySync:
                 tally.refused += 1
             rest = rest[len(items) :]
 
-    async def _apply_pulled(self, mailbox: MailboxNumber, data: bytes, avatar: bytes) -> bool:
+    async def _apply_pulled(
+        self, mailbox: MailboxNumber, data: bytes, avatar: bytes, tally: _Tally
+    ) -> bool:
         entry = parse_pulled(data)
         if entry.mailbox != mailbox.to_bytes():
             raise DirectoryError("the peer sent another mailbox")
-        return await self.apply(entry, avatar)
+        changed = await self.apply(entry, avatar)
+        tally.verified |= not is_floor(entry)  # it raised otherwise
+        return changed
+
+    async def _spot_check(self, peer: Address, mailbox: MailboxNumber, tally: _Tally) -> None:
+        """Ask `peer` for one entry both hold, to check its owner approval and ticket."""
+        request = encode_pull_request(self.client.challenge(), [mailbox], self.max_answer_bytes)
+        try:
+            status, body = await self.client.call(peer, Command.SYNC_PULL, request)
+            items = decode_pull(body) if status == Status.SUCCESS else []
+            if len(items) != 1 or not items[0][0]:
+                raise DirectoryError(f"peer answered a spot check with {status}")
+            entry = parse_pulled(items[0][0])
+            if entry.mailbox != mailbox.to_bytes() or is_floor(entry):
+                raise DirectoryError("the peer sent another entry")
+            await self._verify(entry)
+        except DirectoryError as exc:
+            self.stats["spot_checks_failed"] += 1
+            log.info("spot check of %s at %s:%d failed: %s", mailbox, *peer, exc)
+            return
+        tally.verified = True
+
+    async def _verify(self, entry: DirectoryEntry) -> tuple[MailboxNumber, Ticket]:
+        """The mailbox and ticket of an entry its owner approved, under a ticket the
+        authorities signed, dated no later than now; `DirectoryError` otherwise."""
+        mailbox, ticket = check_owner_approval(entry)
+        if entry.version > self.client.clock.now_ms() + self.clock_skew_ms:
+            raise DirectoryError("a change dated in the future")  # it would freeze the record
+        await self.ownership.verify(ticket, entry.version)  # owned when the change was made
+        return mailbox, ticket
 
     async def apply(self, entry: DirectoryEntry, avatar: bytes) -> bool:
         """Store a change from a peer if the owner approved it and it is newer than ours."""
         if is_floor(entry):
             return await self._apply_floor(entry)
-        mailbox, ticket = check_owner_approval(entry)
-        if entry.version > self.client.clock.now_ms() + self.clock_skew_ms:
-            raise DirectoryError("a change dated in the future")  # it would freeze the record
-        await self.ownership.verify(ticket, entry.version)  # owned when the change was made
+        mailbox, ticket = await self._verify(entry)
         if entry.deleted:
             changed = await self.store.delete(
                 mailbox,
@@ -284,11 +326,15 @@ class DirectorySync:
 
 
 class _Tally:
-    """What one round with a peer has applied and refused so far."""
+    """What one round with a peer has applied, refused and verified so far."""
 
     def __init__(self) -> None:
         self.applied = 0
         self.refused = 0
+        self.verified = False
+        """An entry from the peer verified (owner approval and ticket)."""
+        self.sample: MailboxNumber | None = None
+        """A mailbox both hold alike, for a spot check."""
 
 
 def _wanted(held: Rank | None, offered: Rank) -> bool:
