@@ -6,9 +6,9 @@ owner's ticket and the owner's signature over the change, so any node can check 
 approved it; and the server's signature over the whole. The newest owner-authorised change wins
 (`select`): version, then a deletion over an update, then the latest publication, then bytes.
 
-Whether a ticket's signers are real authorities needs the authority keys, which a plain DHT node
-may not have: `DrdValidator` takes an optional `ticket_check` (directory servers and clients pass
-their `QuorumTicketVerifier.check`); without it, everything but the quorum is checked.
+Whether a ticket's signers are real authorities needs the authority keys: `DrdValidator` takes
+an optional `ticket_check`, a `TicketAuthorities.check` (nodes pass the set their configuration
+ships or names, directory servers theirs); without it, everything but the quorum is checked.
 
 ``/drd-servers/all/`` is multi-valued like presence: one signed announcement per server (the
 value's ``id2`` is the SHA-1 of the server's key), the newest per server kept.
@@ -17,7 +17,9 @@ value's ``id2`` is the SHA-1 of the server's key), the newest per server kept.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -82,6 +84,53 @@ _PUBLIC_KEYS = frozenset(
 
 TicketCheck = Callable[[Ticket, int], None]
 """Raises `DirectoryError` unless the ticket was good at the given time (Unix ms)."""
+
+
+@dataclass(frozen=True)
+class TicketAuthorities:
+    """The ticket authorities trusted (stand-ins for RAIDA's, seed 000 workflow step 4): their
+    ed25519 public keys, and how many of them must sign a ticket (k of n, as RAIDA's 13 of
+    25). The JSON form is the authorities file ``mint-authorities`` writes."""
+
+    keys: tuple[bytes, ...]
+    threshold: int
+    clock_skew_ms: int = DEFAULT_CLOCK_SKEW_MS
+
+    def __post_init__(self) -> None:
+        keys = tuple(dict.fromkeys(self.keys))  # each authority counts once
+        if any(len(k) != PUBLIC_KEY_SIZE for k in keys):
+            raise ValueError("authority keys are 32-byte ed25519 public keys")
+        if not 1 <= self.threshold <= len(keys):
+            raise ValueError(f"threshold {self.threshold} is not in 1..{len(keys)} authorities")
+        object.__setattr__(self, "keys", keys)
+
+    def check(self, ticket: Ticket, now: int) -> None:
+        """Raise `DirectoryError` (status 40) unless at least `threshold` of the authorities
+        signed `ticket` and it is neither future-dated nor expired at `now`."""
+        if ticket.issued > now + self.clock_skew_ms:
+            raise DirectoryError("ticket issued in the future", Status.NOT_AUTHORIZED)
+        if ticket.expires <= now:
+            raise DirectoryError("ticket expired", Status.NOT_AUTHORIZED)
+        signers = ticket.valid_signers(self.keys)
+        if len(signers) < self.threshold:
+            raise DirectoryError(
+                f"ticket signed by {len(signers)} authorities, {self.threshold} needed",
+                Status.NOT_AUTHORIZED,
+            )
+
+    def to_json(self) -> str:
+        """``{"threshold": k, "authorities": ["<64 hex>", ...]}``."""
+        keys = [key.hex() for key in self.keys]
+        return json.dumps({"threshold": self.threshold, "authorities": keys}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> TicketAuthorities:
+        """Parse an authorities file; `ValueError` (naming the authorities) if it is not one."""
+        try:
+            data = json.loads(text)
+            return cls(tuple(bytes.fromhex(k) for k in data["authorities"]), int(data["threshold"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an authorities file: missing or bad {exc}") from exc
 
 
 def drd_key(mailbox: MailboxNumber) -> str:

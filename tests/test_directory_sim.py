@@ -27,6 +27,7 @@ from records.directory import (
 )
 from records.drd import (
     DRD_SERVERS_KEY,
+    TicketAuthorities,
     drd_key,
     entry_of,
     make_drd_servers_record,
@@ -77,7 +78,9 @@ class DirectoryNet:
 
 
 async def directory_net(tmp_path: Path, seed: int, **settings: Any) -> DirectoryNet:
-    sim = Simulation(seed=seed)
+    # every node checks /drd/ tickets against these authorities, as the servers do
+    trusted = TicketAuthorities(tuple(a.public_key for a in AUTHORITIES), 3)
+    sim = Simulation(seed=seed, config={"drd_authorities": trusted})
     hosts = await sim.grow(10)
     streams = SimStreams(sim.network)
     net = DirectoryNet(sim, hosts, streams, [], DirectoryClient(streams.transport(hosts[9].host)))

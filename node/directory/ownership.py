@@ -18,13 +18,12 @@ from typing import Protocol
 from records.directory import (
     CLOUDCOIN_COIN_ID,
     Command,
-    DirectoryError,
     MailboxNumber,
     Payment,
     Status,
     Ticket,
 )
-from records.identity import PUBLIC_KEY_SIZE
+from records.drd import TicketAuthorities
 
 DEFAULT_CLOCK_SKEW_MS = 5 * 60 * 1000
 
@@ -39,7 +38,8 @@ class OwnershipVerifier(Protocol):
 
 
 class QuorumTicketVerifier:
-    """Accepts tickets signed by at least `threshold` of `authorities` (ed25519 public keys)."""
+    """Accepts tickets signed by at least `threshold` of `authorities` (ed25519 public keys);
+    `records.drd.TicketAuthorities` does the checking."""
 
     def __init__(
         self,
@@ -48,12 +48,8 @@ class QuorumTicketVerifier:
         *,
         clock_skew_ms: int = DEFAULT_CLOCK_SKEW_MS,
     ) -> None:
-        keys = set(authorities)
-        if any(len(k) != PUBLIC_KEY_SIZE for k in keys):
-            raise ValueError("authority keys are 32-byte ed25519 public keys")
-        if not 1 <= threshold <= len(keys):
-            raise ValueError(f"threshold {threshold} is not in 1..{len(keys)} authorities")
-        self.authorities = frozenset(keys)
+        self.trusted = TicketAuthorities(tuple(authorities), threshold, clock_skew_ms)
+        self.authorities = frozenset(self.trusted.keys)
         self.threshold = threshold
         self.clock_skew_ms = clock_skew_ms
 
@@ -63,16 +59,7 @@ class QuorumTicketVerifier:
 
     def check(self, ticket: Ticket, now: int) -> None:
         """The same check, synchronously (validators use it)."""
-        if ticket.issued > now + self.clock_skew_ms:
-            raise DirectoryError("ticket issued in the future", Status.NOT_AUTHORIZED)
-        if ticket.expires <= now:
-            raise DirectoryError("ticket expired", Status.NOT_AUTHORIZED)
-        signers = ticket.valid_signers(self.authorities)
-        if len(signers) < self.threshold:
-            raise DirectoryError(
-                f"ticket signed by {len(signers)} authorities, {self.threshold} needed",
-                Status.NOT_AUTHORIZED,
-            )
+        self.trusted.check(ticket, now)
 
 
 class PaymentVerifier(Protocol):

@@ -8,7 +8,6 @@ composed with a `DHTNode` rather than built into it: the node knows nothing of d
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -37,7 +36,13 @@ from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import Identity, InvalidRecord, Record
 from records.directory import Command, DirectoryError, MailboxNumber
-from records.drd import DRD_SERVERS_KEY, make_drd_record, make_drd_servers_record, servers_of
+from records.drd import (
+    DRD_SERVERS_KEY,
+    TicketAuthorities,
+    make_drd_record,
+    make_drd_servers_record,
+    servers_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,8 @@ class DirectoryConfig:
     root: Path
     """The directory's folder: ``directory.sqlite3`` and ``users/<14 hex>/`` avatars."""
     authorities: tuple[bytes, ...] = ()
-    """Ed25519 public keys of the ticket authorities (stand-ins for RAIDA)."""
+    """Ed25519 public keys of the ticket authorities (stand-ins for RAIDA); none: the node's
+    (`NodeConfig.drd_authorities`)."""
     threshold: int = 1
     """How many of `authorities` must sign a ticket (k of n)."""
     port: int | None = None
@@ -86,12 +92,11 @@ class DirectoryConfig:
 def load_authorities(path: Path) -> tuple[tuple[bytes, ...], int]:
     """(public keys, threshold) from an authorities file, as ``mint-authorities`` writes it:
     ``{"threshold": k, "authorities": ["<64 hex>", ...]}``; `ValueError` if it is not one."""
-    data = json.loads(path.read_text(encoding="utf-8"))
     try:
-        keys = tuple(bytes.fromhex(k) for k in data["authorities"])
-        return keys, int(data["threshold"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not an authorities file: missing or bad {exc}") from exc
+        trusted = TicketAuthorities.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path} is {exc}") from exc
+    return trusted.keys, trusted.threshold
 
 
 class DirectoryServer:
@@ -107,7 +112,10 @@ class DirectoryServer:
         payments: PaymentVerifier | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if ownership is None:
+        trusted = node.config.drd_authorities
+        if ownership is None and not config.authorities and trusted is not None:
+            ownership = QuorumTicketVerifier(trusted.keys, trusted.threshold)
+        elif ownership is None:
             ownership = QuorumTicketVerifier(config.authorities, config.threshold)
         self.config = config
         self.node = node
