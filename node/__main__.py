@@ -17,21 +17,15 @@ import platformdirs
 
 from node import ctl
 from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
+from node.authorities import SHIPPED_AUTHORITIES
 from node.config import DEFAULT_PORT, NodeConfig
-from node.directory.ownership import QuorumTicketVerifier
-from node.directory.server import (
-    AUTHORITIES_FILE,
-    DirectoryConfig,
-    DirectoryServer,
-    load_authorities,
-)
+from node.directory.server import AUTHORITIES_FILE, DirectoryConfig, DirectoryServer
 from node.keyexchange import KeyExchange
 from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
 from node.server import DHTNode
-from records import NamespacedValidator, default_validators
-from records.drd import DrdValidator
+from records.drd import TicketAuthorities
 
 log = logging.getLogger("node")
 
@@ -114,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--directory-authorities",
         type=Path,
         metavar="FILE",
-        help="ticket authorities (from 'python -m node.directory mint-authorities'; "
-        "default DIR/authorities.json); also on a node without --directory, so that it "
-        "refuses /drd/ entries whose tickets they did not sign",
+        help="the ticket authorities every /drd/ entry's ticket is checked against (a file "
+        "from 'python -m node.directory mint-authorities'; default: DIR/authorities.json "
+        "with --directory if there is one, else the set shipped with the node)",
     )
     parser.add_argument(
         "--directory-public-host",
@@ -217,36 +211,26 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
         print("node stopped", flush=True)
 
 
-def _authorities(args: argparse.Namespace) -> tuple[tuple[bytes, ...], int]:
-    """The ticket authorities' keys and threshold named on the command line."""
-    path = args.directory_authorities or args.directory / AUTHORITIES_FILE
+def _drd_authorities(args: argparse.Namespace) -> TicketAuthorities:
+    """The ticket authorities named on the command line, else DIR/authorities.json of
+    --directory, else the set shipped with the node (`node.authorities`)."""
+    path = args.directory_authorities
+    if path is None and args.directory is not None:
+        path = args.directory / AUTHORITIES_FILE
+        if not path.exists():
+            path = None
+    if path is None:
+        return SHIPPED_AUTHORITIES
     try:
-        return load_authorities(path)
-    except (OSError, ValueError, KeyError) as exc:
+        return TicketAuthorities.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read directory authorities from {path}: {exc}") from exc
 
 
 def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
-    """The directory role's settings from the command line."""
-    authorities, threshold = _authorities(args)
-    return DirectoryConfig(
-        root=args.directory,
-        authorities=authorities,
-        threshold=threshold,
-        public_host=args.directory_public_host,
-    )
-
-
-def _directory_validator(args: argparse.Namespace) -> NamespacedValidator | None:
-    """A node that knows the ticket authorities (every directory server, and any node given
-    ``--directory-authorities``) also refuses /drd/ entries whose tickets they did not sign;
-    other nodes cannot check that."""
-    if args.directory is None and args.directory_authorities is None:
-        return None
-    verifier = QuorumTicketVerifier(*_authorities(args))
-    validators = default_validators()
-    validators["drd"] = DrdValidator(ticket_check=verifier.check)
-    return NamespacedValidator(validators)
+    """The directory role's settings from the command line (its ticket authorities are the
+    node's, `_drd_authorities`)."""
+    return DirectoryConfig(root=args.directory, public_host=args.directory_public_host)
 
 
 def _host_port(address: tuple[str, int]) -> str:
@@ -272,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             data_dir=args.data_dir,
             bootstrap=tuple(resolve(args.bootstrap)),
-            validator=_directory_validator(args),
+            drd_authorities=_drd_authorities(args),
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
             raise ValueError(

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from records import Identity, Validator
+from node.authorities import SHIPPED_AUTHORITIES
+from records import Identity, NamespacedValidator, Validator, default_validators
+from records.drd import DrdValidator, TicketAuthorities
 
 DEFAULT_PORT = 8468
 MiB = 1024 * 1024
@@ -152,10 +154,15 @@ class NodeConfig:
     randbytes: Callable[[int], bytes] = field(default=os.urandom, compare=False)
     """Source of random bytes for message IDs and challenges (they must be unpredictable on
     a real network; a simulation injects a seeded one)."""
+    drd_authorities: TicketAuthorities | None = SHIPPED_AUTHORITIES
+    """Ticket authorities whose quorum every /drd/ entry's ticket must carry (seed 000); the
+    default is the set shipped in `node.authorities`. None: tickets are not checked (any
+    self-made one passes). Not used when `validator` is given."""
     clock: Clock = field(default_factory=SystemClock, compare=False)
     """Wall clock for record dates."""
     validator: Validator | None = field(default=None, compare=False)
-    """Record validator; None: `records.default_validator()`."""
+    """Record validator; None: `records.default_validator()`, its ``drd`` namespace checking
+    tickets against `drd_authorities`."""
     transport_factory: EndpointFactory | None = field(default=None, compare=False)
     """Datagram endpoint factory; None: the event loop's UDP sockets."""
     backend: Any = field(default=None, compare=False)
@@ -165,6 +172,9 @@ class NodeConfig:
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "bootstrap", _addresses(self.bootstrap))
+        made = isinstance(self.validator, _TicketCheckingValidator)
+        if self.validator is None or made:  # made here: a copy may name other authorities
+            object.__setattr__(self, "validator", _TicketCheckingValidator.of(self.drd_authorities))
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is not in 0..65535")
@@ -219,3 +229,16 @@ def _addresses(items: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"bootstrap address {item!r} is not (host, port)")
         out.append((host, port))
     return tuple(out)
+
+
+class _TicketCheckingValidator(NamespacedValidator):
+    """`records.default_validator()` whose ``drd`` namespace checks tickets against a
+    `NodeConfig`'s authorities."""
+
+    @classmethod
+    def of(cls, authorities: TicketAuthorities | None) -> _TicketCheckingValidator | None:
+        if authorities is None:
+            return None
+        validators = default_validators()
+        validators["drd"] = DrdValidator(ticket_check=authorities.check)
+        return cls(validators)

@@ -288,7 +288,9 @@ class DHTNode:
         """Check records of `namespace` with `validator` (replacing the default one)."""
         if not isinstance(self.validator, NamespacedValidator):
             raise TypeError("a custom validator was configured: register namespaces there")
-        self.validator.register(namespace, validator)
+        self.validator = self.validator.with_namespace(namespace, validator)
+        if self.store is not None:
+            self.store.validator = self.validator
 
     def service(self, kind: type[S]) -> S | None:
         """The attached service of type `kind`, if any."""

@@ -923,6 +923,23 @@ class OpenSession:
 # -- versions --------------------------------------------------------------------------------
 
 TOMBSTONE_DIGEST = b"\xff" * 32  # a delete wins a tie with an update of the same millisecond
+FLOOR_DIGEST = b"\xff" * 31 + b"\xfe"
+"""Digest of a version floor: a deletion whose ticket is no longer kept (it ranks as a deletion
+against any update, just below the tombstone it was)."""
+
+Rank = tuple[int, bytes]
+"""(version, digest) of a record, tombstone or floor: the newer wins."""
+
+
+def supersedes(change: Rank, held: Rank | None) -> bool:
+    """Whether a change ranked `change` replaces what is held: the newer version wins, a
+    deletion wins a tie (`TOMBSTONE_DIGEST`), and nothing at or below a version floor is
+    taken, not even the deletion that left it."""
+    if held is None:
+        return True
+    if held[1] == FLOOR_DIGEST:
+        return change[0] > held[0]
+    return change > held
 
 
 def public_fields(profile: Profile) -> bytes:

@@ -37,6 +37,7 @@ class DirectoryEntry(_message.Message):
     SERVER_PORT_FIELD_NUMBER: _builtins.int
     PUBLISHED_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
+    OWNER_KEY_FIELD_NUMBER: _builtins.int
     mailbox: _builtins.bytes
     """7 bytes: coin ID, denomination, serial number"""
     version: _builtins.int
@@ -62,6 +63,8 @@ class DirectoryEntry(_message.Message):
     """Unix ms when the server signed this entry"""
     expiration: _builtins.int
     """Unix ms after which the entry is invalid"""
+    owner_key: _builtins.bytes
+    """sync only, with deleted and no ticket: a version floor (a"""
     def __init__(
         self,
         *,
@@ -78,10 +81,11 @@ class DirectoryEntry(_message.Message):
         server_port: _builtins.int = ...,
         published: _builtins.int = ...,
         expiration: _builtins.int = ...,
+        owner_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_sha256", b"avatar_sha256", "avatar_size", b"avatar_size", "deleted", b"deleted", "expiration", b"expiration", "fields", b"fields", "mailbox", b"mailbox", "owner_signature", b"owner_signature", "published", b"published", "server_host", b"server_host", "server_key", b"server_key", "server_port", b"server_port", "ticket", b"ticket", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_sha256", b"avatar_sha256", "avatar_size", b"avatar_size", "deleted", b"deleted", "expiration", b"expiration", "fields", b"fields", "mailbox", b"mailbox", "owner_key", b"owner_key", "owner_signature", b"owner_signature", "published", b"published", "server_host", b"server_host", "server_key", b"server_key", "server_port", b"server_port", "ticket", b"ticket", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,9 +6,9 @@ owner's ticket and the owner's signature over the change, so any node can check 
 approved it; and the server's signature over the whole. The newest owner-authorised change wins
 (`select`): version, then a deletion over an update, then the latest publication, then bytes.
 
-Whether a ticket's signers are real authorities needs the authority keys, which a plain DHT node
-may not have: `DrdValidator` takes an optional `ticket_check` (directory servers and clients pass
-their `QuorumTicketVerifier.check`); without it, everything but the quorum is checked.
+Whether a ticket's signers are real authorities needs the authority keys: `DrdValidator` takes
+an optional `ticket_check`, a `TicketAuthorities.check` (nodes pass the set their configuration
+ships or names, directory servers theirs); without it, everything but the quorum is checked.
 
 ``/drd-servers/all/`` is multi-valued like presence: one signed announcement per server (the
 value's ``id2`` is the SHA-1 of the server's key), the newest per server kept.
@@ -17,7 +17,9 @@ value's ``id2`` is the SHA-1 of the server's key), the newest per server kept.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -82,6 +84,53 @@ _PUBLIC_KEYS = frozenset(
 
 TicketCheck = Callable[[Ticket, int], None]
 """Raises `DirectoryError` unless the ticket was good at the given time (Unix ms)."""
+
+
+@dataclass(frozen=True)
+class TicketAuthorities:
+    """The ticket authorities trusted (stand-ins for RAIDA's, seed 000 workflow step 4): their
+    ed25519 public keys, and how many of them must sign a ticket (k of n, as RAIDA's 13 of
+    25). The JSON form is the authorities file ``mint-authorities`` writes."""
+
+    keys: tuple[bytes, ...]
+    threshold: int
+    clock_skew_ms: int = DEFAULT_CLOCK_SKEW_MS
+
+    def __post_init__(self) -> None:
+        keys = tuple(dict.fromkeys(self.keys))  # each authority counts once
+        if any(len(k) != PUBLIC_KEY_SIZE for k in keys):
+            raise ValueError("authority keys are 32-byte ed25519 public keys")
+        if not 1 <= self.threshold <= len(keys):
+            raise ValueError(f"threshold {self.threshold} is not in 1..{len(keys)} authorities")
+        object.__setattr__(self, "keys", keys)
+
+    def check(self, ticket: Ticket, now: int) -> None:
+        """Raise `DirectoryError` (status 40) unless at least `threshold` of the authorities
+        signed `ticket` and it is neither future-dated nor expired at `now`."""
+        if ticket.issued > now + self.clock_skew_ms:
+            raise DirectoryError("ticket issued in the future", Status.NOT_AUTHORIZED)
+        if ticket.expires <= now:
+            raise DirectoryError("ticket expired", Status.NOT_AUTHORIZED)
+        signers = ticket.valid_signers(self.keys)
+        if len(signers) < self.threshold:
+            raise DirectoryError(
+                f"ticket signed by {len(signers)} authorities, {self.threshold} needed",
+                Status.NOT_AUTHORIZED,
+            )
+
+    def to_json(self) -> str:
+        """``{"threshold": k, "authorities": ["<64 hex>", ...]}``."""
+        keys = [key.hex() for key in self.keys]
+        return json.dumps({"threshold": self.threshold, "authorities": keys}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> TicketAuthorities:
+        """Parse an authorities file; `ValueError` (naming the authorities) if it is not one."""
+        try:
+            data = json.loads(text)
+            return cls(tuple(bytes.fromhex(k) for k in data["authorities"]), int(data["threshold"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an authorities file: missing or bad {exc}") from exc
 
 
 def drd_key(mailbox: MailboxNumber) -> str:
@@ -392,18 +441,35 @@ def servers_of(record: Record) -> list[tuple[bytes, str, int]]:
 # * SYNC_DIGEST: challenge (16), after (7: a mailbox number), E3 E3 -> up to `DIGEST_PAGE`
 #   rows of mailbox (7), version (8), digest (32), in mailbox order after `after`, then E3 E3;
 #   a page shorter than `DIGEST_PAGE` is the last.
-# * SYNC_PULL: challenge (16), mailbox (7), E3 E3 -> entry length (4), an unsigned
-#   `DirectoryEntry` (fields, avatar hash, ticket, owner signature; no comment: there is no
-#   field for it), the avatar file, E3 E3.
+# * SYNC_PULL: challenge (16), largest answer the puller takes (4), count (2), that many
+#   mailboxes (7 each, 1 to `MAX_PULL_BATCH`), E3 E3 -> one item per mailbox asked for, in
+#   order, for as many of them as fit that answer size (at least one; the puller asks again for
+#   the rest), then E3 E3. An item is: entry length (4), an unsigned `DirectoryEntry` (fields,
+#   avatar hash, ticket, owner signature; no comment: there is no field for it; length 0: the
+#   peer holds nothing for that mailbox), avatar length (4), the avatar file.
 #
 # The receiver believes nothing a peer says: it checks the ticket and the owner's signature
 # as for any change, so a peer can offer only changes owners made.
+#
+# Version floors: a server keeps a deletion's tombstone (with its ticket) for a while, then only
+# the mailbox's floor: the version, the owner's key and signature of the deletion (digest rows
+# show it as `FLOOR_DIGEST`). No change at or below a floor is taken again, whoever offers it.
+# A floor proves nothing to a server that holds nothing (there is no ticket), but it does to one
+# still holding an older record approved by that same owner key (a server that was away): the
+# owner who approved that record later signed its deletion, so the record goes
+# (`floor_entry`, `check_floor`).
 
 DIGEST_ROW = MAILBOX_SIZE + 8 + 32
 DIGEST_PAGE = 4096
+MAX_PULL_BATCH = 256
+"""Mailboxes one SYNC_PULL asks for (a request of 1.8 KB)."""
+PULL_ITEM_OVERHEAD = 8
+"""Bytes of an item besides its entry and avatar (the two lengths)."""
 _TRAILER = b"\xe3\xe3"
 
 DigestRow = tuple[MailboxNumber, int, bytes]
+PulledItem = tuple[bytes, bytes]
+"""(marshaled entry, avatar) of one SYNC_PULL item; an empty entry: nothing held."""
 
 
 def encode_digest_request(challenge: bytes, after: MailboxNumber | None) -> bytes:
@@ -442,37 +508,69 @@ def decode_digest(body: bytes) -> list[DigestRow]:
     return rows
 
 
-def encode_pull_request(challenge: bytes, mailbox: MailboxNumber) -> bytes:
-    """A SYNC_PULL body."""
-    return challenge + mailbox.to_bytes() + _TRAILER
+def encode_pull_request(
+    challenge: bytes, mailboxes: Sequence[MailboxNumber], max_answer: int
+) -> bytes:
+    """A SYNC_PULL body asking for `mailboxes`, answered in at most `max_answer` bytes."""
+    if not 1 <= len(mailboxes) <= MAX_PULL_BATCH:
+        raise DirectoryError(f"a pull asks for 1 to {MAX_PULL_BATCH} mailboxes")
+    head = challenge + max_answer.to_bytes(4, "big") + len(mailboxes).to_bytes(2, "big")
+    return head + b"".join(m.to_bytes() for m in mailboxes) + _TRAILER
 
 
-def decode_pull_request(body: bytes) -> MailboxNumber:
-    """The mailbox of a SYNC_PULL body."""
-    if len(body) != 16 + MAILBOX_SIZE + 2 or body[-2:] != _TRAILER:
-        raise DirectoryError("a pull request is challenge, mailbox, E3 E3")
-    return MailboxNumber.from_bytes(body[16 : 16 + MAILBOX_SIZE])
+def decode_pull_request(body: bytes) -> tuple[list[MailboxNumber], int]:
+    """(mailboxes, largest answer in bytes) of a SYNC_PULL body; `DirectoryError` if bad."""
+    if len(body) < 16 + 6 + 2 or body[-2:] != _TRAILER:
+        raise DirectoryError("a pull request is challenge, size, count, mailboxes, E3 E3")
+    max_answer = int.from_bytes(body[16:20], "big")
+    count = int.from_bytes(body[20:22], "big")
+    if not 1 <= count <= MAX_PULL_BATCH or len(body) != 16 + 6 + count * MAILBOX_SIZE + 2:
+        raise DirectoryError(f"a pull asks for 1 to {MAX_PULL_BATCH} mailboxes, 7 bytes each")
+    raw = body[22:-2]
+    mailboxes = [MailboxNumber.from_bytes(raw[i : i + MAILBOX_SIZE]) for i in range(0, len(raw), 7)]
+    return mailboxes, max_answer
 
 
-def encode_pull(entry: DirectoryEntry, avatar: bytes) -> bytes:
-    """A SYNC_PULL answer body."""
-    data = entry.SerializeToString(deterministic=True)
-    return len(data).to_bytes(4, "big") + data + avatar + _TRAILER
+def encode_pull_item(entry: DirectoryEntry | None, avatar: bytes = b"") -> bytes:
+    """One item of a SYNC_PULL answer (None: nothing held for the mailbox asked for)."""
+    data = b"" if entry is None else entry.SerializeToString(deterministic=True)
+    return len(data).to_bytes(4, "big") + data + len(avatar).to_bytes(4, "big") + avatar
 
 
-def decode_pull(body: bytes) -> tuple[DirectoryEntry, bytes]:
-    """(entry, avatar) of a SYNC_PULL answer body."""
-    if len(body) < 6 or body[-2:] != _TRAILER:
-        raise DirectoryError("a pull answer is length, entry, avatar, E3 E3")
-    length = int.from_bytes(body[:4], "big")
-    if 4 + length > len(body) - 2:
-        raise DirectoryError("pull answer entry length is wrong")
+def encode_pull(items: Sequence[bytes]) -> bytes:
+    """A SYNC_PULL answer body of encoded items."""
+    return b"".join(items) + _TRAILER
+
+
+def decode_pull(body: bytes) -> list[PulledItem]:
+    """The items of a SYNC_PULL answer body, entries still marshaled (each is parsed, and
+    refused, on its own: `parse_pulled`); `DirectoryError` if the framing is wrong."""
+    if body[-2:] != _TRAILER:
+        raise DirectoryError("a pull answer is items, then E3 E3")
+    items: list[PulledItem] = []
+    offset, end = 0, len(body) - 2
+    while offset < end:
+        parts = []
+        for _ in range(2):
+            if offset + 4 > end:
+                raise DirectoryError("a pull answer item is cut short")
+            length = int.from_bytes(body[offset : offset + 4], "big")
+            if offset + 4 + length > end:
+                raise DirectoryError("a pull answer item's length is wrong")
+            parts.append(body[offset + 4 : offset + 4 + length])
+            offset += 4 + length
+        items.append((parts[0], parts[1]))
+    return items
+
+
+def parse_pulled(data: bytes) -> DirectoryEntry:
+    """The entry of a pulled item; `DirectoryError` if it does not parse."""
     entry = DirectoryEntry()
     try:
-        entry.ParseFromString(body[4 : 4 + length])
+        entry.ParseFromString(data)
     except DecodeError as exc:
-        raise DirectoryError(f"pull answer entry does not parse: {exc}") from exc
-    return entry, body[4 + length : -2]
+        raise DirectoryError(f"pulled entry does not parse: {exc}") from exc
+    return entry
 
 
 def sync_entry(
@@ -496,6 +594,37 @@ def sync_entry(
         entry.avatar_sha256 = avatar_hash(profile)
         entry.avatar_size = len(profile.avatar or b"")
     return entry
+
+
+def floor_entry(
+    mailbox: MailboxNumber, *, version: int, owner_key: bytes, owner_signature: bytes
+) -> DirectoryEntry:
+    """The unsigned entry a server hands a syncing peer for a version floor (no ticket)."""
+    return DirectoryEntry(
+        mailbox=mailbox.to_bytes(),
+        version=version,
+        deleted=True,
+        owner_key=owner_key,
+        owner_signature=owner_signature,
+    )
+
+
+def is_floor(entry: DirectoryEntry) -> bool:
+    """Whether a pulled entry is a version floor (a deletion that carries no ticket)."""
+    return entry.deleted and not entry.ticket
+
+
+def check_floor(entry: DirectoryEntry) -> MailboxNumber:
+    """The mailbox of a floor entry whose owner key signed the deletion; `NotApproved` (status
+    40) otherwise. Whether that key is the mailbox's owner is the caller's to know."""
+    mailbox = MailboxNumber.from_bytes(entry.mailbox)
+    if entry.fields or entry.avatar_sha256 or entry.avatar_size:
+        raise NotApproved("bad_owner_signature", "a floor carries no fields")
+    if len(entry.owner_key) != PUBLIC_KEY_SIZE or not verify_signature(
+        entry.owner_key, delete_payload(mailbox, entry.version), entry.owner_signature
+    ):
+        raise NotApproved("bad_owner_signature", "the floor's owner did not sign the deletion")
+    return mailbox
 
 
 def profile_of(entry: DirectoryEntry, avatar: bytes) -> Profile:

@@ -258,10 +258,12 @@ class NamespacedValidator:
         """The namespaces this validator accepts."""
         return frozenset(self._validators)
 
-    def register(self, namespace: str, validator: Validator) -> None:
-        """Check records of `namespace` with `validator` from now on (a plugin's namespace, or
-        a stricter validator for a known one)."""
-        self._validators[namespace] = validator
+    def with_namespace(self, namespace: str, validator: Validator) -> NamespacedValidator:
+        """A copy that checks records of `namespace` with `validator` (a plugin's namespace,
+        or a stricter validator for a known one); this one is unchanged."""
+        validators = dict(self._validators)
+        validators[namespace] = validator
+        return NamespacedValidator(validators, self.max_record_size)
 
     def validator_for(self, key: str) -> Validator:
         """The validator of `key`'s namespace; `InvalidRecord` if the namespace is unknown."""

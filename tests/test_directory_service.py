@@ -5,6 +5,7 @@ Each test runs on both database drivers (aiosqlite, and the inline one the simul
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -704,10 +705,97 @@ async def test_a_stale_update_or_delete_is_refused_before_payment(directory: Dir
     assert await directory.store.table_rows() == before
 
 
+class GatedPayments(LockerPayments):
+    """Lockers whose every charge waits until the test lets it through (a slow payment
+    service: RAIDA answering over the network)."""
+
+    def __init__(self, prices: dict[Command, int], lockers: dict[bytes, int]) -> None:
+        super().__init__(prices, lockers)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def charge(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> Status:
+        self.entered.set()
+        await self.release.wait()
+        return await super().charge(command, mailbox, payment)
+
+
+async def paid_delete(directory: Directory, session: bytes, pay: Payment, version: int) -> int:
+    approval = authorize_delete(OWNER, MAILBOX, version)
+    request = DeleteRequest(directory.challenge(), session, pay, approval)
+    return (await directory.call(Command.DELETE, request.encode()))[0]
+
+
+@pytest.mark.parametrize("command", [Command.UPDATE, Command.DELETE])
+async def test_no_payment_is_taken_for_a_change_refused_in_a_race(
+    directory: Directory, command: Command
+) -> None:
+    """A newer change of the mailbox (synced from another server) lands while the payment of
+    a client's change is under way. Before, the client's change passed the version check,
+    paid, and was then refused as older: 198, and the locker emptied all the same."""
+    locker = b"R" * 16
+    kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t", "signature": b"s"}
+    session = await directory.login()
+    if command == Command.DELETE:
+        assert await directory.update(session, ann()) == Status.SUCCESS
+    payments = GatedPayments({Command.UPDATE: 1, Command.DELETE: 1}, {locker: 5})
+    directory.service.payments = payments
+    pay = Payment(CLOUDCOIN_COIN_ID, locker)
+    version = directory.version()
+    if command == Command.UPDATE:
+        change = directory.update(session, ann(display_name="Mine"), version=version, payment=pay)
+    else:
+        change = paid_delete(directory, session, pay, version)
+    client = asyncio.create_task(change)
+    await payments.entered.wait()
+    synced = asyncio.create_task(
+        directory.store.put(MAILBOX, ann(display_name="Newer"), version=version + 1, **kw)
+    )
+    await asyncio.wait({synced}, timeout=0.1)  # as far as it can get while the payment runs
+    payments.release.set()
+    status = await client
+    await synced
+    stored = await directory.store.get(MAILBOX)
+    assert stored is not None
+    assert stored.profile.display_name == "Newer"  # the newest change wins in any order
+    assert status in (Status.SUCCESS, Status.INVALID_PARAMETER)
+    paid = payments.lockers[locker] == 4
+    assert paid == (status == Status.SUCCESS), (status, payments.lockers)
+
+
+@pytest.mark.parametrize(
+    ("command", "marker"),
+    [(Command.UPDATE, "INSERT INTO USER "), (Command.DELETE, "INSERT INTO TOMBSTONE")],
+)
+async def test_payment_is_given_back_when_the_change_fails_after_it(
+    directory: Directory, command: Command, marker: str
+) -> None:
+    locker = b"F" * 16
+    session = await directory.login()
+    assert await directory.update(session, ann()) == Status.SUCCESS
+    payments = LockerPayments({Command.UPDATE: 2, Command.DELETE: 2, Command.SEARCH: 1})
+    payments.lockers[locker] = 5
+    directory.service.payments = payments
+    pay = Payment(CLOUDCOIN_COIN_ID, locker)
+    before = await directory.store.table_rows()
+    directory.db.marker = marker
+    if command == Command.UPDATE:
+        status = await directory.update(session, ann(display_name="X"), payment=pay)
+    else:
+        status = await paid_delete(directory, session, pay, directory.version())
+    assert status == Status.DATABASE_REPORTED_AN_ERROR
+    directory.db.marker = "FROM USER U"  # the search's query
+    assert (await directory.search(payment=pay))[0] == Status.DATABASE_REPORTED_AN_ERROR
+    directory.db.marker = None
+    assert payments.lockers[locker] == 5  # nothing kept for a change (or search) not made
+    assert await directory.store.table_rows() == before
+
+
 async def test_concurrent_changes_keep_the_stored_avatar(directory: Directory) -> None:
     """Two changes of one mailbox at once (a client's update and a synced one): whichever
     wins, the database never names an avatar file the other one removed."""
-    import asyncio
 
     store = directory.store
     kw: dict[str, Any] = {"owner_key": OWNER.public_key, "ticket": b"t", "signature": b"s"}

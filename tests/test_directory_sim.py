@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node.directory.client import ClientSession, DirectoryClient, lookup_entry
 from node.directory.ownership import QuorumTicketVerifier
 from node.directory.server import DirectoryConfig, DirectoryServer
-from records import Identity, InvalidRecord
+from records import Identity, InvalidRecord, Record
 from records.directory import (
     Command,
     DirectoryError,
@@ -24,7 +25,15 @@ from records.directory import (
     authorize_update,
     mint_ticket,
 )
-from records.drd import drd_key, entry_of, sync_entry
+from records.drd import (
+    DRD_SERVERS_KEY,
+    TicketAuthorities,
+    drd_key,
+    entry_of,
+    make_drd_servers_record,
+    servers_of,
+    sync_entry,
+)
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
 from simulations.streams import SimStreams
@@ -68,8 +77,10 @@ class DirectoryNet:
         await self.sim.stop_all()
 
 
-async def directory_net(tmp_path: Path, seed: int) -> DirectoryNet:
-    sim = Simulation(seed=seed)
+async def directory_net(tmp_path: Path, seed: int, **settings: Any) -> DirectoryNet:
+    # every node checks /drd/ tickets against these authorities, as the servers do
+    trusted = TicketAuthorities(tuple(a.public_key for a in AUTHORITIES), 3)
+    sim = Simulation(seed=seed, config={"drd_authorities": trusted})
     hosts = await sim.grow(10)
     streams = SimStreams(sim.network)
     net = DirectoryNet(sim, hosts, streams, [], DirectoryClient(streams.transport(hosts[9].host)))
@@ -83,6 +94,7 @@ async def directory_net(tmp_path: Path, seed: int) -> DirectoryNet:
             threshold=3,
             inline_database=True,
             sync_interval=SYNC,
+            **settings,
         )
         server = DirectoryServer(config, host.node, transport=streams.transport(host.host))
         await server.start()
@@ -251,6 +263,114 @@ def test_a_peer_cannot_sync_a_change_the_owner_did_not_sign(tmp_path: Path) -> N
                 await target.sync.apply(forged, b"")
             assert await target.store.table_rows() == before
         finally:
+            await net.stop()
+
+    run_virtual(main())
+
+
+def test_a_server_away_longer_than_tombstones_last_does_not_bring_a_delete_back(
+    tmp_path: Path,
+) -> None:
+    """Server 2 is cut off while the owner deletes the mailbox, and stays away until the other
+    servers have forgotten the deletion's tombstone. Before, when it came back, its old record
+    looked new to them: they pulled it and the deleted mailbox was back everywhere."""
+    keep_ms = 5 * 60_000
+
+    async def main() -> None:
+        net = await directory_net(tmp_path, 84, tombstone_keep_ms=keep_ms)
+        try:
+            session = await net.login(0)
+            await net.client.update(session, PROFILE)
+            await asyncio.sleep(2 * SYNC + 5)
+            first = await net.held()
+            assert first[0] is not None
+            assert first == [first[0]] * 3
+            hosts = [h.host for h in net.hosts]
+            net.sim.network.partition([hosts[:2] + hosts[3:], [hosts[2]]])
+            await net.client.delete(session)
+            await asyncio.sleep(2 * keep_ms / 1000)  # far longer than tombstones are kept
+            assert await net.held() == [None, None, first[0]]
+            for server in net.servers[:2]:
+                assert server.store is not None
+                assert await server.store.tombstone(MAILBOX) is None  # its ticket forgotten
+                assert await server.store.floor(MAILBOX) is not None  # its version kept
+            net.sim.network.heal()
+            await asyncio.sleep(4 * SYNC)
+            assert await net.held() == [None, None, None]
+            away = net.servers[2]
+            assert away.sync is not None
+            assert away.sync.stats["floors_applied"] == 1  # the owner's deletion reached it
+            for server in net.servers:
+                results = await net.client.search(server.address, [UpdateKey.MAILBOX])
+                assert results.rows == ()
+                assert server.store is not None
+                assert not server.store.user_dir(MAILBOX).exists()
+            # the owner can still come back with a newer record, and it reaches everyone
+            session = await net.login(2)
+            await net.client.update(session, PROFILE)
+            await asyncio.sleep(2 * SYNC + 5)
+            again = await net.held()
+            assert again[0] is not None
+            assert again == [again[0]] * 3
+        finally:
+            await net.stop()
+
+    run_virtual(main())
+
+
+def test_fake_announcements_do_not_cut_servers_off_from_each_other(tmp_path: Path) -> None:
+    """Anyone can announce a directory server, and /drd-servers/all/ keeps the newest 24. A
+    node that keeps announcing 24 fakes, dated ahead, pushes the real servers out of it. Before,
+    servers synced only with what it listed, so from then on no change travelled between them."""
+
+    async def main() -> None:
+        net = await directory_net(tmp_path, 85)
+        attacker = net.hosts[5].node
+        reader = net.hosts[7].node
+        assert attacker is not None
+        assert reader is not None
+        fakes = [Identity.from_seed(bytes([i + 150]) * 32) for i in range(24)]
+
+        async def flood() -> None:
+            while True:
+                now = net.sim.now_ms() + 4 * 60_000  # within the allowed clock skew
+                record = Record(key=DRD_SERVERS_KEY, updateDate=now, id1=fakes[0].id_hex)
+                for index, fake in enumerate(fakes):
+                    host = net.hosts[3 + index % 6].host  # real hosts, no directory there
+                    one = make_drd_servers_record(fake, host, 9000 + index, now=now)
+                    record.values.extend(one.values)
+                await attacker.put(record)
+                await asyncio.sleep(60)
+
+        session = await net.login(0)
+        await net.client.update(session, PROFILE)
+        await asyncio.sleep(3 * SYNC)
+        first = await net.held()
+        assert first[0] is not None
+        assert first == [first[0]] * 3  # the servers found each other, then the flood starts
+        flooding = asyncio.get_running_loop().create_task(flood())
+        try:
+            await asyncio.sleep(5)
+            listed = await reader.get(DRD_SERVERS_KEY)
+            assert listed is not None
+            real = {s.node.identity.public_key for s in net.servers if s.node.identity}
+            assert len(servers_of(listed)) == 24
+            assert not {key for key, _, _ in servers_of(listed)} & real  # pushed out
+            newer = Profile(display_name="Sim Ann, again", description="after the flood")
+            await net.client.update(session, newer)
+            await asyncio.sleep(3 * SYNC)
+            held = await net.held()
+            assert held[0] is not None
+            assert held[0][1] == newer
+            assert held == [held[0]] * 3
+            for server in net.servers:
+                peers = server.peer_table
+                assert len(peers) <= 24
+                others = {s.address for s in net.servers if s is not server}
+                assert others <= set(peers.proven())
+        finally:
+            flooding.cancel()
+            await asyncio.gather(flooding, return_exceptions=True)
             await net.stop()
 
     run_virtual(main())

@@ -279,17 +279,19 @@ def test_entries_with_fields_beyond_the_seeds_limits_are_refused(
 def test_a_plain_node_given_the_authorities_refuses_a_self_made_ticket(tmp_path: Path) -> None:
     """``python -m node --directory-authorities FILE`` without ``--directory``: the node's
     validator checks /drd/ tickets against the authorities."""
-    from node.__main__ import _directory_validator, build_parser
+    from node import DHTNode, NodeConfig
+    from node.__main__ import _drd_authorities, build_parser
 
     path = tmp_path / "authorities.json"
     path.write_text(
         json.dumps({"threshold": 13, "authorities": [a.public_key.hex() for a in AUTHORITIES]})
     )
-    assert _directory_validator(build_parser().parse_args([])) is None  # no authorities: default
-    validator = _directory_validator(
-        build_parser().parse_args(["--directory-authorities", str(path)])
-    )
-    assert validator is not None
+    # no authorities named: the set shipped with the node, which did not sign this ticket
+    default = DHTNode(NodeConfig(drd_authorities=_drd_authorities(build_parser().parse_args([]))))
+    with pytest.raises(InvalidRecord, match="13 needed"):
+        default.validator.validate(entry().key, entry(), NOW)
+    named = _drd_authorities(build_parser().parse_args(["--directory-authorities", str(path)]))
+    validator = DHTNode(NodeConfig(drd_authorities=named)).validator
     validator.validate(entry().key, entry(), NOW)
     fakes = [Identity.from_seed(bytes([i + 100]) * 32) for i in range(13)]
     fake = mint_ticket(fakes, MAILBOX, OWNER.public_key, issued=NOW, expires=NOW + 1000)

@@ -18,13 +18,12 @@ from typing import Protocol
 from records.directory import (
     CLOUDCOIN_COIN_ID,
     Command,
-    DirectoryError,
     MailboxNumber,
     Payment,
     Status,
     Ticket,
 )
-from records.identity import PUBLIC_KEY_SIZE
+from records.drd import TicketAuthorities
 
 DEFAULT_CLOCK_SKEW_MS = 5 * 60 * 1000
 
@@ -39,7 +38,8 @@ class OwnershipVerifier(Protocol):
 
 
 class QuorumTicketVerifier:
-    """Accepts tickets signed by at least `threshold` of `authorities` (ed25519 public keys)."""
+    """Accepts tickets signed by at least `threshold` of `authorities` (ed25519 public keys);
+    `records.drd.TicketAuthorities` does the checking."""
 
     def __init__(
         self,
@@ -48,12 +48,8 @@ class QuorumTicketVerifier:
         *,
         clock_skew_ms: int = DEFAULT_CLOCK_SKEW_MS,
     ) -> None:
-        keys = set(authorities)
-        if any(len(k) != PUBLIC_KEY_SIZE for k in keys):
-            raise ValueError("authority keys are 32-byte ed25519 public keys")
-        if not 1 <= threshold <= len(keys):
-            raise ValueError(f"threshold {threshold} is not in 1..{len(keys)} authorities")
-        self.authorities = frozenset(keys)
+        self.trusted = TicketAuthorities(tuple(authorities), threshold, clock_skew_ms)
+        self.authorities = frozenset(self.trusted.keys)
         self.threshold = threshold
         self.clock_skew_ms = clock_skew_ms
 
@@ -63,26 +59,27 @@ class QuorumTicketVerifier:
 
     def check(self, ticket: Ticket, now: int) -> None:
         """The same check, synchronously (validators use it)."""
-        if ticket.issued > now + self.clock_skew_ms:
-            raise DirectoryError("ticket issued in the future", Status.NOT_AUTHORIZED)
-        if ticket.expires <= now:
-            raise DirectoryError("ticket expired", Status.NOT_AUTHORIZED)
-        signers = ticket.valid_signers(self.authorities)
-        if len(signers) < self.threshold:
-            raise DirectoryError(
-                f"ticket signed by {len(signers)} authorities, {self.threshold} needed",
-                Status.NOT_AUTHORIZED,
-            )
+        self.trusted.check(ticket, now)
 
 
 class PaymentVerifier(Protocol):
-    """Takes payment for a service (seed 000 keys 1 and 2: coin code and locker code)."""
+    """Takes payment for a service (seed 000 keys 1 and 2: coin code and locker code).
+
+    The directory charges a change only once its store has found it newer than what it holds,
+    with every other change held off until it is written; if the change still fails (the
+    database does), or a search does, it calls `refund`."""
 
     async def charge(
         self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
     ) -> Status:
         """`Status.SUCCESS` if the service is paid for (or free), else the seed's
         `FEW_COINS_IN_LOCKER` (153) or `LOCKER_EMPTY_OR_NOT_EXISTS` (179)."""
+        ...
+
+    async def refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        """Give back what a successful `charge` with the same arguments took."""
         ...
 
 
@@ -94,6 +91,11 @@ class NoCharge:
     ) -> Status:
         """Always `Status.SUCCESS`."""
         return Status.SUCCESS
+
+    async def refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        """Nothing was taken."""
 
 
 class LockerPayments:
@@ -130,3 +132,11 @@ class LockerPayments:
             return Status.FEW_COINS_IN_LOCKER  # seed 000: 153
         self.lockers[payment.locker] = held - price
         return Status.SUCCESS
+
+    async def refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        """Put the price back into the locker it was taken from."""
+        price = self.prices.get(command, 0)
+        if price > 0 and payment is not None:
+            self.lockers[payment.locker] = self.lockers.get(payment.locker, 0) + price

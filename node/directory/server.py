@@ -8,7 +8,6 @@ composed with a `DHTNode` rather than built into it: the node knows nothing of d
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -16,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Clock
+from node.directory.avatars import in_thread, inline
 from node.directory.client import DirectoryClient
 from node.directory.database import AiosqliteDatabase, Database, InlineDatabase
 from node.directory.ownership import OwnershipVerifier, PaymentVerifier, QuorumTicketVerifier
+from node.directory.peers import PeerTable
 from node.directory.service import DEFAULT_SESSION_MINUTES, DirectoryService
 from node.directory.store import DATABASE_FILE, DirectoryStore
 from node.directory.sync import DirectorySync
@@ -35,7 +36,13 @@ from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import Identity, InvalidRecord, Record
 from records.directory import Command, DirectoryError, MailboxNumber
-from records.drd import DRD_SERVERS_KEY, make_drd_record, make_drd_servers_record, servers_of
+from records.drd import (
+    DRD_SERVERS_KEY,
+    TicketAuthorities,
+    make_drd_record,
+    make_drd_servers_record,
+    servers_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,8 @@ class DirectoryConfig:
     root: Path
     """The directory's folder: ``directory.sqlite3`` and ``users/<14 hex>/`` avatars."""
     authorities: tuple[bytes, ...] = ()
-    """Ed25519 public keys of the ticket authorities (stand-ins for RAIDA)."""
+    """Ed25519 public keys of the ticket authorities (stand-ins for RAIDA); none: the node's
+    (`NodeConfig.drd_authorities`)."""
     threshold: int = 1
     """How many of `authorities` must sign a ticket (k of n)."""
     port: int | None = None
@@ -57,9 +65,11 @@ class DirectoryConfig:
     session_minutes: int = DEFAULT_SESSION_MINUTES
     """Minutes a session lasts (seed 000 SESSION.MinutesUntilTimeout)."""
     tombstone_keep_ms: int = 30 * 24 * 3600 * 1000
-    """How long a deletion is remembered so that syncing servers do not bring it back."""
+    """How long a deletion's tombstone (with its ticket, published in the DHT) is kept; after
+    that only the mailbox's version floor stays, for good, so no server brings it back."""
     inline_database: bool = False
-    """Run SQLite on the event loop's thread (the simulator's virtual clock needs this)."""
+    """Run SQLite and the avatar files on the event loop's thread (the simulator's virtual
+    clock needs this); otherwise both run on worker threads."""
     max_frame_size: int = MAX_FRAME_SIZE
     """Largest request or response frame."""
     public_host: str | None = None
@@ -82,12 +92,11 @@ class DirectoryConfig:
 def load_authorities(path: Path) -> tuple[tuple[bytes, ...], int]:
     """(public keys, threshold) from an authorities file, as ``mint-authorities`` writes it:
     ``{"threshold": k, "authorities": ["<64 hex>", ...]}``; `ValueError` if it is not one."""
-    data = json.loads(path.read_text(encoding="utf-8"))
     try:
-        keys = tuple(bytes.fromhex(k) for k in data["authorities"])
-        return keys, int(data["threshold"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not an authorities file: missing or bad {exc}") from exc
+        trusted = TicketAuthorities.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path} is {exc}") from exc
+    return trusted.keys, trusted.threshold
 
 
 class DirectoryServer:
@@ -103,7 +112,10 @@ class DirectoryServer:
         payments: PaymentVerifier | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if ownership is None:
+        trusted = node.config.drd_authorities
+        if ownership is None and not config.authorities and trusted is not None:
+            ownership = QuorumTicketVerifier(trusted.keys, trusted.threshold)
+        elif ownership is None:
             ownership = QuorumTicketVerifier(config.authorities, config.threshold)
         self.config = config
         self.node = node
@@ -116,6 +128,8 @@ class DirectoryServer:
         self.store: DirectoryStore | None = None
         self.service: DirectoryService | None = None
         self.sync: DirectorySync | None = None
+        self.peer_table = PeerTable()
+        """The servers this one syncs with (at most 24, proven ones kept first)."""
         self._listener: StreamServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -136,7 +150,8 @@ class DirectoryServer:
             else await AiosqliteDatabase.open(path)
         )
         try:
-            self.store = await DirectoryStore.open(db, self.config.root)
+            offload = inline if self.config.inline_database else in_thread
+            self.store = await DirectoryStore.open(db, self.config.root, offload=offload)
         except BaseException:
             await db.close()  # e.g. not a database: no connection (or its thread) left behind
             raise
@@ -160,6 +175,8 @@ class DirectoryServer:
             self.ownership,
             DirectoryClient(self.transport, clock=self.clock, timeout=self.config.request_timeout),
             on_change=self._changed,
+            max_answer_bytes=self.config.max_frame_size,
+            on_verified=self.peer_table.prove,
         )
         self._spawn(self._maintain())
         log.info("directory serving %s on %s:%d", self.config.root, *self._listener.address)
@@ -276,18 +293,28 @@ class DirectoryServer:
         if record is None:
             return []
         own = self._identity().public_key
-        return [(host, port) for key, host, port in servers_of(record) if key != own]
+        return [
+            (host, port)
+            for key, host, port in servers_of(record)
+            if key != own and (host, port) != self.public_address
+        ]
 
     async def sync_round(self) -> int:
-        """One anti-entropy round with every known peer; returns changes applied."""
+        """One anti-entropy round with this round's peers (`PeerTable`: every proven one,
+        a few announced ones not proven yet); returns changes applied."""
         assert self.sync is not None
         assert self.store is not None
+        self.peer_table.announced(await self.peers())
+        proven = set(self.peer_table.proven())
         applied = 0
-        for peer in await self.peers():
+        for peer in self.peer_table.this_round():
             try:
-                applied += await self.sync.sync_with(peer)
+                applied += await self.sync.sync_with(peer, prove=peer not in proven)
             except (TransportError, DirectoryError) as exc:
+                self.peer_table.failed(peer)
                 log.info("sync with %s:%d failed: %s", *peer, exc)
+            else:
+                self.peer_table.succeeded(peer)
         await self.store.drop_tombstones(self.clock.now_ms() - self.config.tombstone_keep_ms)
         return applied
 

@@ -3,6 +3,11 @@
 Order of checks, so that a refused request changes nothing: the layout (198), then the session
 (40, ours), then payment (153 / 179, seed 000), then the database (250, or 10 if it fails; a
 search that finds nothing is 9). A bad parameter is answered before any payment is taken.
+
+A change is paid for inside the store's change (`DirectoryStore.put`'s `charge`): once the store
+has found it newer than what it holds, with every other change waiting, so a newer change cannot
+slip in between payment and write; if the write still fails, the payment is given back, as for a
+search the database fails.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ from collections.abc import Awaitable, Callable
 
 from node.config import Clock
 from node.directory.ownership import NoCharge, OwnershipVerifier, PaymentVerifier
-from node.directory.store import DirectoryStore, Session
+from node.directory.store import Charge, DirectoryStore, Session
 from records.directory import (
     CHALLENGE_SIZE,
     SESSION_SIZE,
-    TOMBSTONE_DIGEST,
     TRAILER,
     Authorization,
     Command,
@@ -27,6 +31,7 @@ from records.directory import (
     DirectoryError,
     MailboxNumber,
     OpenSession,
+    Payment,
     SearchRequest,
     Status,
     Ticket,
@@ -167,23 +172,21 @@ class DirectoryService:
         payload = update_payload(session.mailbox, approval.version, digest)
         if not verify_signature(session.owner_key, payload, approval.signature):
             raise DirectoryError("the owner's signature does not verify", Status.NOT_AUTHORIZED)
-        held = await self.store.version_of(session.mailbox)
-        if held is not None and held >= (approval.version, digest):
-            raise DirectoryError("a newer version is held")  # nothing changes: 198
-        paid = await self.payments.charge(Command.UPDATE, session.mailbox, request.payment)
-        if paid != Status.SUCCESS:
-            return paid
-        stored = await self.store.put(
-            session.mailbox,
-            request.profile,
-            version=approval.version,
-            owner_key=session.owner_key,
-            ticket=session.ticket,
-            signature=approval.signature,
-            comment=request.comment,
-        )
-        if not stored:  # a newer version arrived meanwhile
-            raise DirectoryError("a newer version is held")
+
+        def put(charge: Charge) -> Awaitable[bool]:
+            return self.store.put(
+                session.mailbox,
+                request.profile,
+                version=approval.version,
+                owner_key=session.owner_key,
+                ticket=session.ticket,
+                signature=approval.signature,
+                comment=request.comment,
+                charge=charge,
+            )
+
+        if not await self._paid(Command.UPDATE, session.mailbox, request.payment, put):
+            raise DirectoryError("a newer version is held")  # nothing changes, nothing paid: 198
         await self._changed(session.mailbox)
         return Status.SUCCESS
 
@@ -196,23 +199,60 @@ class DirectoryService:
             raise DirectoryError("the owner's signature does not verify", Status.NOT_AUTHORIZED)
         if await self.store.get(session.mailbox) is None:
             return Status.DATABASE_RETURNED_ZERO_RECORDS
-        held = await self.store.version_of(session.mailbox)
-        if held is not None and held >= (approval.version, TOMBSTONE_DIGEST):
-            raise DirectoryError("a newer version is held")
-        paid = await self.payments.charge(Command.DELETE, session.mailbox, request.payment)
-        if paid != Status.SUCCESS:
-            return paid
-        deleted = await self.store.delete(
-            session.mailbox,
-            version=approval.version,
-            owner_key=session.owner_key,
-            ticket=session.ticket,
-            signature=approval.signature,
-        )
-        if not deleted:
+
+        def delete(charge: Charge) -> Awaitable[bool]:
+            return self.store.delete(
+                session.mailbox,
+                version=approval.version,
+                owner_key=session.owner_key,
+                ticket=session.ticket,
+                signature=approval.signature,
+                charge=charge,
+            )
+
+        if not await self._paid(Command.DELETE, session.mailbox, request.payment, delete):
             raise DirectoryError("a newer version is held")
         await self._changed(session.mailbox)
         return Status.SUCCESS
+
+    async def _paid(
+        self,
+        command: Command,
+        mailbox: MailboxNumber,
+        payment: Payment | None,
+        change: Callable[[Charge], Awaitable[bool]],
+    ) -> bool:
+        """Run `change`, which takes payment through the `Charge` it is given (or raises
+        `DirectoryError` with the payment's 153 / 179); give the payment back if the change
+        then fails or is not made."""
+        charged = False
+
+        async def charge() -> None:
+            nonlocal charged
+            status = await self.payments.charge(command, mailbox, payment)
+            if status != Status.SUCCESS:
+                raise DirectoryError(f"payment refused with {int(status)}", status)
+            charged = True
+
+        try:
+            changed = await change(charge)
+        except BaseException:
+            if charged:
+                await self._refund(command, mailbox, payment)
+            raise
+        if charged and not changed:
+            await self._refund(command, mailbox, payment)
+        return changed
+
+    async def _refund(
+        self, command: Command, mailbox: MailboxNumber | None, payment: Payment | None
+    ) -> None:
+        try:
+            await self.payments.refund(command, mailbox, payment)
+        except Exception:
+            log.exception("giving back the payment of a failed request %d failed", command)
+        else:
+            self.stats["refunds"] += 1
 
     async def _search(self, body: bytes) -> tuple[Status, bytes]:
         # Searches read public information: the session field is carried (seed 000's layout)
@@ -221,7 +261,11 @@ class DirectoryService:
         paid = await self.payments.charge(Command.SEARCH, None, request.payment)
         if paid != Status.SUCCESS:
             return paid, TRAILER
-        results = await self.store.search(request)
+        try:
+            results = await self.store.search(request)
+        except (sqlite3.Error, OSError):
+            await self._refund(Command.SEARCH, None, request.payment)
+            raise
         if not results.rows:
             return Status.DATABASE_RETURNED_ZERO_RECORDS, TRAILER
         return Status.SUCCESS, results.encode() + TRAILER

@@ -1,6 +1,9 @@
 """The directory's database (seed 000): the USER, SESSION, USER_MAILSERVER and MAILSERVER
-tables, a private table for the "why I updated" comment, tombstones for deletions, and avatars
-as files under ``ROOT/users/<14 hex>/``.
+tables, a private table for the "why I updated" comment, tombstones for deletions and, once a
+tombstone's time is up, the version floor it leaves (never forgotten: about 110 bytes a
+mailbox, so a server that was away longer cannot bring a deleted record back), and avatars as
+files under ``ROOT/users/<14 hex>/`` (see `node.directory.avatars`; their file work runs off
+the event loop).
 
 Every statement is parameterised; the few SQL fragments built at run time come from fixed
 tables in this module, never from request bytes. Each change is one ``BEGIN IMMEDIATE`` ...
@@ -15,37 +18,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.directory.avatars import USERS_DIR, AvatarFiles, Offload, in_thread
 from node.directory.database import Database
+from node.directory.search import Match, Pager, chunk_query, matches
 from records.directory import (
-    QMAIL_KEYS,
+    FLOOR_DIGEST,
     TOMBSTONE_DIGEST,
-    TRAILER,
-    Condition,
     MailboxNumber,
-    Operator,
     Profile,
     QMailServer,
-    SearchKey,
+    Row,
     SearchRequest,
     SearchResults,
     SendingPrice,
     UpdateKey,
-    encode_row,
     profile_digest,
+    supersedes,
 )
 from records.drd import DigestRow
 
 DATABASE_FILE = "directory.sqlite3"
-USERS_DIR = "users"
-AVATAR_PREFIX = ".avatar-"  # seed 000's example: users/<mailbox>/.avatar.png
-MAX_ROWS_SCANNED = 100_000
+Charge = Callable[[], Awaitable[None]]
+"""Takes payment for a change, or raises to refuse it (see `DirectoryStore.put`)."""
 MAX_SESSIONS_PER_MAILBOX = 16
 """Open sessions kept per mailbox; opening another ends the oldest (an owner opening sessions
 in a loop cannot grow the SESSION table without bound)."""
@@ -102,32 +102,48 @@ _SCHEMA = [
         OwnerKey BLOB NOT NULL,
         Ticket BLOB NOT NULL,
         OwnerSignature BLOB NOT NULL)""",
+    # ours: what a tombstone leaves when its ticket is dropped: the newest deletion's version
+    # (no change at or below it is taken again) and the owner's signature of it
+    """CREATE TABLE IF NOT EXISTS VERSION_FLOOR (
+        UserID INTEGER PRIMARY KEY,
+        Version INTEGER NOT NULL,
+        OwnerKey BLOB NOT NULL,
+        OwnerSignature BLOB NOT NULL)""",
 ]
 
-_TABLES = ("USER", "SESSION", "MAILSERVER", "USER_MAILSERVER", "PRIVATE_COMMENT", "TOMBSTONE")
-_TEXT_SQL = {
-    UpdateKey.DISPLAY_NAME: "U.PublicAlias",
-    UpdateKey.DESCRIPTION: "U.PublicDescription",
-    UpdateKey.AVATAR_NAME: "U.AvatarName",
-}
-_NUMBER_SQL = {UpdateKey.SENDING_PRICE: "U.SendingPrice", UpdateKey.MAILBOX: "U.UserID"}
-_QMAIL_SQL = (
-    "(SELECT UM.QMailID FROM USER_MAILSERVER UM WHERE UM.UserID = U.UserID AND UM.Slot = ?)"
+_TABLES = (
+    "USER",
+    "SESSION",
+    "MAILSERVER",
+    "USER_MAILSERVER",
+    "PRIVATE_COMMENT",
+    "TOMBSTONE",
+    "VERSION_FLOOR",
 )
-_COMPARE_SQL = {
-    Operator.NOT_EQUAL: "{col} != ?",
-    Operator.EQUAL: "{col} = ?",
-    Operator.GREATER: "{col} > ?",
-    Operator.LESS: "{col} < ?",
-    # instr, not LIKE: '%' and '_' in a search are the characters themselves
-    Operator.CONTAINS: "instr({col}, ?) > 0",
-    Operator.NOT_CONTAINS: "instr({col}, ?) = 0",
-}
-_RESULTS_OVERHEAD = 13 + len(TRAILER)
-# SQLite integers are signed 64-bit, a where clause's number up to 2^64 - 1 (8 bytes). Stored
-# numbers (mailbox: 7 bytes, price: 3) are far below 2^63 - 1, so comparing with the operand
-# capped there gives the same answer, where binding the operand itself would overflow.
-_SQL_INTEGER_MAX = (1 << 63) - 1  # results header (keys 0-3) and the trailer
+# (mailbox, version, digest) of every record, tombstone and floor (a mailbox is in one of them)
+_RANKS = (
+    "SELECT UserID, Version, Digest FROM USER WHERE UserID > ?1 UNION ALL "
+    "SELECT UserID, Version, ?2 FROM TOMBSTONE WHERE UserID > ?1 UNION ALL "
+    "SELECT UserID, Version, ?3 FROM VERSION_FLOOR WHERE UserID > ?1"
+)
+
+_UPSERT_USER = (
+    "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile, SendingPrice,"
+    " StartDateTime, AvatarName, AvatarSHA256, Version, Digest, OwnerKey, Ticket, OwnerSignature)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(UserID) DO UPDATE SET PublicAlias = excluded.PublicAlias,"
+    " PublicDescription = excluded.PublicDescription,"
+    " PathToAvatarFile = excluded.PathToAvatarFile,"
+    " SendingPrice = excluded.SendingPrice, AvatarName = excluded.AvatarName,"
+    " AvatarSHA256 = excluded.AvatarSHA256, Version = excluded.Version,"
+    " Digest = excluded.Digest, OwnerKey = excluded.OwnerKey,"
+    " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature"
+)
+_UPSERT_MAILSERVER = (
+    "INSERT INTO MAILSERVER (QMailID, FQDN, FirstRegistrationDate, LastUpdateData)"
+    " VALUES (?, ?, ?, ?)"
+    " ON CONFLICT(QMailID) DO UPDATE SET LastUpdateData = excluded.LastUpdateData"
+)
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,17 @@ class Tombstone:
 
 
 @dataclass(frozen=True)
+class VersionFloor:
+    """A deletion whose tombstone was dropped: no change at or below `version` is taken."""
+
+    mailbox: MailboxNumber
+    version: int
+    owner_key: bytes
+    signature: bytes
+    """The owner's signature of the deletion (`records.directory.delete_payload`)."""
+
+
+@dataclass(frozen=True)
 class Session:
     """An open session (seed 000 SESSION): whose mailbox, until when."""
 
@@ -168,21 +195,36 @@ class Session:
     expires: int
 
 
+@dataclass(frozen=True)
+class _Approval:
+    """What authorises a change: the owner's version and signature, under a ticket."""
+
+    version: int
+    owner_key: bytes
+    ticket: bytes
+    signature: bytes
+
+
 class DirectoryStore:
     """Profiles, sessions, comments and tombstones in SQLite; avatars as files under `root`."""
 
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, *, offload: Offload = in_thread) -> None:
         self._db = db
         self.root = root
+        self.avatars = AvatarFiles(root)
+        self._offload = offload
         self._lock = asyncio.Lock()  # one unit of work at a time on the one connection
         # One change (avatar file, transaction, pruning of old files) at a time: otherwise a
         # change committing first prunes the avatar file another is about to commit to.
         self._change = asyncio.Lock()
 
     @classmethod
-    async def open(cls, db: Database, root: Path) -> DirectoryStore:
-        """Create the tables if needed; avatars go under ``root/users``."""
-        store = cls(db, root)
+    async def open(
+        cls, db: Database, root: Path, *, offload: Offload = in_thread
+    ) -> DirectoryStore:
+        """Create the tables if needed; avatars go under ``root/users``, their file work
+        through `offload` (a worker thread by default)."""
+        store = cls(db, root, offload=offload)
         (root / USERS_DIR).mkdir(parents=True, exist_ok=True)
         for statement in _SCHEMA:
             await db.execute(statement)
@@ -206,38 +248,9 @@ class DirectoryStore:
                     await self._db.execute("ROLLBACK")
                 raise
 
-    # -- avatars ---------------------------------------------------------------------------
-
     def user_dir(self, mailbox: MailboxNumber) -> Path:
         """``root/users/<14 hex>/`` (seed 000's directory layout)."""
-        return self.root / USERS_DIR / mailbox.hex
-
-    def _write_avatar(self, mailbox: MailboxNumber, avatar: bytes, sha: bytes) -> str:
-        """Write the avatar atomically under its hash; returns its path relative to `root`."""
-        folder = self.user_dir(mailbox)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{AVATAR_PREFIX}{sha.hex()}"
-        if not final.exists():
-            temp = folder / f".tmp-{sha.hex()}"
-            with open(temp, "wb") as out:
-                out.write(avatar)
-                out.flush()
-                os.fsync(out.fileno())
-            temp.replace(final)
-        return str(final.relative_to(self.root))
-
-    def _prune_avatars(self, mailbox: MailboxNumber, keep: str | None) -> None:
-        folder = self.user_dir(mailbox)
-        if not folder.is_dir():
-            return
-        for path in folder.iterdir():
-            if path.name.startswith((AVATAR_PREFIX, ".tmp-")) and (
-                keep is None or str(path.relative_to(self.root)) != keep
-            ):
-                path.unlink(missing_ok=True)
-        if keep is None:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty (seed 000 lets other files live there)
+        return self.avatars.user_dir(mailbox)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -283,15 +296,16 @@ class DirectoryStore:
     # -- records ---------------------------------------------------------------------------
 
     async def version_of(self, mailbox: MailboxNumber) -> tuple[int, bytes] | None:
-        """(version, digest) of the record or tombstone held for `mailbox`, if any."""
+        """(version, digest) of the record, tombstone or floor held for `mailbox`, if any."""
         async with self._lock:
             return await self._version_of(int(mailbox))
 
     async def _version_of(self, user: int) -> tuple[int, bytes] | None:
         rows = await self._db.fetchall(
-            "SELECT Version, Digest FROM USER WHERE UserID = ? UNION ALL "
-            "SELECT Version, ? FROM TOMBSTONE WHERE UserID = ?",
-            (user, TOMBSTONE_DIGEST, user),
+            "SELECT Version, Digest FROM USER WHERE UserID = ?1 UNION ALL "
+            "SELECT Version, ?2 FROM TOMBSTONE WHERE UserID = ?1 UNION ALL "
+            "SELECT Version, ?3 FROM VERSION_FLOOR WHERE UserID = ?1",
+            (user, TOMBSTONE_DIGEST, FLOOR_DIGEST),
         )
         return max((int(v), bytes(d)) for v, d in rows) if rows else None
 
@@ -306,103 +320,65 @@ class DirectoryStore:
         signature: bytes,
         comment: str | None = None,
         created: int | None = None,
+        charge: Charge | None = None,
     ) -> bool:
         """Store `profile` as `mailbox`'s whole record if (version, digest) is newer than what
-        is held (record or tombstone). Returns whether it was stored."""
+        is held (record, tombstone or floor). Returns whether it was stored.
+
+        `charge` is awaited once the change is known to be newer and before anything is
+        written, while every other change of this store waits: a payment taken there cannot be
+        overtaken by a newer change. If it raises, nothing is written."""
+        approval = _Approval(version, owner_key, ticket, signature)
         async with self._change:
-            return await self._put(
-                mailbox,
-                profile,
-                version=version,
-                owner_key=owner_key,
-                ticket=ticket,
-                signature=signature,
-                comment=comment,
-                created=created,
-            )
+            return await self._put(mailbox, profile, approval, comment, created, charge)
 
     async def _put(
         self,
         mailbox: MailboxNumber,
         profile: Profile,
-        *,
-        version: int,
-        owner_key: bytes,
-        ticket: bytes,
-        signature: bytes,
+        approval: _Approval,
         comment: str | None,
         created: int | None,
+        charge: Charge | None,
     ) -> bool:
+        """The version check and the payment, the avatar file, then one transaction, then the
+        files it no longer names."""
         user = int(mailbox)
         digest = profile_digest(mailbox, profile)
-        avatar_path: str | None = None
+        if not await self._is_newer(user, (approval.version, digest)):
+            return False
+        if charge is not None:
+            await charge()
         avatar_sha: bytes | None = None
+        avatar_path: str | None = None
         if profile.avatar is not None:
             avatar_sha = _sha256(profile.avatar)
-            avatar_path = self._write_avatar(mailbox, profile.avatar, avatar_sha)
+            avatar_path = await self._offload(
+                self.avatars.write, mailbox, profile.avatar, avatar_sha
+            )
         stored = False
         try:
             async with self._transaction() as db:
-                held = await self._version_of(user)
-                if held is not None and held >= (version, digest):
-                    return False
-                price = profile.sending_price
-                await db.execute(
-                    "INSERT INTO USER (UserID, PublicAlias, PublicDescription, PathToAvatarFile,"
-                    " SendingPrice, StartDateTime, AvatarName, AvatarSHA256, Version, Digest,"
-                    " OwnerKey, Ticket, OwnerSignature)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(UserID) DO UPDATE SET PublicAlias = excluded.PublicAlias,"
-                    " PublicDescription = excluded.PublicDescription,"
-                    " PathToAvatarFile = excluded.PathToAvatarFile,"
-                    " SendingPrice = excluded.SendingPrice, AvatarName = excluded.AvatarName,"
-                    " AvatarSHA256 = excluded.AvatarSHA256, Version = excluded.Version,"
-                    " Digest = excluded.Digest, OwnerKey = excluded.OwnerKey,"
-                    " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature",
-                    (
-                        user,
-                        profile.display_name,
-                        profile.description,
-                        avatar_path,
-                        None if price is None else int.from_bytes(price.to_bytes(), "big"),
-                        version if created is None else created,
-                        profile.avatar_name,
-                        avatar_sha,
-                        version,
-                        digest,
-                        owner_key,
-                        ticket,
-                        signature,
-                    ),
+                await _write_user(
+                    db, user, profile, digest, approval, avatar_path, avatar_sha, created
                 )
-                await db.execute("DELETE FROM TOMBSTONE WHERE UserID = ?", (user,))
-                await db.execute("DELETE FROM USER_MAILSERVER WHERE UserID = ?", (user,))
-                for slot, server in profile.qmail:
-                    qmail_id = server.to_bytes()
-                    await db.execute(
-                        "INSERT INTO MAILSERVER (QMailID, FQDN, FirstRegistrationDate,"
-                        " LastUpdateData) VALUES (?, ?, ?, ?) ON CONFLICT(QMailID)"
-                        " DO UPDATE SET LastUpdateData = excluded.LastUpdateData",
-                        (qmail_id, f"{server.host}:{server.port}", version, version),
-                    )
-                    await db.execute(
-                        "INSERT INTO USER_MAILSERVER (UserID, QMailID, Slot) VALUES (?, ?, ?)",
-                        (user, qmail_id, slot),
-                    )
-                # the comment explains the last update only
-                await db.execute("DELETE FROM PRIVATE_COMMENT WHERE UserID = ?", (user,))
-                if comment:
-                    await db.execute(
-                        "INSERT INTO PRIVATE_COMMENT (UserID, Comment, Version) VALUES (?, ?, ?)",
-                        (user, comment, version),
-                    )
+                await _clear_deletion(db, user)
+                await _write_mailservers(db, user, profile.qmail, approval.version)
+                await _write_comment(db, user, comment, approval.version)
             stored = True  # committed
         finally:
             if stored:
-                self._prune_avatars(mailbox, avatar_path)
+                await self._offload(self.avatars.prune, mailbox, avatar_path)
             elif avatar_path is not None:
                 await self._drop_unreferenced_avatar(user, mailbox, avatar_path)
         return True
+
+    async def _is_newer(self, user: int, rank: tuple[int, bytes]) -> bool:
+        """Whether a change ranked `rank` supersedes what is held (the caller holds `_change`,
+        so no other change can come between this answer and its transaction)."""
+        async with self._lock:
+            held = await self._version_of(user)
+        return supersedes(rank, held)
 
     async def _drop_unreferenced_avatar(self, user: int, mailbox: MailboxNumber, path: str) -> None:
         async with self._lock:
@@ -411,7 +387,7 @@ class DirectoryStore:
             )
         keep = rows[0][0] if rows else None
         if keep != path:
-            self._prune_avatars(mailbox, keep)
+            await self._offload(self.avatars.prune, mailbox, keep)
 
     async def delete(
         self,
@@ -421,43 +397,68 @@ class DirectoryStore:
         owner_key: bytes,
         ticket: bytes,
         signature: bytes,
+        charge: Charge | None = None,
     ) -> bool:
         """Delete the whole record (seed 000) and leave a tombstone at `version`, if that is
-        newer than what is held. Returns whether anything changed."""
+        newer than what is held. Returns whether anything changed. `charge` as for `put`."""
+        approval = _Approval(version, owner_key, ticket, signature)
         async with self._change:
-            return await self._delete(
-                mailbox, version=version, owner_key=owner_key, ticket=ticket, signature=signature
-            )
+            return await self._delete(mailbox, approval, charge)
 
     async def _delete(
-        self,
-        mailbox: MailboxNumber,
-        *,
-        version: int,
-        owner_key: bytes,
-        ticket: bytes,
-        signature: bytes,
+        self, mailbox: MailboxNumber, approval: _Approval, charge: Charge | None
     ) -> bool:
         user = int(mailbox)
+        if not await self._is_newer(user, (approval.version, TOMBSTONE_DIGEST)):
+            return False
+        if charge is not None:
+            await charge()
         async with self._transaction() as db:
-            held = await self._version_of(user)
-            if held is not None and held >= (version, TOMBSTONE_DIGEST):
-                return False
             await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
+            await _clear_deletion(db, user)
             await db.execute(
                 "INSERT INTO TOMBSTONE (UserID, Version, OwnerKey, Ticket, OwnerSignature)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(UserID) DO UPDATE SET"
                 " Version = excluded.Version, OwnerKey = excluded.OwnerKey,"
                 " Ticket = excluded.Ticket, OwnerSignature = excluded.OwnerSignature",
-                (user, version, owner_key, ticket, signature),
+                (user, approval.version, approval.owner_key, approval.ticket, approval.signature),
             )
-        self._prune_avatars(mailbox, None)
+        await self._offload(self.avatars.prune, mailbox, None)
         return True
 
     async def drop_tombstones(self, older_than: int) -> int:
-        """Forget deletions whose version is before `older_than` (ms)."""
+        """Drop the tombstones of deletions whose version is before `older_than` (ms), with
+        their tickets; each leaves its mailbox's version floor. Returns how many went."""
         async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO VERSION_FLOOR (UserID, Version, OwnerKey, OwnerSignature)"
+                " SELECT UserID, Version, OwnerKey, OwnerSignature FROM TOMBSTONE"
+                " WHERE Version < ?",
+                (older_than,),
+            )
             return await db.execute("DELETE FROM TOMBSTONE WHERE Version < ?", (older_than,))
+
+    async def apply_floor(self, floor: VersionFloor) -> bool:
+        """Delete the record held for the floor's mailbox if it is older than the floor and
+        was approved by the same owner key (who has since signed its deletion: the caller
+        checked that signature), leaving the floor. Returns whether the record went."""
+        user = int(floor.mailbox)
+        async with self._change:
+            async with self._transaction() as db:
+                rows = await db.fetchall(
+                    "SELECT Version, OwnerKey FROM USER WHERE UserID = ?", (user,)
+                )
+                # a deletion wins a tie with an update of the same millisecond
+                if not rows or rows[0][0] > floor.version or bytes(rows[0][1]) != floor.owner_key:
+                    return False
+                await db.execute("DELETE FROM USER WHERE UserID = ?", (user,))
+                await db.execute(
+                    "INSERT INTO VERSION_FLOOR (UserID, Version, OwnerKey, OwnerSignature)"
+                    " VALUES (?, ?, ?, ?)",
+                    (user, floor.version, floor.owner_key, floor.signature),
+                )
+            await self._offload(self.avatars.prune, floor.mailbox, None)
+        return True
 
     async def get(self, mailbox: MailboxNumber) -> StoredProfile | None:
         """The record held for `mailbox` (avatar read from its file), or None."""
@@ -478,7 +479,8 @@ class DirectoryStore:
         servers = await self._db.fetchall(
             "SELECT Slot, QMailID FROM USER_MAILSERVER WHERE UserID = ? ORDER BY Slot", (user,)
         )
-        avatar = (self.root / path).read_bytes() if path is not None else None
+        # read while the lock is held: no change can prune the file the row names meanwhile
+        avatar = None if path is None else await self._offload(self.avatars.read, path)
         profile = Profile(
             display_name=name,
             description=description,
@@ -512,6 +514,18 @@ class DirectoryStore:
         version, owner, ticket, signature = rows[0]
         return Tombstone(mailbox, version, bytes(owner), bytes(ticket), bytes(signature))
 
+    async def floor(self, mailbox: MailboxNumber) -> VersionFloor | None:
+        """The version floor a forgotten deletion left for `mailbox`, if any."""
+        async with self._lock:
+            rows = await self._db.fetchall(
+                "SELECT Version, OwnerKey, OwnerSignature FROM VERSION_FLOOR WHERE UserID = ?",
+                (int(mailbox),),
+            )
+        if not rows:
+            return None
+        version, owner, signature = rows[0]
+        return VersionFloor(mailbox, int(version), bytes(owner), bytes(signature))
+
     async def comment(self, mailbox: MailboxNumber) -> str | None:
         """The private comment of the last update of `mailbox` (never published)."""
         async with self._lock:
@@ -521,13 +535,9 @@ class DirectoryStore:
         return str(rows[0][0]) if rows else None
 
     async def digest(self) -> dict[MailboxNumber, tuple[int, bytes]]:
-        """(version, digest) of every record and tombstone held (for anti-entropy)."""
+        """(version, digest) of every record, tombstone and floor held (for anti-entropy)."""
         async with self._lock:
-            rows = await self._db.fetchall(
-                "SELECT UserID, Version, Digest FROM USER UNION ALL "
-                "SELECT UserID, Version, ? FROM TOMBSTONE",
-                (TOMBSTONE_DIGEST,),
-            )
+            rows = await self._db.fetchall(_RANKS, (-1, TOMBSTONE_DIGEST, FLOOR_DIGEST))
         out: dict[MailboxNumber, tuple[int, bytes]] = {}
         for user, version, digest in rows:
             mailbox = _mailbox(user)
@@ -537,20 +547,17 @@ class DirectoryStore:
         return out
 
     async def digest_page(self, after: MailboxNumber | None, limit: int) -> list[DigestRow]:
-        """Up to `limit` (mailbox, version, digest) rows of records and tombstones, in mailbox
-        order, after `after` (None: from the first)."""
+        """Up to `limit` (mailbox, version, digest) rows of records, tombstones and floors, in
+        mailbox order, after `after` (None: from the first)."""
         start = -1 if after is None else int(after)
         async with self._lock:
             rows = await self._db.fetchall(
-                "SELECT UserID, Version, Digest FROM USER WHERE UserID > ? UNION ALL "
-                "SELECT UserID, Version, ? FROM TOMBSTONE WHERE UserID > ? "
-                "ORDER BY 1 LIMIT ?",
-                (start, TOMBSTONE_DIGEST, start, limit),
+                f"{_RANKS} ORDER BY 1 LIMIT ?4", (start, TOMBSTONE_DIGEST, FLOOR_DIGEST, limit)
             )
         return [(_mailbox(user), int(version), bytes(digest)) for user, version, digest in rows]
 
     async def mailboxes(self) -> list[MailboxNumber]:
-        """Every mailbox with a record or a tombstone."""
+        """Every mailbox with a record or a tombstone (what there is to publish)."""
         async with self._lock:
             rows = await self._db.fetchall(
                 "SELECT UserID FROM USER UNION SELECT UserID FROM TOMBSTONE ORDER BY 1"
@@ -578,94 +585,103 @@ class DirectoryStore:
         """The page `request.page` of matching records, pages being as many whole rows as fit
         `request.limit_kb` KB (at least one row each), rows ordered by mailbox number.
 
-        Raises `sqlite3.Error` if the database fails (status 10)."""
-        where, params = _where_sql(request.conditions)
-        async with self._lock:
-            ids = await self._db.fetchall(
-                f"SELECT U.UserID FROM USER U WHERE {where} ORDER BY U.UserID LIMIT ?",
-                (*params, MAX_ROWS_SCANNED),
-            )
-            budget = request.limit_kb * 1024 - _RESULTS_OVERHEAD
-            page, used = 0, 0
-            rows: list[tuple[bytes | None, ...]] = []
-            for (user,) in ids:
-                row = await self._row(user, request.columns)
-                size = len(encode_row(request.columns, row))
-                if rows and (used + size > budget or len(rows) == 0xFFFF):
-                    if page == request.page:
-                        break
-                    page, used, rows = page + 1, 0, []
-                rows.append(row)
-                used += size
-        if page != request.page:
-            rows = []
+        Records are read by key, a chunk per query (see `node.directory.search`); the lock is
+        held for one chunk at a time, and avatar files are sized or read off the loop, only if
+        the avatar is a requested column. Raises `sqlite3.Error` if the database fails, or
+        `OSError` if an avatar file does (status 10)."""
+        sql, params = chunk_query(request)
+        pager = Pager(request)
+        rows: list[Row] = []
+        while not pager.done:
+            async with self._lock:
+                found = matches(await self._db.fetchall(sql, params))
+                rows += await self._page_rows(pager, found)
+            if len(found) < params[-1]:
+                break
+            params[0] = found[-1].user  # the next chunk starts after this one's last record
         return SearchResults(request.columns, tuple(rows))
 
-    async def _row(self, user: int, columns: tuple[int, ...]) -> tuple[bytes | None, ...]:
-        """One result row; the avatar file is read only if it is a requested column."""
-        fields = await self._db.fetchall(
-            "SELECT PublicAlias, PublicDescription, SendingPrice, AvatarName, PathToAvatarFile"
-            " FROM USER WHERE UserID = ?",
-            (user,),
+    async def _page_rows(self, pager: Pager, found: list[Match]) -> list[Row]:
+        """Walk one chunk; the rows on the page asked for, their avatars read (lock held, so
+        no change prunes a file a row names meanwhile)."""
+        wants_avatar = UpdateKey.AVATAR in pager.columns
+        sizes: list[int | None] = [None] * len(found)
+        if wants_avatar:
+            sizes = await self._offload(self.avatars.sizes, [m.path for m in found])
+        kept: list[Match] = []
+        for match, size in zip(found, sizes, strict=True):
+            if pager.done:
+                break
+            if pager.take(pager.size(match, size)):
+                kept.append(match)
+        avatars: list[bytes | None] = [None] * len(kept)
+        if wants_avatar and kept:
+            avatars = await self._offload(self.avatars.read_all, [m.path for m in kept])
+        return [m.row(pager.columns, avatar) for m, avatar in zip(kept, avatars, strict=True)]
+
+
+async def _write_user(
+    db: Database,
+    user: int,
+    profile: Profile,
+    digest: bytes,
+    approval: _Approval,
+    avatar_path: str | None,
+    avatar_sha: bytes | None,
+    created: int | None,
+) -> None:
+    """The USER row (seed 000), inserted or replaced whole."""
+    price = profile.sending_price
+    await db.execute(
+        _UPSERT_USER,
+        (
+            user,
+            profile.display_name,
+            profile.description,
+            avatar_path,
+            None if price is None else int.from_bytes(price.to_bytes(), "big"),
+            approval.version if created is None else created,
+            profile.avatar_name,
+            avatar_sha,
+            approval.version,
+            digest,
+            approval.owner_key,
+            approval.ticket,
+            approval.signature,
+        ),
+    )
+
+
+async def _write_mailservers(
+    db: Database, user: int, qmail: tuple[tuple[int, QMailServer], ...], version: int
+) -> None:
+    """The record's QMail servers (seed 000: MAILSERVER and USER_MAILSERVER), replaced whole."""
+    await db.execute("DELETE FROM USER_MAILSERVER WHERE UserID = ?", (user,))
+    for slot, server in qmail:
+        qmail_id = server.to_bytes()
+        await db.execute(
+            _UPSERT_MAILSERVER, (qmail_id, f"{server.host}:{server.port}", version, version)
         )
-        name, description, price, avatar_name, path = fields[0]
-        slots: dict[int, bytes] = {}
-        if any(c in QMAIL_KEYS for c in columns):
-            for slot, qmail_id in await self._db.fetchall(
-                "SELECT Slot, QMailID FROM USER_MAILSERVER WHERE UserID = ?", (user,)
-            ):
-                slots[UpdateKey.QMAIL_FIRST + slot] = bytes(qmail_id)
-        row: list[bytes | None] = []
-        for column in columns:
-            if column == UpdateKey.MAILBOX:
-                row.append(int(user).to_bytes(7, "big"))
-            elif column == UpdateKey.DISPLAY_NAME:
-                row.append(_utf8(name))
-            elif column == UpdateKey.DESCRIPTION:
-                row.append(_utf8(description))
-            elif column == UpdateKey.AVATAR_NAME:
-                row.append(_utf8(avatar_name))
-            elif column == UpdateKey.SENDING_PRICE:
-                row.append(None if price is None else int(price).to_bytes(3, "big"))
-            elif column == UpdateKey.AVATAR:
-                row.append(None if path is None else (self.root / path).read_bytes())
-            else:
-                row.append(slots.get(column))
-        return tuple(row)
+        await db.execute(
+            "INSERT INTO USER_MAILSERVER (UserID, QMailID, Slot) VALUES (?, ?, ?)",
+            (user, qmail_id, slot),
+        )
 
 
-def _utf8(text: str | None) -> bytes | None:
-    return None if text is None else text.encode("utf-8")
+async def _clear_deletion(db: Database, user: int) -> None:
+    """A newer change replaces the mailbox's tombstone or floor (its version is above it)."""
+    await db.execute("DELETE FROM TOMBSTONE WHERE UserID = ?", (user,))
+    await db.execute("DELETE FROM VERSION_FLOOR WHERE UserID = ?", (user,))
 
 
-def _where_sql(conditions: tuple[Condition, ...]) -> tuple[str, list[Any]]:
-    """SQL for the where / AND / OR clauses, left to right (``(a AND b) OR c``), and its
-    parameters. Column and operator SQL come from this module's fixed tables."""
-    if not conditions:
-        return "1", []
-    expression = ""
-    params: list[Any] = []
-    for condition in conditions:
-        column_params: list[Any] = []
-        if condition.column in _TEXT_SQL:
-            column = _TEXT_SQL[UpdateKey(condition.column)]
-            operand: Any = condition.operand
-        elif condition.column in QMAIL_KEYS:
-            column = _QMAIL_SQL
-            column_params = [condition.column - UpdateKey.QMAIL_FIRST]
-            operand = int(condition.operand).to_bytes(8, "big")  # QMailID blobs: memcmp order
-        else:
-            column = _NUMBER_SQL[UpdateKey(condition.column)]
-            operand = min(int(condition.operand), _SQL_INTEGER_MAX)
-        clause = _COMPARE_SQL[condition.operator].format(col=column)
-        clause_params = [*column_params, operand]
-        if condition.join == SearchKey.WHERE:
-            expression = f"({clause})"
-        else:
-            joiner = "AND" if condition.join == SearchKey.AND else "OR"
-            expression = f"({expression} {joiner} {clause})"
-        params += clause_params
-    return expression, params
+async def _write_comment(db: Database, user: int, comment: str | None, version: int) -> None:
+    """The private comment explains the last update only (seed 000: the one private field)."""
+    await db.execute("DELETE FROM PRIVATE_COMMENT WHERE UserID = ?", (user,))
+    if comment:
+        await db.execute(
+            "INSERT INTO PRIVATE_COMMENT (UserID, Comment, Version) VALUES (?, ?, ?)",
+            (user, comment, version),
+        )
 
 
 def _mailbox(user: int) -> MailboxNumber:
