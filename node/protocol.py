@@ -72,6 +72,14 @@ class EngineProtocol(asyncio.DatagramProtocol):
             task = self._loop.create_task(self._run_write(write))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
+        if engine.timer_moved:
+            self._set_timer()
+
+    def _set_timer(self) -> None:
+        """Wake the engine at its next deadline (an earlier timer, if set, stays: waking early
+        costs a look at the deadlines, nothing more)."""
+        engine = self.engine
+        engine.timer_moved = False
         at = engine.get_timer()
         if at is not None and at < self._timer_at:
             if self._timer is not None:
@@ -83,6 +91,7 @@ class EngineProtocol(asyncio.DatagramProtocol):
         self._timer, self._timer_at = None, math.inf
         self.engine.handle_timer(self._loop.time())
         self.flush()
+        self._set_timer()
 
     async def _run_write(self, write: PendingWrite) -> None:
         try:

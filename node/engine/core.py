@@ -99,6 +99,9 @@ class Engine:
         self._writes: list[PendingWrite] = []
         self._writes_in_flight = 0
         self._closed = False
+        self.timer_moved = False
+        """Set when a deadline earlier than any before may have appeared (a call went out, a
+        ban began); an adapter then asks `get_timer` again and clears it."""
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -109,11 +112,15 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` should run next (None: nothing is waiting)."""
-        times = [t for t in (self.calls.next_deadline(), self.bans.next_expiry()) if t is not None]
-        return min(times, default=None)
+        calls, bans = self.calls.next_deadline(), self.bans.next_expiry()
+        if calls is None or bans is None:
+            return bans if calls is None else calls
+        return min(calls, bans)
 
     def writes_to_run(self) -> list[PendingWrite]:
         """Disk writes accepted stores wait on; report each with `write_finished`."""
+        if not self._writes:
+            return []
         out, self._writes = self._writes, []
         return out
 
@@ -283,6 +290,7 @@ class Engine:
     def ban(self, key: bytes | Address, reason: str, now: float) -> None:
         """Ban a node ID or address caught forging (`reason` says how) for `ban_seconds`."""
         self.bans.ban(key, reason, now)
+        self.timer_moved = True
         if isinstance(key, bytes):
             self.table.remove(key)
         self.stats.bans[reason] += 1
@@ -414,6 +422,7 @@ class Engine:
     def _transmit(self, call: Call, now: float) -> None:
         timeout, expected = self.estimates(call.node_id, call.address)
         self.calls.start(call, now, timeout, expected)
+        self.timer_moved = True
         self.stats.requests_out[call.name] += 1
         self._send(call.data, call.address)
 
@@ -449,8 +458,9 @@ class Engine:
             timeout, expected = 2 * self.rtt.slow, self.rtt.slow
         else:
             # Nothing measured yet (a node that has only been asked, never asked): wait the
-            # cautious initial timeout, but let a lookup move on early.
-            timeout, expected = cfg.initial_timeout, 2 * cfg.min_expected_rtt
+            # cautious initial timeout, but let a lookup move on early (40 ms by default: at
+            # half that, joins sent 8 % more datagrams for nothing)
+            timeout, expected = cfg.initial_timeout, 4 * cfg.min_expected_rtt
         if address is not None and (doublings := self._backoff.get(address)):
             timeout *= 1 << doublings
         timeout = min(cfg.max_timeout, max(cfg.min_timeout, timeout))

@@ -7,6 +7,7 @@ and port.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -72,14 +73,23 @@ class Budget:
 def source_of(addr: Address) -> str:
     """What rate limits count by (see the module docstring)."""
     host = addr[0]
+    if ":" not in host:  # IPv4, the common case: no parsing
+        return f"{host}:{addr[1]}" if host.startswith("127.") else host
+    source = _ipv6_source(host)
+    return f"{host}:{addr[1]}" if source is None else source
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_source(host: str) -> str | None:
+    """The /64 an IPv6 address is counted by (an IPv4-mapped one: its IPv4 address); None
+    for loopback, counted by address and port."""
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
     except ValueError:
         return host
-    if ip.is_loopback:
-        return f"{host}:{addr[1]}"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return host
+    mapped = ip.ipv4_mapped
+    if ip.is_loopback or (mapped is not None and mapped.is_loopback):
+        return None
+    if mapped is not None:
+        return str(mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
