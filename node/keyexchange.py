@@ -152,6 +152,9 @@ class KeyExchange:
             lambda data, addr, now: self._on_response(data, addr, now),
         )
 
+    async def start(self) -> None:
+        """Nothing to start: the service answers as soon as it is attached."""
+
     @property
     def parts_held(self) -> dict[bytes, bytes]:
         """Parts this node holds now, by key-ID hash (for inspection)."""

@@ -58,11 +58,16 @@ S = TypeVar("S", bound="Service")
 
 
 class Service(Protocol):
-    """A service running on a node: `attach` registers it (before the node binds its port),
-    `close` ends it (before the node stops); both are called by the node's lifecycle."""
+    """A service running on a node, driven by the node's lifecycle: `attach` registers it
+    (before the node binds its port), `start` runs once the node is up and has joined, `close`
+    ends it (before the node stops)."""
 
     def attach(self, node: DHTNode) -> None:
         """Register datagram kinds, limits and validators with `node`."""
+        ...
+
+    async def start(self) -> None:
+        """Begin serving (listeners, background work): the node runs and has joined."""
         ...
 
     async def close(self) -> None:
@@ -180,16 +185,19 @@ class DHTNode:
             handlers=self.handlers_class,
         )
         self.store, self.table, self.engine = store, table, engine
-        for service in self.services:
-            service.attach(self)
         protocol = EngineProtocol(engine, receive_buffer=cfg.receive_buffer)
-        loaded = await store.open(self.clock.now_ms())
-        factory = cfg.transport_factory or loop.create_datagram_endpoint
+        attached: list[Service] = []
         try:
+            for service in self.services:
+                service.attach(self)
+                attached.append(service)
+            loaded = await store.open(self.clock.now_ms())
+            factory = cfg.transport_factory or loop.create_datagram_endpoint
             transport, _ = await factory(lambda: protocol, local_addr=(cfg.host, cfg.port))
         except BaseException:
-            await self._close_services()
+            await self._close_services(attached)
             await store.close()
+            self.engine = None
             raise
         self.transport, self.protocol = transport, protocol
         self._running = True
@@ -202,6 +210,8 @@ class DHTNode:
         self.spawn(self._maintenance.run())
         if cfg.bootstrap:
             await self.bootstrap(cfg.bootstrap)
+        for service in self.services:
+            await service.start()
 
     async def stop(self) -> None:
         """Stop every task the node owns, close the services, fail calls in flight, close the
@@ -210,7 +220,7 @@ class DHTNode:
             return
         self._running = False
         await cancel_and_wait(self._tasks)
-        await self._close_services()
+        await self._close_services(self.services)
         if self.protocol is not None:
             await self.protocol.close()
         if self.store is not None:
@@ -218,8 +228,8 @@ class DHTNode:
         self.transport = None
         log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
 
-    async def _close_services(self) -> None:
-        for service in reversed(self.services):
+    async def _close_services(self, services: list[Service]) -> None:
+        for service in reversed(services):
             try:
                 await service.close()
             except Exception:
@@ -291,6 +301,12 @@ class DHTNode:
         self.validator = self.validator.with_namespace(namespace, validator)
         if self.store is not None:
             self.store.validator = self.validator
+
+    def add_service(self, service: Service) -> None:
+        """Attach `service` too (before `start()`: services are attached as the node starts)."""
+        if self._running:
+            raise RuntimeError("services are added before the node starts")
+        self.services.append(service)
 
     def service(self, kind: type[S]) -> S | None:
         """The attached service of type `kind`, if any."""

@@ -100,7 +100,11 @@ def load_authorities(path: Path) -> tuple[tuple[bytes, ...], int]:
 
 
 class DirectoryServer:
-    """A node's directory role: store, handler and stream listener, started and stopped as one."""
+    """A node's directory role: store, handler and stream listener, started and stopped as one.
+
+    Run it by hand (`start` / `stop`, or ``async with``) beside a running node, or as a plugin
+    of its node (``node.add_service(server)`` before ``node.start()``): the node then starts it
+    once it has joined and stops it before it stops itself."""
 
     def __init__(
         self,
@@ -190,6 +194,16 @@ class DirectoryServer:
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+    def attach(self, node: DHTNode) -> None:
+        """As a plugin: the node is the one this server was made for; nothing to register (its
+        records are checked by the node's validator, its traffic is TCP)."""
+        if node is not self.node:
+            raise ValueError("a directory server is attached to the node it was made for")
+
+    async def close(self) -> None:
+        """As a plugin: `stop`."""
+        await self.stop()
 
     async def __aenter__(self) -> DirectoryServer:
         await self.start()
