@@ -29,7 +29,7 @@ from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
 from node.server import DHTNode
-from records import NamespacedValidator, default_validators
+from records import DHTError, NamespacedValidator, default_validators
 from records.drd import DrdValidator
 
 log = logging.getLogger("node")
@@ -284,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DHTError as exc:  # e.g. the data dir is in use
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot start the node: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,10 @@ class PutFailed(DHTError):
         super().__init__(f"{message} ({detail})" if detail else message)
 
 
+class DataDirInUse(DHTError):
+    """Another node (in this process or another) holds the data directory's lock."""
+
+
 class StoreFull(DHTError):
     """The local store's byte quota would be exceeded."""
 

@@ -20,6 +20,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from node.config import NodeConfig
+from node.datadir import DataDirLock
 from node.errors import NodeNotRunning, PutFailed, StoreFull
 from node.keyexchange import KeyExchange
 from node.keyfile import load_or_create_identity
@@ -83,6 +84,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._last_bootstrap = -math.inf
+        self._data_dir_lock: DataDirLock | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,13 +114,30 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         return self._protocol().stats
 
     async def start(self) -> None:
-        """Bind, load identity and records, join the network, start maintenance."""
+        """Bind, load identity and records, join the network, start maintenance.
+
+        With a `data_dir`, the node holds the directory's lock until `stop()`: `DataDirInUse`
+        if another node (in any process) holds it."""
         if self._running:
             raise RuntimeError("node already started")
+        if self.config.data_dir is not None:
+            self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the key
+            self._data_dir_lock = DataDirLock.acquire(self.config.data_dir)
+        try:
+            await self._start()
+        except BaseException:
+            if not self._running:
+                self._release_data_dir()
+            raise
+
+    def _release_data_dir(self) -> None:
+        if self._data_dir_lock is not None:
+            lock, self._data_dir_lock = self._data_dir_lock, None
+            lock.release()
+
+    async def _start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        if cfg.data_dir is not None:
-            cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the key
         if self.identity is None:
             if cfg.data_dir is not None:
                 self.identity = load_or_create_identity(cfg.data_dir / KEY_FILE)
@@ -188,6 +207,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         if self.store is not None:
             await self.store.close()
         self.transport = None
+        self._release_data_dir()
         log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
 
     async def __aenter__(self) -> DHTNode:

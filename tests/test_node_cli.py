@@ -1,0 +1,58 @@
+"""``python -m node`` and ``python -m node ctl`` as a user runs them: real processes on
+127.0.0.1, every wait bounded by a deadline on output or exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.processes import LISTENING, Process, ctl, start_node
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def node_args(data_dir: Path, *options: str) -> list[str]:
+    return [
+        "-m",
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--api-port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "WARNING",
+        *options,
+    ]
+
+
+def errors(process: Process) -> list[str]:
+    return [line for line in process.lines["stderr"] if line.strip()]
+
+
+def test_a_second_node_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    first, _ = start_node(data_dir, "--log-level", "WARNING")
+    try:
+        node_id = LISTENING.search(first.lines["stdout"][0])
+        assert node_id is not None
+        second = Process(*node_args(data_dir))
+        try:
+            assert second.wait() == 1
+        finally:
+            second.close()
+        assert errors(second) == [
+            f"error: data dir {data_dir} is in use by pid {first.pid} (another node runs on it; "
+            "give each node its own --data-dir)"
+        ]
+        # the first node's api.json is untouched: ctl still reaches the first node
+        status = ctl("--data-dir", str(data_dir), "ctl", "--json", "status")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["id"] == node_id.group(1)
+    finally:
+        assert first.stop() == 0
