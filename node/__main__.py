@@ -259,6 +259,12 @@ def _write_api_file(path: Path, host: str, port: int) -> None:
     tmp.replace(path)
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError for people: the file it concerns (if any) and what went wrong, no errno."""
+    what = exc.strerror or str(exc)
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
@@ -288,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: cannot start the node: {exc}", file=sys.stderr)
+        print(f"error: cannot start the node: {os_error_text(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,8 +10,10 @@ or a node not running, is ``UNAVAILABLE``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -242,12 +244,22 @@ class ControlServer:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
-        """Start serving; returns the port actually bound."""
-        server = grpc.aio.server()
+        """Start serving; returns the port actually bound. `OSError` if the address is in use
+        (or not this machine's)."""
+        # gRPC sets SO_REUSEPORT by default: a second node would then share the port with the
+        # first, and ctl's calls (shutdown too) would go to either of them. The port is tried
+        # with a plain socket first: a failed gRPC server keeps gRPC's pollers open.
+        if self.port != 0:
+            _check_free(self.host, self.port)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_ControlServicer_to_server(self._service, server)
-        bound: int = server.add_insecure_port(f"{self.host}:{self.port}")
+        try:
+            bound: int = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen for the control API on {self.host}:{self.port}")
+            await server.stop(None)
+            raise _in_use(self.host, self.port)
         await server.start()
         self._server = server
         self.port = bound
@@ -259,3 +271,28 @@ class ControlServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise `_in_use` unless a TCP socket can bind `host:port` (without SO_REUSEPORT, so a
+    socket listening there, with or without it, makes the bind fail)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"control API host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # as gRPC does: a port left in TIME_WAIT by a node that just stopped is free to use
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise _in_use(host, port) from None
+
+
+def _in_use(host: str, port: int) -> OSError:
+    return OSError(
+        errno.EADDRINUSE,
+        f"control API address {host}:{port} is in use or not this machine's "
+        "(another node's API? give each node its own --api-port)",
+    )

@@ -301,3 +301,14 @@ async def test_node_process_serves_api_metrics_and_json_logs(tmp_path: Path) -> 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_second_api_on_a_port_in_use_is_refused() -> None:
+    async with network(1) as nodes:
+        first = ControlServer(nodes[0], port=0)
+        port = await first.start()
+        try:
+            with pytest.raises(OSError, match=f"control API address 127.0.0.1:{port} is in use"):
+                await ControlServer(nodes[0], port=port).start()
+        finally:
+            await first.stop()

@@ -56,3 +56,20 @@ def test_a_second_node_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
         assert json.loads(status.stdout)["id"] == node_id.group(1)
     finally:
         assert first.stop() == 0
+
+
+def test_a_control_api_port_in_use_is_refused(tmp_path: Path) -> None:
+    first, api = start_node(tmp_path / "first", "--log-level", "WARNING")
+    try:
+        port = api.rsplit(":", 1)[1]
+        second = Process(*node_args(tmp_path / "second"), "--api-port", port)
+        try:
+            assert second.wait() == 1
+        finally:
+            second.close()
+        assert errors(second)[-1] == (
+            f"error: cannot start the node: control API address {api} is in use or not this "
+            "machine's (another node's API? give each node its own --api-port)"
+        )
+    finally:
+        assert first.stop() == 0
