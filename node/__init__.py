@@ -1,7 +1,7 @@
 """The asyncio DHT node: `DHTNode` configured by a `NodeConfig`."""
 
 from node.config import Clock, LoopClock, NodeConfig, SystemClock
-from node.errors import DataDirInUse, NodeNotRunning, PutFailed, StoreFull
+from node.errors import DataDirInUse, NodeNotRunning, PutFailed, StorageError, StoreFull
 from node.server import DHTNode
 from node.storage import MemoryBackend, RecordBackend, RecordStore, SqliteBackend
 
@@ -17,6 +17,7 @@ __all__ = [
     "RecordBackend",
     "RecordStore",
     "SqliteBackend",
+    "StorageError",
     "StoreFull",
     "SystemClock",
 ]

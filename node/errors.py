@@ -22,6 +22,11 @@ class DataDirInUse(DHTError):
     """Another node (in this process or another) holds the data directory's lock."""
 
 
+class StorageError(DHTError):
+    """The records database in the data directory cannot be opened or read; the message names
+    the file and what to do."""
+
+
 class StoreFull(DHTError):
     """The local store's byte quota would be exceeded."""
 

@@ -10,6 +10,7 @@ re-validates what it held.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Protocol
 
 import aiosqlite
 
-from node.errors import StoreFull
+from node.errors import StorageError, StoreFull
 from records import (
     InvalidRecord,
     Record,
@@ -91,9 +92,13 @@ class SqliteBackend:
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        """Open (creating) the database file and its table."""
+        """Open (creating) the database file and its table; `StorageError` if the file cannot
+        be opened or is not a records database."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path)
+        try:
+            db = await aiosqlite.connect(self.path)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             # In WAL mode, NORMAL loses nothing when the process dies (kill -9); only a power
@@ -105,10 +110,25 @@ class SqliteBackend:
                 " expires INTEGER NOT NULL, origin INTEGER NOT NULL)"
             )
             await db.commit()
-        except BaseException:
+        except BaseException as exc:
             await db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from exc
             raise
         self._db = db
+
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        """What to tell the operator about `exc`, naming the file and what to do."""
+        if isinstance(exc, sqlite3.OperationalError):  # cannot open, read-only, I/O error
+            return StorageError(
+                f"cannot use the records database {self.path} ({exc}): the data dir and its "
+                "files must be readable and writable by this user"
+            )
+        return StorageError(  # not a database, or a damaged one (truncated, overwritten)
+            f"{self.path} is not a readable records database ({exc}): move it aside "
+            f"(mv {self.path} {self.path}.broken) and start again; the node then starts with "
+            "an empty store and gets records back from the network"
+        )
 
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -116,9 +136,12 @@ class SqliteBackend:
         return self._db
 
     async def load(self) -> list[tuple[bytes, bool]]:
-        """Every saved record."""
-        async with self._conn().execute("SELECT data, origin FROM records") as cursor:
-            return [(bytes(data), bool(origin)) async for data, origin in cursor]
+        """Every saved record; `StorageError` if the file is damaged."""
+        try:
+            async with self._conn().execute("SELECT data, origin FROM records") as cursor:
+                return [(bytes(data), bool(origin)) async for data, origin in cursor]
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     async def save(self, loc: bytes, data: bytes, expires: int, origin: bool) -> None:
         """Insert or replace one record and commit."""
@@ -213,8 +236,13 @@ class RecordStore:
         if self.backend is None:
             return 0
         await self.backend.open()
+        try:
+            saved = await self.backend.load()
+        except BaseException:
+            await self.backend.close()  # else its thread and file stay open
+            raise
         dropped: list[bytes] = []
-        for data, origin in await self.backend.load():
+        for data, origin in saved:
             try:
                 record = decode_record(data)
             except InvalidRecord as exc:

@@ -73,3 +73,20 @@ def test_a_control_api_port_in_use_is_refused(tmp_path: Path) -> None:
         )
     finally:
         assert first.stop() == 0
+
+
+def test_a_corrupt_records_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    (data_dir / "records.sqlite3").write_bytes(b"not SQLite" * 500)
+    node = Process(*node_args(data_dir))
+    try:
+        assert node.wait() == 1
+    finally:
+        node.close()
+    path = data_dir / "records.sqlite3"
+    assert errors(node) == [
+        f"error: {path} is not a readable records database (file is not a database): move it "
+        f"aside (mv {path} {path}.broken) and start again; the node then starts with an empty "
+        "store and gets records back from the network"
+    ]
