@@ -90,3 +90,26 @@ def test_a_corrupt_records_database_is_one_line_naming_it(tmp_path: Path) -> Non
         f"aside (mv {path} {path}.broken) and start again; the node then starts with an empty "
         "store and gets records back from the network"
     ]
+
+
+FAILING_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from node import DHTNode, NodeConfig
+
+async def main() -> None:
+    node = DHTNode(NodeConfig(host="127.0.0.1", port=0, data_dir=Path(sys.argv[1])))
+    await node.start()
+    raise RuntimeError("the script failed before stop()")
+
+asyncio.run(main())
+"""
+
+
+def test_a_library_script_that_raises_before_stop_still_exits(tmp_path: Path) -> None:
+    script = Process("-c", FAILING_SCRIPT, str(tmp_path / "node"))
+    try:
+        assert script.wait() == 1  # it used to hang for good on the records database's thread
+    finally:
+        script.close()
+    assert errors(script)[-1] == "RuntimeError: the script failed before stop()"
