@@ -3,8 +3,10 @@
 It listens on 127.0.0.1 by default; `ControlServer` refuses any other address unless told
 `allow_remote=True`, since whoever reaches it can make the node put records and shut down.
 Errors map to gRPC codes: a record the validator refuses is ``INVALID_ARGUMENT`` with the
-validator's reason first in the details (``"bad_signature: ..."``); a put no node acknowledged,
-or a node not running, is ``UNAVAILABLE``.
+validator's reason first in the details (``"bad_signature: ..."``); a put no other node
+acknowledged although the node knows some, or a node not running, is ``UNAVAILABLE``. A put on a
+node that knows no other node yet succeeds: the node holds the record and republishes it as
+peers come (``PutReply.others`` is 0). ``PutReply.stored`` counts the node itself.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from records import (
     DHTError,
     InvalidRecord,
     Record,
+    countersign,
     decode_record,
     encode_record,
+    location,
     meta_key,
     namespace_of,
     presence_key,
@@ -95,8 +99,26 @@ class ControlService(pb_grpc.ControlServicer):
         record = decode_record(data)
         if namespace is not None and namespace_of(record.key) != namespace:
             raise InvalidRecord("wrong_namespace", f"expected a /{namespace}/ record")
-        stored = await self.node.put(record)
-        return pb.PutReply(stored=stored, key=record.key)
+        return await self._store(record)
+
+    async def _store(self, record: Record) -> pb.PutReply:
+        """Put `record` and count its holders, this node included. A node that knows no other
+        node yet holds it (and republishes it once peers come): that is a success."""
+        try:
+            others = await self.node.put(record)
+        except PutFailed as exc:
+            if not self._holds(record):
+                raise
+            if set(exc.reasons) != {"no_peers"}:
+                raise PutFailed(f"{exc}; this node holds it and retries while it runs") from exc
+            return pb.PutReply(stored=1, others=0, key=record.key)
+        held = 1 if self._holds(record) else 0  # not if its own store is full
+        return pb.PutReply(stored=others + held, others=others, key=record.key)
+
+    def _holds(self, record: Record) -> bool:
+        store = self.node.store
+        now = self.node.clock.now_ms()
+        return store is not None and store.get(location(record.key), now) is not None
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetReply:
         """The record at a path."""
@@ -113,8 +135,12 @@ class ControlService(pb_grpc.ControlServicer):
         return await _answer(context, self._announce(request))
 
     async def _announce(self, request: pb.AnnounceRequest) -> pb.PutReply:
-        stored = await self.node.announce(request.message, request.client_signature)
-        return pb.PutReply(stored=stored)
+        identity = self.node.identity
+        if identity is None or not self.node.running:
+            raise NodeNotRunning("the node is not running")
+        # as DHTNode.announce, but counting holders as Put does
+        record = countersign(request.message, request.client_signature, identity)
+        return await self._store(record)
 
     async def Lookup(self, request: pb.LookupRequest, context: Any) -> pb.LookupReply:
         """A user's meta and devices."""

@@ -213,9 +213,17 @@ def put(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> int
         raise CtlError(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE) from exc
     reply: pb.PutReply = _call(stub.Put, pb.PutRequest(record=data), args)
     out.emit(
-        {"stored": reply.stored, "key": reply.key}, f"stored on {reply.stored} nodes: {reply.key}"
+        {"stored": reply.stored, "others": reply.others, "key": reply.key},
+        f"{stored_text(reply)}: {reply.key}",
     )
     return EXIT_OK
+
+
+def stored_text(reply: pb.PutReply) -> str:
+    """Where a put record is held, for people."""
+    if reply.others == 0:
+        return "stored on this node only (no peers yet)"
+    return f"stored on {reply.stored} nodes"
 
 
 def _user(path: Path) -> Any:
@@ -242,8 +250,8 @@ def announce(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -
     request = pb.AnnounceRequest(message=message, client_signature=signature)
     reply: pb.PutReply = _call(stub.Announce, request, args)
     out.emit(
-        {"stored": reply.stored, "uid": user.id_hex, "node": node.id},
-        f"{user.id_hex} announced through {node.id}; stored on {reply.stored} nodes",
+        {"stored": reply.stored, "others": reply.others, "uid": user.id_hex, "node": node.id},
+        f"{user.id_hex} announced through {node.id}; {stored_text(reply)}",
     )
     return EXIT_OK
 
@@ -259,8 +267,8 @@ def meta(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> in
     )
     reply: pb.PutReply = _call(stub.PublishMeta, pb.PutRequest(record=encode_record(record)), args)
     out.emit(
-        {"stored": reply.stored, "uid": user.id_hex, "key": reply.key},
-        f"meta of {user.id_hex} stored on {reply.stored} nodes",
+        {"stored": reply.stored, "others": reply.others, "uid": user.id_hex, "key": reply.key},
+        f"meta of {user.id_hex} {stored_text(reply)}",
     )
     return EXIT_OK
 

@@ -10,7 +10,10 @@ class NodeNotRunning(DHTError):
 
 
 class PutFailed(DHTError):
-    """No node acknowledged a store; `reasons` counts what the refusing nodes said."""
+    """No other node acknowledged a store; `reasons` counts what the refusing nodes said
+    (``timeout`` for one that did not answer; ``no_peers`` when the node knew no other node to
+    ask). The putting node itself still holds the record (unless its own store is full) and
+    republishes it while it runs, so the record spreads once peers answer."""
 
     def __init__(self, message: str, reasons: dict[str, int] | None = None) -> None:
         self.reasons = dict(reasons or {})

@@ -14,6 +14,7 @@ import pytest
 
 from node import DHTNode, SystemClock
 from node.api import ControlServer
+from node.keyfile import save_identity
 from node.metrics import MetricsServer
 from records import encode_record, make_meta_record, meta_key, presence_key
 from tests.loopback import loopback_network
@@ -312,3 +313,54 @@ async def test_a_second_api_on_a_port_in_use_is_refused() -> None:
                 await ControlServer(nodes[0], port=port).start()
         finally:
             await first.stop()
+
+
+async def ctl_text(api: str, *args: str) -> tuple[int, str, str]:
+    """Run ``python -m node ctl --api API ARGS`` for people: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "node",
+        "ctl",
+        "--api",
+        api,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_lone_node_stores_on_itself_and_counts_itself_among_holders(
+    tmp_path: Path,
+) -> None:
+    alice = identity("alice")
+    key = tmp_path / "alice.key"
+    save_identity(alice, key)
+    async with network(1) as nodes:
+        server = ControlServer(nodes[0], port=0)
+        api = f"127.0.0.1:{await server.start()}"
+        try:
+            code, out, err = await ctl_text(api, "announce", "--key", str(key))
+            assert (code, err) == (0, "")
+            assert out == (
+                f"{alice.id_hex} announced through {nodes[0].id.hex()}; "
+                "stored on this node only (no peers yet)\n"
+            )
+            code, out, err = await ctl_text(api, "meta", "--key", str(key), "--name", "Alice")
+            assert (code, err) == (0, "")
+            assert out == f"meta of {alice.id_hex} stored on this node only (no peers yet)\n"
+            assert await nodes[0].get(meta_key(alice.id_hex)) is not None
+        finally:
+            await server.stop()
+    async with network(3) as nodes:
+        server = ControlServer(nodes[0], port=0)
+        api = f"127.0.0.1:{await server.start()}"
+        try:
+            code, stored, _ = await ctl(api, "announce", "--key", str(key))
+            assert code == 0
+            assert (stored["stored"], stored["others"]) == (3, 2)  # the origin and both others
+        finally:
+            await server.stop()
