@@ -26,9 +26,11 @@ from node.__main__ import parse_address, resolve
 from node.chat.client import ChatClient
 from node.chat.session import HELP, ChatSession
 from node.config import NodeConfig
+from node.errors import PutFailed
 from node.keyfile import KeyFileError, load_or_create_identity
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
+from records import DHTError
 from records.identity import is_hex_id
 
 USER_KEY_FILE = "user.key"
@@ -116,6 +118,8 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
             helpers.append(helper)
         if helpers:
             await node.bootstrap([h.address for h in helpers])
+        if node.table is None or not len(node.table):
+            raise NoPeers(_no_peers(args.bootstrap))
         host, port = node.address
         print(f"{args.name}: uid {user.id_hex}", flush=True)
         print(f"node listening on {host}:{port} (others join with --bootstrap {host}:{port})")
@@ -138,6 +142,23 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         await node.stop()
 
 
+class NoPeers(Exception):
+    """No other node answered: there is nowhere to keep the user's meta and messages."""
+
+
+def _no_peers(bootstrap: Sequence[tuple[str, int]]) -> str:
+    if bootstrap:
+        where = ", ".join(f"{host}:{port}" for host, port in bootstrap)
+        return (
+            f"no node answered at {where}: give --bootstrap HOST:PORT of a running node, "
+            "or --local-nodes N to run N helper nodes here"
+        )
+    return (
+        "no other node to keep your meta and messages: pass --local-nodes N to run N helper "
+        "nodes here (the first user does), or --bootstrap HOST:PORT to join a running node"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
@@ -154,6 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NoPeers as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except PutFailed as exc:  # peers, but none stored the user's meta or presence
+        print(f"error: cannot publish your meta and device: {exc}", file=sys.stderr)
+        return 1
+    except DHTError as exc:  # the data dir is in use, a broken records database ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
