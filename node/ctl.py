@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api",
         metavar="HOST:PORT",
-        help="control API address (default: from the data dir, else 127.0.0.1:8469)",
+        help="control API address (default: the one the node wrote in DATA_DIR/api.json)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (30)")
@@ -79,15 +79,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def api_address(args: argparse.Namespace) -> str:
-    """Where to reach the API: --api, else what the node wrote in its data dir, else default."""
+    """Where to reach the API: --api, else what the node wrote in its data dir. Never a
+    default address: a mistyped data dir would drive (or shut down) whatever node has it."""
     if args.api:
         return str(args.api)
-    api_file = Path(args.data_dir) / API_FILE
+    data_dir = Path(args.data_dir)
+    api_file = data_dir / API_FILE
     try:
         info = json.loads(api_file.read_text(encoding="utf-8"))
         return f"{info['host']}:{info['port']}"
-    except (OSError, ValueError, KeyError):
-        return "127.0.0.1:8469"
+    except FileNotFoundError:
+        raise CtlError(
+            f"no node's control API in {data_dir}: {api_file} does not exist (is a node "
+            f"running with --data-dir {data_dir}? else give --api HOST:PORT)",
+            EXIT_NO_NODE,
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CtlError(
+            f"cannot read {api_file} ({exc}); give --api HOST:PORT", EXIT_NO_NODE
+        ) from None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -113,3 +113,14 @@ def test_a_library_script_that_raises_before_stop_still_exits(tmp_path: Path) ->
     finally:
         script.close()
     assert errors(script)[-1] == "RuntimeError: the script failed before stop()"
+
+
+def test_ctl_on_a_data_dir_without_a_node_names_the_dir(tmp_path: Path) -> None:
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    result = ctl("--data-dir", str(empty), "ctl", "status")
+    assert result.returncode == 3
+    assert result.stderr == (
+        f"error: no node's control API in {empty}: {empty / 'api.json'} does not exist (is a "
+        f"node running with --data-dir {empty}? else give --api HOST:PORT)\n"
+    )
