@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -102,7 +103,18 @@ def api_address(args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run one ``ctl`` action; returns the exit code."""
-    out = Output(args.json)
+    try:
+        return _run(args, Output(args.json))
+    except BrokenPipeError:
+        # The reader stopped early (ctl ... | head): that ends ctl quietly. What is left to
+        # write (print's buffer, flushed at exit) goes nowhere, else exit would fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         if args.action == "keygen":
             return keygen(args.file, out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -364,3 +365,30 @@ async def test_a_lone_node_stores_on_itself_and_counts_itself_among_holders(
             assert (stored["stored"], stored["others"]) == (3, 2)  # the origin and both others
         finally:
             await server.stop()
+
+
+async def test_ctl_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone (as head does after its lines): writes fail
+    try:
+        async with network(1) as nodes:
+            server = ControlServer(nodes[0], port=0)
+            api = f"127.0.0.1:{await server.start()}"
+            try:
+                for args in (["--api", api, "status"], ["keygen", str(tmp_path / "k.key")]):
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "node",
+                        "ctl",
+                        *args,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=write_end,
+                        stderr=asyncio.subprocess.PIPE,
+                    )
+                    _, err = await asyncio.wait_for(proc.communicate(), 30)
+                    assert (proc.returncode, err.decode()) == (0, ""), args
+            finally:
+                await server.stop()
+    finally:
+        os.close(write_end)
