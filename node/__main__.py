@@ -13,8 +13,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import platformdirs
-
 from node import ctl
 from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
 from node.config import DEFAULT_PORT, NodeConfig
@@ -57,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # else ctl's --api would be taken for a prefix of --api-host
         description="Run a Kademlia DHT node that stores signed, validated records, "
         "or drive a running one with 'ctl'.",
+        epilog="The node's options go before 'ctl': python -m node [OPTIONS] ctl [CTL OPTIONS] "
+        f"ACTION [ACTION OPTIONS]. {ctl.OPTIONS_WHERE} 'python -m node ctl --help' lists the "
+        "actions.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument(
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(platformdirs.user_data_dir("kadnode")),
+        default=ctl.DEFAULT_DATA_DIR,
         help="key and records live here (default: %(default)s)",
     )
     parser.add_argument(

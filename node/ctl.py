@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import platformdirs
 from google.protobuf.message import Message
 
 from node import control_pb2 as pb
@@ -33,6 +34,8 @@ from records import (
 )
 
 API_FILE = "api.json"
+DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("kadnode"))
+"""Where ``python -m node`` keeps its key and records unless told ``--data-dir``."""
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_NODE = 0, 1, 2, 3
 
 
@@ -44,38 +47,85 @@ class CtlError(Exception):
         self.code = code
 
 
+OPTIONS_WHERE = (
+    "ctl's options (--api, --data-dir, --json, --timeout) go before or after the action: "
+    "'ctl status --json' and 'ctl --json status' are the same; the node's own options "
+    "(--host, --port ...) are not for ctl."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``ctl`` sub-commands."""
+    """The ``ctl`` sub-commands; ctl's own options are taken before or after the action."""
+    parser.epilog = OPTIONS_WHERE
+    _add_options(parser, with_defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_options(common, with_defaults=False)
+    _add_actions(parser, common)
+
+
+def _add_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """ctl's options. After the action they have no defaults (argparse.SUPPRESS), so that one
+    given before the action is not reset; --data-dir has its default in python -m node's
+    parser, where it may also be given (before 'ctl')."""
+
+    def default(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--api",
         metavar="HOST:PORT",
+        default=default(None),
         help="control API address (default: the one the node wrote in DATA_DIR/api.json)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (30)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"the node's data dir, where it wrote api.json (default: {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=default(30.0), help="seconds per call (30)"
+    )
+
+
+def _add_actions(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("status", help="ID, address, routing table, records held, counters")
-    get = sub.add_parser("get", help="the record at a path")
+    sub.add_parser(
+        "status", parents=[common], help="ID, address, routing table, records held, counters"
+    )
+    get = sub.add_parser("get", parents=[common], help="the record at a path")
     get.add_argument("path")
     get.add_argument("--out", type=Path, help="also write the record's bytes here")
-    put = sub.add_parser("put", help="put a serialized record from a file ('-': stdin)")
+    put = sub.add_parser(
+        "put", parents=[common], help="put a serialized record from a file ('-': stdin)"
+    )
     put.add_argument("file")
-    announce = sub.add_parser("announce", help="announce a user as reachable through the node")
+    announce = sub.add_parser(
+        "announce", parents=[common], help="announce a user as reachable through the node"
+    )
     announce.add_argument("--key", type=Path, required=True, help="the user's key file")
     announce.add_argument("--ttl", type=int, default=3600, help="seconds (3600)")
-    meta = sub.add_parser("meta", help="publish a user's name and avatar")
+    meta = sub.add_parser("meta", parents=[common], help="publish a user's name and avatar")
     meta.add_argument("--key", type=Path, required=True, help="the user's key file")
     meta.add_argument("--name", required=True)
     meta.add_argument("--avatar", type=Path, help="a small image file")
     meta.add_argument("--ttl", type=int, default=3 * 24 * 3600, help="seconds (3 days)")
-    lookup = sub.add_parser("lookup", help="a user's meta and devices by UID")
+    lookup = sub.add_parser("lookup", parents=[common], help="a user's meta and devices by UID")
     lookup.add_argument("uid")
-    listen = sub.add_parser("listen", help="print each new version of a record until Ctrl-C")
+    listen = sub.add_parser(
+        "listen", parents=[common], help="print each new version of a record until Ctrl-C"
+    )
     listen.add_argument("path")
     listen.add_argument("--count", type=int, help="exit after this many events")
-    sub.add_parser("peers", help="the routing table")
-    sub.add_parser("shutdown", help="stop the node")
-    keygen = sub.add_parser("keygen", help="create a user key file (owner-only) and print its UID")
+    sub.add_parser("peers", parents=[common], help="the routing table")
+    sub.add_parser("shutdown", parents=[common], help="stop the node")
+    keygen = sub.add_parser(
+        "keygen", parents=[common], help="create a user key file (owner-only) and print its UID"
+    )
     keygen.add_argument("file", type=Path)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from node.__main__ import build_parser
 from tests.processes import LISTENING, Process, ctl, start_node
 
 pytestmark = pytest.mark.timeout(90)
@@ -124,3 +125,31 @@ def test_ctl_on_a_data_dir_without_a_node_names_the_dir(tmp_path: Path) -> None:
         f"error: no node's control API in {empty}: {empty / 'api.json'} does not exist (is a "
         f"node running with --data-dir {empty}? else give --api HOST:PORT)\n"
     )
+
+
+def test_ctl_options_go_before_or_after_the_action(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    node, _ = start_node(data_dir, "--log-level", "WARNING")
+    try:
+        listening = LISTENING.search(node.lines["stdout"][0])
+        assert listening is not None
+        node_id = listening.group(1)
+        after = ctl("ctl", "status", "--json", "--data-dir", str(data_dir))
+        assert after.returncode == 0, after.stderr
+        assert json.loads(after.stdout)["id"] == node_id
+        before = ctl("ctl", "--data-dir", str(data_dir), "status")
+        assert before.returncode == 0, before.stderr
+        assert before.stdout.startswith(f"node      {node_id}\n")
+    finally:
+        assert node.stop() == 0
+
+
+def test_help_says_where_options_go(capsys: pytest.CaptureFixture[str]) -> None:
+    texts = []
+    for argv in (["--help"], ["ctl", "--help"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        texts.append(" ".join(capsys.readouterr().out.split()))  # argparse wraps lines
+    assert "The node's options go before 'ctl'" in texts[0]
+    for text in texts:
+        assert "ctl's options (--api, --data-dir, --json, --timeout) go before or after" in text
