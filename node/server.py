@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -83,7 +82,6 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         """The anonymous key-exchange service (seed 002), once started."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
-        self._last_bootstrap = -math.inf
         self._data_dir_lock: DataDirLock | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -193,6 +191,7 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         self._spawn(self._maintain())
         if cfg.bootstrap:
             await self.bootstrap(cfg.bootstrap)
+            self._spawn(self._keep_joining())
 
     async def stop(self) -> None:
         """Stop every task the node owns, fail calls in flight, close the endpoint and store."""
@@ -249,19 +248,43 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
     async def bootstrap(self, addrs: Iterable[Address]) -> int:
         """Ping `addrs`, then look up our own ID to fill the routing table.
 
-        Returns how many of `addrs` answered (0 leaves the node alone; maintenance retries).
+        Returns how many of `addrs` answered (the node retries those of its configured bootstrap
+        nodes that are not in its table, see `_keep_joining`).
         """
         protocol, table, _ = self._parts()
-        self._last_bootstrap = asyncio.get_running_loop().time()
         replies = await asyncio.gather(*(protocol.ping_address((a[0], a[1])) for a in addrs))
         answered = sum(1 for ok, body in replies if ok and isinstance(body, bytes))
         if answered:
             await self.lookup_nodes(self.id)
             self._spawn(self._fill_buckets())
-        else:
+        elif not len(table):
             log.warning("no bootstrap node answered; will retry")
         log.info("bootstrap answered=%d contacts=%d", answered, len(table))
         return answered
+
+    async def _keep_joining(self) -> None:
+        """While the routing table holds fewer than k contacts, retry the configured bootstrap
+        nodes that are not in it: after 1 s, then at doubling intervals up to
+        `bootstrap_retry_interval`. A node started before its bootstrap nodes (the README's
+        three nodes started at once) joins them within seconds of their start, even once
+        another node has found it."""
+        _, table, _ = self._parts()
+        cfg = self.config
+        delay = min(1.0, cfg.bootstrap_retry_interval)
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, cfg.bootstrap_retry_interval)
+            if len(table) >= cfg.k:
+                continue
+            known = {contact.address for contact in table}
+            missing = [address for address in cfg.bootstrap if address not in known]
+            if missing:
+                try:
+                    await self.bootstrap(missing)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # as a maintenance job: log it, keep trying
+                    log.exception("retrying the bootstrap nodes failed")
 
     def bootstrappable_neighbors(self) -> list[Address]:
         """Addresses of the closest contacts, to bootstrap from later."""
@@ -539,8 +562,8 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
                 log.exception("maintenance job %s failed", getattr(job, "__name__", job))
 
     async def _sweep(self) -> None:
-        """Drop expired records; rejoin if every contact is gone; retry originated records no
-        node has acknowledged yet (a put that failed, or records reloaded after a restart)."""
+        """Drop expired records; retry originated records no node has acknowledged yet (a put
+        that failed, or records reloaded after a restart)."""
         _, table, store = self._parts()
         work = store.sweep(self.clock.now_ms())
         if work is not None:
@@ -549,13 +572,6 @@ class DHTNode(Server):  # type: ignore[misc]  # kademlia ships no type hints
         for loc, entry in unpublished[:_RETRIES_PER_SWEEP]:
             if len(table):
                 await self._republish_one(loc, entry.data)
-        now = asyncio.get_running_loop().time()
-        if (
-            len(table) == 0
-            and self.config.bootstrap
-            and now - self._last_bootstrap >= self.config.bootstrap_retry_interval
-        ):
-            await self.bootstrap(self.config.bootstrap)
 
     async def _replicate(self) -> None:
         """Make sure each held record sits on the `replicas` closest live nodes we know."""

@@ -30,6 +30,7 @@ class Process:
         self._partial = {"stdout": b"", "stderr": b""}
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._read = {"stdout": 0, "stderr": 0}  # lines already handed to `expect`
+        self._terminated = False
 
     @property
     def pid(self) -> int:
@@ -87,10 +88,15 @@ class Process:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.args[1:]} still runs after {timeout} s") from None
 
+    def terminate(self) -> None:
+        """Send SIGTERM once (`stop` then waits for it): stopping several nodes at once."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then the exit code (SIGKILL if it does not stop in time)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.wait(timeout)
         finally:

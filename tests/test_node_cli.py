@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,34 @@ def test_help_says_where_options_go(capsys: pytest.CaptureFixture[str]) -> None:
     assert "The node's options go before 'ctl'" in texts[0]
     for text in texts:
         assert "ctl's options (--api, --data-dir, --json, --timeout) go before or after" in text
+
+
+def test_a_node_whose_bootstrap_node_starts_later_joins_it(tmp_path: Path) -> None:
+    # The README's recipe started at once: the second node is up before the first, and a
+    # third joins the second, so the second has a contact but not its bootstrap node.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as placeholder:
+        placeholder.bind(("127.0.0.1", 0))  # the first node's port; silent until it starts
+        first_port = placeholder.getsockname()[1]
+        second, _ = start_node(tmp_path / "n2", "--bootstrap", f"127.0.0.1:{first_port}")
+    nodes = [second]
+    try:
+        second_port = LISTENING.search(second.lines["stdout"][0]).group(2)  # type: ignore[union-attr]
+        third, _ = start_node(tmp_path / "n3", "--bootstrap", f"127.0.0.1:{second_port}")
+        nodes.append(third)
+        first, first_api = start_node(tmp_path / "n1", "--port", str(first_port))
+        nodes.append(first)
+        second.expect(r"bootstrap answered=1 contacts=2", timeout=30, stream="stderr")
+        deadline = time.monotonic() + 20
+        while (peers := first_peers(first_api)) < 1 and time.monotonic() < deadline:
+            pass  # each ctl call takes a while; bounded by the deadline
+        assert peers >= 1  # the first node met the second
+    finally:
+        for node in nodes:
+            node.terminate()
+        assert [node.stop() for node in nodes] == [0] * len(nodes)
+
+
+def first_peers(api: str) -> int:
+    status = ctl("ctl", "--api", api, "--json", "status")
+    assert status.returncode == 0, status.stderr
+    return int(json.loads(status.stdout)["routing_table_size"])
