@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -12,6 +13,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from node import ctl
 from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
@@ -48,9 +50,18 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``error: ...`` line pointing at --help
+    (argparse prints the whole usage first); its sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: MESSAGE (see PROG --help)`` to stderr and exit with 2."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m node``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m node",
         allow_abbrev=False,  # else ctl's --api would be taken for a prefix of --api-host
         description="Run a Kademlia DHT node that stores signed, validated records, "
@@ -158,7 +169,7 @@ def resolve(addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
         try:
             info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
         except socket.gaierror as exc:
-            raise SystemExit(f"cannot resolve bootstrap host {host!r}: {exc.strerror}") from exc
+            raise ValueError(f"cannot resolve bootstrap host {host!r}: {exc.strerror}") from exc
         out.append((str(info[0][4][0]), port))
     return out
 
@@ -175,7 +186,12 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
     metrics: MetricsServer | None = None
     api_file = config.data_dir / ctl.API_FILE if config.data_dir is not None else None
     directory: DirectoryServer | None = None
-    await node.start()
+    try:
+        await node.start()
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise _udp_bind_error(exc, config.host, config.port) from exc
     try:
         if args.directory is not None:
             directory = DirectoryServer(_directory_config(args), node)
@@ -215,6 +231,15 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
             await directory.stop()
         await node.stop()
         print("node stopped", flush=True)
+
+
+def _udp_bind_error(exc: OSError, host: str, port: int) -> OSError:
+    """`exc` from binding the node's UDP socket, naming the address."""
+    if exc.errno == errno.EADDRINUSE:
+        what = f"UDP address {host}:{port} is in use (another node's? give each its own --port)"
+    else:
+        what = f"cannot bind UDP {host}:{port}: {exc.strerror or exc}"
+    return OSError(exc.errno, what)
 
 
 def _authorities(args: argparse.Namespace) -> tuple[tuple[bytes, ...], int]:

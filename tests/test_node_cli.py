@@ -186,3 +186,42 @@ def first_peers(api: str) -> int:
     status = ctl("ctl", "--api", api, "--json", "status")
     assert status.returncode == 0, status.stderr
     return int(json.loads(status.stdout)["routing_table_size"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "start", "prog"),
+    [
+        (["--port", "x"], "error: argument --port: invalid int value: 'x'", "python -m node"),
+        (["ctl", "status", "--bogus"], "error: unrecognized arguments: --bogus", "python -m node"),
+        (
+            ["ctl", "frobnicate"],
+            "error: argument ACTION: invalid choice: 'frobnicate'",
+            "python -m node ctl",
+        ),
+    ],
+)
+def test_a_usage_error_is_one_error_line(
+    argv: list[str], start: str, prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(start)
+    assert err.endswith(f" (see {prog} --help)\n")
+    assert err.count("\n") == 1
+
+
+def test_a_udp_port_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        node = Process(*node_args(tmp_path / "node"), "--port", str(port))
+        try:
+            assert node.wait() == 1
+        finally:
+            node.close()
+    assert errors(node) == [
+        f"error: cannot start the node: UDP address 127.0.0.1:{port} is in use (another "
+        "node's? give each its own --port)"
+    ]

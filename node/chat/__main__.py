@@ -22,7 +22,7 @@ from pathlib import Path
 
 import platformdirs
 
-from node.__main__ import parse_address, resolve
+from node.__main__ import OneLineErrors, os_error_text, parse_address, resolve
 from node.chat.client import ChatClient
 from node.chat.session import HELP, ChatSession
 from node.config import NodeConfig
@@ -38,7 +38,7 @@ USER_KEY_FILE = "user.key"
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m node.chat``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m node.chat",
         description="Chat over the DHT: end-to-end encrypted messages that wait in the "
         "recipient's inbox while they are offline (seed 003).",
@@ -163,16 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
     if args.to is not None and not is_hex_id(args.to):
-        print("error: --to takes a uid (40 lowercase hex digits)", file=sys.stderr)
+        print(f"error: --to {args.to!r} is not a uid (40 hex digits)", file=sys.stderr)
         return 2
     if args.local_nodes < 0:
-        print("error: --local-nodes cannot be negative", file=sys.stderr)
+        print(f"error: --local-nodes {args.local_nodes} cannot be negative", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr)
     data_dir = args.data_dir or Path(platformdirs.user_data_dir("kadnode-chat")) / args.name
     try:
         asyncio.run(run(args, data_dir))
-    except KeyFileError as exc:
+    except (KeyFileError, ValueError) as exc:  # a bad key file, a bootstrap host unknown
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NoPeers as exc:
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: cannot start: {exc}", file=sys.stderr)
+        print(f"error: cannot start: {os_error_text(exc)}", file=sys.stderr)
         return 1
     return 0
 
