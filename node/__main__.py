@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
 import json
 import logging
 import signal
@@ -13,6 +14,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from shlex import quote
 from typing import NoReturn
 
 from node import ctl
@@ -218,6 +220,8 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
             print(f"directory on {_host_port(directory.address)}", flush=True)
         if metrics is not None:
             print(f"metrics on http://{args.metrics_host}:{metrics.port}/metrics", flush=True)
+        for line in start_up_hints(args, node.address, api is not None):
+            print(line, flush=True)
         await stop.wait()
     finally:
         log.info("stopping")
@@ -240,6 +244,26 @@ def _udp_bind_error(exc: OSError, host: str, port: int) -> OSError:
     else:
         what = f"cannot bind UDP {host}:{port}: {exc.strerror or exc}"
     return OSError(exc.errno, what)
+
+
+def start_up_hints(args: argparse.Namespace, address: tuple[str, int], api: bool) -> list[str]:
+    """How others join this node, and how to drive it with ctl (printed once it runs)."""
+    host, port = address
+    if ipaddress.ip_address(host).is_unspecified:
+        join = f"others join it with: --bootstrap HOST:{port} (HOST: this machine's address)"
+    else:
+        join = f"others join it with: --bootstrap {_host_port(address)}"
+    if not api:
+        return [join, "no control API (--no-api): ctl cannot drive this node"]
+    data_dir = (
+        "" if args.data_dir == ctl.DEFAULT_DATA_DIR else f" --data-dir {quote(str(args.data_dir))}"
+    )
+    actions = ", ".join(ctl.ACTIONS)
+    return [
+        join,
+        f"drive it with: python -m node ctl{data_dir} ACTION ({actions}; "
+        "see python -m node ctl --help)",
+    ]
 
 
 def _authorities(args: argparse.Namespace) -> tuple[tuple[bytes, ...], int]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -225,3 +226,21 @@ def test_a_udp_port_in_use_is_named(tmp_path: Path) -> None:
         f"error: cannot start the node: UDP address 127.0.0.1:{port} is in use (another "
         "node's? give each its own --port)"
     ]
+
+
+def test_the_start_up_lines_say_how_to_join_and_drive_the_node(tmp_path: Path) -> None:
+    data_dir = tmp_path / "my node"
+    node, _ = start_node(data_dir, "--log-level", "WARNING")
+    try:
+        listening = LISTENING.search(node.lines["stdout"][0])
+        assert listening is not None
+        node.expect(rf"^others join it with: --bootstrap 127\.0\.0\.1:{listening.group(2)}$")
+        drive = node.expect(r"^drive it with: python -m (node ctl .*) ACTION \((.*); see")
+        assert drive.group(2).split(", ")[0] == "status"
+        command = shlex.split(drive.group(1))  # as a user pastes it, with an action
+        status = ctl(*command[1:], "status")
+        assert command[:2] == ["node", "ctl"]
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith(f"node      {listening.group(1)}\n")
+    finally:
+        assert node.stop() == 0
