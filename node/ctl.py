@@ -199,6 +199,10 @@ class Output:
     def emit(self, data: dict[str, Any], text: str) -> None:
         print(json.dumps(data, sort_keys=True) if self.as_json else text, flush=True)
 
+    def note(self, message: str) -> None:
+        """A remark for people, on stderr (stdout stays the results)."""
+        print(message, file=sys.stderr, flush=True)
+
     def error(self, message: str) -> None:
         if self.as_json:
             print(json.dumps({"error": message}), flush=True)
@@ -379,6 +383,8 @@ def lookup(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> 
 
 def listen(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> int:
     events: Iterator[pb.ListenEvent] = stub.Listen(pb.ListenRequest(path=args.path))
+    until = f"exits after {args.count}" if args.count is not None else "Ctrl-C to stop"
+    out.note(f"waiting for new versions of {args.path} ({until})")
     for seen, event in enumerate(events, start=1):
         record = decode_record(event.record)
         out.emit({"record": record_json(record)}, record_text(record))

@@ -392,3 +392,20 @@ async def test_ctl_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: P
                 await server.stop()
     finally:
         os.close(write_end)
+
+
+async def test_listen_says_it_waits() -> None:
+    async with network(2) as nodes:
+        server = ControlServer(nodes[0], port=0)
+        api = f"127.0.0.1:{await server.start()}"
+        try:
+            record = make_meta_record(
+                identity("erin"), name="Erin", now=SystemClock().now_ms(), ttl_ms=3600_000
+            )
+            await nodes[1].put(record)
+            code, out, err = await ctl_text(api, "listen", record.key, "--count", "1")
+            assert code == 0
+            assert err == f"waiting for new versions of {record.key} (exits after 1)\n"
+            assert out.startswith(record.key)
+        finally:
+            await server.stop()
