@@ -146,9 +146,10 @@ class ControlService(pb_grpc.ControlServicer):
         """A user's meta and devices."""
         return await _answer(context, self._lookup(request.uid))
 
-    async def _lookup(self, uid: str) -> pb.LookupReply:
+    async def _lookup(self, text: str) -> pb.LookupReply:
+        uid = text.lower()  # IDs are written in lowercase (DESIGN §2); people may type either
         if not is_hex_id(uid):
-            raise InvalidRecord("bad_uid", "a UID is 40 lowercase hex digits")
+            raise InvalidRecord("bad_uid", f"{text!r} is not a UID (40 hex digits)")
         meta, presence = await asyncio.gather(
             self.node.get(meta_key(uid)), self.node.get(presence_key(uid))
         )

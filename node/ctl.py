@@ -350,7 +350,8 @@ def meta(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> in
 
 
 def lookup(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> int:
-    reply: pb.LookupReply = _call(stub.Lookup, pb.LookupRequest(uid=args.uid), args)
+    uid = args.uid.lower()  # the node takes either case; shown as IDs are written
+    reply: pb.LookupReply = _call(stub.Lookup, pb.LookupRequest(uid=uid), args)
     devices = [
         {
             "node": d.node_id,
@@ -361,14 +362,14 @@ def lookup(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> 
         for d in reply.devices
     ]
     data = {
-        "uid": args.uid,
+        "uid": uid,
         "has_meta": reply.has_meta,
         "name": reply.name,
         "avatar_size": reply.avatar_size,
         "meta_timestamp": reply.meta_timestamp,
         "devices": devices,
     }
-    lines = [f"user {args.uid}"]
+    lines = [f"user {uid}"]
     lines.append(
         f"  name {reply.name!r} (avatar {reply.avatar_size} bytes)"
         if reply.has_meta

@@ -11,7 +11,7 @@ import pytest
 
 from node.chat import ChatClient
 from node.chat.__main__ import build_parser, main
-from node.chat.session import ChatSession
+from node.chat.session import ChatSession, parse_uid
 from tests.loopback import loopback_network
 from tests.processes import Process
 from tests.records_factory import identity
@@ -115,3 +115,12 @@ def test_without_a_reachable_peer_the_demo_says_how_to_get_one(tmp_path: Path) -
         f"error: no node answered at {dead}: give --bootstrap HOST:PORT of a running node, "
         "or --local-nodes N to run N helper nodes here"
     ]
+
+
+def test_a_uid_is_taken_in_either_case(capsys: pytest.CaptureFixture[str]) -> None:
+    bob = identity("bob")
+    assert parse_uid(bob.id_hex.upper()) == bob.id
+    assert parse_uid(f"{bob.id_hex[:20]}{bob.id_hex[20:].upper()}") == bob.id
+    assert parse_uid(bob.id_hex[:-1]) is None
+    assert main(["--name", "x", "--to", "xyz"]) == 2
+    assert capsys.readouterr().err == "error: --to 'xyz' is not a uid (40 hex digits)\n"

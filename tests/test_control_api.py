@@ -409,3 +409,19 @@ async def test_listen_says_it_waits() -> None:
             assert out.startswith(record.key)
         finally:
             await server.stop()
+
+
+async def test_a_uid_in_uppercase_is_looked_up() -> None:
+    frank = identity("frank")
+    async with network(2) as nodes:
+        server = ControlServer(nodes[0], port=0)
+        api = f"127.0.0.1:{await server.start()}"
+        try:
+            await nodes[1].put(
+                make_meta_record(frank, name="Frank", now=SystemClock().now_ms(), ttl_ms=3600_000)
+            )
+            code, found, err = await ctl(api, "lookup", frank.id_hex.upper())
+            assert (code, err) == (0, "")
+            assert (found["uid"], found["name"]) == (frank.id_hex, "Frank")
+        finally:
+            await server.stop()

@@ -24,14 +24,13 @@ import platformdirs
 
 from node.__main__ import OneLineErrors, os_error_text, parse_address, resolve
 from node.chat.client import ChatClient
-from node.chat.session import HELP, ChatSession
+from node.chat.session import HELP, ChatSession, parse_uid
 from node.config import NodeConfig
 from node.errors import PutFailed
 from node.keyfile import KeyFileError, load_or_create_identity
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import DHTError
-from records.identity import is_hex_id
 
 USER_KEY_FILE = "user.key"
 
@@ -124,7 +123,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         print(f"{args.name}: uid {user.id_hex}", flush=True)
         print(f"node listening on {host}:{port} (others join with --bootstrap {host}:{port})")
         client = ChatClient(node, user, name=args.name, state_dir=data_dir, min_poll=args.poll)
-        peer = bytes.fromhex(args.to) if args.to else None
+        peer = parse_uid(args.to) if args.to else None
         session = ChatSession(client, lambda line: print(line, flush=True), peer)
         async with client:
             print("type /to UID to pick whom to talk to, /quit to leave", flush=True)
@@ -162,7 +161,7 @@ def _no_peers(bootstrap: Sequence[tuple[str, int]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    if args.to is not None and not is_hex_id(args.to):
+    if args.to is not None and parse_uid(args.to) is None:
         print(f"error: --to {args.to!r} is not a uid (40 hex digits)", file=sys.stderr)
         return 2
     if args.local_nodes < 0:
