@@ -111,22 +111,19 @@ class Process:
             pipe.close()
 
 
+def node_args(data_dir: Path, *options: str) -> list[str]:
+    """``-m node`` on 127.0.0.1, any free UDP and API port, logging warnings only, then
+    `options` (a later option overrides these)."""
+    return [
+        *("-m", "node", "--host", "127.0.0.1", "--port", "0", "--api-port", "0"),
+        *("--data-dir", str(data_dir), "--log-level", "WARNING", *options),
+    ]
+
+
 def start_node(data_dir: Path, *options: str) -> tuple[Process, str]:
-    """``python -m node`` on 127.0.0.1 (any free UDP and API port) with `options`; returns the
-    process (its start-up lines read up to the API line) and its control API address."""
-    node = Process(
-        "-m",
-        "node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--api-port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        *options,
-    )
+    """``python -m node`` (`node_args`) with `options`; returns the process (its start-up lines
+    read up to the API line) and its control API address."""
+    node = Process(*node_args(data_dir, *options))
     try:
         node.expect(LISTENING)
         api = node.expect(API)
@@ -134,6 +131,15 @@ def start_node(data_dir: Path, *options: str) -> tuple[Process, str]:
         node.close()
         raise
     return node, f"127.0.0.1:{api.group(1)}"
+
+
+def run_to_end(*args: str, timeout: float = 20.0) -> tuple[int, Process]:
+    """Run ``python ARGS`` until it exits: its exit code, and the process (its `lines`)."""
+    process = Process(*args)
+    try:
+        return process.wait(timeout), process
+    finally:
+        process.close()
 
 
 def ctl(

@@ -12,27 +12,9 @@ from pathlib import Path
 import pytest
 
 from node.__main__ import build_parser
-from tests.processes import LISTENING, Process, ctl, start_node
+from tests.processes import LISTENING, Process, ctl, node_args, run_to_end, start_node
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def node_args(data_dir: Path, *options: str) -> list[str]:
-    return [
-        "-m",
-        "node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--api-port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--log-level",
-        "WARNING",
-        *options,
-    ]
 
 
 def errors(process: Process) -> list[str]:
@@ -41,15 +23,12 @@ def errors(process: Process) -> list[str]:
 
 def test_a_second_node_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
-    first, _ = start_node(data_dir, "--log-level", "WARNING")
+    first, _ = start_node(data_dir)
     try:
         node_id = LISTENING.search(first.lines["stdout"][0])
         assert node_id is not None
-        second = Process(*node_args(data_dir))
-        try:
-            assert second.wait() == 1
-        finally:
-            second.close()
+        code, second = run_to_end(*node_args(data_dir))
+        assert code == 1
         assert errors(second) == [
             f"error: data dir {data_dir} is in use by pid {first.pid} (another node runs on it; "
             "give each node its own --data-dir)"
@@ -63,14 +42,11 @@ def test_a_second_node_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_control_api_port_in_use_is_refused(tmp_path: Path) -> None:
-    first, api = start_node(tmp_path / "first", "--log-level", "WARNING")
+    first, api = start_node(tmp_path / "first")
     try:
         port = api.rsplit(":", 1)[1]
-        second = Process(*node_args(tmp_path / "second"), "--api-port", port)
-        try:
-            assert second.wait() == 1
-        finally:
-            second.close()
+        code, second = run_to_end(*node_args(tmp_path / "second", "--api-port", port))
+        assert code == 1
         assert errors(second)[-1] == (
             f"error: cannot start the node: control API address {api} is in use or not this "
             "machine's (another node's API? give each node its own --api-port)"
@@ -83,11 +59,8 @@ def test_a_corrupt_records_database_is_one_line_naming_it(tmp_path: Path) -> Non
     data_dir = tmp_path / "node"
     data_dir.mkdir()
     (data_dir / "records.sqlite3").write_bytes(b"not SQLite" * 500)
-    node = Process(*node_args(data_dir))
-    try:
-        assert node.wait() == 1
-    finally:
-        node.close()
+    code, node = run_to_end(*node_args(data_dir))
+    assert code == 1
     path = data_dir / "records.sqlite3"
     assert errors(node) == [
         f"error: {path} is not a readable records database (file is not a database): move it "
@@ -111,11 +84,8 @@ asyncio.run(main())
 
 
 def test_a_library_script_that_raises_before_stop_still_exits(tmp_path: Path) -> None:
-    script = Process("-c", FAILING_SCRIPT, str(tmp_path / "node"))
-    try:
-        assert script.wait() == 1  # it used to hang for good on the records database's thread
-    finally:
-        script.close()
+    code, script = run_to_end("-c", FAILING_SCRIPT, str(tmp_path / "node"))
+    assert code == 1  # it used to hang for good on the records database's thread
     assert errors(script)[-1] == "RuntimeError: the script failed before stop()"
 
 
@@ -132,7 +102,7 @@ def test_ctl_on_a_data_dir_without_a_node_names_the_dir(tmp_path: Path) -> None:
 
 def test_ctl_options_go_before_or_after_the_action(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
-    node, _ = start_node(data_dir, "--log-level", "WARNING")
+    node, _ = start_node(data_dir)
     try:
         listening = LISTENING.search(node.lines["stdout"][0])
         assert listening is not None
@@ -164,7 +134,9 @@ def test_a_node_whose_bootstrap_node_starts_later_joins_it(tmp_path: Path) -> No
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as placeholder:
         placeholder.bind(("127.0.0.1", 0))  # the first node's port; silent until it starts
         first_port = placeholder.getsockname()[1]
-        second, _ = start_node(tmp_path / "n2", "--bootstrap", f"127.0.0.1:{first_port}")
+        second, _ = start_node(
+            tmp_path / "n2", "--bootstrap", f"127.0.0.1:{first_port}", "--log-level", "INFO"
+        )
     nodes = [second]
     try:
         second_port = LISTENING.search(second.lines["stdout"][0]).group(2)  # type: ignore[union-attr]
@@ -217,11 +189,8 @@ def test_a_udp_port_in_use_is_named(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        node = Process(*node_args(tmp_path / "node"), "--port", str(port))
-        try:
-            assert node.wait() == 1
-        finally:
-            node.close()
+        code, node = run_to_end(*node_args(tmp_path / "node", "--port", str(port)))
+        assert code == 1
     assert errors(node) == [
         f"error: cannot start the node: UDP address 127.0.0.1:{port} is in use (another "
         "node's? give each its own --port)"
@@ -230,7 +199,7 @@ def test_a_udp_port_in_use_is_named(tmp_path: Path) -> None:
 
 def test_the_start_up_lines_say_how_to_join_and_drive_the_node(tmp_path: Path) -> None:
     data_dir = tmp_path / "my node"
-    node, _ = start_node(data_dir, "--log-level", "WARNING")
+    node, _ = start_node(data_dir)
     try:
         listening = LISTENING.search(node.lines["stdout"][0])
         assert listening is not None
