@@ -2,7 +2,15 @@
 
 from node.config import Clock, LoopClock, NodeConfig, SystemClock
 from node.engine import Engine, Limits, NodeStats
-from node.errors import LookupFailed, NodeNotRunning, ProtocolError, PutFailed, StoreFull
+from node.errors import (
+    DataDirInUse,
+    LookupFailed,
+    NodeNotRunning,
+    ProtocolError,
+    PutFailed,
+    StorageError,
+    StoreFull,
+)
 from node.lookup import LookupResult
 from node.server import DHTNode, GetResult, Service
 from node.storage import MemoryBackend, RecordBackend, RecordStore, SqliteBackend
@@ -10,6 +18,7 @@ from node.storage import MemoryBackend, RecordBackend, RecordStore, SqliteBacken
 __all__ = [
     "Clock",
     "DHTNode",
+    "DataDirInUse",
     "Engine",
     "GetResult",
     "Limits",
@@ -26,6 +35,7 @@ __all__ = [
     "RecordStore",
     "Service",
     "SqliteBackend",
+    "StorageError",
     "StoreFull",
     "SystemClock",
 ]

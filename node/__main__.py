@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import ipaddress
 import json
 import logging
 import signal
@@ -12,8 +14,8 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import platformdirs
+from shlex import quote
+from typing import NoReturn
 
 from node import ctl
 from node.api import DEFAULT_API_PORT, ControlServer, is_loopback
@@ -25,6 +27,7 @@ from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
 from node.server import DHTNode
+from records import DHTError
 from records.drd import TicketAuthorities
 
 log = logging.getLogger("node")
@@ -45,13 +48,25 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``error: ...`` line pointing at --help
+    (argparse prints the whole usage first); its sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: MESSAGE (see PROG --help)`` to stderr and exit with 2."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m node``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m node",
         allow_abbrev=False,  # else ctl's --api would be taken for a prefix of --api-host
         description="Run a Kademlia DHT node that stores signed, validated records, "
         "or drive a running one with 'ctl'.",
+        epilog="The node's options go before 'ctl': python -m node [OPTIONS] ctl [CTL OPTIONS] "
+        f"ACTION [ACTION OPTIONS]. {ctl.OPTIONS_WHERE} 'python -m node ctl --help' lists the "
+        "actions.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument(
@@ -63,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(platformdirs.user_data_dir("kadnode")),
+        default=ctl.DEFAULT_DATA_DIR,
         help="key and records live here (default: %(default)s)",
     )
     parser.add_argument(
@@ -152,7 +167,7 @@ def resolve(addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
         try:
             info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
         except socket.gaierror as exc:
-            raise SystemExit(f"cannot resolve bootstrap host {host!r}: {exc.strerror}") from exc
+            raise ValueError(f"cannot resolve bootstrap host {host!r}: {exc.strerror}") from exc
         out.append((str(info[0][4][0]), port))
     return out
 
@@ -169,11 +184,16 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
     metrics: MetricsServer | None = None
     api_file = config.data_dir / ctl.API_FILE if config.data_dir is not None else None
     directory: DirectoryServer | None = None
-    await node.start()
+    if args.directory is not None:  # a plugin: started once the node has joined, stopped with it
+        directory = DirectoryServer(_directory_config(args), node)
+        node.add_service(directory)
     try:
-        if args.directory is not None:
-            directory = DirectoryServer(_directory_config(args), node)
-            await directory.start()
+        await node.start()
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise _udp_bind_error(exc, config.host, config.port) from exc
+    try:
         if not args.no_api:
             api = ControlServer(
                 node,
@@ -196,6 +216,8 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
             print(f"directory on {_host_port(directory.address)}", flush=True)
         if metrics is not None:
             print(f"metrics on http://{args.metrics_host}:{metrics.port}/metrics", flush=True)
+        for line in start_up_hints(args, node.address, api is not None):
+            print(line, flush=True)
         await stop.wait()
     finally:
         log.info("stopping")
@@ -205,10 +227,37 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
                 api_file.unlink(missing_ok=True)
         if metrics is not None:
             await metrics.stop()
-        if directory is not None:
-            await directory.stop()
         await node.stop()
         print("node stopped", flush=True)
+
+
+def _udp_bind_error(exc: OSError, host: str, port: int) -> OSError:
+    """`exc` from binding the node's UDP socket, naming the address."""
+    if exc.errno == errno.EADDRINUSE:
+        what = f"UDP address {host}:{port} is in use (another node's? give each its own --port)"
+    else:
+        what = f"cannot bind UDP {host}:{port}: {exc.strerror or exc}"
+    return OSError(exc.errno, what)
+
+
+def start_up_hints(args: argparse.Namespace, address: tuple[str, int], api: bool) -> list[str]:
+    """How others join this node, and how to drive it with ctl (printed once it runs)."""
+    host, port = address
+    if ipaddress.ip_address(host).is_unspecified:
+        join = f"others join it with: --bootstrap HOST:{port} (HOST: this machine's address)"
+    else:
+        join = f"others join it with: --bootstrap {_host_port(address)}"
+    if not api:
+        return [join, "no control API (--no-api): ctl cannot drive this node"]
+    data_dir = (
+        "" if args.data_dir == ctl.DEFAULT_DATA_DIR else f" --data-dir {quote(str(args.data_dir))}"
+    )
+    actions = ", ".join(ctl.ACTIONS)
+    return [
+        join,
+        f"drive it with: python -m node ctl{data_dir} ACTION ({actions}; "
+        "see python -m node ctl --help)",
+    ]
 
 
 def _drd_authorities(args: argparse.Namespace) -> TicketAuthorities:
@@ -244,6 +293,12 @@ def _write_api_file(path: Path, host: str, port: int) -> None:
     tmp.replace(path)
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError for people: the file it concerns (if any) and what went wrong, no errno."""
+    what = exc.strerror or str(exc)
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
@@ -267,8 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DHTError as exc:  # e.g. the data dir is in use
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"error: cannot start the node: {exc}", file=sys.stderr)
+        print(f"error: cannot start the node: {os_error_text(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -3,15 +3,19 @@
 It listens on 127.0.0.1 by default; `ControlServer` refuses any other address unless told
 `allow_remote=True`, since whoever reaches it can make the node put records and shut down.
 Errors map to gRPC codes: a record the validator refuses is ``INVALID_ARGUMENT`` with the
-validator's reason first in the details (``"bad_signature: ..."``); a put no node acknowledged,
-or a node not running, is ``UNAVAILABLE``.
+validator's reason first in the details (``"bad_signature: ..."``); a put no other node
+acknowledged although the node knows some, or a node not running, is ``UNAVAILABLE``. A put on a
+node that knows no other node yet succeeds: the node holds the record and republishes it as
+peers come (``PutReply.others`` is 0). ``PutReply.stored`` counts the node itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,14 +23,16 @@ import grpc
 
 from node import control_pb2 as pb
 from node import control_pb2_grpc as pb_grpc
-from node.errors import NodeNotRunning
+from node.errors import NodeNotRunning, PutFailed
 from node.server import DHTNode
 from records import (
     DHTError,
     InvalidRecord,
     Record,
+    countersign,
     decode_record,
     encode_record,
+    location,
     meta_key,
     namespace_of,
     presence_key,
@@ -94,8 +100,26 @@ class ControlService(pb_grpc.ControlServicer):
         record = decode_record(data)
         if namespace is not None and namespace_of(record.key) != namespace:
             raise InvalidRecord("wrong_namespace", f"expected a /{namespace}/ record")
-        stored = await self.node.put(record)
-        return pb.PutReply(stored=stored, key=record.key)
+        return await self._store(record)
+
+    async def _store(self, record: Record) -> pb.PutReply:
+        """Put `record` and count its holders, this node included. A node that knows no other
+        node yet holds it (and republishes it once peers come): that is a success."""
+        try:
+            others = await self.node.put(record)
+        except PutFailed as exc:
+            if not self._holds(record):
+                raise
+            if set(exc.reasons) != {"no_peers"}:
+                raise PutFailed(f"{exc}; this node holds it and retries while it runs") from exc
+            return pb.PutReply(stored=1, others=0, key=record.key)
+        held = 1 if self._holds(record) else 0  # not if its own store is full
+        return pb.PutReply(stored=others + held, others=others, key=record.key)
+
+    def _holds(self, record: Record) -> bool:
+        store = self.node.store
+        now = self.node.clock.now_ms()
+        return store is not None and store.get(location(record.key), now) is not None
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetReply:
         """The record at a path."""
@@ -112,16 +136,21 @@ class ControlService(pb_grpc.ControlServicer):
         return await _answer(context, self._announce(request))
 
     async def _announce(self, request: pb.AnnounceRequest) -> pb.PutReply:
-        stored = await self.node.announce(request.message, request.client_signature)
-        return pb.PutReply(stored=stored)
+        identity = self.node.identity
+        if identity is None or not self.node.running:
+            raise NodeNotRunning("the node is not running")
+        # as DHTNode.announce, but counting holders as Put does
+        record = countersign(request.message, request.client_signature, identity)
+        return await self._store(record)
 
     async def Lookup(self, request: pb.LookupRequest, context: Any) -> pb.LookupReply:
         """A user's meta and devices."""
         return await _answer(context, self._lookup(request.uid))
 
-    async def _lookup(self, uid: str) -> pb.LookupReply:
+    async def _lookup(self, text: str) -> pb.LookupReply:
+        uid = text.lower()  # IDs are written in lowercase (DESIGN §2); people may type either
         if not is_hex_id(uid):
-            raise InvalidRecord("bad_uid", "a UID is 40 lowercase hex digits")
+            raise InvalidRecord("bad_uid", f"{text!r} is not a UID (40 hex digits)")
         meta, presence = await asyncio.gather(
             self.node.get(meta_key(uid)), self.node.get(presence_key(uid))
         )
@@ -243,12 +272,22 @@ class ControlServer:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
-        """Start serving; returns the port actually bound."""
-        server = grpc.aio.server()
+        """Start serving; returns the port actually bound. `OSError` if the address is in use
+        (or not this machine's)."""
+        # gRPC sets SO_REUSEPORT by default: a second node would then share the port with the
+        # first, and ctl's calls (shutdown too) would go to either of them. The port is tried
+        # with a plain socket first: a failed gRPC server keeps gRPC's pollers open.
+        if self.port != 0:
+            _check_free(self.host, self.port)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_ControlServicer_to_server(self._service, server)
-        bound: int = server.add_insecure_port(f"{self.host}:{self.port}")
+        try:
+            bound: int = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen for the control API on {self.host}:{self.port}")
+            await server.stop(None)
+            raise _in_use(self.host, self.port)
         await server.start()
         self._server = server
         self.port = bound
@@ -260,3 +299,28 @@ class ControlServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise `_in_use` unless a TCP socket can bind `host:port` (without SO_REUSEPORT, so a
+    socket listening there, with or without it, makes the bind fail)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"control API host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # as gRPC does: a port left in TIME_WAIT by a node that just stopped is free to use
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise _in_use(host, port) from None
+
+
+def _in_use(host: str, port: int) -> OSError:
+    return OSError(
+        errno.EADDRINUSE,
+        f"control API address {host}:{port} is in use or not this machine's "
+        "(another node's API? give each node its own --api-port)",
+    )

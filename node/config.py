@@ -103,8 +103,8 @@ class NodeConfig:
     sweep_interval: float = 60.0
     """Expired records are removed this often."""
     bootstrap_retry_interval: float = 60.0
-    """A node with an empty routing table retries its bootstrap nodes this often (checked at
-    each sweep)."""
+    """While its routing table holds fewer than k contacts, a node retries the bootstrap nodes
+    that are not in it: after 1 s, then at doubling intervals up to this one."""
 
     max_store_bytes: int = 64 * MiB
     """Quota on the bytes of records held."""

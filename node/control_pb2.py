@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12node/control.proto\x12\x0b\x64ht.control\"\x0f\n\rStatusRequest\"&\n\x07\x43ounter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03\"\xce\x01\n\x0bStatusReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x1a\n\x12routing_table_size\x18\x04 \x01(\x05\x12\x14\n\x0crecords_held\x18\x05 \x01(\x05\x12\x12\n\nbytes_held\x18\x06 \x01(\x03\x12&\n\x08\x63ounters\x18\x07 \x03(\x0b\x32\x14.dht.control.Counter\x12\x12\n\npublic_key\x18\x08 \x01(\x0c\x12\x15\n\rhandshake_key\x18\t \x01(\x0c\"\x1c\n\nPutRequest\x12\x0e\n\x06record\x18\x01 \x01(\x0c\"\'\n\x08PutReply\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x1a\n\nGetRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\")\n\x08GetReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06record\x18\x02 \x01(\x0c\"<\n\x0f\x41nnounceRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\x18\n\x10\x63lient_signature\x18\x02 \x01(\x0c\"\x1c\n\rLookupRequest\x12\x0b\n\x03uid\x18\x01 \x01(\t\"Z\n\x06\x44\x65vice\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nexpiration\x18\x02 \x01(\x03\x12\x14\n\x0cpresence_key\x18\x03 \x01(\x0c\x12\x15\n\rhandshake_key\x18\x04 \x01(\x0c\"\x80\x01\n\x0bLookupReply\x12\x10\n\x08has_meta\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x61vatar_size\x18\x03 \x01(\x05\x12\x16\n\x0emeta_timestamp\x18\x04 \x01(\x03\x12$\n\x07\x64\x65vices\x18\x05 \x03(\x0b\x32\x13.dht.control.Device\"\x1d\n\rListenRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x1d\n\x0bListenEvent\x12\x0e\n\x06record\x18\x01 \x01(\x0c\"\x0e\n\x0cPeersRequest\"P\n\x04Peer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x05\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\".\n\nPeersReply\x12 \n\x05peers\x18\x01 \x03(\x0b\x32\x11.dht.control.Peer\"\x11\n\x0fShutdownRequest\"\x0f\n\rShutdownReply2\xbc\x04\n\x07\x43ontrol\x12>\n\x06Status\x12\x1a.dht.control.StatusRequest\x1a\x18.dht.control.StatusReply\x12\x35\n\x03Put\x12\x17.dht.control.PutRequest\x1a\x15.dht.control.PutReply\x12\x35\n\x03Get\x12\x17.dht.control.GetRequest\x1a\x15.dht.control.GetReply\x12?\n\x08\x41nnounce\x12\x1c.dht.control.AnnounceRequest\x1a\x15.dht.control.PutReply\x12=\n\x0bPublishMeta\x12\x17.dht.control.PutRequest\x1a\x15.dht.control.PutReply\x12>\n\x06Lookup\x12\x1a.dht.control.LookupRequest\x1a\x18.dht.control.LookupReply\x12@\n\x06Listen\x12\x1a.dht.control.ListenRequest\x1a\x18.dht.control.ListenEvent0\x01\x12;\n\x05Peers\x12\x19.dht.control.PeersRequest\x1a\x17.dht.control.PeersReply\x12\x44\n\x08Shutdown\x12\x1c.dht.control.ShutdownRequest\x1a\x1a.dht.control.ShutdownReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12node/control.proto\x12\x0b\x64ht.control\"\x0f\n\rStatusRequest\"&\n\x07\x43ounter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03\"\xce\x01\n\x0bStatusReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x1a\n\x12routing_table_size\x18\x04 \x01(\x05\x12\x14\n\x0crecords_held\x18\x05 \x01(\x05\x12\x12\n\nbytes_held\x18\x06 \x01(\x03\x12&\n\x08\x63ounters\x18\x07 \x03(\x0b\x32\x14.dht.control.Counter\x12\x12\n\npublic_key\x18\x08 \x01(\x0c\x12\x15\n\rhandshake_key\x18\t \x01(\x0c\"\x1c\n\nPutRequest\x12\x0e\n\x06record\x18\x01 \x01(\x0c\"7\n\x08PutReply\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06others\x18\x03 \x01(\x05\"\x1a\n\nGetRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\")\n\x08GetReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06record\x18\x02 \x01(\x0c\"<\n\x0f\x41nnounceRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\x18\n\x10\x63lient_signature\x18\x02 \x01(\x0c\"\x1c\n\rLookupRequest\x12\x0b\n\x03uid\x18\x01 \x01(\t\"Z\n\x06\x44\x65vice\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nexpiration\x18\x02 \x01(\x03\x12\x14\n\x0cpresence_key\x18\x03 \x01(\x0c\x12\x15\n\rhandshake_key\x18\x04 \x01(\x0c\"\x80\x01\n\x0bLookupReply\x12\x10\n\x08has_meta\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x61vatar_size\x18\x03 \x01(\x05\x12\x16\n\x0emeta_timestamp\x18\x04 \x01(\x03\x12$\n\x07\x64\x65vices\x18\x05 \x03(\x0b\x32\x13.dht.control.Device\"\x1d\n\rListenRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x1d\n\x0bListenEvent\x12\x0e\n\x06record\x18\x01 \x01(\x0c\"\x0e\n\x0cPeersRequest\"P\n\x04Peer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x05\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\".\n\nPeersReply\x12 \n\x05peers\x18\x01 \x03(\x0b\x32\x11.dht.control.Peer\"\x11\n\x0fShutdownRequest\"\x0f\n\rShutdownReply2\xbc\x04\n\x07\x43ontrol\x12>\n\x06Status\x12\x1a.dht.control.StatusRequest\x1a\x18.dht.control.StatusReply\x12\x35\n\x03Put\x12\x17.dht.control.PutRequest\x1a\x15.dht.control.PutReply\x12\x35\n\x03Get\x12\x17.dht.control.GetRequest\x1a\x15.dht.control.GetReply\x12?\n\x08\x41nnounce\x12\x1c.dht.control.AnnounceRequest\x1a\x15.dht.control.PutReply\x12=\n\x0bPublishMeta\x12\x17.dht.control.PutRequest\x1a\x15.dht.control.PutReply\x12>\n\x06Lookup\x12\x1a.dht.control.LookupRequest\x1a\x18.dht.control.LookupReply\x12@\n\x06Listen\x12\x1a.dht.control.ListenRequest\x1a\x18.dht.control.ListenEvent0\x01\x12;\n\x05Peers\x12\x19.dht.control.PeersRequest\x1a\x17.dht.control.PeersReply\x12\x44\n\x08Shutdown\x12\x1c.dht.control.ShutdownRequest\x1a\x1a.dht.control.ShutdownReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,33 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTREQUEST']._serialized_start=301
   _globals['_PUTREQUEST']._serialized_end=329
   _globals['_PUTREPLY']._serialized_start=331
-  _globals['_PUTREPLY']._serialized_end=370
-  _globals['_GETREQUEST']._serialized_start=372
-  _globals['_GETREQUEST']._serialized_end=398
-  _globals['_GETREPLY']._serialized_start=400
-  _globals['_GETREPLY']._serialized_end=441
-  _globals['_ANNOUNCEREQUEST']._serialized_start=443
-  _globals['_ANNOUNCEREQUEST']._serialized_end=503
-  _globals['_LOOKUPREQUEST']._serialized_start=505
-  _globals['_LOOKUPREQUEST']._serialized_end=533
-  _globals['_DEVICE']._serialized_start=535
-  _globals['_DEVICE']._serialized_end=625
-  _globals['_LOOKUPREPLY']._serialized_start=628
-  _globals['_LOOKUPREPLY']._serialized_end=756
-  _globals['_LISTENREQUEST']._serialized_start=758
-  _globals['_LISTENREQUEST']._serialized_end=787
-  _globals['_LISTENEVENT']._serialized_start=789
-  _globals['_LISTENEVENT']._serialized_end=818
-  _globals['_PEERSREQUEST']._serialized_start=820
-  _globals['_PEERSREQUEST']._serialized_end=834
-  _globals['_PEER']._serialized_start=836
-  _globals['_PEER']._serialized_end=916
-  _globals['_PEERSREPLY']._serialized_start=918
-  _globals['_PEERSREPLY']._serialized_end=964
-  _globals['_SHUTDOWNREQUEST']._serialized_start=966
-  _globals['_SHUTDOWNREQUEST']._serialized_end=983
-  _globals['_SHUTDOWNREPLY']._serialized_start=985
-  _globals['_SHUTDOWNREPLY']._serialized_end=1000
-  _globals['_CONTROL']._serialized_start=1003
-  _globals['_CONTROL']._serialized_end=1575
+  _globals['_PUTREPLY']._serialized_end=386
+  _globals['_GETREQUEST']._serialized_start=388
+  _globals['_GETREQUEST']._serialized_end=414
+  _globals['_GETREPLY']._serialized_start=416
+  _globals['_GETREPLY']._serialized_end=457
+  _globals['_ANNOUNCEREQUEST']._serialized_start=459
+  _globals['_ANNOUNCEREQUEST']._serialized_end=519
+  _globals['_LOOKUPREQUEST']._serialized_start=521
+  _globals['_LOOKUPREQUEST']._serialized_end=549
+  _globals['_DEVICE']._serialized_start=551
+  _globals['_DEVICE']._serialized_end=641
+  _globals['_LOOKUPREPLY']._serialized_start=644
+  _globals['_LOOKUPREPLY']._serialized_end=772
+  _globals['_LISTENREQUEST']._serialized_start=774
+  _globals['_LISTENREQUEST']._serialized_end=803
+  _globals['_LISTENEVENT']._serialized_start=805
+  _globals['_LISTENEVENT']._serialized_end=834
+  _globals['_PEERSREQUEST']._serialized_start=836
+  _globals['_PEERSREQUEST']._serialized_end=850
+  _globals['_PEER']._serialized_start=852
+  _globals['_PEER']._serialized_end=932
+  _globals['_PEERSREPLY']._serialized_start=934
+  _globals['_PEERSREPLY']._serialized_end=980
+  _globals['_SHUTDOWNREQUEST']._serialized_start=982
+  _globals['_SHUTDOWNREQUEST']._serialized_end=999
+  _globals['_SHUTDOWNREPLY']._serialized_start=1001
+  _globals['_SHUTDOWNREPLY']._serialized_end=1016
+  _globals['_CONTROL']._serialized_start=1019
+  _globals['_CONTROL']._serialized_end=1591
 # @@protoc_insertion_point(module_scope)

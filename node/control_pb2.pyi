@@ -130,18 +130,22 @@ class PutReply(_message.Message):
 
     STORED_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    OTHERS_FIELD_NUMBER: _builtins.int
     stored: _builtins.int
-    """how many nodes acknowledged"""
+    """how many nodes hold the record, this one included"""
     key: _builtins.str
+    others: _builtins.int
+    """of those, how many other nodes (0: this node only, no peers yet)"""
     def __init__(
         self,
         *,
         stored: _builtins.int = ...,
         key: _builtins.str = ...,
+        others: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "others", b"others", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

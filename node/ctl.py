@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import platformdirs
 from google.protobuf.message import Message
 
 from node import control_pb2 as pb
@@ -32,6 +34,8 @@ from records import (
 )
 
 API_FILE = "api.json"
+DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("kadnode"))
+"""Where ``python -m node`` keeps its key and records unless told ``--data-dir``."""
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_NODE = 0, 1, 2, 3
 
 
@@ -43,56 +47,124 @@ class CtlError(Exception):
         self.code = code
 
 
+OPTIONS_WHERE = (
+    "ctl's options (--api, --data-dir, --json, --timeout) go before or after the action: "
+    "'ctl status --json' and 'ctl --json status' are the same; the node's own options "
+    "(--host, --port ...) are not for ctl."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``ctl`` sub-commands."""
+    """The ``ctl`` sub-commands; ctl's own options are taken before or after the action."""
+    parser.epilog = OPTIONS_WHERE
+    _add_options(parser, with_defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_options(common, with_defaults=False)
+    _add_actions(parser, common)
+
+
+def _add_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """ctl's options. After the action they have no defaults (argparse.SUPPRESS), so that one
+    given before the action is not reset; --data-dir has its default in python -m node's
+    parser, where it may also be given (before 'ctl')."""
+
+    def default(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--api",
         metavar="HOST:PORT",
-        help="control API address (default: from the data dir, else 127.0.0.1:8469)",
+        default=default(None),
+        help="control API address (default: the one the node wrote in DATA_DIR/api.json)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (30)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"the node's data dir, where it wrote api.json (default: {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=default(30.0), help="seconds per call (30)"
+    )
+
+
+def _add_actions(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("status", help="ID, address, routing table, records held, counters")
-    get = sub.add_parser("get", help="the record at a path")
+    sub.add_parser(
+        "status", parents=[common], help="ID, address, routing table, records held, counters"
+    )
+    get = sub.add_parser("get", parents=[common], help="the record at a path")
     get.add_argument("path")
     get.add_argument("--out", type=Path, help="also write the record's bytes here")
-    put = sub.add_parser("put", help="put a serialized record from a file ('-': stdin)")
+    put = sub.add_parser(
+        "put", parents=[common], help="put a serialized record from a file ('-': stdin)"
+    )
     put.add_argument("file")
-    announce = sub.add_parser("announce", help="announce a user as reachable through the node")
+    announce = sub.add_parser(
+        "announce", parents=[common], help="announce a user as reachable through the node"
+    )
     announce.add_argument("--key", type=Path, required=True, help="the user's key file")
     announce.add_argument("--ttl", type=int, default=3600, help="seconds (3600)")
-    meta = sub.add_parser("meta", help="publish a user's name and avatar")
+    meta = sub.add_parser("meta", parents=[common], help="publish a user's name and avatar")
     meta.add_argument("--key", type=Path, required=True, help="the user's key file")
     meta.add_argument("--name", required=True)
     meta.add_argument("--avatar", type=Path, help="a small image file")
     meta.add_argument("--ttl", type=int, default=3 * 24 * 3600, help="seconds (3 days)")
-    lookup = sub.add_parser("lookup", help="a user's meta and devices by UID")
+    lookup = sub.add_parser("lookup", parents=[common], help="a user's meta and devices by UID")
     lookup.add_argument("uid")
-    listen = sub.add_parser("listen", help="print each new version of a record until Ctrl-C")
+    listen = sub.add_parser(
+        "listen", parents=[common], help="print each new version of a record until Ctrl-C"
+    )
     listen.add_argument("path")
     listen.add_argument("--count", type=int, help="exit after this many events")
-    sub.add_parser("peers", help="the routing table")
-    sub.add_parser("shutdown", help="stop the node")
-    keygen = sub.add_parser("keygen", help="create a user key file (owner-only) and print its UID")
+    sub.add_parser("peers", parents=[common], help="the routing table")
+    sub.add_parser("shutdown", parents=[common], help="stop the node")
+    keygen = sub.add_parser(
+        "keygen", parents=[common], help="create a user key file (owner-only) and print its UID"
+    )
     keygen.add_argument("file", type=Path)
 
 
 def api_address(args: argparse.Namespace) -> str:
-    """Where to reach the API: --api, else what the node wrote in its data dir, else default."""
+    """Where to reach the API: --api, else what the node wrote in its data dir. Never a
+    default address: a mistyped data dir would drive (or shut down) whatever node has it."""
     if args.api:
         return str(args.api)
-    api_file = Path(args.data_dir) / API_FILE
+    data_dir = Path(args.data_dir)
+    api_file = data_dir / API_FILE
     try:
         info = json.loads(api_file.read_text(encoding="utf-8"))
         return f"{info['host']}:{info['port']}"
-    except (OSError, ValueError, KeyError):
-        return "127.0.0.1:8469"
+    except FileNotFoundError:
+        raise CtlError(
+            f"no node's control API in {data_dir}: {api_file} does not exist (is a node "
+            f"running with --data-dir {data_dir}? else give --api HOST:PORT)",
+            EXIT_NO_NODE,
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CtlError(
+            f"cannot read {api_file} ({exc}); give --api HOST:PORT", EXIT_NO_NODE
+        ) from None
 
 
 def main(args: argparse.Namespace) -> int:
     """Run one ``ctl`` action; returns the exit code."""
-    out = Output(args.json)
+    try:
+        return _run(args, Output(args.json))
+    except BrokenPipeError:
+        # The reader stopped early (ctl ... | head): that ends ctl quietly. What is left to
+        # write (print's buffer, flushed at exit) goes nowhere, else exit would fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         if args.action == "keygen":
             return keygen(args.file, out)
@@ -126,6 +198,10 @@ class Output:
 
     def emit(self, data: dict[str, Any], text: str) -> None:
         print(json.dumps(data, sort_keys=True) if self.as_json else text, flush=True)
+
+    def note(self, message: str) -> None:
+        """A remark for people, on stderr (stdout stays the results)."""
+        print(message, file=sys.stderr, flush=True)
 
     def error(self, message: str) -> None:
         if self.as_json:
@@ -213,9 +289,17 @@ def put(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> int
         raise CtlError(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE) from exc
     reply: pb.PutReply = _call(stub.Put, pb.PutRequest(record=data), args)
     out.emit(
-        {"stored": reply.stored, "key": reply.key}, f"stored on {reply.stored} nodes: {reply.key}"
+        {"stored": reply.stored, "others": reply.others, "key": reply.key},
+        f"{stored_text(reply)}: {reply.key}",
     )
     return EXIT_OK
+
+
+def stored_text(reply: pb.PutReply) -> str:
+    """Where a put record is held, for people."""
+    if reply.others == 0:
+        return "stored on this node only (no peers yet)"
+    return f"stored on {reply.stored} nodes"
 
 
 def _user(path: Path) -> Any:
@@ -242,8 +326,8 @@ def announce(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -
     request = pb.AnnounceRequest(message=message, client_signature=signature)
     reply: pb.PutReply = _call(stub.Announce, request, args)
     out.emit(
-        {"stored": reply.stored, "uid": user.id_hex, "node": node.id},
-        f"{user.id_hex} announced through {node.id}; stored on {reply.stored} nodes",
+        {"stored": reply.stored, "others": reply.others, "uid": user.id_hex, "node": node.id},
+        f"{user.id_hex} announced through {node.id}; {stored_text(reply)}",
     )
     return EXIT_OK
 
@@ -259,14 +343,15 @@ def meta(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> in
     )
     reply: pb.PutReply = _call(stub.PublishMeta, pb.PutRequest(record=encode_record(record)), args)
     out.emit(
-        {"stored": reply.stored, "uid": user.id_hex, "key": reply.key},
-        f"meta of {user.id_hex} stored on {reply.stored} nodes",
+        {"stored": reply.stored, "others": reply.others, "uid": user.id_hex, "key": reply.key},
+        f"meta of {user.id_hex} {stored_text(reply)}",
     )
     return EXIT_OK
 
 
 def lookup(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> int:
-    reply: pb.LookupReply = _call(stub.Lookup, pb.LookupRequest(uid=args.uid), args)
+    uid = args.uid.lower()  # the node takes either case; shown as IDs are written
+    reply: pb.LookupReply = _call(stub.Lookup, pb.LookupRequest(uid=uid), args)
     devices = [
         {
             "node": d.node_id,
@@ -277,14 +362,14 @@ def lookup(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> 
         for d in reply.devices
     ]
     data = {
-        "uid": args.uid,
+        "uid": uid,
         "has_meta": reply.has_meta,
         "name": reply.name,
         "avatar_size": reply.avatar_size,
         "meta_timestamp": reply.meta_timestamp,
         "devices": devices,
     }
-    lines = [f"user {args.uid}"]
+    lines = [f"user {uid}"]
     lines.append(
         f"  name {reply.name!r} (avatar {reply.avatar_size} bytes)"
         if reply.has_meta
@@ -299,6 +384,8 @@ def lookup(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> 
 
 def listen(stub: pb_grpc.ControlStub, args: argparse.Namespace, out: Output) -> int:
     events: Iterator[pb.ListenEvent] = stub.Listen(pb.ListenRequest(path=args.path))
+    until = f"exits after {args.count}" if args.count is not None else "Ctrl-C to stop"
+    out.note(f"waiting for new versions of {args.path} ({until})")
     for seen, event in enumerate(events, start=1):
         record = decode_record(event.record)
         out.emit({"record": record_json(record)}, record_text(record))

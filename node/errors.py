@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from records.errors import (
+    DataDirInUse,
     LookupFailed,
     NodeNotRunning,
     ProtocolError,
     PutFailed,
+    StorageError,
     StoreFull,
 )
 
-__all__ = ["LookupFailed", "NodeNotRunning", "ProtocolError", "PutFailed", "StoreFull"]
+__all__ = [
+    "DataDirInUse",
+    "LookupFailed",
+    "NodeNotRunning",
+    "ProtocolError",
+    "PutFailed",
+    "StorageError",
+    "StoreFull",
+]

@@ -7,8 +7,9 @@ made"); Get Key hands a part out once and forgets it. A node without the role an
 Get with the seed's "offline" status.
 
 *Client* (every node): `KeyExchange.send_key` makes or takes a key of at least 16 bytes whose
-last byte is 0xFF, splits it into parts of allowed sizes, posts each part to a different key
-server found through the DHT, and sends the receiver a Signal naming where the parts wait. A node
+last byte is 0xFF, finds the key servers among the nodes the DHT shows it, splits the key into
+parts of allowed sizes (at least two, at most one per key server found), posts each part to a
+different key server, and sends the receiver a Signal naming where the parts wait. A node
 receiving a Signal fetches the parts, reassembles and checks the key, answers with the parts it
 used, and hands the key to the application (`KeyExchange.received`).
 
@@ -34,6 +35,8 @@ from records import DHTError
 from records.rke import (
     GET_KEY,
     KEY_LAST_BYTE,
+    MAX_SIGNAL_PARTS,
+    MIN_PARTS,
     PADDING_SIZE,
     POST_KEY,
     RESPONSE_FLAG,
@@ -354,35 +357,81 @@ class KeyExchange:
         self, receiver: Address, key: bytes | None = None, servers: list[Address] | None = None
     ) -> bytes:
         """Post `key` (a new 32-byte one by default) in parts to different key servers and
-        signal `receiver`; returns the key once the receiver has reassembled it."""
+        signal `receiver`; returns the key once the receiver has reassembled it.
+
+        The nodes found (or `servers`) are first asked which serve keys; the key is split into
+        as many parts as there are key servers, or fewer, at least two (seed 002), so it needs
+        at least two key servers besides this node and the receiver (`KeyExchangeFailed`)."""
         key = key if key is not None else self.new_key()
         check_key(key)
-        sizes = split_sizes(len(key), [self.rng.randrange(6) for _ in range(len(key))])
         if servers is None:
             if self.find_servers is None:
                 raise KeyExchangeFailed("no way to find key servers")
             servers = await self.find_servers()
         own = self._node().address
         candidates = [s for s in servers if s != receiver and s != own]
-        locations: list[PartLocation] = []
-        offset = 0
-        for size in sizes:
-            part = key[offset : offset + size]
-            while True:  # the next candidate takes over from one that refuses or is silent
-                if not candidates:
-                    raise KeyExchangeFailed("not enough key servers for the parts")
-                server = candidates.pop(0)
-                try:
-                    key_hash = await self.post_part(part, server)
-                except KeyExchangeFailed as exc:
-                    log.debug("key server %s:%d passed over: %s", *server, exc)
-                    continue
-                locations.append(PartLocation(key_hash, server[0], server[1]))
-                break
-            offset += size
+        found = await self.key_servers(candidates)
+        if len(found) < MIN_PARTS:
+            raise KeyExchangeFailed(
+                f"found {len(found)} key server(s) among {len(candidates)} nodes asked; a key "
+                f"exchange needs at least {MIN_PARTS} besides the sender and the receiver"
+            )
+        self.rng.shuffle(found)
+        locations = await self._post_parts(key, found)
         body = encode_signal(self._random(16), locations)
         status, answer = await self._call(SIGNAL, body, receiver, 4 * self._timeout())
         used = decode_signal_answer(answer, len(locations))
         if status != SignalStatus.SUCCESS or not all(used):
             raise KeyExchangeFailed(f"the receiver could not collect every part (used {used})")
         return key
+
+    async def key_servers(self, candidates: list[Address]) -> list[Address]:
+        """Those of `candidates` that serve keys: each is asked for a part under a random hash
+        (no side effect); a key server says "not found", any other node "offline"."""
+
+        async def serves(server: Address) -> bool:
+            body = encode_get_key(self._random(16), self._random(16))
+            try:
+                status, _ = await self._call(GET_KEY, body, server, self._timeout())
+            except KeyExchangeFailed:
+                return False
+            return status != GetKeyStatus.OFFLINE
+
+        answers = await asyncio.gather(*(serves(c) for c in candidates))
+        return [c for c, ok in zip(candidates, answers, strict=True) if ok]
+
+    async def _post_parts(self, key: bytes, servers: list[Address]) -> list[PartLocation]:
+        """Post `key` in parts, one per server of `servers` (consumed); a server that refuses
+        or is silent is passed over and what is left of the key is split again over the
+        servers left."""
+        locations: list[PartLocation] = []
+        offset = 0
+        plan: list[int] = []
+        while offset < len(key):
+            if not plan:
+                room = min(len(servers), MAX_SIGNAL_PARTS - len(locations))
+                plan = self._split(len(key) - offset, room, whole=not locations)
+            size = plan.pop(0)
+            server = servers.pop(0)
+            try:
+                key_hash = await self.post_part(key[offset : offset + size], server)
+            except KeyExchangeFailed as exc:
+                log.debug("key server %s:%d passed over: %s", *server, exc)
+                plan = []
+                continue
+            locations.append(PartLocation(key_hash, server[0], server[1]))
+            offset += size
+        return locations
+
+    def _split(self, size: int, servers: int, *, whole: bool) -> list[int]:
+        """Random part sizes for `size` bytes over at most `servers` servers (the whole key in
+        at least two parts; what is left of it after a refusal in one or more)."""
+        choices = [self.rng.randrange(MAX_SIGNAL_PARTS) for _ in range(size)]
+        try:
+            return split_sizes(
+                size, choices, max_parts=servers, min_parts=MIN_PARTS if whole else 1
+            )
+        except RkeError:
+            raise KeyExchangeFailed(
+                f"not enough key servers left for {size} bytes of the key ({servers} left)"
+            ) from None

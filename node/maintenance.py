@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -26,8 +25,6 @@ class Maintenance:
 
     def __init__(self, node: DHTNode) -> None:
         self.node = node
-        self.last_bootstrap = -math.inf
-        """Loop time of the last bootstrap attempt."""
 
     async def run(self) -> None:
         """Run the jobs, each at its own interval, with a random first offset."""
@@ -54,9 +51,34 @@ class Maintenance:
             except Exception:
                 log.exception("maintenance job %s failed", getattr(job, "__name__", job))
 
+    async def keep_joining(self) -> None:
+        """While the routing table holds fewer than k contacts, retry the configured bootstrap
+        nodes that are not in it: after 1 s, then at doubling intervals up to
+        `bootstrap_retry_interval`. A node started before its bootstrap nodes (the README's
+        three nodes started at once) joins them within seconds of their start, even once
+        another node has found it."""
+        node = self.node
+        _, table, _ = node._parts()
+        cfg = node.config
+        delay = min(1.0, cfg.bootstrap_retry_interval)
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, cfg.bootstrap_retry_interval)
+            if len(table) >= cfg.k:
+                continue
+            known = {contact.address for contact in table}
+            missing = [address for address in cfg.bootstrap if address not in known]
+            if missing:
+                try:
+                    await node.bootstrap(missing)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # as a maintenance job: log it, keep trying
+                    log.exception("retrying the bootstrap nodes failed")
+
     async def sweep(self) -> None:
-        """Drop expired records; rejoin if every contact is gone; retry originated records no
-        node has acknowledged yet (a put that failed, or records reloaded after a restart)."""
+        """Drop expired records; retry originated records no node has acknowledged yet (a put
+        that failed, or records reloaded after a restart)."""
         node = self.node
         _, table, store = node._parts()
         work = store.sweep(node.clock.now_ms())
@@ -66,13 +88,6 @@ class Maintenance:
         for loc, entry in unpublished[:_RETRIES_PER_SWEEP]:
             if len(table):
                 await self.republish_one(loc, entry.data)
-        now = asyncio.get_running_loop().time()
-        if (
-            len(table) == 0
-            and node.config.bootstrap
-            and now - self.last_bootstrap >= node.config.bootstrap_retry_interval
-        ):
-            await node.bootstrap(node.config.bootstrap)
 
     async def replicate(self) -> None:
         """Make sure each held record sits on the `replicas` closest live nodes we know."""

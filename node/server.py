@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from node.config import NodeConfig
+from node.datadir import DataDirLock
 from node.engine import Engine, Limits, NodeStats, OnReply, RequestHandlers
 from node.engine.handlers import refused_for_good
 from node.errors import LookupFailed, NodeNotRunning, ProtocolError, PutFailed, StoreFull
@@ -123,6 +124,7 @@ class DHTNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._maintenance = Maintenance(self)
+        self._data_dir_lock: DataDirLock | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -150,13 +152,33 @@ class DHTNode:
         return self._engine().stats
 
     async def start(self) -> None:
-        """Load identity and records, attach services, bind, join, start maintenance."""
+        """Load identity and records, attach services, bind, join, start maintenance, then
+        start the services.
+
+        With a `data_dir`, the node holds the directory's lock until `stop()`: `DataDirInUse`
+        if another node (in any process) holds it. If a service fails to start, the node
+        stops again and the error is raised."""
         if self._running:
             raise RuntimeError("node already started")
+        if self.config.data_dir is not None:
+            self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the key
+            self._data_dir_lock = DataDirLock.acquire(self.config.data_dir)
+        try:
+            await self._start()
+        except BaseException:
+            if self._running:
+                await self.stop()
+            self._release_data_dir()
+            raise
+
+    def _release_data_dir(self) -> None:
+        if self._data_dir_lock is not None:
+            lock, self._data_dir_lock = self._data_dir_lock, None
+            lock.release()
+
+    async def _start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        if cfg.data_dir is not None:
-            cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the key
         if self.identity is None:
             if cfg.data_dir is not None:
                 self.identity = load_or_create_identity(cfg.data_dir / KEY_FILE)
@@ -210,6 +232,7 @@ class DHTNode:
         self.spawn(self._maintenance.run())
         if cfg.bootstrap:
             await self.bootstrap(cfg.bootstrap)
+            self.spawn(self._maintenance.keep_joining())
         for service in self.services:
             await service.start()
 
@@ -226,6 +249,7 @@ class DHTNode:
         if self.store is not None:
             await self.store.close()
         self.transport = None
+        self._release_data_dir()
         log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
 
     async def _close_services(self, services: list[Service]) -> None:
@@ -325,16 +349,16 @@ class DHTNode:
     async def bootstrap(self, addrs: Iterable[Address]) -> int:
         """Ping `addrs`, then look up our own ID to fill the routing table.
 
-        Returns how many of `addrs` answered (0 leaves the node alone; maintenance retries).
+        Returns how many of `addrs` answered (the node retries those of its configured bootstrap
+        nodes that are not in its table, see `Maintenance.keep_joining`).
         """
         protocol, table, _ = self._parts()
-        self._maintenance.last_bootstrap = asyncio.get_running_loop().time()
         replies = await asyncio.gather(*(protocol.ping_address((a[0], a[1])) for a in addrs))
         answered = sum(1 for ok, body in replies if ok and isinstance(body, bytes))
         if answered:
             await self.lookup_nodes(self.id)
             self.spawn(self._fill_buckets())
-        else:
+        elif not len(table):
             log.warning("no bootstrap node answered; will retry")
         log.info("bootstrap answered=%d contacts=%d", answered, len(table))
         return answered

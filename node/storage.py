@@ -9,15 +9,17 @@ re-validates what it held.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-import aiosqlite
-
-from node.errors import StoreFull
+from node.errors import StorageError, StoreFull
 from records import (
     InvalidRecord,
     Record,
@@ -30,6 +32,7 @@ from records import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RecordBackend(Protocol):
@@ -84,64 +87,121 @@ class MemoryBackend:
 
 
 class SqliteBackend:
-    """Records in one SQLite file (WAL journal), through aiosqlite."""
+    """Records in one SQLite file (WAL journal).
+
+    SQLite's blocking calls run one at a time on a worker thread the backend owns (a one-thread
+    executor), off the event loop. That thread never keeps the process alive: a program that
+    ends without `close()` (a script that raised between `DHTNode.start` and `stop`) still
+    exits, as the idle thread ends with the interpreter. (aiosqlite's worker thread kept such a
+    process running for good.)
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # used on the worker thread only
+        self._worker: ThreadPoolExecutor | None = None
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        if self._worker is None:
+            raise RuntimeError("SqliteBackend used before open() or after close()")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
     async def open(self) -> None:
-        """Open (creating) the database file and its table."""
+        """Open (creating) the database file and its table; `StorageError` if the file cannot
+        be opened or is not a records database."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records-sqlite")
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode, NORMAL loses nothing when the process dies (kill -9); only a power
-            # failure can take back the last commits.
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute(
-                "CREATE TABLE IF NOT EXISTS records ("
-                " location BLOB PRIMARY KEY, data BLOB NOT NULL,"
-                " expires INTEGER NOT NULL, origin INTEGER NOT NULL)"
-            )
-            await db.commit()
-        except BaseException:
-            await db.close()
+            await self._run(self._connect)
+        except BaseException as exc:
+            # after _connect, even if this task was cancelled while it ran
+            worker, self._worker = self._worker, None
+            worker.submit(self._close_db)
+            worker.shutdown(wait=False)
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from exc
             raise
-        self._db = db
 
-    def _conn(self) -> aiosqlite.Connection:
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode, NORMAL loses nothing when the process dies (kill -9); only a power
+        # failure can take back the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS records ("
+            " location BLOB PRIMARY KEY, data BLOB NOT NULL,"
+            " expires INTEGER NOT NULL, origin INTEGER NOT NULL)"
+        )
+        db.commit()
+
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        """What to tell the operator about `exc`, naming the file and what to do."""
+        if isinstance(exc, sqlite3.OperationalError):  # cannot open, read-only, I/O error
+            return StorageError(
+                f"cannot use the records database {self.path} ({exc}): the data dir and its "
+                "files must be readable and writable by this user"
+            )
+        return StorageError(  # not a database, or a damaged one (truncated, overwritten)
+            f"{self.path} is not a readable records database ({exc}): move it aside "
+            f"(mv {self.path} {self.path}.broken) and start again; the node then starts with "
+            "an empty store and gets records back from the network"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("SqliteBackend used before open() or after close()")
         return self._db
 
     async def load(self) -> list[tuple[bytes, bool]]:
-        """Every saved record."""
-        async with self._conn().execute("SELECT data, origin FROM records") as cursor:
-            return [(bytes(data), bool(origin)) async for data, origin in cursor]
+        """Every saved record; `StorageError` if the file is damaged."""
+        try:
+            return await self._run(self._load)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _load(self) -> list[tuple[bytes, bool]]:
+        rows = self._conn().execute("SELECT data, origin FROM records").fetchall()
+        return [(bytes(data), bool(origin)) for data, origin in rows]
 
     async def save(self, loc: bytes, data: bytes, expires: int, origin: bool) -> None:
         """Insert or replace one record and commit."""
+        await self._run(functools.partial(self._save, loc, data, expires, origin))
+
+    def _save(self, loc: bytes, data: bytes, expires: int, origin: bool) -> None:
         db = self._conn()
-        await db.execute(
+        db.execute(
             "INSERT OR REPLACE INTO records (location, data, expires, origin) VALUES (?, ?, ?, ?)",
             (loc, data, expires, int(origin)),
         )
-        await db.commit()
+        db.commit()
 
     async def delete(self, locs: Sequence[bytes]) -> None:
         """Delete records and commit."""
-        if not locs:
-            return
+        if locs:
+            await self._run(functools.partial(self._delete, list(locs)))
+
+    def _delete(self, locs: list[bytes]) -> None:
         db = self._conn()
-        await db.executemany("DELETE FROM records WHERE location = ?", [(loc,) for loc in locs])
-        await db.commit()
+        db.executemany("DELETE FROM records WHERE location = ?", [(loc,) for loc in locs])
+        db.commit()
 
     async def close(self) -> None:
-        """Close the connection (it commits nothing pending: every save committed already)."""
+        """Close the connection (it commits nothing pending: every save committed already)
+        and end the worker thread."""
+        if self._worker is None:
+            return
+        try:
+            await self._run(self._close_db)
+        finally:
+            worker, self._worker = self._worker, None
+            worker.shutdown(wait=False)  # idle now: its thread ends at once
+
+    def _close_db(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
-            await db.close()
+            db.close()
 
 
 @dataclass(slots=True)
@@ -213,8 +273,13 @@ class RecordStore:
         if self.backend is None:
             return 0
         await self.backend.open()
+        try:
+            saved = await self.backend.load()
+        except BaseException:
+            await self.backend.close()  # else its thread and file stay open
+            raise
         dropped: list[bytes] = []
-        for data, origin in await self.backend.load():
+        for data, origin in saved:
             try:
                 record = decode_record(data)
             except InvalidRecord as exc:

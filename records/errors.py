@@ -82,7 +82,10 @@ class ProtocolError(PeerError):
 
 
 class PutFailed(NetworkError):
-    """No node acknowledged a store; `reasons` counts what the refusing nodes said."""
+    """No other node acknowledged a store; `reasons` counts what the refusing nodes said
+    (``timeout`` for one that did not answer; ``no_peers`` when the node knew no other node to
+    ask). The putting node itself still holds the record (unless its own store is full) and
+    republishes it while it runs, so the record spreads once peers answer."""
 
     def __init__(self, message: str, reasons: dict[str, int] | None = None) -> None:
         self.reasons = dict(reasons or {})
@@ -98,6 +101,15 @@ class LookupFailed(NetworkError):
         self.answered = answered
         self.wanted = wanted
         super().__init__(message)
+
+
+class DataDirInUse(UsageError):
+    """Another node (in this process or another) holds the data directory's lock."""
+
+
+class StorageError(DHTError):
+    """The records database in the data directory cannot be opened or read; the message names
+    the file and what to do."""
 
 
 class StoreFull(DHTError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -50,6 +51,9 @@ SIGNAL_PART_SIZE = 1 + HASH_SIZE + 16 + 3  # version, hash, address (16), port (
 MAX_SIGNAL_PARTS = 16  # seed 002: the Signal response has 16 bytes, one per part
 SIGNAL_RESPONSE_SIZE = MAX_SIGNAL_PARTS + 2  # seed 002: "a fixed 18 bytes"
 MIN_KEY_SIZE = 16  # seed 002: "a key that is at least 128 bits (16 bytes)"
+# seed 002: the client "will then devide the key into" parts "posted to different RKE servers":
+# at least two parts, so at least two key servers besides the sender and the receiver
+MIN_PARTS = 2
 KEY_LAST_BYTE = 0xFF  # seed 002: "The last byte of this key will be 0xFF"
 
 
@@ -319,19 +323,55 @@ def check_key(key: bytes) -> None:
         raise RkeError("a key splits into parts of 4 to 40 bytes, so its length is a multiple of 4")
 
 
-def split_sizes(total: int, choices: list[int]) -> list[int]:
-    """Part sizes (each allowed by the seed) summing to `total`, at least two of them, picked
-    with the caller's random `choices` (indexes, consumed in order; cycled if short)."""
-    if total < 8 or total % 4:
-        raise RkeError("a split needs at least 8 bytes, in multiples of 4")
+def split_sizes(
+    total: int,
+    choices: list[int],
+    *,
+    max_parts: int = MAX_SIGNAL_PARTS,
+    min_parts: int = MIN_PARTS,
+) -> list[int]:
+    """Part sizes, each allowed by the seed, summing to `total`: between `min_parts` (by default
+    two, so no part is the whole key) and `max_parts` of them (as many as there are key servers
+    to take them), picked with the caller's random `choices` (indexes, consumed in order; cycled
+    if short): the first picks how many parts, the others their sizes.
+
+    `RkeError` if no such split exists (too few parts allowed for `total` bytes)."""
+    if total < 4 or total % 4:
+        raise RkeError(f"a split needs a multiple of 4 bytes, not {total}")
+    if total > max(KEY_LENGTHS) * max_parts:
+        raise RkeError(f"{total} bytes do not fit in {max_parts} parts of at most 40 bytes")
+    fewest = _fewest_parts(total)  # by size in units of 4 bytes
+    least = max(min_parts, fewest[-1])
+    most = min(max_parts, total // 4)
+    if least > most:
+        raise RkeError(
+            f"{total} bytes do not split into {min_parts} to {max_parts} parts of "
+            "4, 8, 16, 24, 32 or 40 bytes"
+        )
+
+    def splits(size: int, parts: int) -> bool:
+        """`size` bytes split into exactly `parts` allowed sizes (every count from the fewest
+        to all 4-byte parts is possible: any part but a 4 splits into two smaller ones)."""
+        if parts == 0:
+            return size == 0
+        return size > 0 and fewest[size // 4] <= parts <= size // 4
+
+    picks = itertools.cycle(choices or [0])
+    count = least + next(picks) % (most - least + 1)
     sizes: list[int] = []
     remaining = total
-    turn = 0
-    while remaining:
-        # any allowed size but the whole key: every remainder is a multiple of 4, so splittable
-        options = [s for s in KEY_LENGTHS if s <= remaining and s < total]
-        pick = options[choices[turn % len(choices)] % len(options)] if choices else options[-1]
-        turn += 1
+    for left in range(count - 1, -1, -1):  # parts still to pick after this one
+        options = [s for s in KEY_LENGTHS if s <= remaining and splits(remaining - s, left)]
+        pick = options[next(picks) % len(options)]
         sizes.append(pick)
         remaining -= pick
     return sizes
+
+
+def _fewest_parts(total: int) -> list[int]:
+    """For every size from 0 to `total` bytes in steps of 4 (index: size // 4), the fewest
+    allowed part sizes summing to it."""
+    fewest = [0]
+    for units in range(1, total // 4 + 1):
+        fewest.append(1 + min(fewest[units - s // 4] for s in KEY_LENGTHS if s // 4 <= units))
+    return fewest

@@ -20,6 +20,20 @@ from records import Identity, Record
 from simulations.network import SIM_PORT, SimNetwork
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: virtual time 0
+_PER_NODE_SETTINGS = frozenset(
+    {
+        "host",
+        "port",
+        "data_dir",
+        "bootstrap",
+        "identity",
+        "seed",
+        "clock",
+        "validator",
+        "transport_factory",
+        "backend",
+    }
+)
 
 
 @dataclass
@@ -144,6 +158,17 @@ class Simulation:
         )
         self.nodes.append(sim_node)
         return sim_node
+
+    def node_settings(self) -> dict[str, Any]:
+        """The settings every node runs with (`NodeConfig`'s defaults and `config_overrides`),
+        for a report; what differs per node (address, identity, bootstrap, seed) and injected
+        objects (clock, transport, storage, validator) are left out."""
+        config = dataclasses.replace(NodeConfig(), **self.config_overrides)
+        return {
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if f.name not in _PER_NODE_SETTINGS
+        }
 
     def node_config(self, sim_node: SimNode, bootstrap: Sequence[tuple[str, int]]) -> NodeConfig:
         """The config a simulated node runs with."""

@@ -7,6 +7,7 @@ import json
 import resource
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,18 +74,65 @@ def plot_cdf(path: Path, series: Mapping[str, Sequence[float]], xlabel: str, tit
                 ax.step(ordered, ys, where="post", label=f"{name} (n={len(ordered)})")
 
 
-def plot_series(
-    path: Path,
-    xs: Sequence[float],
-    series: Mapping[str, Sequence[float]],
-    xlabel: str,
-    ylabel: str,
-    title: str,
-) -> None:
-    """Lines over a shared x axis (e.g. success over time)."""
-    with _axes(path, xlabel, ylabel, title, legend="best") as ax:
-        for name, ys in series.items():
-            ax.plot(xs, ys, marker=".", label=name)
+@dataclass
+class Timeline:
+    """Samples over a scenario's virtual time, and the moments something was done to it."""
+
+    minutes: list[float]
+    """When each sample was taken (virtual minutes; each scenario says from when)."""
+    series: dict[str, tuple[str, list[float]]]
+    """Name -> (unit for the axis label, one value per sample)."""
+    events: dict[str, float] = field(default_factory=dict)
+    """What happened (a split, a heal, users leaving) -> when, in the same minutes."""
+
+    def as_json(self) -> dict[str, Any]:
+        """For result.json."""
+        return {
+            "minutes": self.minutes,
+            "series": {
+                name: {"unit": unit, "values": ys} for name, (unit, ys) in self.series.items()
+            },
+            "events": self.events,
+        }
+
+
+def plot_timeline(path: Path, timeline: Timeline, xlabel: str, title: str) -> None:
+    """Each series on its own axis (one above the other, the x axis shared), each event a
+    labelled vertical line across all of them."""
+    figure = timeline_figure(timeline, xlabel, title)
+    try:
+        figure.savefig(path, dpi=100)
+    finally:
+        _pyplot().close(figure)
+
+
+def timeline_figure(timeline: Timeline, xlabel: str, title: str) -> Any:
+    """The matplotlib figure `plot_timeline` saves (close it with ``plt.close``)."""
+    plt = _pyplot()
+    rows = max(1, len(timeline.series))
+    figure, axes = plt.subplots(rows, 1, figsize=(6, 2 + 2 * rows), sharex=True, squeeze=False)
+    colours = ["tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    for row, (name, (unit, ys)) in enumerate(timeline.series.items()):
+        ax = axes[row, 0]
+        ax.plot(timeline.minutes, ys, marker=".", color="tab:blue")
+        ax.set_ylabel(f"{name}\n({unit})" if unit else name)
+        if unit.startswith("fraction"):
+            ax.set_ylim(-0.02, 1.05)  # the whole range, so 0.98 does not look like a fall
+        ax.grid(True, alpha=0.3)
+        for index, (label, minute) in enumerate(timeline.events.items()):
+            ax.axvline(
+                minute,
+                color=colours[index % len(colours)],
+                linestyle="--",
+                linewidth=1,
+                label=label if row == 0 else None,
+            )
+    if timeline.events:
+        axes[0, 0].legend(loc="best", fontsize=8)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel(xlabel)
+    figure.tight_layout()
+    return figure
 
 
 def plot_histogram(path: Path, values: Sequence[float], xlabel: str, title: str) -> None:
@@ -95,9 +143,8 @@ def plot_histogram(path: Path, values: Sequence[float], xlabel: str, title: str)
             ax.hist(values, bins=range(low, high + 2), align="left", rwidth=0.8)
 
 
-@contextlib.contextmanager
-def _axes(path: Path, xlabel: str, ylabel: str, title: str, *, legend: str | None) -> Iterator[Any]:
-    """Axes to draw on; labelled, saved to `path` and closed afterwards."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -105,6 +152,13 @@ def _axes(path: Path, xlabel: str, ylabel: str, title: str, *, legend: str | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+@contextlib.contextmanager
+def _axes(path: Path, xlabel: str, ylabel: str, title: str, *, legend: str | None) -> Iterator[Any]:
+    """Axes to draw on; labelled, saved to `path` and closed afterwards."""
+    plt = _pyplot()
     fig, axes = plt.subplots(figsize=(6, 4))
     ax: Any = axes
     try:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from node.chat import ChatClient
 from node.chat.__main__ import build_parser, main
-from node.chat.session import ChatSession
+from node.chat.session import ChatSession, parse_uid
 from tests.loopback import loopback_network
+from tests.processes import Process
 from tests.records_factory import identity
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,3 +84,43 @@ def test_help_documents_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_peer_uid_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--name", "x", "--to", "not-a-uid"]) == 2
     assert "uid" in capsys.readouterr().err
+
+
+def test_without_a_reachable_peer_the_demo_says_how_to_get_one(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
+        unused.bind(("127.0.0.1", 0))  # nothing answers on this port while it is held
+        dead = f"127.0.0.1:{unused.getsockname()[1]}"
+        alone = Process("-m", "node.chat", "--name", "a", "--data-dir", str(tmp_path / "alone"))
+        stranded = Process(
+            "-m",
+            "node.chat",
+            "--name",
+            "b",
+            "--data-dir",
+            str(tmp_path / "stranded"),
+            "--bootstrap",
+            dead,
+        )
+        try:
+            assert alone.wait() == 1
+            assert stranded.wait() == 1
+        finally:
+            alone.close()
+            stranded.close()
+    assert alone.lines["stderr"] == [
+        "error: no other node to keep your meta and messages: pass --local-nodes N to run N "
+        "helper nodes here (the first user does), or --bootstrap HOST:PORT to join a running node"
+    ]
+    assert stranded.lines["stderr"] == [
+        f"error: no node answered at {dead}: give --bootstrap HOST:PORT of a running node, "
+        "or --local-nodes N to run N helper nodes here"
+    ]
+
+
+def test_a_uid_is_taken_in_either_case(capsys: pytest.CaptureFixture[str]) -> None:
+    bob = identity("bob")
+    assert parse_uid(bob.id_hex.upper()) == bob.id
+    assert parse_uid(f"{bob.id_hex[:20]}{bob.id_hex[20:].upper()}") == bob.id
+    assert parse_uid(bob.id_hex[:-1]) is None
+    assert main(["--name", "x", "--to", "xyz"]) == 2
+    assert capsys.readouterr().err == "error: --to 'xyz' is not a uid (40 hex digits)\n"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 
 from node import DHTNode, SystemClock
 from node.api import ControlServer
+from node.keyfile import save_identity
 from node.metrics import MetricsServer
 from records import encode_record, make_meta_record, meta_key, presence_key
 from tests.loopback import loopback_network
@@ -47,6 +50,17 @@ async def ctl(api: str, *args: str, stdin: bytes | None = None) -> tuple[int, An
 def network(count: int) -> contextlib.AbstractAsyncContextManager[list[DHTNode]]:
     """`count` nodes on the real clock (records made by ctl are dated now)."""
     return loopback_network(count, clock=SystemClock())
+
+
+@contextlib.asynccontextmanager
+async def control_api(node: DHTNode) -> AsyncIterator[str]:
+    """`node`'s control API on a free port while the block runs: its HOST:PORT."""
+    server = ControlServer(node, port=0)
+    port = await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop()
 
 
 async def test_every_method_through_the_cli(tmp_path: Path) -> None:
@@ -301,3 +315,100 @@ async def test_node_process_serves_api_metrics_and_json_logs(tmp_path: Path) -> 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_second_api_on_a_port_in_use_is_refused() -> None:
+    async with network(1) as nodes:
+        first = ControlServer(nodes[0], port=0)
+        port = await first.start()
+        try:
+            with pytest.raises(OSError, match=f"control API address 127.0.0.1:{port} is in use"):
+                await ControlServer(nodes[0], port=port).start()
+        finally:
+            await first.stop()
+
+
+async def ctl_text(api: str, *args: str) -> tuple[int, str, str]:
+    """Run ``python -m node ctl --api API ARGS`` for people: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "node",
+        "ctl",
+        "--api",
+        api,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_lone_node_stores_on_itself_and_counts_itself_among_holders(
+    tmp_path: Path,
+) -> None:
+    alice = identity("alice")
+    key = tmp_path / "alice.key"
+    save_identity(alice, key)
+    async with network(1) as nodes, control_api(nodes[0]) as api:
+        code, out, err = await ctl_text(api, "announce", "--key", str(key))
+        assert (code, err) == (0, "")
+        assert out == (
+            f"{alice.id_hex} announced through {nodes[0].id.hex()}; "
+            "stored on this node only (no peers yet)\n"
+        )
+        code, out, err = await ctl_text(api, "meta", "--key", str(key), "--name", "Alice")
+        assert (code, err) == (0, "")
+        assert out == f"meta of {alice.id_hex} stored on this node only (no peers yet)\n"
+        assert await nodes[0].get(meta_key(alice.id_hex)) is not None
+    async with network(3) as nodes, control_api(nodes[0]) as api:
+        code, stored, _ = await ctl(api, "announce", "--key", str(key))
+        assert code == 0
+        assert (stored["stored"], stored["others"]) == (3, 2)  # the origin and both others
+
+
+async def test_ctl_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone (as head does after its lines): writes fail
+    try:
+        async with network(1) as nodes, control_api(nodes[0]) as api:
+            for args in (["--api", api, "status"], ["keygen", str(tmp_path / "k.key")]):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "node",
+                    "ctl",
+                    *args,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=write_end,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+                assert (proc.returncode, err.decode()) == (0, ""), args
+    finally:
+        os.close(write_end)
+
+
+async def test_listen_says_it_waits() -> None:
+    async with network(2) as nodes, control_api(nodes[0]) as api:
+        record = make_meta_record(
+            identity("erin"), name="Erin", now=SystemClock().now_ms(), ttl_ms=3600_000
+        )
+        await nodes[1].put(record)
+        code, out, err = await ctl_text(api, "listen", record.key, "--count", "1")
+        assert code == 0
+        assert err == f"waiting for new versions of {record.key} (exits after 1)\n"
+        assert out.startswith(record.key)
+
+
+async def test_a_uid_in_uppercase_is_looked_up() -> None:
+    frank = identity("frank")
+    async with network(2) as nodes, control_api(nodes[0]) as api:
+        await nodes[1].put(
+            make_meta_record(frank, name="Frank", now=SystemClock().now_ms(), ttl_ms=3600_000)
+        )
+        code, found, err = await ctl(api, "lookup", frank.id_hex.upper())
+        assert (code, err) == (0, "")
+        assert (found["uid"], found["name"]) == (frank.id_hex, "Frank")

@@ -229,3 +229,34 @@ def test_send_key_passes_over_nodes_without_the_role() -> None:
 
     key, got = run_virtual(main())
     assert key == got
+
+
+def test_keys_go_through_as_few_as_two_or_three_key_servers() -> None:
+    async def main() -> tuple[list[bool], str]:
+        sim = Simulation(seed=24, config={"key_server": False})
+        await sim.grow(10)
+        sim.config_overrides = {"key_server": True}
+        for _ in range(3):
+            await sim.start(sim.new_host(), via=[sim.nodes[0]])
+        sender, receiver = exchange(sim.nodes[1]), sim.nodes[5]
+        sent: list[bool] = []
+        for _ in range(10):  # the 3 key servers are among the 12 nodes found
+            key = await sender.send_key(receiver.address)
+            sent.append(await asyncio.wait_for(exchange(receiver).received.get(), 5) == key)
+        two = [n.address for n in sim.nodes[-2:]]
+        key = await sender.send_key(receiver.address, servers=two)
+        sent.append(await asyncio.wait_for(exchange(receiver).received.get(), 5) == key)
+        try:
+            await sender.send_key(receiver.address, servers=two[:1])
+            refused = "sent through one key server"
+        except KeyExchangeFailed as exc:
+            refused = str(exc)
+        await sim.stop_all()
+        return sent, refused
+
+    sent, refused = run_virtual(main())
+    assert sent == [True] * 11
+    assert refused == (
+        "found 1 key server(s) among 1 nodes asked; a key exchange needs at least 2 besides "
+        "the sender and the receiver"
+    )

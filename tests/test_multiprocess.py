@@ -43,6 +43,8 @@ class NodeProcess:
             str(port),
             "--data-dir",
             str(self.data_dir),
+            "--api-port",
+            "0",  # each node its own control API
             "--log-level",
             "WARNING",
         ]

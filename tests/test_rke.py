@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import re
 
 import pytest
@@ -258,6 +259,40 @@ def test_split_sizes_are_allowed_and_never_whole(quarters: int, choices: list[in
     assert sum(sizes) == total
     assert all(s in KEY_LENGTHS for s in sizes)
     assert len(sizes) >= 2
+
+
+@given(
+    st.integers(min_value=1, max_value=60),
+    st.integers(min_value=0, max_value=20),
+    st.integers(min_value=1, max_value=3),
+    st.lists(st.integers(0, 50), max_size=20),
+)
+def test_split_sizes_fit_the_servers_there_are(
+    quarters: int, max_parts: int, min_parts: int, choices: list[int]
+) -> None:
+    total = 4 * quarters
+    try:
+        sizes = split_sizes(total, choices, max_parts=max_parts, min_parts=min_parts)
+    except RkeError:
+        # only when no count of parts in [min_parts, max_parts] adds up to total
+        assert not any(
+            sum(combo) == total
+            for count in range(min_parts, min(max_parts, quarters) + 1)
+            for combo in itertools.combinations_with_replacement(KEY_LENGTHS, count)
+        )
+        return
+    assert sum(sizes) == total
+    assert all(s in KEY_LENGTHS for s in sizes)
+    assert min_parts <= len(sizes) <= max_parts
+
+
+def test_a_32_byte_key_splits_over_two_or_three_servers_and_any_count_up_to_eight() -> None:
+    counts = {len(split_sizes(32, [pick, 0, 1, 2, 3], max_parts=3)) for pick in range(10)}
+    assert counts == {2, 3}
+    counts = {len(split_sizes(32, [pick, 5, 4, 3, 2, 1])) for pick in range(20)}
+    assert counts == set(range(2, 9))
+    with pytest.raises(RkeError, match="do not split into 2 to 1 parts"):
+        split_sizes(32, [], max_parts=1)
 
 
 @given(st.binary(min_size=0, max_size=400))

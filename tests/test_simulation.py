@@ -15,6 +15,7 @@ from simulations.cli import run
 from simulations.clock import run_virtual
 from simulations.harness import Simulation
 from simulations.network import SimNetwork
+from simulations.report import Timeline, timeline_figure
 from simulations.scenarios.common import announce, user_identity
 
 pytestmark = pytest.mark.timeout(120)
@@ -197,3 +198,58 @@ def test_adversarial_scenario_never_returns_a_forged_record() -> None:
     assert result["3paths_forged_returned"] == 0
     assert result["flood_stores_throttled"] > 0  # type: ignore[operator]
     assert result["3paths_get_ok"] >= 0.8  # type: ignore[operator]
+
+
+def test_results_record_the_node_config_and_when_things_were_done(tmp_path: Path) -> None:
+    scenario(
+        "partition",
+        *("--nodes", "60", "--keys", "10", "--split", "5", "--after", "10"),
+        *("--get-paths", "2", "--out", str(tmp_path / "partition")),
+    )
+    result = json.loads((tmp_path / "partition" / "result.json").read_text())
+    node = result["config"]["node"]
+    assert (node["k"], node["alpha"], node["replicas"], node["get_paths"]) == (20, 3, 5, 2)
+    assert result["config"]["node_overrides"] == {"get_paths": 2}
+    timeline = result["timeline"]
+    assert timeline["events"]["split"] == 0.0
+    assert 0 < timeline["events"]["heal"] < 5
+    assert timeline["minutes"][0] < 0 < timeline["minutes"][1] < timeline["events"]["heal"]
+    assert (tmp_path / "partition" / "success_over_time.png").stat().st_size > 0
+
+    scenario(
+        "expiry",
+        *("--nodes", "20", "--keys", "6", "--days", "0.3", "--out", str(tmp_path / "expiry")),
+    )
+    timeline = json.loads((tmp_path / "expiry" / "result.json").read_text())["timeline"]
+    assert timeline["events"] == {
+        "half the users stop announcing": 0.0,
+        "their records expire": 360.0,
+    }
+    assert {name: s["unit"] for name, s in timeline["series"].items()} == {
+        "live records got": "fraction of gets",
+        "copies of dead records": "held by live nodes",
+    }
+
+
+def test_each_timeline_series_has_its_own_labelled_axis_and_every_event_a_line() -> None:
+    timeline = Timeline(
+        [0.0, 10.0, 20.0],
+        {"gets": ("fraction of gets", [1.0, 0.5, 1.0]), "copies": ("held", [9.0, 3.0, 0.0])},
+        {"split": 5.0, "heal": 15.0},
+    )
+    figure = timeline_figure(timeline, "virtual minutes", "test")
+    import matplotlib.pyplot as plt  # after timeline_figure chose the file-only backend
+
+    try:
+        axes = figure.get_axes()
+        assert [ax.get_ylabel() for ax in axes] == ["gets\n(fraction of gets)", "copies\n(held)"]
+        for ax in axes:
+            vertical = [
+                line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1
+            ]
+            assert vertical == [5.0, 15.0]
+        legend = axes[0].get_legend()
+        assert [text.get_text() for text in legend.get_texts()] == ["split", "heal"]
+        assert axes[-1].get_xlabel() == "virtual minutes"
+    finally:
+        plt.close(figure)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from node.errors import StoreFull
+from node import DHTNode
+from node.errors import StorageError, StoreFull
 from node.storage import MemoryBackend, RecordStore, SqliteBackend
 from records import InvalidRecord, default_validator, encode_record, location
+from tests.loopback import loopback_config
 from tests.records_factory import HOUR, NOW, presence
 
 
@@ -140,3 +145,46 @@ async def test_disown_stops_republishing_only_the_refused_version() -> None:
     await work
     assert not entry.origin
     assert backend.saved[loc] == (entry.data, False)  # a restart does not republish it either
+
+
+def damage(path: Path, how: str) -> None:
+    """Leave a broken records database at `path`."""
+    path.parent.mkdir(parents=True)
+    if how == "garbage":
+        path.write_bytes(random.Random(1).randbytes(5000))
+    elif how == "truncated":  # a database as SqliteBackend writes it, cut to a third
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute(
+                "CREATE TABLE records (location BLOB PRIMARY KEY, data BLOB NOT NULL,"
+                " expires INTEGER NOT NULL, origin INTEGER NOT NULL)"
+            )
+            db.executemany(
+                "INSERT INTO records VALUES (?, ?, ?, 0)",
+                [(bytes([i]) * 20, bytes(600), NOW) for i in range(100)],
+            )
+            db.commit()
+        with path.open("r+b") as handle:
+            handle.truncate(path.stat().st_size // 3)
+    else:  # a directory where the file should be: SQLite cannot open it, as in a read-only dir
+        path.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("how", "advice"),
+    [
+        ("garbage", "move it aside"),
+        ("truncated", "move it aside"),
+        ("unopenable", "must be readable and writable"),
+    ],
+)
+async def test_a_broken_records_database_is_named_with_what_to_do(
+    tmp_path: Path, how: str, advice: str
+) -> None:
+    path = tmp_path / "node" / "records.sqlite3"
+    damage(path, how)
+    node = DHTNode(loopback_config(data_dir=path.parent))
+    with pytest.raises(StorageError) as info:
+        await node.start()
+    assert str(path) in str(info.value)
+    assert advice in str(info.value)
+    assert not node.running  # and nothing left open (the fixture checks descriptors)

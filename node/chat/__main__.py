@@ -22,21 +22,22 @@ from pathlib import Path
 
 import platformdirs
 
-from node.__main__ import parse_address, resolve
+from node.__main__ import OneLineErrors, os_error_text, parse_address, resolve
 from node.chat.client import ChatClient
-from node.chat.session import HELP, ChatSession
+from node.chat.session import HELP, ChatSession, parse_uid
 from node.config import NodeConfig
+from node.errors import PutFailed
 from node.keyfile import KeyFileError, load_or_create_identity
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
-from records.identity import is_hex_id
+from records import DHTError
 
 USER_KEY_FILE = "user.key"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m node.chat``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m node.chat",
         description="Chat over the DHT: end-to-end encrypted messages that wait in the "
         "recipient's inbox while they are offline (seed 003).",
@@ -116,11 +117,13 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
             helpers.append(helper)
         if helpers:
             await node.bootstrap([h.address for h in helpers])
+        if node.table is None or not len(node.table):
+            raise NoPeers(_no_peers(args.bootstrap))
         host, port = node.address
         print(f"{args.name}: uid {user.id_hex}", flush=True)
         print(f"node listening on {host}:{port} (others join with --bootstrap {host}:{port})")
         client = ChatClient(node, user, name=args.name, state_dir=data_dir, min_poll=args.poll)
-        peer = bytes.fromhex(args.to) if args.to else None
+        peer = parse_uid(args.to) if args.to else None
         session = ChatSession(client, lambda line: print(line, flush=True), peer)
         async with client:
             print("type /to UID to pick whom to talk to, /quit to leave", flush=True)
@@ -138,24 +141,50 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         await node.stop()
 
 
+class NoPeers(Exception):
+    """No other node answered: there is nowhere to keep the user's meta and messages."""
+
+
+def _no_peers(bootstrap: Sequence[tuple[str, int]]) -> str:
+    if bootstrap:
+        where = ", ".join(f"{host}:{port}" for host, port in bootstrap)
+        return (
+            f"no node answered at {where}: give --bootstrap HOST:PORT of a running node, "
+            "or --local-nodes N to run N helper nodes here"
+        )
+    return (
+        "no other node to keep your meta and messages: pass --local-nodes N to run N helper "
+        "nodes here (the first user does), or --bootstrap HOST:PORT to join a running node"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    if args.to is not None and not is_hex_id(args.to):
-        print("error: --to takes a uid (40 lowercase hex digits)", file=sys.stderr)
+    if args.to is not None and parse_uid(args.to) is None:
+        print(f"error: --to {args.to!r} is not a uid (40 hex digits)", file=sys.stderr)
         return 2
     if args.local_nodes < 0:
-        print("error: --local-nodes cannot be negative", file=sys.stderr)
+        print(f"error: --local-nodes {args.local_nodes} cannot be negative", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr)
     data_dir = args.data_dir or Path(platformdirs.user_data_dir("kadnode-chat")) / args.name
     try:
         asyncio.run(run(args, data_dir))
-    except KeyFileError as exc:
+    except (KeyFileError, ValueError) as exc:  # a bad key file, a bootstrap host unknown
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NoPeers as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except PutFailed as exc:  # peers, but none stored the user's meta or presence
+        print(f"error: cannot publish your meta and device: {exc}", file=sys.stderr)
+        return 1
+    except DHTError as exc:  # the data dir is in use, a broken records database ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"error: cannot start: {exc}", file=sys.stderr)
+        print(f"error: cannot start: {os_error_text(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -53,9 +53,9 @@ class ChatSession:
         command, _, argument = line.partition(" ")
         try:
             if command in ("/to", "/who"):
-                uid = _parse_uid(argument.strip())
+                uid = parse_uid(argument.strip())
                 if uid is None:
-                    self.out("! a uid is 40 lowercase hex digits")
+                    self.out(f"! {argument.strip()!r} is not a uid (40 hex digits)")
                 elif command == "/to":
                     await self._talk_to(uid)
                 else:
@@ -107,5 +107,6 @@ class ChatSession:
             self.out(f"* talking to {who}")
 
 
-def _parse_uid(text: str) -> bytes | None:
-    return bytes.fromhex(text) if is_hex_id(text) else None
+def parse_uid(text: str) -> bytes | None:
+    """A uid typed by a person (40 hex digits, either case), or None."""
+    return bytes.fromhex(text) if is_hex_id(text.lower()) else None

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from simulations.harness import GetSample, Simulation
-from simulations.report import Progress
+from simulations.report import Progress, Timeline
 from simulations.scenarios.common import (
     HOUR,
     MINUTE,
@@ -148,7 +148,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return Outcome(
             metrics=metrics,
             latencies={"get": [s.ms for s in all_samples]},
-            timeline=(xs, {"live records got": ok_series}),
+            timeline=Timeline(xs, {"live records got": ("fraction of gets", ok_series)}),
+            timeline_xlabel="virtual minutes since the churn began",
             messages=[s.messages for s in all_samples],
         )
 

@@ -18,10 +18,11 @@ from simulations.clock import run_virtual
 from simulations.harness import GetSample, Percentiles, SimNode, Simulation
 from simulations.report import (
     Progress,
+    Timeline,
     peak_rss_mb,
     plot_cdf,
     plot_histogram,
-    plot_series,
+    plot_timeline,
     progress_bar,
     write_result,
 )
@@ -77,8 +78,10 @@ class Outcome:
     metrics: dict[str, Any]
     latencies: dict[str, list[float]] = field(default_factory=dict)
     """Get latencies (ms) by phase, for the CDF plot."""
-    timeline: tuple[list[float], dict[str, list[float]]] | None = None
-    """(x values in minutes, series): success over time."""
+    timeline: Timeline | None = None
+    """Samples over time (success, copies held ...), with what was done when."""
+    timeline_xlabel: str = "virtual minutes"
+    """What the timeline's minutes count from."""
     messages: list[int] = field(default_factory=list)
     """Messages per lookup, for the histogram."""
 
@@ -194,8 +197,11 @@ def run_scenario(
     if args.no_proofs:
         sim_config["prove_ids"] = False
 
+    node_settings: dict[str, Any] = {}
+
     async def main() -> Outcome:
         sim = Simulation(seed=args.seed, loss=args.loss, config=sim_config)
+        node_settings.update(sim.node_settings())
         try:
             return await body(sim, progress)
         finally:
@@ -219,11 +225,13 @@ def run_scenario(
         arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         result = {
             "scenario": name,
-            "config": {"arguments": arguments, "node": sim_config},
+            "config": {"arguments": arguments, "node": node_settings, "node_overrides": sim_config},
             "metrics": outcome.metrics,
             "wall_s": wall,
             "peak_rss_mb": flat["peak_rss_mb"],
         }
+        if outcome.timeline is not None:
+            result["timeline"] = outcome.timeline.as_json()
         write_result(args.out, result)
         _plots(args.out, name, outcome)
     return flat
@@ -238,14 +246,11 @@ def _plots(out: Path, name: str, outcome: Outcome) -> None:
             f"{name}: get latency",
         )
     if outcome.timeline is not None:
-        xs, series = outcome.timeline
-        plot_series(
+        plot_timeline(
             out / "success_over_time.png",
-            xs,
-            series,
-            "virtual minutes",
-            "fraction of gets that succeeded",
-            f"{name}: success over time",
+            outcome.timeline,
+            outcome.timeline_xlabel,
+            f"{name}: over time",
         )
     if outcome.messages:
         plot_histogram(

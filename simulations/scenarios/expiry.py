@@ -9,7 +9,7 @@ from typing import Any
 
 from records import location
 from simulations.harness import Simulation
-from simulations.report import Progress
+from simulations.report import Progress, Timeline
 from simulations.scenarios.common import (
     HOUR,
     Outcome,
@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         leaving = tracked[len(tracked) // 2 :]  # these users never announce again
         last_expiry = max(t.record.values[0].expirationDate for t in leaving)
         start = loop.time()
+        start_ms = sim.now_ms()
         next_announce = start + REANNOUNCE_EVERY
         xs: list[float] = []
         live_ok: list[float] = []
@@ -98,13 +99,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return Outcome(
             metrics=metrics,
             latencies={"live gets": [s.ms for s in all_live]},
-            timeline=(
+            timeline=Timeline(
                 xs,
                 {
-                    "live records got": live_ok,
-                    "copies of dead records (x 1/100)": [d / 100 for d in dead_held],
+                    "live records got": ("fraction of gets", live_ok),
+                    "copies of dead records": ("held by live nodes", dead_held),
+                },
+                {
+                    "half the users stop announcing": 0.0,
+                    "their records expire": round((last_expiry - start_ms) / 60_000, 1),
                 },
             ),
+            timeline_xlabel="virtual minutes since the records were put",
         )
 
     return run_scenario("expiry", args, body, total=args.nodes + hours)

@@ -7,8 +7,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from simulations.harness import Simulation
-from simulations.report import Progress
+from simulations.harness import GetSample, Simulation
+from simulations.report import Progress, Timeline
 from simulations.scenarios.common import (
     HOUR,
     MINUTE,
@@ -54,49 +54,66 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(5 * MINUTE)
         ttl_ms = int(4 * HOUR * 1000)
         tracked = await put_records(sim, args.keys, ttl_ms=ttl_ms)
+        measured_before = loop.time()
         before = await measure_gets(sim, tracked)
 
         hosts = [n.host for n in sim.nodes]
         sim.rng.shuffle(hosts)
         side_a = set(hosts[: len(hosts) // 2])
+        split_at = loop.time()
         sim.network.partition([side_a, set(hosts[len(hosts) // 2 :])])
         progress.set_postfix_str("partitioned")
+
+        def minute(at: float) -> float:
+            return round((at - split_at) / MINUTE, 2)
+
         await asyncio.sleep(MINUTE)
         # Every user announces again on its own side: version 2 exists on one side only.
         for item in tracked:
             item.record = announce(sim, item.user, item.origin, ttl_ms)
         await asyncio.gather(*(republish(i) for i in tracked))
+        measured_during = loop.time()
         during = await _same_side_gets(sim, tracked, side_a)
         await asyncio.sleep(max(0.0, args.split * MINUTE - 2 * MINUTE))
 
         sim.network.heal()
         healed_at = loop.time()
-        xs: list[float] = []
-        newest: list[float] = []
+        # before the split, version 1 is the newest; during it, version 2 on the user's side
+        xs = [minute(measured_before), minute(measured_during)]
+        newest = [_share_ok(before), _share_ok(during)]
         converged_at = None
         for _ in range(samples_total):
             await asyncio.sleep(args.sample_every * MINUTE)
-            samples = await measure_gets(sim, tracked)
-            ok = sum(s.ok for s in samples) / len(samples)
-            xs.append(round((loop.time() - healed_at) / MINUTE, 1))
-            newest.append(round(ok, 5))
+            measured = loop.time()
+            ok = _share_ok(await measure_gets(sim, tracked))
+            xs.append(minute(measured))
+            newest.append(ok)
             if converged_at is None and ok >= 0.999:
-                converged_at = xs[-1]
+                converged_at = round((measured - healed_at) / MINUTE, 1)
             progress.update(1)
             progress.set_postfix_str(f"newest={ok:.4f}")
         metrics = {
             **summarize(before),
             **summarize(during, "during_"),
-            "after_heal_newest_final": newest[-1] if newest else 0.0,
+            "after_heal_newest_final": newest[-1] if samples_total else 0.0,
             "converged_after_min": converged_at,
         }
         return Outcome(
             metrics=metrics,
             latencies={"before": [s.ms for s in before], "partitioned": [s.ms for s in during]},
-            timeline=(xs, {"gets returning the newest record": newest}),
+            timeline=Timeline(
+                xs,
+                {"gets returning the newest record": ("fraction of gets", newest)},
+                {"split": 0.0, "heal": minute(healed_at)},
+            ),
+            timeline_xlabel="virtual minutes since the split",
         )
 
     return run_scenario("partition", args, body, total=args.nodes + samples_total)
+
+
+def _share_ok(samples: list[GetSample]) -> float:
+    return round(sum(s.ok for s in samples) / len(samples), 5) if samples else 0.0
 
 
 async def _same_side_gets(sim: Simulation, tracked: list[Tracked], side_a: set[str]) -> list[Any]:
