@@ -32,6 +32,7 @@ _PER_NODE_SETTINGS = frozenset(
         "validator",
         "transport_factory",
         "backend",
+        "randbytes",
     }
 )
 
@@ -164,11 +165,18 @@ class Simulation:
         for a report; what differs per node (address, identity, bootstrap, seed) and injected
         objects (clock, transport, storage, validator) are left out."""
         config = dataclasses.replace(NodeConfig(), **self.config_overrides)
-        return {
+        settings = {
             f.name: getattr(config, f.name)
             for f in dataclasses.fields(config)
             if f.name not in _PER_NODE_SETTINGS
         }
+        authorities = config.drd_authorities
+        settings["drd_authorities"] = (
+            None
+            if authorities is None
+            else {"threshold": authorities.threshold, "keys": [k.hex() for k in authorities.keys]}
+        )
+        return settings
 
     def node_config(self, sim_node: SimNode, bootstrap: Sequence[tuple[str, int]]) -> NodeConfig:
         """The config a simulated node runs with."""

@@ -233,9 +233,10 @@ def test_send_key_passes_over_nodes_without_the_role() -> None:
 
 def test_keys_go_through_as_few_as_two_or_three_key_servers() -> None:
     async def main() -> tuple[list[bool], str]:
-        sim = Simulation(seed=24, config={"key_server": False})
+        sim = Simulation(seed=24)
+        settings = run_key_exchange(sim, serve=False)
         await sim.grow(10)
-        sim.config_overrides = {"key_server": True}
+        settings["serve"] = True
         for _ in range(3):
             await sim.start(sim.new_host(), via=[sim.nodes[0]])
         sender, receiver = exchange(sim.nodes[1]), sim.nodes[5]
