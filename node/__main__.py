@@ -23,12 +23,12 @@ from node.authorities import SHIPPED_AUTHORITIES
 from node.config import DEFAULT_PORT, NodeConfig
 from node.directory.server import AUTHORITIES_FILE, DirectoryConfig, DirectoryServer
 from node.keyexchange import KeyExchange
-from node.keyfile import KeyFileError
 from node.logs import configure_logging
 from node.metrics import MetricsServer
 from node.server import DHTNode
 from records import DHTError
 from records.drd import TicketAuthorities
+from records.errors import KeyFileError
 
 log = logging.getLogger("node")
 

@@ -34,11 +34,11 @@ from records import (
     encode_record,
     location,
     meta_key,
-    namespace_of,
     presence_key,
 )
 from records.errors import NetworkError
 from records.identity import is_hex_id
+from records.keys import namespace_of
 from records.meta import parse_meta
 from records.presence import parse_announcement
 

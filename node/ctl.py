@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from node import control_pb2 as pb
 from node import control_pb2_grpc as pb_grpc
-from node.keyfile import KeyFileError, load_identity, load_or_create_identity
+from node.keyfile import load_identity, load_or_create_identity
 from records import (
     DHTError,
     Record,
@@ -32,6 +32,7 @@ from records import (
     encode_record,
     make_meta_record,
 )
+from records.errors import KeyFileError
 
 API_FILE = "api.json"
 DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("kadnode"))

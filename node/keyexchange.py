@@ -31,7 +31,7 @@ from node.engine import Limits
 from node.errors import NodeNotRunning
 from node.routing import Address
 from node.tasks import cancel_and_wait
-from records import DHTError
+from records.errors import KeyExchangeFailed, RkeError
 from records.rke import (
     GET_KEY,
     KEY_LAST_BYTE,
@@ -44,7 +44,6 @@ from records.rke import (
     GetKeyStatus,
     PartLocation,
     PostKeyStatus,
-    RkeError,
     SignalStatus,
     check_key,
     decode_get_key,
@@ -68,10 +67,6 @@ if TYPE_CHECKING:
     from node.server import DHTNode
 
 log = logging.getLogger(__name__)
-
-
-class KeyExchangeFailed(DHTError):
-    """A key could not be posted, signalled or collected."""
 
 
 @dataclass(slots=True)

@@ -12,10 +12,7 @@ import stat
 from pathlib import Path
 
 from records import DHTError, Identity
-
-
-class KeyFileError(DHTError):
-    """A key file is missing, unreadable, malformed or readable by others."""
+from records.errors import KeyFileError
 
 
 def save_identity(identity: Identity, path: str | os.PathLike[str]) -> None:

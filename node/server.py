@@ -46,9 +46,8 @@ from records import (
     default_validator,
     encode_record,
     location,
-    without_expired,
 )
-from records.validation import merge_copies
+from records.validation import merge_copies, without_expired
 
 log = logging.getLogger(__name__)
 

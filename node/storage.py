@@ -20,16 +20,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from node.errors import StorageError, StoreFull
-from records import (
-    InvalidRecord,
-    Record,
-    Validator,
-    check_admission,
-    decode_record,
-    encode_record,
-    location,
-    without_expired,
-)
+from records import InvalidRecord, Record, Validator, decode_record, encode_record, location
+from records.validation import check_admission, without_expired
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

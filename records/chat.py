@@ -48,7 +48,7 @@ import nacl.exceptions
 from google.protobuf.message import DecodeError
 
 from records.chat_pb2 import ChatContent, ChatMessage, Handshake, Receipt, SignedInboxEntry
-from records.errors import DHTError, InvalidRecord, RecordTooLarge
+from records.errors import DecryptionFailed, InvalidRecord, RecordTooLarge
 from records.identity import (
     ID_SIZE,
     PUBLIC_KEY_SIZE,
@@ -117,10 +117,6 @@ _CONTEXTS: dict[str, bytes] = {
     "message": MESSAGE_CONTEXT,
     "receipt": RECEIPT_CONTEXT,
 }
-
-
-class DecryptionFailed(DHTError):
-    """A message's ciphertext did not decrypt (wrong key, or tampered with)."""
 
 
 # -- paths and ids ----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from records.errors import DHTError
+from records.errors import DirectoryError
 from records.identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
@@ -149,14 +149,6 @@ NUMBER_COLUMNS = frozenset({UpdateKey.SENDING_PRICE, UpdateKey.MAILBOX, *QMAIL_K
 # Columns a search may return (key 200, the private comment, is never one).
 RESULT_COLUMNS = frozenset({*TEXT_COLUMNS, *NUMBER_COLUMNS, UpdateKey.AVATAR})
 SPANNING_KEYS = frozenset({UpdateKey.AVATAR})
-
-
-class DirectoryError(DHTError):
-    """A DRD message, field or ticket that breaks the layouts; `status` is what to answer."""
-
-    def __init__(self, message: str, status: Status = Status.INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 # -- mailbox numbers -------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from records.directory import (
     MAILBOX_SIZE,
     MAX_AVATAR_SIZE,
     QMAIL_KEYS,
-    DirectoryError,
     MailboxNumber,
     Profile,
     Status,
@@ -48,7 +47,7 @@ from records.directory_pb2 import (
     SignedDirectoryEntry,
     SignedDirectoryServerAnnouncement,
 )
-from records.errors import InvalidRecord
+from records.errors import DirectoryError, InvalidRecord, NotApproved
 from records.identity import PUBLIC_KEY_SIZE, Identity, identity_id, signing_input, verify_signature
 from records.record_pb2 import Record, Value
 from records.validation import (
@@ -637,15 +636,6 @@ def profile_of(entry: DirectoryEntry, avatar: bytes) -> Profile:
     elif avatar:
         raise DirectoryError("an avatar without a hash")
     return profile_from_entries(entries)
-
-
-class NotApproved(DirectoryError):
-    """An entry's ticket or owner signature does not hold; `reason` says which
-    (``bad_ticket`` or ``bad_owner_signature``)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, Status.NOT_AUTHORIZED)
-        self.reason = reason
 
 
 def check_owner_approval(entry: DirectoryEntry) -> tuple[MailboxNumber, Ticket]:

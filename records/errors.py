@@ -9,8 +9,8 @@ As in h11, an error says whose fault it is:
 - `NetworkError`: the network did not do what was asked (no node stored a put, a lookup could
   not ask enough nodes, a key exchange failed). Retrying later may work.
 
-`StoreFull` (our own quota) and the codec errors of the services (`RkeError`,
-`DirectoryError`, ...) derive from `DHTError` directly.
+Every service's errors are here too (key exchange, chat, directory), so that a caller can catch
+by fault (`UsageError`, `PeerError`, `NetworkError`) or by service.
 """
 
 from __future__ import annotations
@@ -117,3 +117,84 @@ class StoreFull(DHTError):
 
     reason = "store_full"
     final = False
+
+
+# -- identities and key files ---------------------------------------------------------------
+
+
+class InvalidKeyFile(UsageError):
+    """Key file contents are not a key this program wrote."""
+
+
+class KeyFileError(UsageError):
+    """A key file is missing, unreadable, malformed or readable by others."""
+
+
+# -- the anonymous key exchange (seed 002) ---------------------------------------------------
+
+
+class RkeError(PeerError):
+    """A key-exchange datagram or key that does not follow the layouts."""
+
+
+class KeyExchangeFailed(NetworkError):
+    """A key could not be posted, signalled or collected."""
+
+
+# -- chat (seed 003) -------------------------------------------------------------------------
+
+
+class DecryptionFailed(PeerError):
+    """A message's ciphertext did not decrypt (wrong key, or tampered with)."""
+
+
+class ChatError(DHTError):
+    """Base of the errors the chat client raises for a request it cannot carry out."""
+
+
+class UnknownUser(ChatError, NetworkError):
+    """No meta and no device is published for this uid."""
+
+
+class NoHandshake(ChatError, UsageError):
+    """A message needs a handshake first: send one with `ChatClient.handshake` (or receive one)."""
+
+
+class MessageTooLarge(ChatError, UsageError):
+    """The message does not fit one inbox entry (about 690 bytes of content)."""
+
+
+# -- the directory (seed 000) ----------------------------------------------------------------
+
+_INVALID_PARAMETER = 198  # seed 000: ERROR_INVALID_PARAMETER (records.directory.Status)
+_NOT_AUTHORIZED = 40  # ours (records.directory.Status.NOT_AUTHORIZED)
+
+
+class DirectoryError(PeerError):
+    """A DRD message, field or ticket that breaks the layouts; `status` is what to answer
+    (a `records.directory.Status`)."""
+
+    def __init__(self, message: str, status: int = _INVALID_PARAMETER) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotApproved(DirectoryError):
+    """An entry's ticket or owner signature does not hold; `reason` says which
+    (``bad_ticket`` or ``bad_owner_signature``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, _NOT_AUTHORIZED)
+        self.reason = reason
+
+
+class DirectoryRefused(DirectoryError, NetworkError):
+    """A directory server answered with a status other than success (`code`)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransportError(NetworkError):
+    """A request could not be delivered or answered (refused, timed out, broken, too big)."""

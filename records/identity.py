@@ -16,7 +16,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from records.errors import DHTError
+from records.errors import InvalidKeyFile
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -54,10 +54,6 @@ def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
     except (nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False  # not a point on the curve, and the like
     return True
-
-
-class InvalidKeyFile(DHTError):
-    """Key file contents are not a key this program wrote."""
 
 
 class Identity:

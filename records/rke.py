@@ -29,7 +29,7 @@ import itertools
 from dataclasses import dataclass
 from enum import IntEnum
 
-from records.errors import DHTError
+from records.errors import RkeError
 
 # seed 002: command codes
 POST_KEY = 41
@@ -92,10 +92,6 @@ class SignalStatus(IntEnum):
 
     FAIL = 0
     SUCCESS = 1
-
-
-class RkeError(DHTError):
-    """A key-exchange datagram or key that does not follow the layouts."""
 
 
 def key_id_hash(key_id: bytes) -> bytes:

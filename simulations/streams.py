@@ -9,8 +9,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from node.directory.transport import MAX_FRAME_SIZE, Address, Handler, TransportError
+from node.directory.transport import MAX_FRAME_SIZE, Address, Handler
 from node.tasks import cancel_and_wait
+from records.errors import TransportError
 from simulations.network import SimNetwork
 
 

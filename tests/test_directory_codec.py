@@ -15,7 +15,6 @@ from records.directory import (
     Command,
     Condition,
     DeleteRequest,
-    DirectoryError,
     MailboxNumber,
     OpenSession,
     Operator,
@@ -44,6 +43,7 @@ from records.directory import (
     span,
     update_payload,
 )
+from records.errors import DirectoryError
 from records.identity import verify_signature
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,7 +17,6 @@ from node.directory.server import DirectoryConfig, DirectoryServer
 from records import Identity, InvalidRecord, Record
 from records.directory import (
     Command,
-    DirectoryError,
     MailboxNumber,
     Profile,
     QMailServer,
@@ -34,6 +33,7 @@ from records.drd import (
     servers_of,
     sync_entry,
 )
+from records.errors import DirectoryError
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
 from simulations.streams import SimStreams

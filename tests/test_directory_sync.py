@@ -16,9 +16,10 @@ from node.directory.database import InlineDatabase
 from node.directory.ownership import QuorumTicketVerifier
 from node.directory.store import DirectoryStore
 from node.directory.sync import DirectorySync
-from node.directory.transport import MAX_FRAME_SIZE, Address, Handler, TransportError
+from node.directory.transport import MAX_FRAME_SIZE, Address, Handler
 from records import Identity
 from records.directory import Command, MailboxNumber, Profile, authorize_update, mint_ticket
+from records.errors import TransportError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,6 @@ from records import Identity
 from records.directory import (
     FLOOR_DIGEST,
     Command,
-    DirectoryError,
     MailboxNumber,
     Profile,
     Status,
@@ -42,6 +41,7 @@ from records.drd import (
     floor_entry,
     sync_entry,
 )
+from records.errors import DirectoryError
 
 pytestmark = pytest.mark.timeout(30)
 

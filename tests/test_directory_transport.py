@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from node import DHTNode
-from node.directory.client import DirectoryClient, DirectoryRefused
+from node.directory.client import DirectoryClient
 from node.directory.server import DirectoryConfig, DirectoryServer
-from node.directory.transport import TcpStreamTransport, TransportError, encode_frame
+from node.directory.transport import TcpStreamTransport, encode_frame
 from records import Identity
 from records.directory import (
     Condition,
@@ -27,6 +27,7 @@ from records.directory import (
     UpdateKey,
     mint_ticket,
 )
+from records.errors import DirectoryRefused, TransportError
 from simulations.clock import run_virtual
 from simulations.harness import Simulation
 from simulations.streams import SimStreams

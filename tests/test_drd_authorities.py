@@ -114,7 +114,7 @@ def test_a_directory_server_trusts_its_nodes_authorities_unless_told_others(
     tmp_path: Path,
 ) -> None:
     from node.directory.server import DirectoryConfig, DirectoryServer
-    from records.directory import DirectoryError
+    from records.errors import DirectoryError
 
     node = DHTNode(NodeConfig(drd_authorities=OURS))
     ticket = mint_ticket(AUTHORITIES[:3], MAILBOX, OWNER.public_key, issued=NOW, expires=NOW + 1)

@@ -28,10 +28,10 @@ from records import (
     location,
     make_message,
     make_receipts,
-    prove_node,
 )
 from records.chat import MAX_ENTRIES_PER_PAGE, MAX_RECEIPT_IDS, NONCE_SIZE, page_of
 from records.errors import ProtocolError, RecordTooLarge
+from records.identity import prove_node
 from records.rke import SIGNAL
 from records.validation import MAX_RECORD_SIZE, merge_copies
 from tests.loopback import FixedClock

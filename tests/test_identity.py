@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from node.keyfile import KeyFileError, load_identity, load_or_create_identity, save_identity
-from records import Identity, location, verify_signature
-from records.identity import InvalidKeyFile
+from node.keyfile import load_identity, load_or_create_identity, save_identity
+from records import Identity, location
+from records.errors import InvalidKeyFile, KeyFileError
+from records.identity import verify_signature
 
 
 def test_id_is_sha1_of_public_key() -> None:

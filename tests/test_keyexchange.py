@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from node.keyexchange import KeyExchange, KeyExchangeFailed
+from node.keyexchange import KeyExchange
+from records.errors import KeyExchangeFailed
 from records.rke import (
     GET_KEY,
     POST_KEY,

@@ -8,12 +8,11 @@ from records import (
     InvalidRecord,
     MetaValidator,
     Record,
-    SignedUserMeta,
-    UserMeta,
     default_validator,
     make_meta_record,
     meta_key,
 )
+from records.meta_pb2 import SignedUserMeta, UserMeta
 from tests.records_factory import HOUR, NOW, identity, meta
 
 DAY = 24 * HOUR

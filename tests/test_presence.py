@@ -13,7 +13,6 @@ from records import (
     PresenceValidator,
     Record,
     RecordTooLarge,
-    SignedAnnouncement,
     Value,
     default_validator,
     make_put_record,
@@ -21,6 +20,7 @@ from records import (
 )
 from records.identity import signing_input
 from records.presence import ANNOUNCEMENT_CONTEXT
+from records.presence_pb2 import SignedAnnouncement
 from tests.records_factory import HOUR, NOW, identity, presence, x25519
 
 CLIENT = identity("alice")

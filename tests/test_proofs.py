@@ -14,7 +14,8 @@ from node import DHTNode
 from node.engine.handlers import RequestHandlers
 from node.engine.proofs import PROVE
 from node.wire import REQUEST, decode, encode_request, encode_response
-from records import Identity, check_node_proof, location, prove_node
+from records import Identity, location
+from records.identity import check_node_proof, prove_node
 from simulations.clock import run_virtual
 from simulations.harness import Simulation
 from simulations.scenarios.common import announce, user_identity

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from records.errors import RkeError
 from records.rke import (
     GET_KEY,
     KEY_LENGTHS,
@@ -20,7 +21,6 @@ from records.rke import (
     SIGNAL,
     PartLocation,
     PostKeyStatus,
-    RkeError,
     check_key,
     decode_get_key,
     decode_get_key_answer,

@@ -9,18 +9,8 @@ encrypted offline messages and receipts, over a running `node.DHTNode`.
             print(entry.text)
 """
 
-from node.chat.client import (
-    ChatClient,
-    ChatError,
-    Contact,
-    Device,
-    InboxEntry,
-    MessageTooLarge,
-    NoHandshake,
-    Profile,
-    Sent,
-    UnknownUser,
-)
+from node.chat.client import ChatClient, Contact, Device, InboxEntry, Profile, Sent
+from records.errors import ChatError, MessageTooLarge, NoHandshake, UnknownUser
 
 __all__ = [
     "ChatClient",

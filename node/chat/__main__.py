@@ -27,10 +27,11 @@ from node.chat.client import ChatClient
 from node.chat.session import HELP, ChatSession, parse_uid
 from node.config import NodeConfig
 from node.errors import PutFailed
-from node.keyfile import KeyFileError, load_or_create_identity
+from node.keyfile import load_or_create_identity
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import DHTError
+from records.errors import KeyFileError
 
 USER_KEY_FILE = "user.key"
 

@@ -43,7 +43,6 @@ from records.chat import (
     MAX_RECEIPT_IDS,
     MIN_ENTRY_TTL_MS,
     NONCE_SIZE,
-    DecryptionFailed,
     chat_key,
     conversation_key,
     decrypt_message,
@@ -51,7 +50,7 @@ from records.chat import (
     parse_inbox_value,
 )
 from records.chat_pb2 import ChatMessage, Handshake
-from records.errors import NetworkError
+from records.errors import DecryptionFailed, MessageTooLarge, NetworkError, NoHandshake, UnknownUser
 from records.identity import ID_SIZE
 from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
 from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
@@ -67,22 +66,6 @@ def _require_uid(uid: bytes) -> None:
     the caller, not an unknown user)."""
     if not isinstance(uid, bytes) or len(uid) != ID_SIZE:
         raise ValueError(f"a uid is {ID_SIZE} bytes, not {uid!r}")
-
-
-class ChatError(DHTError):
-    """Base of the errors the chat client raises for a request it cannot carry out."""
-
-
-class UnknownUser(ChatError):
-    """No meta and no device is published for this uid."""
-
-
-class NoHandshake(ChatError):
-    """A message needs a handshake first: send one with `ChatClient.handshake` (or receive one)."""
-
-
-class MessageTooLarge(ChatError):
-    """The message does not fit one inbox entry (about 690 bytes of content)."""
 
 
 @dataclass(frozen=True, slots=True)

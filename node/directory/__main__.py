@@ -13,15 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from node.directory.client import DirectoryClient, DirectoryRefused
+from node.directory.client import DirectoryClient
 from node.directory.server import AUTHORITIES_FILE, load_authorities
-from node.directory.transport import TransportError
-from node.keyfile import KeyFileError, load_identity, load_or_create_identity, save_identity
+from node.keyfile import load_identity, load_or_create_identity, save_identity
 from records import Identity
 from records.directory import (
     QMAIL_KEYS,
     Condition,
-    DirectoryError,
     MailboxNumber,
     Operator,
     Payment,
@@ -33,6 +31,7 @@ from records.directory import (
     UpdateKey,
     mint_ticket,
 )
+from records.errors import DirectoryError, DirectoryRefused, KeyFileError, TransportError
 
 FIELDS: dict[str, int] = {
     "mailbox": UpdateKey.MAILBOX,

@@ -15,7 +15,6 @@ from records.directory import (
     Command,
     Condition,
     DeleteRequest,
-    DirectoryError,
     MailboxNumber,
     Payment,
     Profile,
@@ -32,20 +31,9 @@ from records.directory import (
 )
 from records.directory_pb2 import DirectoryEntry
 from records.drd import DrdValidator, TicketCheck, drd_key, entry_of
+from records.errors import DirectoryError, DirectoryRefused
 
 DEFAULT_TIMEOUT = 10.0
-
-
-class DirectoryRefused(DirectoryError):
-    """A directory server answered with a status other than success."""
-
-    def __init__(self, command: Command, status: int) -> None:
-        try:
-            name = Status(status).name
-        except ValueError:
-            name = "UNKNOWN"
-        super().__init__(f"{command.name} refused with status {status} ({name})")
-        self.code = status
 
 
 @dataclass(frozen=True)
@@ -92,7 +80,7 @@ class DirectoryClient:
     async def _expect(self, server: Address, command: Command, body: bytes) -> bytes:
         status, rest = await self.call(server, command, body)
         if status != Status.SUCCESS:
-            raise DirectoryRefused(command, status)
+            raise refused(command, status)
         return rest
 
     async def open_session(self, server: Address, owner: Identity, ticket: Ticket) -> ClientSession:
@@ -152,7 +140,7 @@ class DirectoryClient:
         if status == Status.DATABASE_RETURNED_ZERO_RECORDS:
             return SearchResults(tuple(columns), ())
         if status != Status.SUCCESS:
-            raise DirectoryRefused(Command.SEARCH, status)
+            raise refused(Command.SEARCH, status)
         if rest[-2:] != b"\xe3\xe3":
             raise DirectoryError("search results without the E3 E3 trailer")
         return SearchResults.decode(rest[:-2])
@@ -175,3 +163,12 @@ async def lookup_entry(
     if ticket_check is not None:
         DrdValidator(ticket_check=ticket_check).validate(key, record, node.clock.now_ms())
     return entry_of(record)
+
+
+def refused(command: Command, status: int) -> DirectoryRefused:
+    """The error for a server's answer `status` (not success) to `command`."""
+    try:
+        name = Status(status).name
+    except ValueError:
+        name = "UNKNOWN"
+    return DirectoryRefused(f"{command.name} refused with status {status} ({name})", status)

@@ -29,13 +29,12 @@ from node.directory.transport import (
     StreamServer,
     StreamTransport,
     TcpStreamTransport,
-    TransportError,
 )
 from node.errors import NodeNotRunning, PutFailed
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import Identity, InvalidRecord, Record
-from records.directory import Command, DirectoryError, MailboxNumber
+from records.directory import Command, MailboxNumber
 from records.drd import (
     DRD_SERVERS_KEY,
     TicketAuthorities,
@@ -43,6 +42,7 @@ from records.drd import (
     make_drd_servers_record,
     servers_of,
 )
+from records.errors import DirectoryError, TransportError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from records.directory import (
     Authorization,
     Command,
     DeleteRequest,
-    DirectoryError,
     MailboxNumber,
     OpenSession,
     Payment,
@@ -41,6 +40,7 @@ from records.directory import (
     response_frame,
     update_payload,
 )
+from records.errors import DirectoryError
 from records.identity import verify_signature
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class DirectoryService:
                 status, answer = Status.INVALID_PARAMETER, TRAILER
         except DirectoryError as exc:
             log.debug("directory request %d refused: %s", command, exc)
-            status, answer = exc.status, TRAILER
+            status, answer = Status(exc.status), TRAILER
         except (sqlite3.Error, OSError):
             # seed 000: ERROR_DATABASE_REPORTED_AN_ERROR; avatar files are part of the database
             log.exception("directory database failed")

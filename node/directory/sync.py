@@ -26,7 +26,6 @@ from records.directory import (
     TOMBSTONE_DIGEST,
     TRAILER,
     Command,
-    DirectoryError,
     MailboxNumber,
     Rank,
     Status,
@@ -56,6 +55,7 @@ from records.drd import (
     profile_of,
     sync_entry,
 )
+from records.errors import DirectoryError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class DirectorySync:
                 used += len(item)
             return response_frame(command, Status.SUCCESS, challenge, encode_pull(items))
         except DirectoryError as exc:
-            return response_frame(command, exc.status, challenge, TRAILER)
+            return response_frame(command, Status(exc.status), challenge, TRAILER)
 
     async def _item(self, mailbox: MailboxNumber) -> bytes:
         """The pull item of what is held for `mailbox`: record, deletion or nothing."""

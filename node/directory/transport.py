@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from node.tasks import cancel_and_wait
-from records import DHTError
+from records.errors import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ MAX_FRAME_SIZE = 512 * 1024
 LENGTH_SIZE = 4
 DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_MAX_CONNECTIONS = 256
-
-
-class TransportError(DHTError):
-    """A request could not be delivered or answered (refused, timed out, broken, too big)."""
 
 
 class StreamServer(Protocol):

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from node.engine.proofs import PROVABLE, PROVE, wrap_proof
 from node.routing import Address
 from node.wire import MAX_DATAGRAM_SIZE, encode_response
-from records import InvalidRecord, decode_record, prove_node
+from records import InvalidRecord, decode_record
 from records.errors import StoreFull
+from records.identity import prove_node
 
 if TYPE_CHECKING:
     from node.engine.core import Engine

@@ -12,7 +12,8 @@ from collections import OrderedDict
 from typing import Any
 
 from node.routing import Address, RoutingTable
-from records import check_node_proof, identity_id
+from records import identity_id
+from records.identity import check_node_proof
 
 PROVE = "prove"
 PROVABLE = frozenset({"ping", "find_node", "find_value"})
