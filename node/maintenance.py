@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from node.engine.handlers import refused_for_good
-from node.routing import Contact
+from node.routing import Bucket, Contact
 from node.storage import StoredRecord
 
 if TYPE_CHECKING:
@@ -75,6 +75,20 @@ class Maintenance:
                     raise
                 except Exception:  # as a maintenance job: log it, keep trying
                     log.exception("retrying the bootstrap nodes failed")
+
+    async def fill_buckets(self) -> None:
+        """After joining, meet a few nodes in every bucket that is not full (paper §2.3 refreshes
+        every bucket farther than the closest neighbour; a short lookup per bucket suffices to
+        populate it, at a fraction of the messages)."""
+        node = self.node
+        _, table, _ = node._parts()
+        for bucket in list(table.buckets):
+            if len(bucket.contacts) < node.config.k and not bucket.covers(table.own_long_id):
+                await node.lookup_nodes(self.random_id_in(bucket), count=1)
+
+    def random_id_in(self, bucket: Bucket) -> bytes:
+        """A random 20-byte ID in `bucket`'s range (a lookup target that refreshes it)."""
+        return (bucket.lo + self.node.rng.randrange(bucket.size)).to_bytes(20, "big")
 
     async def sweep(self) -> None:
         """Drop expired records; retry originated records no node has acknowledged yet (a put
@@ -180,4 +194,4 @@ class Maintenance:
         now = asyncio.get_running_loop().time()
         for bucket in table.stale_buckets(now, node.config.refresh_interval):
             # A short lookup meets (and so re-checks) enough nodes of the bucket's range.
-            await node.lookup_nodes(node.random_id_in(bucket), count=node.config.alpha)
+            await node.lookup_nodes(self.random_id_in(bucket), count=node.config.alpha)

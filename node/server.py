@@ -30,7 +30,7 @@ from node.keyfile import load_or_create_identity
 from node.lookup import ANSWERED, Lookup, LookupResult, Peer, disjoint_lookup
 from node.maintenance import Maintenance
 from node.protocol import EngineProtocol
-from node.routing import Address, Bucket, RoutingTable
+from node.routing import Address, RoutingTable
 from node.storage import RecordBackend, RecordStore, SqliteBackend
 from node.tasks import cancel_and_wait
 from records import (
@@ -356,7 +356,7 @@ class DHTNode:
         answered = sum(1 for ok, body in replies if ok and isinstance(body, bytes))
         if answered:
             await self.lookup_nodes(self.id)
-            self.spawn(self._fill_buckets())
+            self.spawn(self._maintenance.fill_buckets())
         elif not len(table):
             log.warning("no bootstrap node answered; will retry")
         log.info("bootstrap answered=%d contacts=%d", answered, len(table))
@@ -366,19 +366,6 @@ class DHTNode:
         """Addresses of the closest contacts, to bootstrap from later."""
         _, table, _ = self._parts()
         return [c.address for c in table.closest(int.from_bytes(self.id, "big"), self.config.k)]
-
-    async def _fill_buckets(self) -> None:
-        """After joining, meet a few nodes in every bucket that is not full (paper §2.3 refreshes
-        every bucket farther than the closest neighbour; a short lookup per bucket suffices to
-        populate it, at a fraction of the messages)."""
-        _, table, _ = self._parts()
-        for bucket in list(table.buckets):
-            if len(bucket.contacts) < self.config.k and not bucket.covers(table.own_long_id):
-                await self.lookup_nodes(self.random_id_in(bucket), count=1)
-
-    def random_id_in(self, bucket: Bucket) -> bytes:
-        """A random 20-byte ID in `bucket`'s range (a lookup target that refreshes it)."""
-        return (bucket.lo + self.rng.randrange(bucket.size)).to_bytes(20, "big")
 
     # -- lookups ---------------------------------------------------------------------------
 

@@ -13,9 +13,7 @@ message IDs from the injected `randbytes`.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Any
 
 from node.config import Clock, NodeConfig
@@ -34,25 +32,16 @@ from node.engine.handlers import (
 )
 from node.engine.limits import Budget, Limits, source_of
 from node.engine.proofs import MAX_PING_BACKS, PROVABLE, PROVE, ProofBook
+from node.engine.services import ServiceRoutes
 from node.engine.stats import NodeStats
-from node.routing import Address, RoutingTable, RttSpread
+from node.engine.timeouts import Timeouts
+from node.routing import Address, RoutingTable
 from node.storage import RecordStore
 from node.wire import MAX_DATAGRAM_SIZE, REQUEST, decode, encode_request, encode_response
 from records import Identity
 from records.errors import ProtocolError
 
 log = logging.getLogger(__name__)
-
-_MAX_BACKOFF = 3  # a peer's timeout doubles after each timeout, up to 8 times its RTO
-_MAX_BACKOFF_PEERS = 4096
-
-
-@dataclass(slots=True)
-class _Service:
-    name: str
-    handle: Callable[[bytes, Address, float], None]
-    budget: Budget | None
-    cost: Callable[[bytes], int]
 
 
 class Engine:
@@ -77,7 +66,7 @@ class Engine:
         self.clock = clock
         self.randbytes = randbytes
         self.stats = NodeStats()
-        self.rtt = RttSpread()
+        self.timeouts = Timeouts(config)
         self.calls = CallTable(config.max_calls_in_flight, config.max_outstanding_calls)
         self.bans = BanList(config.ban_seconds)
         """Node IDs and addresses caught forging: never asked, never in the routing table."""
@@ -93,8 +82,9 @@ class Engine:
         )
         self.handlers = handlers(self)
         self._table = self.handlers.table()
-        self._services: dict[int, _Service] = {}
-        self._backoff: OrderedDict[Address, int] = OrderedDict()
+        self.services = ServiceRoutes(
+            self.lookup_budget, self.stats.dropped, self.stats.requests_in
+        )
         self._outbox: list[tuple[bytes, Address]] = []
         self._writes: list[PendingWrite] = []
         self._writes_in_flight = 0
@@ -130,8 +120,7 @@ class Engine:
         """Handle one datagram from `addr`."""
         if self._closed:
             return
-        if data and (service := self._services.get(data[0])) is not None:
-            self._service_datagram(service, data, addr, now)
+        if self.services.route(data, addr, now):
             return
         try:
             message = decode(data)
@@ -228,44 +217,15 @@ class Engine:
         limits: Limits | None = None,
         cost: Callable[[bytes], int] | None = None,
     ) -> None:
-        """Hand datagrams whose first byte is one of `kinds` to `handle(data, addr, now)`.
-
-        rpcudp's own datagrams start with 0x00 or 0x01. Every such datagram first pays
-        `cost(data)` tokens (default 1: what it may make us send) from the service's own
-        `limits`, if any, and from the node's per-source and global budget; refused ones are
-        dropped and counted (``rate_limited_<name>``, ``rate_limited_lookup``...)."""
-        service = _Service(
-            name,
-            handle,
-            Budget(f"rate_limited_{name}", limits) if limits is not None else None,
-            cost or (lambda _data: 1),
-        )
-        for kind in kinds:
-            if kind in (0x00, 0x01) or kind in self._services:
-                raise ValueError(f"datagram kind {kind:#x} is taken")
-            self._services[kind] = service
+        """Hand datagrams whose first byte is one of `kinds` to `handle(data, addr, now)`,
+        each paid for from `limits` and the node's budgets (see `node.engine.services`)."""
+        self.services.register(name, kinds, handle, limits=limits, cost=cost)
 
     def send(self, data: bytes, addr: Address) -> None:
         """Send raw bytes (a service's datagram) from the node's port."""
         if len(data) > MAX_DATAGRAM_SIZE:
             raise ProtocolError("oversized", f"a datagram of {len(data)} bytes")
         self._send(data, addr)
-
-    def _service_datagram(self, service: _Service, data: bytes, addr: Address, now: float) -> None:
-        source = self.source_of(addr)
-        cost = service.cost(data)
-        reason = service.budget.allow(source, now, cost) if service.budget else None
-        if reason is None:
-            reason = self.lookup_budget.allow(source, now, cost)
-        if reason is not None:
-            self.stats.dropped[reason] += 1
-            return
-        self.stats.requests_in[service.name] += 1
-        try:
-            service.handle(data, addr, now)
-        except Exception:
-            log.exception("error handling a %s datagram from %s", service.name, addr)
-            self.stats.dropped["handler_error"] += 1
 
     # -- helpers for handlers --------------------------------------------------------------
 
@@ -369,8 +329,7 @@ class Engine:
         if call is None:
             self.stats.late_answers += 1
         rtt = now - found.sent_at
-        self.rtt.observe(rtt)
-        self._backoff.pop(addr, None)
+        self.timeouts.answered(addr, rtt)
         proven = self._answerer(msg_id, found, body, addr, now)
         if proven is not None and (node_id := proven[1]) is not None:
             self._answered_by(node_id, addr, rtt, found.prove, now)
@@ -433,10 +392,7 @@ class Engine:
 
     def _on_timeout(self, call: Call, now: float) -> None:
         self.stats.timeouts += 1
-        backoff = self._backoff
-        backoff[call.address] = min(_MAX_BACKOFF, backoff.pop(call.address, 0) + 1)
-        if len(backoff) > _MAX_BACKOFF_PEERS:
-            backoff.popitem(last=False)
+        self.timeouts.timed_out(call.address)
         if call.node_id is not None:
             self.table.failed(call.node_id)
         call.on_reply(False, None)
@@ -444,27 +400,10 @@ class Engine:
     def estimates(
         self, node_id: bytes | None, address: Address | None = None
     ) -> tuple[float, float]:
-        """(timeout, expected round trip) for a request to `node_id` at `address`.
-
-        The timeout is the RTO of the peer's measured round trips (RFC 6298), or for a peer not
-        measured yet twice the recent 90th percentile over all peers, doubled for each timeout
-        in a row at that address (up to 8x); always within [min_timeout, max_timeout]. Past
-        the expected round trip (at least `min_expected_rtt`) a lookup stops waiting."""
-        cfg = self.config
+        """(timeout, expected round trip) for a request to `node_id` at `address` (see
+        `node.engine.timeouts`)."""
         contact = self.table.get(node_id) if node_id is not None else None
-        if contact is not None and contact.srtt:
-            timeout, expected = contact.srtt + 4 * contact.rttvar, contact.srtt + 2 * contact.rttvar
-        elif self.rtt.known:
-            timeout, expected = 2 * self.rtt.slow, self.rtt.slow
-        else:
-            # Nothing measured yet (a node that has only been asked, never asked): wait the
-            # cautious initial timeout, but let a lookup move on early (40 ms by default: at
-            # half that, joins sent 8 % more datagrams for nothing)
-            timeout, expected = cfg.initial_timeout, 4 * cfg.min_expected_rtt
-        if address is not None and (doublings := self._backoff.get(address)):
-            timeout *= 1 << doublings
-        timeout = min(cfg.max_timeout, max(cfg.min_timeout, timeout))
-        return timeout, min(timeout, max(cfg.min_expected_rtt, expected))
+        return self.timeouts.estimates(contact, address)
 
 
 def _ignore(_ok: bool, _body: Any) -> None:
