@@ -160,15 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Host names to IPv4 addresses (the node speaks IPv4 UDP)."""
+def resolve(addresses: Sequence[tuple[str, int]], local_host: str) -> list[tuple[str, int]]:
+    """Host names to addresses the node can reach: IPv4 for a node bound to an IPv4 address,
+    IPv6 for one bound to an IPv6 address, either for one bound to ``::`` (dual-stack)."""
+    if ":" not in local_host:
+        families = [socket.AF_INET]
+    elif ipaddress.ip_address(local_host).is_unspecified:
+        families = [socket.AF_INET, socket.AF_INET6]
+    else:
+        families = [socket.AF_INET6]
     out = []
     for host, port in addresses:
         try:
-            info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+            info = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve bootstrap host {host!r}: {exc.strerror}") from exc
-        out.append((str(info[0][4][0]), port))
+        usable = sorted((i for i in info if i[0] in families), key=lambda i: families.index(i[0]))
+        if not usable:
+            kind = " or ".join("IPv4" if f == socket.AF_INET else "IPv6" for f in families)
+            raise ValueError(f"bootstrap host {host!r} has no {kind} address (--host {local_host})")
+        out.append((str(usable[0][4][0]), port))
     return out
 
 
@@ -283,7 +294,8 @@ def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
 
 
 def _host_port(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _write_api_file(path: Path, host: str, port: int) -> None:
@@ -310,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             data_dir=args.data_dir,
-            bootstrap=tuple(resolve(args.bootstrap)),
+            bootstrap=tuple(resolve(args.bootstrap, args.host)),
             drd_authorities=_drd_authorities(args),
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):

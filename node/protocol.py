@@ -35,23 +35,36 @@ class EngineProtocol(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._writes: set[asyncio.Task[None]] = set()
+        self._ipv6 = False  # the socket is IPv6 (IPv4 peers appear IPv4-mapped)
 
     # -- asyncio.DatagramProtocol ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport; ask the kernel for a larger receive buffer (a burst of answers
-        overflowed the default 208 KiB on a busy host)."""
+        overflowed the default 208 KiB on a busy host); tell the engine which address
+        families the socket reaches (an IPv4 socket IPv4, a dual-stack IPv6 socket both)."""
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is not None and self.receive_buffer:
+        if sock is None:
+            return  # a simulated transport
+        if self.receive_buffer:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
             except OSError as exc:
                 log.warning("could not enlarge the receive buffer: %s", exc)
+        if sock.family == socket.AF_INET6:
+            self._ipv6 = True
+            v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            self.engine.table.families = frozenset({6} if v6only else {4, 6})
+        else:
+            self.engine.table.families = frozenset({4})
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """One datagram in: the engine handles it, then its output goes out."""
-        self.engine.datagram_received(data, (addr[0], addr[1]), self._loop.time())
+        host = addr[0]
+        if self._ipv6 and host.startswith("::ffff:") and "." in host:
+            host = host[7:]  # an IPv4 peer reaching a dual-stack socket: kept as IPv4
+        self.engine.datagram_received(data, (host, addr[1]), self._loop.time())
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
@@ -67,7 +80,12 @@ class EngineProtocol(asyncio.DatagramProtocol):
         out = engine.datagrams_to_send()
         if transport is not None and not transport.is_closing():
             for data, addr in out:
-                transport.sendto(data, addr)
+                if self._ipv6 and ":" not in addr[0]:
+                    addr = ("::ffff:" + addr[0], addr[1])  # IPv4 through a dual-stack socket
+                try:
+                    transport.sendto(data, addr)
+                except OSError as exc:  # e.g. no route to that family: the call times out
+                    engine.stats.dropped[f"send_error.{exc.errno}"] += 1
         for write in engine.writes_to_run():
             task = self._loop.create_task(self._run_write(write))
             self._writes.add(task)

@@ -319,3 +319,122 @@ class RoutingTable:
                 half.contacts[newest] = half.replacements.pop(newest)
         self.buckets[index : index + 1] = [low, high]
         self._los[index : index + 1] = [low.lo, high.lo]
+
+
+def family_of(address: Address) -> int:
+    """4 or 6: the IP version of `address`'s host (as the node stores it: IPv4-mapped IPv6
+    addresses are written as plain IPv4)."""
+    return 6 if ":" in address[0] else 4
+
+
+class RoutingTables:
+    """One node ID, one routing table per address family (BEP 32): IPv4 contacts in one,
+    IPv6 in the other, so a node that reaches only one family never fills its buckets with
+    contacts it cannot reach. `families` says which it can reach (set when the socket is
+    bound: an IPv4 socket reaches 4, a dual-stack IPv6 one both).
+
+    It has the interface of `RoutingTable`; methods that take an address use its family's
+    table, the others look in both."""
+
+    def __init__(
+        self,
+        own_id: bytes,
+        *,
+        k: int = 20,
+        stale_after: int = 3,
+        drop_after: int = 5,
+        now: float = 0.0,
+    ) -> None:
+        self.own_id = own_id
+        self.own_long_id = int.from_bytes(own_id, "big")
+        self.k = k
+        self.by_family = {
+            family: RoutingTable(
+                own_id, k=k, stale_after=stale_after, drop_after=drop_after, now=now
+            )
+            for family in (4, 6)
+        }
+        self.families: frozenset[int] = frozenset({4, 6})
+        """The address families this node can reach."""
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.by_family.values())
+
+    def __iter__(self) -> Iterator[Contact]:
+        for table in self.by_family.values():
+            yield from table
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        """The buckets of the tables this node can reach."""
+        return [b for f in sorted(self.families) for b in self.by_family[f].buckets]
+
+    def reachable(self, address: Address) -> bool:
+        """True if this node can send to `address`."""
+        return family_of(address) in self.families
+
+    def get(self, node_id: bytes, family: int | None = None) -> Contact | None:
+        """The contact with `node_id` in `family`'s table (by default: either, IPv4 first)."""
+        if family is not None:
+            return self.by_family[family].get(node_id)
+        return self.by_family[4].get(node_id) or self.by_family[6].get(node_id)
+
+    def heard_from(
+        self, node_id: bytes, address: Address, now: float, *, verified: bool
+    ) -> Contact | None:
+        """`RoutingTable.heard_from` in `address`'s family's table (nothing if unreachable)."""
+        if not self.reachable(address):
+            return None
+        return self.by_family[family_of(address)].heard_from(
+            node_id, address, now, verified=verified
+        )
+
+    def known_at(self, node_id: bytes, address: Address) -> bool:
+        """True if `node_id` is a contact or a replacement at `address`."""
+        return self.by_family[family_of(address)].known_at(node_id, address)
+
+    def has_room_for(self, node_id: bytes, address: Address) -> bool:
+        """True if `node_id`, met at `address`, would be a contact now (not a replacement)."""
+        return self.reachable(address) and self.by_family[family_of(address)].has_room_for(node_id)
+
+    def failed(self, node_id: bytes, address: Address | None = None) -> bool:
+        """Count a failed request to `node_id` (at `address`: in that family's table only)."""
+        if address is not None:
+            return self.by_family[family_of(address)].failed(node_id)
+        return any([t.failed(node_id) for t in self.by_family.values()])
+
+    def remove(self, node_id: bytes) -> None:
+        """Forget `node_id` in both tables."""
+        for table in self.by_family.values():
+            table.remove(node_id)
+
+    def closest(
+        self,
+        target: int,
+        count: int,
+        *,
+        exclude: bytes | None = None,
+        good_only: bool = False,
+        family: int | None = None,
+    ) -> list[Contact]:
+        """The `count` contacts nearest `target`: from `family`'s table, or from every table
+        this node can reach (a node in both appears once, at its IPv4 address)."""
+        families = [family] if family is not None else sorted(self.families)
+        found: dict[bytes, Contact] = {}
+        for f in families:
+            for contact in self.by_family[f].closest(
+                target, count, exclude=exclude, good_only=good_only
+            ):
+                found.setdefault(contact.id, contact)
+        return sorted(found.values(), key=lambda c: c.long_id ^ target)[:count]
+
+    def mark_lookup(self, target: int, now: float) -> None:
+        """Note a lookup into `target`'s buckets."""
+        for f in self.families:
+            self.by_family[f].mark_lookup(target, now)
+
+    def stale_buckets(self, now: float, interval: float) -> list[Bucket]:
+        """Buckets of the reachable tables with no lookup for `interval` seconds."""
+        return [
+            b for f in sorted(self.families) for b in self.by_family[f].stale_buckets(now, interval)
+        ]

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from node.keyfile import load_or_create_identity
 from node.lookup import ANSWERED, Lookup, LookupResult, Peer, disjoint_lookup
 from node.maintenance import Maintenance
 from node.protocol import EngineProtocol
-from node.routing import Address, RoutingTable
+from node.routing import Address, RoutingTables
 from node.storage import RecordBackend, RecordStore, SqliteBackend
 from node.tasks import cancel_and_wait
 from records import (
@@ -115,7 +116,7 @@ class DHTNode:
         self.identity: Identity | None = cfg.identity
         self.services: list[Service] = list(services)
         """The services attached to this node, in the order they were given."""
-        self.table: RoutingTable | None = None
+        self.table: RoutingTables | None = None
         self.store: RecordStore | None = None
         self.engine: Engine | None = None
         self.protocol: EngineProtocol | None = None
@@ -189,7 +190,7 @@ class DHTNode:
         if backend is None and cfg.data_dir is not None:
             backend = SqliteBackend(cfg.data_dir / RECORDS_FILE)
         store = RecordStore(self.validator, max_bytes=cfg.max_store_bytes, backend=backend)
-        table = RoutingTable(
+        table = RoutingTables(
             self.identity.id,
             k=cfg.k,
             stale_after=cfg.stale_after,
@@ -213,8 +214,7 @@ class DHTNode:
                 service.attach(self)
                 attached.append(service)
             loaded = await store.open(self.clock.now_ms())
-            factory = cfg.transport_factory or loop.create_datagram_endpoint
-            transport, _ = await factory(lambda: protocol, local_addr=(cfg.host, cfg.port))
+            transport = await self._bind(protocol)
         except BaseException:
             await self._close_services(attached)
             await store.close()
@@ -250,6 +250,31 @@ class DHTNode:
         self.transport = None
         self._release_data_dir()
         log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
+
+    async def _bind(self, protocol: EngineProtocol) -> asyncio.DatagramTransport:
+        """The datagram endpoint: the configured factory's (a simulation's), else a UDP socket.
+        ``::`` is bound dual-stack whatever the system's default (IPv4 peers reach it too)."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        if cfg.transport_factory is not None:
+            transport, _ = await cfg.transport_factory(
+                lambda: protocol, local_addr=(cfg.host, cfg.port)
+            )
+            return transport
+        if cfg.host in ("::", "::0"):
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind((cfg.host, cfg.port))
+            except BaseException:
+                sock.close()
+                raise
+            udp, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+        else:
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: protocol, local_addr=(cfg.host, cfg.port)
+            )
+        return udp
 
     async def _close_services(self, services: list[Service]) -> None:
         for service in reversed(services):
@@ -296,7 +321,7 @@ class DHTNode:
             raise NodeNotRunning("the node is not running: call start() first")
         return self.protocol
 
-    def _parts(self) -> tuple[EngineProtocol, RoutingTable, RecordStore]:
+    def _parts(self) -> tuple[EngineProtocol, RoutingTables, RecordStore]:
         protocol = self._protocol()
         assert self.table is not None
         assert self.store is not None

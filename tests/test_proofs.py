@@ -144,7 +144,9 @@ def spoofing_node_class() -> type[DHTNode]:
     own address (they cannot sign for those IDs), as an attacker choosing positions would."""
 
     class SpoofingHandlers(RequestHandlers):
-        def closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+        def closest_as_list(
+            self, key: bytes, exclude: bytes, family: int | None = None
+        ) -> list[list[Any]]:
             target = int.from_bytes(key, "big")
             config = self.engine.config  # a simulated node binds the host and port it is given
             return [

@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
             host=args.host,
             port=args.port,
             data_dir=data_dir / "node",
-            bootstrap=tuple(resolve(args.bootstrap)),
+            bootstrap=tuple(resolve(args.bootstrap, args.host)),
         )
     )
     await node.start()

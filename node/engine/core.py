@@ -35,7 +35,7 @@ from node.engine.proofs import MAX_PING_BACKS, PROVABLE, PROVE, ProofBook
 from node.engine.services import ServiceRoutes
 from node.engine.stats import NodeStats
 from node.engine.timeouts import Timeouts
-from node.routing import Address, RoutingTable
+from node.routing import Address, RoutingTables, family_of
 from node.storage import RecordStore
 from node.wire import MAX_DATAGRAM_SIZE, REQUEST, decode, encode_request, encode_response
 from records import Identity
@@ -51,7 +51,7 @@ class Engine:
         self,
         *,
         identity: Identity,
-        table: RoutingTable,
+        table: RoutingTables,
         store: RecordStore,
         config: NodeConfig,
         clock: Clock,
@@ -177,6 +177,10 @@ class Engine:
             self.stats.dropped["too_many_calls"] += 1
             on_reply(False, None)
             return False
+        if not self.table.reachable(address):
+            self.stats.dropped["unreachable_family"] += 1  # an IPv6 contact, an IPv4 socket
+            on_reply(False, None)
+            return False
         if address in self.bans or (node_id is not None and node_id in self.bans):
             self.stats.dropped["banned"] += 1
             on_reply(False, None)
@@ -298,7 +302,7 @@ class Engine:
             if (
                 node_id not in ping_backs
                 and len(ping_backs) < MAX_PING_BACKS
-                and self.table.has_room_for(node_id)
+                and self.table.has_room_for(node_id, addr)
             ):
                 ping_backs.add(node_id)
                 self.call(
@@ -366,7 +370,7 @@ class Engine:
         ):
             return
         head = self.table.heard_from(node_id, addr, now, verified=True)
-        contact = self.table.get(node_id)
+        contact = self.table.get(node_id, family_of(addr))
         if contact is not None:
             contact.observe_rtt(rtt)
         if head is not None:
@@ -394,7 +398,7 @@ class Engine:
         self.stats.timeouts += 1
         self.timeouts.timed_out(call.address)
         if call.node_id is not None:
-            self.table.failed(call.node_id)
+            self.table.failed(call.node_id, call.address)
         call.on_reply(False, None)
 
     def estimates(
@@ -402,7 +406,8 @@ class Engine:
     ) -> tuple[float, float]:
         """(timeout, expected round trip) for a request to `node_id` at `address` (see
         `node.engine.timeouts`)."""
-        contact = self.table.get(node_id) if node_id is not None else None
+        family = family_of(address) if address is not None else None
+        contact = self.table.get(node_id, family) if node_id is not None else None
         return self.timeouts.estimates(contact, address)
 
 

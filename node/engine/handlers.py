@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from node.engine.proofs import PROVABLE, PROVE, wrap_proof
-from node.routing import Address
+from node.routing import Address, family_of
 from node.wire import MAX_DATAGRAM_SIZE, encode_response
 from records import InvalidRecord, decode_record
 from records.errors import StoreFull
@@ -146,21 +146,27 @@ class RequestHandlers:
         return [request.addr[0], request.addr[1]]
 
     def find_node(self, request: Request) -> Any:
-        """The k closest good contacts to the target (not the asker)."""
-        return Contacts(None, self.closest_as_list(request.args[1], request.args[0]))
+        """The k closest good contacts to the target (not the asker), of the asker's address
+        family (BEP 32: an IPv4 asker learns IPv4 contacts, an IPv6 one IPv6 contacts)."""
+        family = family_of(request.addr)
+        return Contacts(None, self.closest_as_list(request.args[1], request.args[0], family))
 
     def find_value(self, request: Request) -> Any:
         """The record at the target, if held, and the closest contacts."""
         key = request.args[1]
         entry = self.engine.store.get(key, self.engine.clock.now_ms())
-        nodes = self.closest_as_list(key, request.args[0])
+        nodes = self.closest_as_list(key, request.args[0], family_of(request.addr))
         return Contacts(entry.data if entry is not None else None, nodes)
 
-    def closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
-        """``[id, host, port]`` of the k closest good contacts to `key`."""
+    def closest_as_list(
+        self, key: bytes, exclude: bytes, family: int | None = None
+    ) -> list[list[Any]]:
+        """``[id, host, port]`` of the k closest good contacts to `key` (in `family`)."""
         engine = self.engine
         target = int.from_bytes(key, "big")
-        contacts = engine.table.closest(target, engine.config.k, exclude=exclude, good_only=True)
+        contacts = engine.table.closest(
+            target, engine.config.k, exclude=exclude, good_only=True, family=family
+        )
         return [[c.id, c.address[0], c.address[1]] for c in contacts]
 
     def store(self, request: Request) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from node.routing import Address, RoutingTable
+from node.routing import Address, RoutingTables
 from records import identity_id
 from records.identity import check_node_proof
 
@@ -54,7 +54,7 @@ class ProofBook:
         self.ping_backs: set[bytes] = set()
         """Unproven nodes that asked us something, being pinged for a proof."""
 
-    def proven(self, node_id: bytes, address: Address, table: RoutingTable) -> bool:
+    def proven(self, node_id: bytes, address: Address, table: RoutingTables) -> bool:
         """True if `node_id` has proved its ID from `address` (it is in the routing table or
         proved it lately)."""
         if self._proven_at.get(node_id) == address:

@@ -23,7 +23,7 @@ from typing import Any
 
 from node import DHTNode
 from node.engine.handlers import Contacts, Request, RequestHandlers
-from node.routing import Address
+from node.routing import Address, family_of
 from node.wire import encode_request
 from records import DHTError, InvalidRecord, Record, decode_record, default_validator
 from simulations.harness import GetSample, SimNode, Simulation
@@ -63,7 +63,9 @@ def malicious_node_class(colluders: Colluders, seed: int, spoof: bool = False) -
     rng = random.Random(f"malice-{seed}")
 
     class MaliciousHandlers(RequestHandlers):
-        def closest_as_list(self, key: bytes, exclude: bytes) -> list[list[Any]]:
+        def closest_as_list(
+            self, key: bytes, exclude: bytes, family: int | None = None
+        ) -> list[list[Any]]:
             target = int.from_bytes(key, "big")
             fellows = colluders.closest(target, self.engine.config.k)
             if not spoof:
@@ -75,7 +77,7 @@ def malicious_node_class(colluders: Colluders, seed: int, spoof: bool = False) -
 
         def find_value(self, request: Request) -> Any:
             key = request.args[1]
-            nodes = self.closest_as_list(key, request.args[0])
+            nodes = self.closest_as_list(key, request.args[0], family_of(request.addr))
             engine = self.engine
             held = engine.store.get(key, engine.clock.now_ms())
             if held is None:
