@@ -102,6 +102,10 @@ class NodeConfig:
     """Holders push records to close nodes that do not have them yet this often."""
     sweep_interval: float = 60.0
     """Expired records are removed this often."""
+    contacts_save_interval: float = 300.0
+    """The routing table is saved to ``contacts.json`` in `data_dir` this often, and when the
+    node stops; a restarted node rejoins through those contacts (after each proves its ID
+    again), with no `bootstrap` needed."""
     bootstrap_retry_interval: float = 60.0
     """While its routing table holds fewer than k contacts, a node retries the bootstrap nodes
     that are not in it: after 1 s, then at doubling intervals up to this one."""
@@ -205,6 +209,7 @@ class NodeConfig:
             "replicate_interval",
             "sweep_interval",
             "bootstrap_retry_interval",
+            "contacts_save_interval",
             "stores_per_source_per_s",
             "lookups_per_source_per_s",
             "stores_per_s",

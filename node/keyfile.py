@@ -11,26 +11,14 @@ import os
 import stat
 from pathlib import Path
 
+from node.atomicfile import replace_file
 from records import DHTError, Identity
 from records.errors import KeyFileError
 
 
 def save_identity(identity: Identity, path: str | os.PathLike[str]) -> None:
     """Write `identity` to `path` (mode 0600), replacing any file there atomically."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(identity.to_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    replace_file(Path(path), identity.to_bytes(), 0o600)
 
 
 def load_identity(path: str | os.PathLike[str]) -> Identity:
@@ -61,11 +49,3 @@ def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
     identity = Identity.generate()
     save_identity(identity, target)
     return identity
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

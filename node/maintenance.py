@@ -36,6 +36,7 @@ class Maintenance:
             (cfg.replicate_interval, self.replicate),
             (cfg.republish_interval, self.republish),
             (min(cfg.refresh_interval / 4, 600.0), self.refresh),
+            (cfg.contacts_save_interval, node.save_contacts),
         ]
         now = loop.time()
         due = [now + interval * (0.5 + node.rng.random() / 2) for interval, _ in jobs]

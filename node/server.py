@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from node.config import NodeConfig
+from node.contacts import CONTACTS_FILE, encode_contacts, load_contacts, save_contacts
 from node.datadir import DataDirLock
 from node.engine import Engine, Limits, NodeStats, OnReply, RequestHandlers
 from node.engine.handlers import refused_for_good
@@ -53,6 +54,7 @@ from records.validation import merge_copies, without_expired
 log = logging.getLogger(__name__)
 
 KEY_FILE = "node.key"
+_REJOIN_THROUGH = 32  # saved contacts (the closest to us) pinged on a restart
 RECORDS_FILE = "records.sqlite3"
 
 S = TypeVar("S", bound="Service")
@@ -229,8 +231,14 @@ class DHTNode:
             loaded,
         )
         self.spawn(self._maintenance.run())
+        saved = [address for _, address in self._saved_contacts()[:_REJOIN_THROUGH]]
+        join = list(dict.fromkeys([*cfg.bootstrap, *saved]))
+        if join:
+            answered = await self.bootstrap(join)
+            log.info(
+                "joined through %d of %d saved contacts and bootstrap nodes", answered, len(join)
+            )
         if cfg.bootstrap:
-            await self.bootstrap(cfg.bootstrap)
             self.spawn(self._maintenance.keep_joining())
         for service in self.services:
             await service.start()
@@ -242,6 +250,7 @@ class DHTNode:
             return
         self._running = False
         await cancel_and_wait(self._tasks)
+        await self.save_contacts()
         await self._close_services(self.services)
         if self.protocol is not None:
             await self.protocol.close()
@@ -250,6 +259,22 @@ class DHTNode:
         self.transport = None
         self._release_data_dir()
         log.info("node stopped id=%s", self.identity.id_hex if self.identity else "?")
+
+    def _saved_contacts(self) -> list[tuple[bytes, Address]]:
+        if self.config.data_dir is None:
+            return []
+        return load_contacts(self.config.data_dir / CONTACTS_FILE)
+
+    async def save_contacts(self) -> None:
+        """Save the routing table to ``contacts.json`` in the data dir (if any), off the loop;
+        a failure is logged (the node runs on: only a restart without `bootstrap` needs it)."""
+        if self.config.data_dir is None or self.table is None or self.identity is None:
+            return
+        data = encode_contacts(self.table, self.identity.id)
+        try:
+            await asyncio.to_thread(save_contacts, self.config.data_dir / CONTACTS_FILE, data)
+        except OSError as exc:
+            log.warning("could not save the contacts: %s", exc)
 
     async def _bind(self, protocol: EngineProtocol) -> asyncio.DatagramTransport:
         """The datagram endpoint: the configured factory's (a simulation's), else a UDP socket.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -125,6 +126,43 @@ async def test_three_processes_survive_sigkill(tmp_path: Path) -> None:
         answer = await find_value(port, location(record.key))
         assert isinstance(answer, dict)
         assert decode_record(answer["value"]) == record
+        for node in nodes:
+            assert await node.stop() == 0
+    finally:
+        for node in nodes:
+            if node.proc is not None and node.proc.returncode is None:
+                node.proc.kill()
+                await node.proc.wait()
+
+
+async def test_a_restarted_node_rejoins_through_its_saved_contacts(tmp_path: Path) -> None:
+    """A node stopped and started again with no --bootstrap rejoins through the contacts it
+    saved (each proves its ID again) and serves a get of a record put while it was away."""
+    nodes = [NodeProcess(tmp_path / f"node{i}") for i in range(4)]
+    try:
+        await nodes[0].start()
+        for i in (1, 2):
+            await nodes[i].start(bootstrap=(nodes[0].port,))
+        await nodes[3].start(bootstrap=(nodes[0].port, nodes[1].port))
+        assert await nodes[3].stop() == 0
+        saved = json.loads((tmp_path / "node3" / "contacts.json").read_text())
+        assert len(saved["contacts"]) == 3
+        record = presence(now=SystemClock().now_ms(), ttl_ms=3600 * 1000)
+        async with client(nodes[0].port) as writer:
+            assert await writer.put(record) >= 3  # while node 3 is away: it does not hold it
+        loop = asyncio.get_running_loop()
+        restarted = loop.time()
+        await nodes[3].start(port=nodes[3].port)  # no --bootstrap
+        got = None
+        for _ in range(20):  # bounded: each attempt is a fresh client through node 3 only
+            async with client(nodes[3].port) as reader:
+                got = await reader.get(record.key)
+            if got is not None:
+                break
+        elapsed = loop.time() - restarted
+        assert got == record
+        assert elapsed < 10, f"rejoined and served the get after {elapsed:.1f} s"
+        print(f"restarted node served the get {elapsed:.2f} s after it was started again")
         for node in nodes:
             assert await node.stop() == 0
     finally:

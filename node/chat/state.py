@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from node.atomicfile import replace_file
 
 
 class ChatState:
@@ -84,16 +85,5 @@ class ChatState:
     def _write(self, data: str) -> None:
         assert self.path is not None
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        # flushed to disk before the rename, and the rename itself after: a crash (even of the
-        # machine) leaves the old file or the new one, never an empty or partial one
-        with temporary.open("w", encoding="utf-8") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        # a crash (even of the machine) leaves the old file or the new one, never half of one
+        replace_file(self.path, data.encode("utf-8"))
