@@ -220,7 +220,7 @@ async def run(config: NodeConfig, args: argparse.Namespace) -> None:
             metrics = MetricsServer(node, host=args.metrics_host, port=args.metrics_port)
             await metrics.start()
         host, port = node.address
-        print(f"node {node.id.hex()} listening on {host}:{port}", flush=True)
+        print(f"node {node.id.hex()} listening on {_host_port((host, port))}", flush=True)
         if api is not None:
             print(f"control API on {args.api_host}:{api.port}", flush=True)
         if directory is not None:
