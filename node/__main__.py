@@ -106,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
         "the node)",
     )
     parser.add_argument(
+        "--mode",
+        choices=("server", "client", "auto"),
+        default="server",
+        help="server (default): answer queries, sit in routing tables; client: a node others "
+        "cannot reach (behind NAT): ask and store through others, answer nothing, enter no "
+        "routing table; auto: start as a client, turn server once peers reach it unasked",
+    )
+    parser.add_argument(
+        "--client",
+        dest="mode",
+        action="store_const",
+        const="client",
+        help="the same as --mode client",
+    )
+    parser.add_argument(
         "--key-server",
         action="store_true",
         help="also serve the anonymous key exchange (Post Key / Get Key) on the node's UDP port",
@@ -324,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             bootstrap=tuple(resolve(args.bootstrap, args.host)),
             drd_authorities=_drd_authorities(args),
+            mode=args.mode,
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
             raise ValueError(

@@ -20,6 +20,7 @@ from node.config import Clock, NodeConfig
 from node.engine.bans import BanList
 from node.engine.calls import Call, CallTable, Expired, OnReply
 from node.engine.handlers import (
+    CLIENT,
     DEFERRED,
     NO_ANSWER,
     PendingWrite,
@@ -29,9 +30,12 @@ from node.engine.handlers import (
     encode_answer,
     parse_request,
     refusal,
+    summarize,
 )
 from node.engine.limits import Budget, Limits, source_of
+from node.engine.listeners import Listeners
 from node.engine.proofs import MAX_PING_BACKS, PROVABLE, PROVE, ProofBook
+from node.engine.reachability import Reachability
 from node.engine.services import ServiceRoutes
 from node.engine.stats import NodeStats
 from node.engine.timeouts import Timeouts
@@ -90,6 +94,22 @@ class Engine:
         self._writes_in_flight = 0
         self._closed = False
         self.timer_moved = False
+        self.client = config.mode != "server"
+        """In client mode (BEP 43) the node answers nothing but notifications of its own
+        subscriptions, and marks its requests so nobody puts it in a routing table."""
+        self.unasked = Reachability(config.auto_server_after)
+        """Who reached us without being asked first (auto mode turns server on evidence)."""
+        self.listeners = Listeners(
+            randbytes(32),
+            max_per_key=config.max_listeners_per_key,
+            max_per_source=config.max_listeners_per_source,
+            max_total=config.max_listeners,
+        )
+        """Subscriptions others hold at this node."""
+        self._listeners_swept = 0.0
+        self.on_notify: Callable[[bytes, list[list[Any]], bytes, Address], bool] | None = None
+        """Called with (location, summary, holder ID, holder address) when a holder pushes a
+        change; returns whether we listen to that location (set by the node)."""
         """Set when a deadline earlier than any before may have appeared (a call went out, a
         ban began); an adapter then asks `get_timer` again and clears it."""
 
@@ -141,7 +161,29 @@ class Engine:
                 on_stall, call.on_stall = call.on_stall, None
                 on_stall()
         self.bans.purge(now)
+        if now >= self._listeners_swept + 60.0:
+            self.listeners.expire_all(now)
+            self._listeners_swept = now
         self._send_queued(now)
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def record_changed(self, loc: bytes, now: float) -> None:
+        """The record held at `loc` changed: tell its listeners (a summary, no values). A
+        listener that does not answer, or says it no longer listens, is dropped."""
+        listeners = self.listeners.of(loc, now)
+        if not listeners:
+            return
+        entry = self.store.get(loc, self.clock.now_ms())
+        summary = summarize(entry.record.values) if entry is not None else []
+        for listener in listeners:
+            address = listener.address
+
+            def done(ok: bool, body: Any, address: Address = address) -> None:
+                if not ok or body is not True:
+                    self.listeners.remove(loc, address)
+
+            self.call(address, "notify", [self.own_id, loc, summary], listener.node_id, done, now)
 
     def write_finished(self, write: PendingWrite, ok: bool, now: float) -> None:
         """The disk write a store waited on is done (or failed): answer the store."""
@@ -195,7 +237,12 @@ class Engine:
             on_reply(False, None)
             return False
         msg_id = self.randbytes(20)
-        data = encode_request(msg_id, name, [*args, PROVE] if prove else args)
+        markers = [CLIENT] if self.client else []
+        if prove:
+            markers.append(PROVE)
+        data = encode_request(msg_id, name, [*args, *markers])
+        if self.client:
+            self.unasked.asked(address, now)
         call = Call(msg_id, name, data, address, node_id, prove, on_reply, on_stall)
         if self.calls.can_send() and not self.calls.queue:
             self._transmit(call, now)
@@ -266,12 +313,15 @@ class Engine:
         if isinstance(parsed, str):
             self.stats.dropped[parsed] += 1
             return
-        name, args, prove = parsed
+        name, args, prove, client = parsed
+        if self.client and name != "notify" and not self._turns_server(addr, now):
+            self.stats.dropped["client_mode"] += 1  # a client answers nothing but its pushes
+            return
         if name != "store" and (reason := self.lookup_budget.allow(self.source_of(addr), now)):
             self.stats.dropped[reason] += 1
             return
         self.stats.requests_in[name] += 1
-        request = Request(msg_id, name, args, addr, now, prove)
+        request = Request(msg_id, name, args, addr, now, prove, client)
         try:
             answer = self._table[name](request)
         except Exception:
@@ -284,8 +334,17 @@ class Engine:
                 self.stats.dropped["oversized_answer"] += 1
                 data = encode_response(msg_id, None)
             self._send(data, addr)
-        if name != "stun":
+        if name != "stun" and not client:
             self._heard(args[0], addr, now)  # after answering: it may ping the sender back
+
+    def _turns_server(self, addr: Address, now: float) -> bool:
+        """In auto mode, a request from an address we never sent to is evidence that we are
+        reachable; enough of it and the node turns server (True: answer this one too)."""
+        if self.config.mode != "auto" or not self.unasked.heard(addr, now):
+            return False
+        self.client = False
+        log.info("reached unasked by %d peers: serving from now on", self.unasked.needed)
+        return True
 
     def _heard(self, node_id: bytes, addr: Address, now: float) -> None:
         """A request came from `node_id` at `addr`: a known contact is fresh; an unproven node
