@@ -4,11 +4,13 @@ behind a NAT, auto mode. On the simulated network, virtual time."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
 
 from node import DHTNode
+from node.chat import ChatClient
 from node.subscriptions import Subscription
 from records import location
 from simulations.clock import run_virtual
@@ -132,12 +134,35 @@ def test_a_client_behind_a_nat_puts_gets_hears_pushes_and_is_in_no_routing_table
         except TimeoutError:
             delay_ok = False
         got_back = await client.get(record.key)
+        # chat: a user on the client receives a message through messages(), by push
+        alice, bob = user_identity(172, 1), user_identity(172, 2)
+        a = ChatClient(client, alice, name="Alice", random_bytes=random.Random(1).randbytes)
+        b = ChatClient(running(sim.nodes[9]), bob, name="Bob")
+        arrived: list[str] = []
+        async with a, b:
+
+            async def read() -> None:
+                async for entry in a.messages():
+                    arrived.append(entry.text or entry.kind)
+
+            reader = asyncio.create_task(read())
+            await b.handshake(alice.id)
+            await asyncio.sleep(10)  # virtual: the first full read is over, pushes from now on
+            full_reads = client.stats.requests_out["find_value"]
+            await b.send(alice.id, "through the NAT")
+            await asyncio.sleep(5)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            # one page fetched from the holder that pushed (not 16 gets over 3 paths)
+            fetches = client.stats.requests_out["find_value"] - full_reads
         in_tables = tables_holding(sim, client.id, but=host)
         result = {
             "stored": stored,
             "got": got == record,
             "pushed": delay_ok,
             "client_get": got_back is not None,
+            "chat": arrived[-1] if arrived else None,
+            "fetches": fetches,
             "in_tables": in_tables,
             "nat_drops": sim.network.counters["dropped_nat"],
             "client_mode_drops": client.stats.dropped["client_mode"],
@@ -150,6 +175,8 @@ def test_a_client_behind_a_nat_puts_gets_hears_pushes_and_is_in_no_routing_table
     assert result["got"]
     assert result["pushed"]
     assert result["client_get"]
+    assert result["chat"] == "through the NAT"
+    assert 1 <= result["fetches"] <= 3
     assert result["in_tables"] == 0
 
 
