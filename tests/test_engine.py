@@ -13,7 +13,7 @@ import pytest
 
 from node import NodeConfig
 from node.engine import Engine
-from node.engine.proofs import PROVE
+from node.engine.proofs import CHALLENGES, PROVE
 from node.keyexchange import REQUEST_LIMITS, request_cost
 from node.routing import Address, RoutingTables
 from node.storage import RecordStore
@@ -107,13 +107,19 @@ def test_a_call_and_its_answer() -> None:
     [(data, addr)] = a.out()
     request = decode(data)
     assert addr == b.address
-    assert request.body == ["ping", [a.id, PROVE]]
+    # a stranger proves its ID; we take a challenge in the answer
+    assert request.body == ["ping", [a.id, CHALLENGES, PROVE]]
     b.engine.datagram_received(data, a.address, 0.010)
-    answer, *ping_back = b.out()  # b answers, then asks a to prove its own ID
+    [answer] = b.out()  # b answers, with a challenge for a to prove its own ID
     assert answer[1] == a.address
-    assert len(ping_back) == 1
+    assert set(decode(answer[0]).body) == {"answer", "proof", "challenge"}
     a.engine.datagram_received(answer[0], b.address, 0.020)
     assert replies.got == [(True, b.id)]
+    [(proof, to)] = a.out()  # a answers the challenge: one datagram, and b knows a
+    assert to == b.address
+    assert decode(proof).kind == 1
+    b.engine.datagram_received(proof, a.address, 0.030)
+    assert b.table.get(a.id) is not None
     contact = a.table.get(b.id)
     assert contact is not None
     assert contact.srtt == pytest.approx(0.020)
@@ -191,7 +197,7 @@ def test_calls_over_the_in_flight_limit_wait_and_past_the_queue_fail_at_once() -
     first = a.engine.calls.in_flight[next(iter(a.engine.calls.in_flight))]
     a.engine.datagram_received(encode_response(first.msg_id, ["x", 1]), b.address, 0.3)
     [(data, _)] = a.out()
-    assert decode(data).body == ["stun", []]
+    assert decode(data).body == ["stun", [CHALLENGES]]
     assert a.engine.calls.in_flight[decode(data).msg_id].sent_at == 0.3
 
 
@@ -540,7 +546,7 @@ def test_a_client_answers_only_its_notifications_and_marks_its_requests() -> Non
     assert client.engine.stats.dropped["client_mode"] == 1
     client.engine.call(server.address, "find_node", [client.id, b"\x01" * 20], None, Replies(), 0)
     [(data, _)] = client.out()
-    assert decode(data).body[1][-2:] == ["client", "prove"]
+    assert decode(data).body[1][-3:] == ["client", CHALLENGES, "prove"]
     server.engine.datagram_received(data, client.address, 0.01)
     answers = server.out()
     assert [addr for _, addr in answers] == [client.address]  # answered, and no ping back

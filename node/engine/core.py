@@ -24,7 +24,6 @@ from node.engine.handlers import (
     DEFERRED,
     NO_ANSWER,
     PendingWrite,
-    Request,
     RequestHandlers,
     answer_with_proof,
     encode_answer,
@@ -34,7 +33,14 @@ from node.engine.handlers import (
 )
 from node.engine.limits import Budget, Limits, source_of
 from node.engine.listeners import Listeners
-from node.engine.proofs import MAX_PING_BACKS, PROVABLE, PROVE, ProofBook
+from node.engine.proofs import (
+    CHALLENGES,
+    MAX_PING_BACKS,
+    PROVABLE,
+    PROVE,
+    ProofBook,
+    split_challenge,
+)
 from node.engine.reachability import Reachability
 from node.engine.services import ServiceRoutes
 from node.engine.stats import NodeStats
@@ -44,6 +50,7 @@ from node.storage import RecordStore
 from node.wire import MAX_DATAGRAM_SIZE, REQUEST, decode, encode_request, encode_response
 from records import Identity
 from records.errors import ProtocolError
+from records.identity import prove_node
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +245,8 @@ class Engine:
             return False
         msg_id = self.randbytes(20)
         markers = [CLIENT] if self.client else []
+        if self.config.prove_ids:  # (without proofs, as stock kademlia: nothing extra)
+            markers.append(CHALLENGES)
         if prove:
             markers.append(PROVE)
         data = encode_request(msg_id, name, [*args, *markers])
@@ -309,11 +318,11 @@ class Engine:
     # -- requests --------------------------------------------------------------------------
 
     def _handle_request(self, msg_id: bytes, body: Any, addr: Address, now: float) -> None:
-        parsed = parse_request(body)
-        if isinstance(parsed, str):
-            self.stats.dropped[parsed] += 1
+        request = parse_request(body)
+        if isinstance(request, str):
+            self.stats.dropped[request] += 1
             return
-        name, args, prove, client = parsed
+        name, args = request.name, request.args
         if self.client and name != "notify" and not self._turns_server(addr, now):
             self.stats.dropped["client_mode"] += 1  # a client answers nothing but its pushes
             return
@@ -321,20 +330,27 @@ class Engine:
             self.stats.dropped[reason] += 1
             return
         self.stats.requests_in[name] += 1
-        request = Request(msg_id, name, args, addr, now, prove, client)
+        request.msg_id, request.addr, request.now = msg_id, addr, now
         try:
             answer = self._table[name](request)
         except Exception:
             log.exception("error answering %s from %s", name, addr)
             self.stats.dropped["handler_error"] += 1
             answer = None
-        if answer is not NO_ANSWER and answer is not DEFERRED:
-            data = encode_answer(msg_id, answer, answer_with_proof(self, request))
+        answered = answer is not NO_ANSWER and answer is not DEFERRED
+        learn = name != "stun" and not request.client
+        challenge = None
+        if learn and answered and request.challenges:
+            challenge = self._heard(args[0], addr, now, challenge=True)  # carried by the answer
+            learn = False
+        if answered:
+            proof = answer_with_proof(self, request)
+            data = encode_answer(msg_id, answer, proof, challenge)
             if data is None:
                 self.stats.dropped["oversized_answer"] += 1
                 data = encode_response(msg_id, None)
             self._send(data, addr)
-        if name != "stun" and not client:
+        if learn:
             self._heard(args[0], addr, now)  # after answering: it may ping the sender back
 
     def _turns_server(self, addr: Address, now: float) -> bool:
@@ -346,16 +362,20 @@ class Engine:
         log.info("reached unasked by %d peers: serving from now on", self.unasked.needed)
         return True
 
-    def _heard(self, node_id: bytes, addr: Address, now: float) -> None:
+    def _heard(
+        self, node_id: bytes, addr: Address, now: float, challenge: bool = False
+    ) -> bytes | None:
         """A request came from `node_id` at `addr`: a known contact is fresh; an unproven node
-        whose bucket has room is pinged for a proof (it enters the table when that answers).
+        whose bucket has room is asked for a proof (it enters the table when that comes): with
+        `challenge`, by a challenge returned here for our answer to carry (the stranger
+        answers it in one datagram), else by a ping-back.
 
         Pinging back only strangers that would be among our k nearest halved the extra
         datagrams of joining, but among 20 % colluders gets succeeded less often (98.8 % instead
         of 99.1 % over three paths, 95.3 % instead of 97.1 % over one): learning honest
         newcomers from their requests keeps tables honest."""
         if node_id in self.bans or addr in self.bans:
-            return
+            return None
         if self.config.prove_ids and not self.proofs.proven(node_id, addr, self.table):
             ping_backs = self.proofs.ping_backs
             if (
@@ -364,18 +384,29 @@ class Engine:
                 and self.table.has_room_for(node_id, addr)
             ):
                 ping_backs.add(node_id)
-                self.call(
-                    addr,
-                    "ping",
-                    [self.own_id],
-                    node_id,
-                    lambda _ok, _body: ping_backs.discard(node_id),
-                    now,
-                )
-            return
+
+                def done(_ok: bool, _body: Any) -> None:
+                    ping_backs.discard(node_id)
+
+                if challenge:
+                    return self._challenge(node_id, addr, done, now)
+                self.call(addr, "ping", [self.own_id], node_id, done, now)
+            return None
         head = self.table.heard_from(node_id, addr, now, verified=False)
         if head is not None:
             self.call(head.address, "ping", [self.own_id], head.id, _ignore, now)
+        return None
+
+    def _challenge(self, node_id: bytes, addr: Address, on_reply: OnReply, now: float) -> bytes:
+        """A ping-back that sends nothing: a call waiting for the answer to a ping with a proof
+        request, under a message ID our answer carries as its challenge."""
+        msg_id = self.randbytes(20)
+        call = Call(msg_id, "ping", b"", addr, node_id, True, on_reply)
+        timeout, expected = self.estimates(node_id, addr)
+        self.calls.start(call, now, timeout, expected)
+        self.timer_moved = True
+        self.stats.requests_out["challenge"] += 1
+        return msg_id
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -393,9 +424,15 @@ class Engine:
             self.stats.late_answers += 1
         rtt = now - found.sent_at
         self.timeouts.answered(addr, rtt)
+        body, challenge = split_challenge(body)
         proven = self._answerer(msg_id, found, body, addr, now)
         if proven is not None and (node_id := proven[1]) is not None:
             self._answered_by(node_id, addr, rtt, found.prove, now)
+            if challenge is not None and not self.client:
+                # the node we asked wants our proof: answer as if it had pinged us for one
+                public_key, signature = prove_node(self.identity, challenge, node_id)
+                body_ = {"answer": self.own_id, "proof": [public_key, signature]}
+                self._send(encode_response(challenge, body_), addr)
         if call is not None:
             call.on_reply(*((True, proven[0]) if proven is not None else (False, None)))
         self._send_queued(now)

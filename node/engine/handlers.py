@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.engine.proofs import PROVABLE, PROVE, wrap_proof
+from node.engine.proofs import CHALLENGES, PROVABLE, PROVE, wrap_answer
 from node.routing import Address, family_of
 from node.wire import MAX_DATAGRAM_SIZE, encode_response
 from records import InvalidRecord, decode_record
@@ -68,6 +68,7 @@ class Request:
     now: float
     prove: bool
     client: bool = False
+    challenges: bool = False
 
     @property
     def sender_id(self) -> bytes | None:
@@ -110,13 +111,18 @@ def refused_for_good(body: object) -> bool:
     return isinstance(body, list) and len(body) == 3 and body[0] is False and body[2] is True
 
 
-def encode_answer(msg_id: bytes, answer: Any, proof: tuple[bytes, bytes] | None) -> bytes | None:
-    """The response datagram for `answer` (wrapped with `proof` if given), within
-    `MAX_DATAGRAM_SIZE`: a `Contacts` answer loses its farthest nodes until it fits. None if
-    even that cannot fit (nothing we hold is that large: records are at most 8 KiB)."""
+def encode_answer(
+    msg_id: bytes,
+    answer: Any,
+    proof: tuple[bytes, bytes] | None,
+    challenge: bytes | None = None,
+) -> bytes | None:
+    """The response datagram for `answer` (wrapped with `proof` and `challenge` if given),
+    within `MAX_DATAGRAM_SIZE`: a `Contacts` answer loses its farthest nodes until it fits.
+    None if even that cannot fit (nothing we hold is that large: records are at most 8 KiB)."""
 
     def build(body: Any) -> bytes:
-        return encode_response(msg_id, wrap_proof(body, *proof) if proof else body)
+        return encode_response(msg_id, wrap_answer(body, proof, challenge))
 
     if not isinstance(answer, Contacts):
         data = build(answer)
@@ -131,24 +137,26 @@ def encode_answer(msg_id: bytes, answer: Any, proof: tuple[bytes, bytes] | None)
     return data if len(data) <= MAX_DATAGRAM_SIZE else None
 
 
-def parse_request(body: Any) -> tuple[str, list[Any], bool, bool] | str:
-    """``(name, args, prove, client)`` of a request body, or the drop reason. The markers
-    follow the arguments: `CLIENT` first, then `PROVE` (the last, as stock-era nodes expect)."""
+def parse_request(body: Any) -> Request | str:
+    """The request of a body (`msg_id`, `addr` and `now` left to fill in), or the drop reason.
+    Markers follow the arguments: `CLIENT`, then `CHALLENGES`, then `PROVE` (the last)."""
     if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
         return "malformed"
     name, args = body
     if not isinstance(name, str) or name not in ARITY:
         return "unknown_rpc"
-    prove = name in PROVABLE and len(args) > ARITY[name] and args[-1] == PROVE
-    if prove:
-        args = args[:-1]
-    client = len(args) > ARITY[name] and args[-1] == CLIENT
-    if client:
-        args = args[:-1]
-    ids = args[: _ID_ARGS[name]]
-    if len(args) != ARITY[name] or not all(isinstance(v, bytes) and len(v) == 20 for v in ids):
+    arity = ARITY[name]
+    markers = {"prove": False, "challenges": False, "client": False}
+    for key, marker in (("prove", PROVE), ("challenges", CHALLENGES), ("client", CLIENT)):
+        if len(args) > arity and args[-1] == marker:
+            markers[key] = True
+            args = args[:-1]
+    if markers["prove"] and name not in PROVABLE:
         return "bad_arguments"
-    return name, args, prove, client
+    ids = args[: _ID_ARGS[name]]
+    if len(args) != arity or not all(isinstance(v, bytes) and len(v) == 20 for v in ids):
+        return "bad_arguments"
+    return Request(b"", name, args, ("", 0), 0.0, **markers)
 
 
 def summarize(values: Any) -> list[list[Any]]:
