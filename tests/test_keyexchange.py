@@ -284,7 +284,7 @@ def test_a_key_handler_has_the_key_before_send_key_returns_and_parts_keep_their_
 
         sender.post_part = recording  # type: ignore[method-assign]
         sent = []
-        for _ in range(6):
+        for _ in range(20):
             current.clear()
             key = await sender.send_key(sim.nodes[11].address, min_parts=3, max_part=16)
             assert handled[-1] == key  # already handed over
