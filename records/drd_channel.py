@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from records.directory import Status
-from records.errors import DirectoryError, FrameRefused
+from records.errors import DirectoryError, DirectoryRefused, FrameRefused
 
 SEALED = 0xE6  # seed 000 step 5: "Clients use encryption type 6"; no DRD command starts so
 KEY_SIZE = 32  # seed 000 step 2: "a shared AES 256 bit ... key"
@@ -127,8 +127,8 @@ class ClientChannel:
 
     def open(self, counter: int, data: bytes) -> bytes:
         """The clear response frame of the answer `data` to request `counter`. Raises
-        `FrameRefused` with the server's status if it refused the request, or with 42 if the
-        answer is not an authentic answer to that request."""
+        `DirectoryRefused` with the server's status (`code`) if it refused the request, or
+        `FrameRefused` (42) if the answer is not an authentic answer to that request."""
         if len(data) < ANSWER_HEADER_SIZE or data[0] != SEALED:
             raise FrameRefused("not a sealed answer", Status.FRAME_NOT_AUTHENTIC)
         status = data[1]
@@ -141,7 +141,7 @@ class ClientChannel:
                 name = Status(status).name
             except ValueError:
                 name = "UNKNOWN"
-            raise FrameRefused(f"the server refused the frame: {status} ({name})", status)
+            raise DirectoryRefused(f"the server refused the frame with {status} ({name})", status)
         header = data[:ANSWER_HEADER_SIZE]
         try:
             return self._answers.decrypt(
