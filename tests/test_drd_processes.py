@@ -224,10 +224,9 @@ async def test_a_sealed_session_over_three_key_servers_leaves_nothing_readable_o
             await writer.wait_closed()
 
             # python -m node.directory: its own node finds key servers and sends the key
-            cli = await directory_cli("search", "--server", f"127.0.0.1:{port}")
-            clear_cli = await directory_cli(
-                "search", "--server", f"127.0.0.1:{port}", "--clear-text"
-            )
+            server = ("--server", f"127.0.0.1:{port}")
+            cli = await directory_cli("search", *server, "--host", "127.0.0.1")
+            clear_cli = await directory_cli("search", *server, "--clear-text")
         finally:
             await proxy.close()
             await node.stop()

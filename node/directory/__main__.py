@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
             "the server's own node, at the --server address)",
         )
         p.add_argument(
+            "--host",
+            default="0.0.0.0",
+            help="address the command's own node binds (any free UDP port; default 0.0.0.0)",
+        )
+        p.add_argument(
             "--key-parts",
             type=int,
             default=DEFAULT_KEY_PARTS,
@@ -347,7 +352,7 @@ async def _remote(args: argparse.Namespace) -> int:
         return await _request(args, client, change)
     bootstrap = tuple(args.bootstrap) or (args.server,)
     node = DHTNode(
-        NodeConfig(host="0.0.0.0", port=0, bootstrap=bootstrap, drd_authorities=None),
+        NodeConfig(host=args.host, port=0, bootstrap=bootstrap, drd_authorities=None),
         services=[KeyExchange()],
     )
     await node.start()
