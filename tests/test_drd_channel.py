@@ -1,10 +1,12 @@
-"""The sealed-frame layer of the DRD (`records.drd_channel`) with plain bytes: no loop, no
-socket. Each refusal has its status, and a refused frame leaves the channel as it was."""
+"""The sealed-frame layer of the DRD (`records.drd_channel`) and the server's channel table
+with plain bytes: no loop, no socket. Each refusal has its status, and a refused frame leaves
+the channel as it was."""
 
 from __future__ import annotations
 
 import pytest
 
+from node.directory.channels import ChannelTable
 from records.directory import Status
 from records.drd_channel import (
     ANSWER_HEADER_SIZE,
@@ -134,3 +136,24 @@ def test_the_client_takes_only_the_authentic_answer_to_its_request() -> None:
     with pytest.raises(ValueError, match="not a success"):
         refusal(counter, Status.SUCCESS)
     assert client.open(counter, answer) == ANSWER
+
+
+def test_the_channel_table_is_bounded_in_number_and_time() -> None:
+    table = ChannelTable(lifetime_ms=1000, max_channels=3)
+    keys = [bytes([i]) * 31 + b"\xff" for i in range(5)]
+    ids = [ChannelKeys.derive(k).channel_id for k in keys]
+    assert table.add_key(b"short" * 4, now=0) is None  # not a channel key
+    first = table.add_key(keys[0], now=0)
+    assert first is not None
+    first.bind(b"S" * 16, expires=5000)  # a session: its channel lives as long as it
+    table.add_key(keys[1], now=10)
+    table.add_key(keys[2], now=20)
+    table.add_key(keys[3], now=30)  # full: the oldest channel without a session goes
+    assert table.get(ids[1], now=40) is None
+    assert table.get(ids[0], now=40) is first
+    assert len(table) == 3
+    assert table.get(ids[2], now=1020) is None  # a channel without a session: 1000 ms
+    assert table.get(ids[0], now=4999) is first
+    assert table.get(ids[0], now=5000) is None  # the session ended, and the keys with it
+    assert table.stats["evicted"] == 1
+    assert table.stats["keys_refused"] == 1

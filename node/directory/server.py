@@ -53,8 +53,8 @@ from records.drd import (
     node_addresses,
     servers_of,
 )
-from records.drd_channel import SEALED, refusal, request_header
-from records.errors import DirectoryError, FrameRefused, TransportError, UsageError
+from records.drd_channel import SEALED
+from records.errors import DirectoryError, TransportError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class DirectoryServer:
         """Sealed channels, by the keys the node received."""
         self.keys: KeyAgreement = keys or KeyExchangeAgreement(node, min_parts=config.key_parts)
         """How this server agrees keys with its peers for sync."""
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = self.channels.stats
+        """Sealed frames taken and refused (by status), clear ones refused, keys taken."""
         self._exchange: KeyExchange | None = None
         self._listener: StreamServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -266,30 +267,13 @@ class DirectoryServer:
 
     async def _handle(self, frame: bytes, peer: Address) -> bytes:
         if frame[:1] == bytes([SEALED]):
-            return await self._sealed(frame)
+            return await self.channels.answer(frame, self.clock.now_ms(), self._dispatch)
         if not self.config.clear_text:
             self.stats["clear_refused"] += 1
             command = frame[0] & 0x7F if frame else 0
             challenge = frame[1 : 1 + CHALLENGE_SIZE].ljust(CHALLENGE_SIZE, b"\x00")
             return response_frame(command, Status.ENCRYPTION_REQUIRED, challenge)
         return await self._dispatch(frame, None)
-
-    async def _sealed(self, frame: bytes) -> bytes:
-        """Open a sealed request, answer it, seal the answer; refuse (in clear, with 41, 42
-        or 43) a frame that is not a request of a live channel, authentic and new."""
-        counter = 0
-        try:
-            channel_id, counter = request_header(frame)
-            channel = self.channels.get(channel_id, self.clock.now_ms())
-            if channel is None:
-                raise FrameRefused("unknown or expired channel", Status.UNKNOWN_CHANNEL)
-            counter, clear = channel.ends.open(frame)
-        except FrameRefused as exc:
-            self.stats[f"frames_refused.{exc.status}"] += 1
-            log.debug("sealed frame refused: %s", exc)
-            return refusal(counter, Status(exc.status))
-        self.stats["frames"] += 1
-        return channel.ends.seal(counter, await self._dispatch(clear, channel))
 
     async def _dispatch(self, frame: bytes, channel: Channel | None) -> bytes:
         assert self.service is not None
