@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with --directory if there is one, else the set shipped with the node)",
     )
     parser.add_argument(
+        "--directory-clear-text",
+        action="store_true",
+        help="serve the directory in clear text instead of sealed frames (for tests only: "
+        "profiles, tickets and sessions are then readable on the path)",
+    )
+    parser.add_argument(
         "--directory-public-host",
         metavar="HOST",
         help="the address other directory servers reach this one at (announced in the DHT; "
@@ -305,7 +311,11 @@ def _drd_authorities(args: argparse.Namespace) -> TicketAuthorities:
 def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
     """The directory role's settings from the command line (its ticket authorities are the
     node's, `_drd_authorities`)."""
-    return DirectoryConfig(root=args.directory, public_host=args.directory_public_host)
+    return DirectoryConfig(
+        root=args.directory,
+        public_host=args.directory_public_host,
+        clear_text=args.directory_clear_text,
+    )
 
 
 def _host_port(address: tuple[str, int]) -> str:

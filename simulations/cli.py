@@ -51,6 +51,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "simulations.bench_loopback",
         "our node vs. stock kademlia on real loopback UDP, before and after killing nodes",
     ),
+    "bench-drd": (
+        "simulations.bench_drd",
+        "DRD updates per second over sealed sessions vs. clear text, real 127.0.0.1",
+    ),
     "bench-validate": (
         "simulations.bench_validate",
         "presence records validated per second vs. two raw ed25519 verifications",
