@@ -1,0 +1,303 @@
+"""One sync of one domain, in seed 004's phases.
+
+1. local discovery (`weshare.discovery`): what changed in the folder;
+2. push: the changed files' parts, then one `C.x` per batch (`weshare.transfer`);
+3. remote discovery: change files newer than those seen, into Log;
+4. lineage and apply: `weshare.lineage.resolve` says which version belongs at which path
+   (forks placed side by side), and the folder is brought to it.
+
+Local edits are pushed before remote ones are applied, so a remote change never overwrites an
+edit that is not safe on the exchange yet; a concurrent edit then shows up as a fork. Every
+step is recorded in SQLite as it completes, and every step can run again: a killed sync is
+finished by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from weshare.crypto import content_hash
+from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
+from weshare.errors import InvalidFile, UsageError
+from weshare.formats import HASH_SIZE, ChangeFile, FileChange
+from weshare.lineage import Fork, Placement, Resolution, ref_of, resolve
+from weshare.parts import INLINE_LIMIT, decode_parts, diff_parts, encode_parts, split_bytes
+from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
+from weshare.transfer import (
+    LocalParts,
+    Session,
+    flush_outbox,
+    next_change_name,
+    pull,
+    put_change,
+    upload_parts,
+    write_version,
+)
+
+BATCH_INLINE_BYTES = 8 * 1024 * 1024  # inline data per change file
+BATCH_ENTRIES = 4096
+
+
+@dataclass
+class SyncReport:
+    """What one sync did."""
+
+    discovered: Discovered
+    pushed: int = 0  # file changes committed
+    pulled: int = 0  # versions read from the exchange
+    written: int = 0  # local files written
+    removed: int = 0  # local files removed
+    forks: int = 0  # forks open afterwards
+    uploaded: int = 0  # bytes put on the exchange
+    downloaded: int = 0  # bytes read from the exchange
+    problems: list[str] = field(default_factory=list)  # files that could not be written
+
+
+def current_resolution(session: Session) -> tuple[Resolution, dict[str, LogRow]]:
+    """Where each version belongs, from every version in Log."""
+    log = {row.version.ref: row for row in session.state.log(session.domain)}
+    return resolve(row.version for row in log.values()), log
+
+
+def _ids(parts_blob: bytes) -> list[bytes]:
+    return [parts_blob[i : i + HASH_SIZE] for i in range(0, len(parts_blob), HASH_SIZE)]
+
+
+async def _entry_for(
+    session: Session, row: FileRow, log: dict[str, LogRow]
+) -> tuple[FileChange, FileRow] | None:
+    """The file change that pushes `row`, or None if the file moved under us (next sync)."""
+    origin = (row.version,) if row.version else ()
+    old = _ids(log[row.version].parts) if row.version in log else []
+    if row.status == DELETE:
+        return FileChange((), origin, (), changes=diff_parts(old, [])), row
+    path = session.folder / row.name
+    parts = decode_parts(row.merkle)
+    data = b""
+    try:
+        if row.size <= INLINE_LIMIT:
+            data = await asyncio.to_thread(path.read_bytes)
+            parts = await asyncio.to_thread(split_bytes, data, session.id_key)
+        else:
+            await upload_parts(session, path, parts)
+        info = await asyncio.to_thread(os.stat, path)
+    except FileNotFoundError:
+        return None
+    ids = [part.id for part in parts]
+    if not same_stat(row, info) or content_hash(ids) != row.hash:
+        return None  # changed while we read it: the next discovery sees the new content
+    change = FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=data)
+    return change, row
+
+
+async def push(session: Session) -> int:
+    """Commit every file marked for push; returns how many file changes were committed."""
+    await flush_outbox(session)
+    state, domain = session.state, session.domain
+    pending = sorted((r for r in state.files(domain).values() if r.push), key=lambda r: r.name)
+    if not pending:
+        return 0
+    _, log = current_resolution(session)
+    total = sum(row.size for row in pending if row.status != DELETE)
+    session.progress.begin(total, "upload", "B")
+    pushed = 0
+    batch: list[tuple[FileChange, FileRow]] = []
+    inline = 0
+    try:
+        for row in pending:
+            made = await _entry_for(session, row, log)
+            if made is None:
+                continue
+            session.progress.advance(len(made[0].data))  # parts advanced as they went
+            batch.append(made)
+            inline += len(made[0].data)
+            if inline >= BATCH_INLINE_BYTES or len(batch) >= BATCH_ENTRIES:
+                pushed += await commit(session, batch)
+                batch, inline = [], 0
+        if batch:
+            pushed += await commit(session, batch)
+    finally:
+        session.progress.end()
+    return pushed
+
+
+async def commit(session: Session, batch: list[tuple[FileChange, FileRow]]) -> int:
+    """Queue one change file holding `batch`, point its Files rows at it, put it."""
+    state, domain = session.state, session.domain
+    name = next_change_name(session)
+    plaintext = ChangeFile(tuple(entry for entry, _ in batch)).encode()
+    with state.transaction():
+        state.add_outbox(domain, name, plaintext)
+        for index, (_, row) in enumerate(batch):
+            if row.status == DELETE:
+                state.drop_file(domain, row.name)
+            else:
+                state.put_file(domain, replace(row, push=False, version=ref_of(name, index)))
+    await put_change(session, name, plaintext)
+    return len(batch)
+
+
+# --- apply ---------------------------------------------------------------------------------
+
+
+def _local_parts(folder: Path, rows: dict[str, FileRow]) -> LocalParts:
+    """Parts that local files hold as their rows say (checked again when read)."""
+    local: LocalParts = {}
+    on_disk = walk(folder)
+    for name, row in rows.items():
+        info = on_disk.get(name)
+        if info is None or not same_stat(row, info):
+            continue
+        for part in decode_parts(row.merkle):
+            local.setdefault(part.id, (folder / name, part.offset, part.length))
+    return local
+
+
+def _remove_empty_parents(folder: Path, path: Path) -> None:
+    parent = path.parent
+    while parent != folder and parent.is_relative_to(folder):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
+
+
+async def _place(
+    session: Session, placement: Placement, log: dict[str, LogRow], local: LocalParts
+) -> FileRow:
+    target = session.folder / placement.path
+    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+    temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+    try:
+        parts = await write_version(session, log[placement.version.ref], target, temp, local)
+        await asyncio.to_thread(os.replace, temp, target)
+    finally:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+    info = await asyncio.to_thread(os.stat, target)
+    status = FORK if placement.conflict else SYNC
+    return FileRow(placement.path, placement.version.hash, str(info.st_mtime_ns), info.st_size,
+                   status, False, encode_parts(parts), placement.version.ref)  # fmt: skip
+
+
+async def apply(
+    session: Session, resolution: Resolution, log: dict[str, LogRow]
+) -> tuple[int, int]:
+    """Bring the folder to `resolution`: write what is missing or older, remove what no version
+    wants any more. Never overwrites a file with local changes not pushed yet. Returns
+    (written, removed)."""
+    state, domain, folder = session.state, session.domain, session.folder
+    rows = state.files(domain)
+    on_disk = await asyncio.to_thread(walk, folder)
+    local = await asyncio.to_thread(_local_parts, folder, rows)
+    to_write: list[Placement] = []
+    for path, placement in sorted(resolution.placements.items()):
+        row, info = rows.get(path), on_disk.get(path)
+        if row is not None and row.push:
+            continue  # a local change waits for the next push
+        if info is not None and (row is None or not same_stat(row, info)):
+            continue  # a local file we have not discovered yet: never clobber it
+        if row is not None and row.hash == placement.version.hash and info is not None:
+            status = FORK if placement.conflict else SYNC
+            if row.version != placement.version.ref or row.status != status:
+                with state.transaction():
+                    state.put_file(
+                        domain, replace(row, version=placement.version.ref, status=status)
+                    )
+            continue
+        to_write.append(placement)
+    session.progress.begin(sum(_pieces(log[p.version.ref]) for p in to_write), "download", "part")
+    written = 0
+    try:
+        for placement in to_write:
+            try:
+                new_row = await _place(session, placement, log, local)
+            except (InvalidFile, OSError) as exc:
+                session.problems.append(f"{placement.path}: {exc}")
+                continue
+            with state.transaction():
+                state.put_file(domain, new_row)
+            written += 1
+    finally:
+        session.progress.end()
+    removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows, on_disk)
+    return written, removed
+
+
+def _pieces(row: LogRow) -> int:
+    return 1 if row.data is not None else len(row.parts) // HASH_SIZE
+
+
+def _remove_unwanted(
+    session: Session,
+    resolution: Resolution,
+    rows: dict[str, FileRow],
+    on_disk: dict[str, os.stat_result],
+) -> int:
+    state, domain, folder = session.state, session.domain, session.folder
+    removed = 0
+    for name, row in rows.items():
+        if name in resolution.placements or row.push or row.version is None:
+            continue
+        info = on_disk.get(name)
+        if info is not None and same_stat(row, info):
+            (folder / name).unlink(missing_ok=True)
+            _remove_empty_parents(folder, folder / name)
+            removed += 1
+        elif info is not None and row.status != FORK:
+            continue  # edited since discovery: the next sync pushes it, its lineage decides
+        with state.transaction():
+            state.drop_file(domain, name)  # an edited fork copy stays as a new local file
+    return removed
+
+
+async def sync_session(session: Session) -> SyncReport:
+    """Run the four phases once."""
+    resolution, _ = current_resolution(session)
+    found = await asyncio.to_thread(
+        discover, session.state, session.domain, session.folder, session.id_key,
+        resolution.placements,
+    )  # fmt: skip
+    report = SyncReport(found)
+    report.pushed = await push(session)
+    report.pulled = await pull(session)
+    resolution, log = current_resolution(session)
+    report.written, report.removed = await apply(session, resolution, log)
+    report.forks = len(resolution.forks)
+    report.uploaded, report.downloaded = session.uploaded, session.downloaded
+    report.problems = list(session.problems)
+    return report
+
+
+def find_fork(resolution: Resolution, ref: str) -> Fork:
+    """The open fork that has `ref` among its heads."""
+    for fork in resolution.forks:
+        if any(head.ref == ref for head in fork.heads):
+            return fork
+    raise UsageError(f"{ref} is not a head of an open fork (see `forks`)")
+
+
+async def choose(session: Session, ref: str, message: str = "") -> str:
+    """End the fork that has head `ref`: a signed change that follows every head of the fork and
+    keeps `ref`'s content (seed 004 "Beauty Context": a user picks his favourite version).
+    Returns the new version's reference."""
+    resolution, log = current_resolution(session)
+    fork = find_fork(resolution, ref)
+    chosen = log[ref]
+    names = (chosen.version.path,) if chosen.version.path is not None else ()
+    parts = _ids(chosen.parts)
+    origin = tuple(sorted(head.ref for head in fork.heads))
+    entry = FileChange(
+        names, origin, tuple(parts), message or f"chose {ref}", diff_parts([], parts),
+        chosen.data or b"",
+    )  # fmt: skip
+    name = next_change_name(session)
+    plaintext = ChangeFile((entry,)).encode()
+    with session.state.transaction():
+        session.state.add_outbox(session.domain, name, plaintext)
+    await put_change(session, name, plaintext)
+    return f"{name}/0"

@@ -1,0 +1,319 @@
+"""Moving one domain's bytes to and from an exchange: push (parts, then the committing `C.x`),
+pull (new `C.x` into Log) and fetching a version's content.
+
+Write order (restic's rule): parts first, the `C.x` that refers to them last, so a reader never
+sees a change whose data is missing. A `C.x` is queued in Outbox (plaintext, with its name) in
+the same transaction that points the Files rows at it, then put; a rerun after a kill puts the
+queued file again, and finds it already there if the first put went through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from records.identity import Identity
+from weshare.crypto import (
+    content_hash,
+    decrypt,
+    encrypt,
+    open_signed,
+    part_id,
+    part_id_key,
+    sign_file,
+)
+from weshare.errors import InvalidFile, ObjectNotFound
+from weshare.exchange import Exchange
+from weshare.formats import HASH_SIZE, ActionFile, ChangeFile, Keyring
+from weshare.ids import SnowflakeIds, object_name, parse_object_name
+from weshare.lineage import Version, ref_of
+from weshare.parts import Part, split_bytes
+from weshare.state import LogRow, State
+
+LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
+PARALLEL_TRANSFERS = 4
+
+
+class Progress(Protocol):
+    """Where a long transfer reports how far it got (the CLI draws a bar)."""
+
+    def begin(self, total: int, what: str, unit: str) -> None:
+        """A transfer of `total` `unit`s (bytes "B", or parts) starts."""
+
+    def advance(self, amount: int) -> None:
+        """`amount` more units are done."""
+
+    def end(self) -> None:
+        """The transfer is over."""
+
+
+class NoProgress:
+    """Reports nothing."""
+
+    def begin(self, total: int, what: str, unit: str) -> None:
+        """Nothing."""
+
+    def advance(self, amount: int) -> None:
+        """Nothing."""
+
+    def end(self) -> None:
+        """Nothing."""
+
+
+@dataclass
+class Session:
+    """Everything one sync of one domain works with."""
+
+    domain: str
+    folder: Path
+    identity: Identity
+    state: State
+    exchange: Exchange
+    keyring: Keyring
+    ids: SnowflakeIds
+    clock: Callable[[], int]
+    progress: Progress = field(default_factory=NoProgress)
+    uploaded: int = 0
+    downloaded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def id_key(self) -> bytes:
+        """The part-id key: from the domain's first key, so ids stay the same across rekeys."""
+        return part_id_key(self.keyring.keys[min(self.keyring.keys)])
+
+    def full(self, name: str) -> str:
+        """The exchange object name of a domain file."""
+        return f"{self.domain}/{name}"
+
+
+def part_name(part: bytes) -> str:
+    """seed 004: parts live in the domain's `merkle/` folder, named by their 256-bit id."""
+    return f"merkle/{part.hex()}.mrk"
+
+
+# --- push ---------------------------------------------------------------------------------
+
+
+async def upload_parts(session: Session, path: Path, parts: list[Part]) -> None:
+    """Put the parts of `path` that the exchange may lack (not in Merkle), a few at a time."""
+    state, domain = session.state, session.domain
+    unique = {part.id: part for part in parts}
+    missing = [unique[i] for i in unique.keys() - state.known_parts(domain, list(unique))]
+    if not missing:
+        return
+    key_id, key = session.keyring.current
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        view = await asyncio.to_thread(mmap.mmap, handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
+
+            async def one(part: Part) -> None:
+                name = session.full(part_name(part.id))
+                async with gate:
+                    body = await asyncio.to_thread(
+                        encrypt, key_id, key, name, view[part.offset : part.offset + part.length]
+                    )
+                    if await session.exchange.put_if_absent(name, body):
+                        session.uploaded += len(body)
+                session.progress.advance(part.length)
+
+            async with asyncio.TaskGroup() as group:
+                for part in missing:
+                    group.create_task(one(part))
+        finally:
+            view.close()
+    finally:
+        handle.close()
+    state.add_parts(domain, [part.id for part in missing])
+
+
+async def put_change(session: Session, name: str, plaintext: bytes) -> None:
+    """Put a queued change file under `name` (or find it there from an earlier attempt), then
+    take it off the Outbox. If another writer took the name, move to a fresh id."""
+    for _ in range(8):  # bounded: each retry takes a strictly higher id
+        full = session.full(name)
+        key_id, key = session.keyring.current
+        body = sign_file(session.identity, full, encrypt(key_id, key, full, plaintext))
+        if await session.exchange.put_if_absent(full, body):
+            session.uploaded += len(body)
+            break
+        try:
+            _, signer = open_signed(full, await session.exchange.get(full))
+        except InvalidFile:
+            signer = b""
+        if signer == session.identity.public_key:
+            break  # our own earlier attempt went through before a kill
+        fresh = object_name(
+            "C", session.ids.next(session.clock(), parse_object_name("C", name) or 0)
+        )
+        session.state.rename_change(session.domain, name, fresh)
+        name = fresh
+    else:
+        raise InvalidFile("could not find a free change id")
+    session.state.drop_outbox(session.domain, name)
+
+
+async def flush_outbox(session: Session) -> None:
+    """Put change files that a killed sync queued but may not have put."""
+    for name, plaintext in session.state.outbox(session.domain):
+        await put_change(session, name, plaintext)
+
+
+def next_change_name(session: Session) -> str:
+    """A name for a new change file, above every change seen on the exchange."""
+    newest = parse_object_name("C", session.state.newest_object(session.domain, "C.")) or 0
+    return object_name("C", session.ids.next(session.clock(), newest))
+
+
+# --- pull ---------------------------------------------------------------------------------
+
+
+def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -> list[LogRow]:
+    """The versions in change file `name`, checked: signed for this name by a user of the
+    domain, decrypted with a domain key, well formed, inline data matching its part hashes."""
+    full = session.full(name)
+    content, signer = open_signed(full, data)
+    if signer not in members:
+        raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
+    change = ChangeFile.decode(decrypt(session.keyring.keys, full, content))
+    change_id = parse_object_name("C", name) or 0
+    rows = []
+    for index, entry in enumerate(change.entries):
+        inline = bool(entry.data) or not entry.hashes
+        if inline and tuple(p.id for p in split_bytes(entry.data, session.id_key)) != entry.hashes:
+            raise InvalidFile(f"{name}: inline data does not match its part hashes")
+        version = Version(
+            ref_of(name, index), change_id, signer, entry.path, entry.origin,
+            content_hash(entry.hashes),
+        )  # fmt: skip
+        rows.append(
+            LogRow(version, b"".join(entry.hashes), entry.data if inline else None, entry.message)
+        )
+    return rows
+
+
+def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -> ActionFile:
+    """An action file, checked like a change file. Acting on it is issue 16's (truncate)."""
+    full = session.full(name)
+    content, signer = open_signed(full, data)
+    if signer not in members:
+        raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
+    return ActionFile.decode(decrypt(session.keyring.keys, full, content))
+
+
+async def _new_names(session: Session, prefix: str) -> list[str]:
+    state, domain = session.state, session.domain
+    newest = parse_object_name(prefix, state.newest_object(domain, f"{prefix}.")) or 0
+    floor = max(0, newest - (LISTING_WINDOW_MS << 22))  # ids carry ms in their top bits
+    after = session.full(object_name(prefix, floor)) if newest else ""
+    listed = await session.exchange.list(session.full(f"{prefix}."), after=after)
+    names = [n.rpartition("/")[2] for n in listed]
+    names = [n for n in names if parse_object_name(prefix, n) is not None]
+    seen = state.seen(domain, names)
+    return [n for n in names if n not in seen]
+
+
+async def pull(session: Session) -> int:
+    """Read every change file not read yet into Log; refuse (and remember) bad ones. Returns
+    the number of versions recorded."""
+    state, domain = session.state, session.domain
+    members = set(state.members(domain))
+    recorded = 0
+    for name in await _new_names(session, "C"):
+        data = await session.exchange.get(session.full(name))
+        session.downloaded += len(data)
+        try:
+            rows = await asyncio.to_thread(read_change, session, name, data, members)
+        except InvalidFile as exc:
+            with state.transaction():
+                state.mark_object(domain, name, exc.reason)
+            continue
+        with state.transaction():
+            for row in rows:
+                state.add_log(domain, row)
+            state.mark_object(domain, name, None)
+            if rows:
+                state.saw_writer(domain, rows[0].version.writer, rows[0].version.change_id)
+        recorded += len(rows)
+    for name in await _new_names(session, "A"):
+        try:
+            data = await session.exchange.get(session.full(name))
+            await asyncio.to_thread(read_action, session, name, data, members)
+            reason = None
+        except InvalidFile as exc:
+            reason = exc.reason
+        with state.transaction():
+            state.mark_object(domain, name, reason)
+    return recorded
+
+
+# --- fetching a version's content ----------------------------------------------------------
+
+
+LocalParts = dict[bytes, tuple[Path, int, int]]  # part id -> (file, offset, length)
+
+
+def _read_local(id_key: bytes, source: tuple[Path, int, int], part: bytes) -> bytes | None:
+    path, offset, length = source
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except OSError:
+        return None
+    return data if part_id(id_key, data) == part else None  # the file may have changed since
+
+
+def _open_part(session: Session, part: bytes, data: bytes) -> bytes:
+    name = session.full(part_name(part))
+    plain = decrypt(session.keyring.keys, name, data)
+    if part_id(session.id_key, plain) != part:
+        raise InvalidFile(f"{name}: content does not match its id")
+    return plain
+
+
+async def _fetch_part(session: Session, part: bytes, local: LocalParts) -> bytes:
+    source = local.get(part)
+    if source is not None:
+        data = await asyncio.to_thread(_read_local, session.id_key, source, part)
+        if data is not None:
+            return data
+    try:
+        body = await session.exchange.get(session.full(part_name(part)))
+    except ObjectNotFound as exc:
+        raise InvalidFile(f"part {part.hex()} is missing on the exchange") from exc
+    session.downloaded += len(body)
+    return await asyncio.to_thread(_open_part, session, part, body)
+
+
+async def write_version(
+    session: Session, row: LogRow, target: Path, temp: Path, local: LocalParts
+) -> list[Part]:
+    """Write version `row` to `temp` (then the caller renames it over `target`); returns its
+    parts. Parts come from local files that hold them when possible, else from the exchange."""
+    if row.data is not None:
+        await asyncio.to_thread(temp.write_bytes, row.data)
+        session.progress.advance(1)
+        return await asyncio.to_thread(split_bytes, row.data, session.id_key)
+    ids = [row.parts[i : i + HASH_SIZE] for i in range(0, len(row.parts), HASH_SIZE)]
+    parts: list[Part] = []
+    offset = 0
+    handle = await asyncio.to_thread(temp.open, "wb")
+    try:
+        for start in range(0, len(ids), PARALLEL_TRANSFERS * 2):
+            batch = ids[start : start + PARALLEL_TRANSFERS * 2]
+            datas = await asyncio.gather(*(_fetch_part(session, part, local) for part in batch))
+            for part, data in zip(batch, datas, strict=True):
+                await asyncio.to_thread(handle.write, data)
+                parts.append(Part(part, offset, len(data)))
+                offset += len(data)
+                session.progress.advance(1)
+    finally:
+        handle.close()
+    return parts
