@@ -25,12 +25,15 @@ from weshare.state import CREATE, DELETE, FORK, SYNC, UPDATE, FileRow, State
 TEMP_PREFIX = ".weshare-tmp-"  # files being written by a sync; never shared
 
 
-def walk(folder: Path) -> dict[str, os.stat_result]:
-    """Regular files under `folder` by relative POSIX path (symlinks and temp files skipped)."""
+def walk(folder: Path, *, clean: bool = False) -> dict[str, os.stat_result]:
+    """Regular files under `folder` by relative POSIX path (symlinks and temp files skipped).
+    With `clean`, temp files a killed sync left behind are removed."""
     found: dict[str, os.stat_result] = {}
     for directory, _, names in os.walk(folder):
         for name in names:
             if name.startswith(TEMP_PREFIX):
+                if clean:
+                    os.unlink(os.path.join(directory, name))
                 continue
             full = os.path.join(directory, name)
             info = os.lstat(full)
@@ -61,7 +64,7 @@ def discover(
 ) -> Discovered:
     """Compare the folder with Files and mark what must be pushed (Files.push)."""
     rows = state.files(domain)
-    on_disk = walk(folder)
+    on_disk = walk(folder, clean=True)
     found = Discovered()
     updates: list[FileRow] = []
     fresh: list[FileRow] = []

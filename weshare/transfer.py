@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from records.identity import Identity
 from weshare.crypto import (
@@ -34,6 +34,7 @@ from weshare.lineage import Version, ref_of
 from weshare.parts import Part, split_bytes
 from weshare.state import LogRow, State
 
+_T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
 PARALLEL_TRANSFERS = 4
 
@@ -91,6 +92,17 @@ class Session:
         return f"{self.domain}/{name}"
 
 
+async def run_all(work: list[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run coroutines together; if one fails, cancel the others and raise its error as is
+    (not wrapped in an ExceptionGroup, so callers catch `ExchangeError` and the like)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one) for one in work]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
 def part_name(part: bytes) -> str:
     """seed 004: parts live in the domain's `merkle/` folder, named by their 256-bit id."""
     return f"merkle/{part.hex()}.mrk"
@@ -123,9 +135,7 @@ async def upload_parts(session: Session, path: Path, parts: list[Part]) -> None:
                         session.uploaded += len(body)
                 session.progress.advance(part.length)
 
-            async with asyncio.TaskGroup() as group:
-                for part in missing:
-                    group.create_task(one(part))
+            await run_all([one(part) for part in missing])
         finally:
             view.close()
     finally:
@@ -308,7 +318,7 @@ async def write_version(
     try:
         for start in range(0, len(ids), PARALLEL_TRANSFERS * 2):
             batch = ids[start : start + PARALLEL_TRANSFERS * 2]
-            datas = await asyncio.gather(*(_fetch_part(session, part, local) for part in batch))
+            datas = await run_all([_fetch_part(session, part, local) for part in batch])
             for part, data in zip(batch, datas, strict=True):
                 await asyncio.to_thread(handle.write, data)
                 parts.append(Part(part, offset, len(data)))
