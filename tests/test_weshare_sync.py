@@ -1,0 +1,274 @@
+"""Two users sharing a domain through one folder exchange: changes propagate, concurrent edits
+fork until one is chosen, a killed sync is finished by the next one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weshare import Exchange, FolderExchange, Weshare
+from weshare.exchange import ExchangeFactory
+
+DOMAIN = "team.weshare.test"
+
+
+class Killed(Exception):
+    """Stands for the process dying at that point."""
+
+
+class FaultyExchange:
+    """A folder exchange that 'dies' once at a chosen point: before putting an object whose name
+    contains `before_put`, after putting one containing `after_put`, or on the `fail_get`th get
+    of a part."""
+
+    def __init__(
+        self,
+        inner: Exchange,
+        *,
+        before_put: str = "",
+        after_put: str = "",
+        fail_get: int = 0,
+    ) -> None:
+        self.inner = inner
+        self.before_put, self.after_put, self.fail_get = before_put, after_put, fail_get
+        self.part_gets = 0
+        self.puts: list[str] = []
+
+    async def put_if_absent(self, name: str, data: bytes) -> bool:
+        if self.before_put and self.before_put in name:
+            raise Killed(f"before {name}")
+        created = await self.inner.put_if_absent(name, data)
+        self.puts.append(name)
+        if self.after_put and self.after_put in name:
+            raise Killed(f"after {name}")
+        return created
+
+    async def get(self, name: str) -> bytes:
+        if name.endswith(".mrk"):
+            self.part_gets += 1
+            if self.part_gets == self.fail_get:
+                raise Killed(f"reading {name}")
+        return await self.inner.get(name)
+
+    async def list(self, prefix: str, after: str = "") -> list[str]:
+        return await self.inner.list(prefix, after)
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def faulty_kinds(**faults: Any) -> dict[str, ExchangeFactory]:
+    def factory(config: Mapping[str, Any]) -> Exchange:
+        return FaultyExchange(FolderExchange(Path(config["path"])), **faults)
+
+    return {"folder": factory}
+
+
+@dataclass
+class Pair:
+    alice: Weshare
+    bob: Weshare
+    a: Path  # alice's folder
+    b: Path  # bob's folder
+    exchange: Path
+    tmp: Path
+
+    async def sync_both(self) -> None:
+        await self.alice.sync(DOMAIN)
+        await self.bob.sync(DOMAIN)
+        await self.alice.sync(DOMAIN)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    alice, bob = Weshare(tmp_path / "alice-state"), Weshare(tmp_path / "bob-state")
+    await alice.start()
+    await bob.start()
+    try:
+        await alice.add_domain(DOMAIN, tmp_path / "alice", "alice")
+        await alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(tmp_path / "exchange")})
+        invite = await alice.invite(DOMAIN, bob.get_public(), "bob")
+        assert await bob.join(invite, tmp_path / "bob", "bob") == DOMAIN
+        yield Pair(
+            alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path
+        )
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+async def test_create_edit_rename_delete_propagate(pair: Pair) -> None:
+    (pair.a / "notes.txt").write_text("first")
+    (pair.a / "docs").mkdir()
+    big = os.urandom(700_000)  # above the inline limit: travels as parts
+    (pair.a / "docs" / "big.bin").write_bytes(big)
+    await pair.sync_both()
+    assert tree(pair.b) == {"notes.txt": b"first", "docs/big.bin": big}
+
+    (pair.b / "notes.txt").write_text("second, by bob")
+    await pair.bob.sync(DOMAIN)
+    await pair.alice.sync(DOMAIN)
+    assert (pair.a / "notes.txt").read_text() == "second, by bob"
+
+    (pair.a / "docs" / "big.bin").rename(pair.a / "moved.bin")
+    (pair.a / "notes.txt").unlink()
+    report = await pair.alice.sync(DOMAIN)
+    assert (report.discovered.renamed, report.discovered.deleted) == (1, 1)
+    assert report.uploaded < 2_000  # a rename uploads no content
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"moved.bin": big}
+    assert not (pair.b / "docs").exists()  # emptied folders go too
+    assert tree(pair.a) == tree(pair.b)
+    assert pair.alice.forks(DOMAIN) == ()
+    assert pair.bob.forks(DOMAIN) == ()
+
+
+async def test_an_edit_uploads_only_the_parts_it_touched(pair: Pair) -> None:
+    data = bytearray(os.urandom(6 * 1024 * 1024))
+    (pair.a / "video.bin").write_bytes(data)
+    first = await pair.alice.sync(DOMAIN)
+    await pair.bob.sync(DOMAIN)
+    data[3_000_000:3_000_000] = b"x" * 100  # a 100-byte insertion
+    (pair.a / "video.bin").write_bytes(data)
+    second = await pair.alice.sync(DOMAIN)
+    pulled = await pair.bob.sync(DOMAIN)
+    assert (pair.b / "video.bin").read_bytes() == bytes(data)
+    assert first.uploaded > len(data)
+    assert second.uploaded < len(data) * 0.4  # 2-3 parts of ~24 (256 KiB average)
+    assert pulled.downloaded < len(data) * 0.4  # bob reuses the parts his copy holds
+
+
+async def test_concurrent_edits_fork_until_one_is_chosen(pair: Pair) -> None:
+    (pair.a / "plan.md").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "plan.md").write_text("alice's plan")
+    (pair.b / "plan.md").write_text("bob's plan")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+
+    for client, folder in ((pair.alice, pair.a), (pair.bob, pair.b)):
+        forks = client.forks(DOMAIN)
+        assert len(forks) == 1
+        assert forks[0].path == "plan.md"
+        contents = sorted(tree(folder).values())
+        assert contents == [b"alice's plan", b"bob's plan"]  # both versions survive
+    assert tree(pair.a) == tree(pair.b)  # and both sides lay them out alike
+    assert any(".sync-conflict-" in name for name in tree(pair.a))
+
+    fork = pair.bob.forks(DOMAIN)[0]
+    alice_head = next(h for h in fork.heads if h.writer == pair.alice.identity.public_key)
+    await pair.bob.choose(DOMAIN, alice_head.ref, "alice's is better")
+    await pair.alice.sync(DOMAIN)
+    assert tree(pair.a) == tree(pair.b) == {"plan.md": b"alice's plan"}
+    assert pair.alice.forks(DOMAIN) == ()
+    assert pair.bob.forks(DOMAIN) == ()
+    choice = pair.alice.log(DOMAIN)[-1]
+    assert choice.version.writer == pair.bob.identity.public_key  # a signed change of bob's
+    assert set(choice.version.origin) == {h.ref for h in fork.heads}
+    assert choice.message == "alice's is better"
+
+
+async def test_a_modify_beats_a_concurrent_delete_but_stays_a_fork(pair: Pair) -> None:
+    (pair.a / "f.txt").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "f.txt").unlink()
+    (pair.b / "f.txt").write_text("bob kept editing")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+    assert (pair.a / "f.txt").read_text() == "bob kept editing"
+    assert len(pair.alice.forks(DOMAIN)) == 1
+
+
+async def test_same_new_name_on_both_sides_keeps_both(pair: Pair) -> None:
+    (pair.a / "todo.txt").write_text("alice")
+    (pair.b / "todo.txt").write_text("bob")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+    assert sorted(tree(pair.a).values()) == [b"alice", b"bob"]
+    assert tree(pair.a) == tree(pair.b)
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"before_put": "/C."},  # parts are up, the committing change file is not
+        {"after_put": "/C."},  # the change file is up, the local record of it is not
+        {"before_put": ".mrk"},  # nothing is up yet
+    ],
+    ids=["between-parts-and-commit", "after-commit", "before-parts"],
+)
+async def test_a_killed_push_is_finished_by_the_next_sync(
+    pair: Pair, faults: dict[str, str]
+) -> None:
+    big = os.urandom(900_000)
+    (pair.a / "big.bin").write_bytes(big)
+    (pair.a / "small.txt").write_text("small")
+    crashing = Weshare(pair.tmp / "alice-state", kinds=faulty_kinds(**faults))
+    await pair.alice.close()
+    async with crashing:
+        with pytest.raises(Killed):
+            await crashing.sync(DOMAIN)
+    async with Weshare(pair.tmp / "alice-state") as restarted:
+        await restarted.sync(DOMAIN)
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"big.bin": big, "small.txt": b"small"}
+        versions = [row.version.path or "" for row in pair.bob.log(DOMAIN)]
+        assert sorted(versions) == ["big.bin", "small.txt"]  # each pushed once: no self-fork
+        assert pair.bob.forks(DOMAIN) == ()
+        assert restarted.forks(DOMAIN) == ()
+        assert restarted.status(DOMAIN).pending == 0
+
+
+async def test_a_killed_download_is_finished_by_the_next_sync(pair: Pair) -> None:
+    big = os.urandom(2_000_000)
+    (pair.a / "big.bin").write_bytes(big)
+    await pair.alice.sync(DOMAIN)
+    crashing = Weshare(pair.tmp / "bob-state", kinds=faulty_kinds(fail_get=3))
+    await pair.bob.close()
+    async with crashing:
+        with pytest.raises(Killed):
+            await crashing.sync(DOMAIN)
+    assert not (pair.b / "big.bin").exists()  # never half a file under its name
+    async with Weshare(pair.tmp / "bob-state") as restarted:
+        report = await restarted.sync(DOMAIN)
+        assert report.written == 1
+        assert report.pushed == 0
+        assert tree(pair.b) == {"big.bin": big}
+
+
+async def test_a_file_written_but_not_recorded_is_adopted_not_pushed_back(pair: Pair) -> None:
+    (pair.a / "a.txt").write_text("from alice")
+    await pair.alice.sync(DOMAIN)
+    await pair.bob.sync(DOMAIN)
+    # as if bob's sync died after writing the file, before recording it
+    with pair.bob.state.transaction():
+        pair.bob.state.drop_file(DOMAIN, "a.txt")
+    report = await pair.bob.sync(DOMAIN)
+    assert report.discovered.adopted == 1
+    assert report.pushed == 0
+    assert len(pair.bob.log(DOMAIN)) == 1
+
+
+async def test_only_an_admin_invites(pair: Pair, tmp_path: Path) -> None:
+    async with Weshare(tmp_path / "carol-state") as carol:
+        await pair.bob.sync(DOMAIN)
+        from weshare import UsageError
+
+        with pytest.raises(UsageError, match="only an admin"):
+            await pair.bob.invite(DOMAIN, carol.get_public(), "carol")
