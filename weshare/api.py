@@ -278,12 +278,12 @@ class Weshare:
         return self._resolution(domain).forks
 
     def _resolution(self, domain: str) -> Resolution:
-        return resolve(row.version for row in self.state.log(domain))
+        return resolve(self.state.versions(domain))
 
     def log(self, domain: str) -> list[LogRow]:
         """Every version seen, oldest first."""
         self._require(domain)
-        return self.state.log(domain)
+        return list(self.state.log(domain).values())
 
     def status(self, domain: str) -> DomainStatus:
         """Members, files, pending pushes, forks, refused remote files, writers seen."""

@@ -121,6 +121,5 @@ def discover(
     with state.transaction():
         for name in dropped:
             state.drop_file(domain, name)
-        for row in updates:
-            state.put_file(domain, row)
+        state.put_files(domain, updates)
     return found

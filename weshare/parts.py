@@ -1,8 +1,9 @@
 """Content-defined parts (seed 004 "Hashsplit"): FastCDC cut points, keyed ids.
 
 An edit changes only the parts around it, so only those are uploaded again. An average part of
-256 KiB keeps a 256 MiB file to about a thousand objects while a 100-byte insertion still touches
-well under 1 % of it (FIELD-NOTES: ~2.5 average parts change per small edit).
+512 KiB keeps a 256 MiB file to about 500 objects (each object costs a file creation or a
+request on the exchange) while a 100-byte insertion still uploads about 0.4 % of it (measured by
+`python -m weshare.bench`; FIELD-NOTES: one to three parts change per small edit).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pyfastcdc import FastCDC
 from weshare.crypto import part_id
 from weshare.formats import Change, ChangeType
 
-AVERAGE_PART = 256 * 1024
-MIN_PART = 64 * 1024
-MAX_PART = 1024 * 1024
+AVERAGE_PART = 512 * 1024
+MIN_PART = 128 * 1024
+MAX_PART = 2 * 1024 * 1024
 INLINE_LIMIT = 64 * 1024  # files up to this size travel inside their C.x, not as parts
 _PART_RECORD = struct.Struct(">32sQ")
 
@@ -46,9 +47,10 @@ def split_bytes(data: bytes | memoryview, id_key: bytes) -> list[Part]:
 
 
 def split_file(path: Path, id_key: bytes) -> list[Part]:
-    """The parts of the file at `path` (pyfastcdc reads it through mmap)."""
-    if path.stat().st_size == 0:
-        return []
+    """The parts of the file at `path` (pyfastcdc reads a large one through mmap)."""
+    size = path.stat().st_size
+    if size <= MAX_PART:
+        return split_bytes(path.read_bytes(), id_key)
     return [
         Part(part_id(id_key, chunk.data), chunk.offset, chunk.length)
         for chunk in _chunker().cut_file(path)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from weshare.lineage import Version
 
@@ -141,13 +142,13 @@ class State:
             for row in rows
         }
 
-    def put_file(self, domain: str, row: FileRow) -> None:
-        """Insert or replace a Files row."""
-        self._db.execute(
+    def put_files(self, domain: str, rows: Iterable[FileRow]) -> None:
+        """Insert or replace Files rows."""
+        self._db.executemany(
             "INSERT OR REPLACE INTO Files (domain, name, hash, modtime, size, status, push, "
             "merkle, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (domain, row.name, row.hash, row.modtime, row.size, row.status, row.push,
-             row.merkle, row.version),
+            [(domain, row.name, row.hash, row.modtime, row.size, row.status, row.push,
+              row.merkle, row.version) for row in rows],
         )  # fmt: skip
 
     def drop_file(self, domain: str, name: str) -> None:
@@ -156,31 +157,41 @@ class State:
 
     # --- Log ---
 
-    def log(self, domain: str) -> list[LogRow]:
-        """Every version of the domain, oldest change first."""
+    _VERSION_COLUMNS = "change, change_id, writer, name, origin, hash"
+
+    @staticmethod
+    def _version(r: Sequence[Any]) -> Version:
+        return Version(r[0], r[1], bytes.fromhex(r[2]), r[3], tuple(json.loads(r[4])), r[5])
+
+    def versions(self, domain: str) -> list[Version]:
+        """Every version of the domain (without content), oldest change first."""
         rows = self._db.execute(
-            "SELECT change, change_id, writer, name, origin, hash, parts, data, message FROM Log "
-            "WHERE domain = ? ORDER BY change_id, change",
+            f"SELECT {self._VERSION_COLUMNS} FROM Log WHERE domain = ? ORDER BY change_id, change",
             (domain,),
         )
-        return [
-            LogRow(
-                Version(r[0], r[1], bytes.fromhex(r[2]), r[3], tuple(json.loads(r[4])), r[5]),
-                r[6],
-                r[7],
-                r[8],
-            )
-            for r in rows
-        ]
+        return [self._version(r) for r in rows]
 
-    def add_log(self, domain: str, row: LogRow) -> None:
-        """Record a version."""
-        v = row.version
-        self._db.execute(
+    def log(self, domain: str, refs: Sequence[str] | None = None) -> dict[str, LogRow]:
+        """Versions with their content, by reference: those in `refs`, or all (oldest first)."""
+        query = f"SELECT {self._VERSION_COLUMNS}, parts, data, message FROM Log WHERE domain = ?"
+        if refs is None:
+            rows = list(self._db.execute(query + " ORDER BY change_id, change", (domain,)))
+        else:
+            rows = []
+            for start in range(0, len(refs), 500):
+                batch = list(refs[start : start + 500])
+                marks = ",".join("?" * len(batch))
+                rows += self._db.execute(query + f" AND change IN ({marks})", (domain, *batch))
+        return {r[0]: LogRow(self._version(r), r[6], r[7], r[8]) for r in rows}
+
+    def add_log(self, domain: str, rows: Iterable[LogRow]) -> None:
+        """Record versions."""
+        self._db.executemany(
             "INSERT OR IGNORE INTO Log (domain, name, hash, change, change_id, writer, origin, "
             "parts, data, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (domain, v.path, v.hash, v.ref, v.change_id, v.writer.hex(), json.dumps(v.origin),
-             row.parts, row.data, row.message),
+            [(domain, r.version.path, r.version.hash, r.version.ref, r.version.change_id,
+              r.version.writer.hex(), json.dumps(r.version.origin), r.parts, r.data, r.message)
+             for r in rows],
         )  # fmt: skip
 
     # --- Merkle: parts known to be on the exchange ---

@@ -25,7 +25,7 @@ from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
 from weshare.errors import InvalidFile, UsageError
 from weshare.formats import HASH_SIZE, ChangeFile, FileChange
 from weshare.lineage import Fork, Placement, Resolution, ref_of, resolve
-from weshare.parts import INLINE_LIMIT, decode_parts, diff_parts, encode_parts, split_bytes
+from weshare.parts import INLINE_LIMIT, Part, decode_parts, diff_parts, encode_parts, split_bytes
 from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
 from weshare.transfer import (
     LocalParts,
@@ -57,41 +57,57 @@ class SyncReport:
     problems: list[str] = field(default_factory=list)  # files that could not be written
 
 
-def current_resolution(session: Session) -> tuple[Resolution, dict[str, LogRow]]:
+def current_resolution(session: Session) -> Resolution:
     """Where each version belongs, from every version in Log."""
-    log = {row.version.ref: row for row in session.state.log(session.domain)}
-    return resolve(row.version for row in log.values()), log
+    return resolve(session.state.versions(session.domain))
 
 
 def _ids(parts_blob: bytes) -> list[bytes]:
     return [parts_blob[i : i + HASH_SIZE] for i in range(0, len(parts_blob), HASH_SIZE)]
 
 
-async def _entry_for(
-    session: Session, row: FileRow, log: dict[str, LogRow]
-) -> tuple[FileChange, FileRow] | None:
-    """The file change that pushes `row`, or None if the file moved under us (next sync)."""
+def _small_entry(folder: Path, row: FileRow, id_key: bytes, old: list[bytes]) -> FileChange | None:
+    """Blocking: the change of a deleted or inline-sized file (its content read again, checked
+    against what discovery hashed); None if it changed since (the next discovery sees it)."""
     origin = (row.version,) if row.version else ()
-    old = _ids(log[row.version].parts) if row.version in log else []
     if row.status == DELETE:
-        return FileChange((), origin, (), changes=diff_parts(old, [])), row
+        return FileChange((), origin, (), changes=diff_parts(old, []))
+    path = folder / row.name
+    try:
+        data = path.read_bytes()
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    ids = [part.id for part in split_bytes(data, id_key)]
+    if not same_stat(row, info) or content_hash(ids) != row.hash:
+        return None
+    return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=data)
+
+
+async def _large_entry(session: Session, row: FileRow, old: list[bytes]) -> FileChange | None:
+    """Upload the parts of a large file, then its change; None if it changed meanwhile."""
     path = session.folder / row.name
     parts = decode_parts(row.merkle)
-    data = b""
     try:
-        if row.size <= INLINE_LIMIT:
-            data = await asyncio.to_thread(path.read_bytes)
-            parts = await asyncio.to_thread(split_bytes, data, session.id_key)
-        else:
-            await upload_parts(session, path, parts)
+        await upload_parts(session, path, parts)
         info = await asyncio.to_thread(os.stat, path)
     except FileNotFoundError:
         return None
-    ids = [part.id for part in parts]
-    if not same_stat(row, info) or content_hash(ids) != row.hash:
+    if not same_stat(row, info):
         return None  # changed while we read it: the next discovery sees the new content
-    change = FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=data)
-    return change, row
+    ids = [part.id for part in parts]
+    origin = (row.version,) if row.version else ()
+    return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids))
+
+
+def _small_entries(
+    folder: Path, rows: list[FileRow], id_key: bytes, old: dict[str, list[bytes]]
+) -> list[FileChange | None]:
+    return [_small_entry(folder, row, id_key, old.get(row.version or "", [])) for row in rows]
+
+
+def _is_small(row: FileRow) -> bool:
+    return row.status == DELETE or row.size <= INLINE_LIMIT
 
 
 async def push(session: Session) -> int:
@@ -101,20 +117,30 @@ async def push(session: Session) -> int:
     pending = sorted((r for r in state.files(domain).values() if r.push), key=lambda r: r.name)
     if not pending:
         return 0
-    _, log = current_resolution(session)
-    total = sum(row.size for row in pending if row.status != DELETE)
-    session.progress.begin(total, "upload", "B")
-    pushed = 0
-    batch: list[tuple[FileChange, FileRow]] = []
-    inline = 0
+    origins = state.log(domain, [row.version for row in pending if row.version])
+    old = {ref: _ids(row.parts) for ref, row in origins.items()}
+    session.progress.begin(sum(r.size for r in pending if r.status != DELETE), "upload", "B")
+    made: list[tuple[FileChange, FileRow]] = []
     try:
+        small = [row for row in pending if _is_small(row)]
+        for start in range(0, len(small), BATCH_ENTRIES):
+            rows = small[start : start + BATCH_ENTRIES]
+            entries = await asyncio.to_thread(
+                _small_entries, session.folder, rows, session.id_key, old
+            )
+            made += [(e, r) for e, r in zip(entries, rows, strict=True) if e is not None]
+            session.progress.advance(sum(r.size for r in rows if r.status != DELETE))
         for row in pending:
-            made = await _entry_for(session, row, log)
-            if made is None:
-                continue
-            session.progress.advance(len(made[0].data))  # parts advanced as they went
-            batch.append(made)
-            inline += len(made[0].data)
+            if not _is_small(row):
+                entry = await _large_entry(session, row, old.get(row.version or "", []))
+                if entry is not None:
+                    made.append((entry, row))
+        pushed = 0
+        batch: list[tuple[FileChange, FileRow]] = []
+        inline = 0
+        for entry, row in made:
+            batch.append((entry, row))
+            inline += len(entry.data)
             if inline >= BATCH_INLINE_BYTES or len(batch) >= BATCH_ENTRIES:
                 pushed += await commit(session, batch)
                 batch, inline = [], 0
@@ -132,11 +158,14 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow]]) -> i
     plaintext = ChangeFile(tuple(entry for entry, _ in batch)).encode()
     with state.transaction():
         state.add_outbox(domain, name, plaintext)
-        for index, (_, row) in enumerate(batch):
+        for _, row in batch:
             if row.status == DELETE:
                 state.drop_file(domain, row.name)
-            else:
-                state.put_file(domain, replace(row, push=False, version=ref_of(name, index)))
+        state.put_files(
+            domain,
+            (replace(row, push=False, version=ref_of(name, index))
+             for index, (_, row) in enumerate(batch) if row.status != DELETE),
+        )  # fmt: skip
     await put_change(session, name, plaintext)
     return len(batch)
 
@@ -167,69 +196,115 @@ def _remove_empty_parents(folder: Path, path: Path) -> None:
         parent = parent.parent
 
 
-async def _place(
-    session: Session, placement: Placement, log: dict[str, LogRow], local: LocalParts
-) -> FileRow:
-    target = session.folder / placement.path
-    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-    temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
-    try:
-        parts = await write_version(session, log[placement.version.ref], target, temp, local)
-        await asyncio.to_thread(os.replace, temp, target)
-    finally:
-        await asyncio.to_thread(temp.unlink, missing_ok=True)
-    info = await asyncio.to_thread(os.stat, target)
+def _row_for(placement: Placement, target: Path, parts: list[Part]) -> FileRow:
+    info = target.stat()
     status = FORK if placement.conflict else SYNC
     return FileRow(placement.path, placement.version.hash, str(info.st_mtime_ns), info.st_size,
                    status, False, encode_parts(parts), placement.version.ref)  # fmt: skip
 
 
-async def apply(
-    session: Session, resolution: Resolution, log: dict[str, LogRow]
-) -> tuple[int, int]:
+def _temp_beside(target: Path) -> Path:
+    return target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+
+
+def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogRow],
+                  id_key: bytes) -> list[FileRow | str]:  # fmt: skip
+    """Blocking: write small versions whose content travelled inline (temp file, then rename).
+    A row per file written, or the problem that stopped it."""
+    done: list[FileRow | str] = []
+    for placement in placements:
+        data = log[placement.version.ref].data or b""
+        target = folder / placement.path
+        temp = _temp_beside(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp.write_bytes(data)
+            os.replace(temp, target)
+            done.append(_row_for(placement, target, split_bytes(data, id_key)))
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            done.append(f"{placement.path}: {exc}")
+    return done
+
+
+async def _write_large(
+    session: Session, placement: Placement, row: LogRow, local: LocalParts
+) -> FileRow:
+    target = session.folder / placement.path
+    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+    temp = _temp_beside(target)
+    try:
+        parts = await write_version(session, row, temp, local)
+        await asyncio.to_thread(os.replace, temp, target)
+    finally:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+    return await asyncio.to_thread(_row_for, placement, target, parts)
+
+
+def _plan(
+    session: Session, resolution: Resolution, rows: dict[str, FileRow],
+    on_disk: dict[str, os.stat_result],
+) -> list[Placement]:  # fmt: skip
+    """The placements to write; rows already holding their version are brought up to date."""
+    state, domain = session.state, session.domain
+    to_write: list[Placement] = []
+    with state.transaction():
+        for path, placement in sorted(resolution.placements.items()):
+            row, info = rows.get(path), on_disk.get(path)
+            if row is not None and row.push:
+                continue  # a local change waits for the next push
+            if info is not None and (row is None or not same_stat(row, info)):
+                continue  # a local file we have not discovered yet: never clobber it
+            if row is not None and row.hash == placement.version.hash and info is not None:
+                status = FORK if placement.conflict else SYNC
+                if row.version != placement.version.ref or row.status != status:
+                    state.put_files(
+                        domain, [replace(row, version=placement.version.ref, status=status)]
+                    )
+                continue
+            to_write.append(placement)
+    return to_write
+
+
+async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
     """Bring the folder to `resolution`: write what is missing or older, remove what no version
     wants any more. Never overwrites a file with local changes not pushed yet. Returns
     (written, removed)."""
     state, domain, folder = session.state, session.domain, session.folder
     rows = state.files(domain)
     on_disk = await asyncio.to_thread(walk, folder)
-    local = await asyncio.to_thread(_local_parts, folder, rows)
-    to_write: list[Placement] = []
-    for path, placement in sorted(resolution.placements.items()):
-        row, info = rows.get(path), on_disk.get(path)
-        if row is not None and row.push:
-            continue  # a local change waits for the next push
-        if info is not None and (row is None or not same_stat(row, info)):
-            continue  # a local file we have not discovered yet: never clobber it
-        if row is not None and row.hash == placement.version.hash and info is not None:
-            status = FORK if placement.conflict else SYNC
-            if row.version != placement.version.ref or row.status != status:
-                with state.transaction():
-                    state.put_file(
-                        domain, replace(row, version=placement.version.ref, status=status)
-                    )
-            continue
-        to_write.append(placement)
-    session.progress.begin(sum(_pieces(log[p.version.ref]) for p in to_write), "download", "part")
-    written = 0
+    to_write = _plan(session, resolution, rows, on_disk)
+    log = state.log(domain, [placement.version.ref for placement in to_write])
+    small = [p for p in to_write if log[p.version.ref].data is not None]
+    large = [p for p in to_write if log[p.version.ref].data is None]
+    session.progress.begin(len(small) + sum(_pieces(log[p.version.ref]) for p in large),
+                           "download", "part")  # fmt: skip
+    written: list[FileRow | str] = []
     try:
-        for placement in to_write:
+        for start in range(0, len(small), BATCH_ENTRIES):
+            chunk = small[start : start + BATCH_ENTRIES]
+            written += await asyncio.to_thread(_write_inline, folder, chunk, log, session.id_key)
+            session.progress.advance(len(chunk))
+        if large:
+            local = await asyncio.to_thread(_local_parts, folder, rows)
+        for placement in large:
             try:
-                new_row = await _place(session, placement, log, local)
+                written.append(
+                    await _write_large(session, placement, log[placement.version.ref], local)
+                )
             except (InvalidFile, OSError) as exc:
-                session.problems.append(f"{placement.path}: {exc}")
-                continue
-            with state.transaction():
-                state.put_file(domain, new_row)
-            written += 1
+                written.append(f"{placement.path}: {exc}")
     finally:
         session.progress.end()
+        with state.transaction():
+            state.put_files(domain, (done for done in written if isinstance(done, FileRow)))
+    session.problems += [done for done in written if isinstance(done, str)]
     removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows, on_disk)
-    return written, removed
+    return sum(isinstance(done, FileRow) for done in written), removed
 
 
 def _pieces(row: LogRow) -> int:
-    return 1 if row.data is not None else len(row.parts) // HASH_SIZE
+    return len(row.parts) // HASH_SIZE
 
 
 def _remove_unwanted(
@@ -257,7 +332,7 @@ def _remove_unwanted(
 
 async def sync_session(session: Session) -> SyncReport:
     """Run the four phases once."""
-    resolution, _ = current_resolution(session)
+    resolution = current_resolution(session)
     found = await asyncio.to_thread(
         discover, session.state, session.domain, session.folder, session.id_key,
         resolution.placements,
@@ -265,8 +340,8 @@ async def sync_session(session: Session) -> SyncReport:
     report = SyncReport(found)
     report.pushed = await push(session)
     report.pulled = await pull(session)
-    resolution, log = current_resolution(session)
-    report.written, report.removed = await apply(session, resolution, log)
+    resolution = current_resolution(session)
+    report.written, report.removed = await apply(session, resolution)
     report.forks = len(resolution.forks)
     report.uploaded, report.downloaded = session.uploaded, session.downloaded
     report.problems = list(session.problems)
@@ -285,9 +360,8 @@ async def choose(session: Session, ref: str, message: str = "") -> str:
     """End the fork that has head `ref`: a signed change that follows every head of the fork and
     keeps `ref`'s content (seed 004 "Beauty Context": a user picks his favourite version).
     Returns the new version's reference."""
-    resolution, log = current_resolution(session)
-    fork = find_fork(resolution, ref)
-    chosen = log[ref]
+    fork = find_fork(current_resolution(session), ref)
+    chosen = session.state.log(session.domain, [ref])[ref]
     names = (chosen.version.path,) if chosen.version.path is not None else ()
     parts = _ids(chosen.parts)
     origin = tuple(sorted(head.ref for head in fork.heads))

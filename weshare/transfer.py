@@ -245,8 +245,7 @@ async def pull(session: Session) -> int:
                 state.mark_object(domain, name, exc.reason)
             continue
         with state.transaction():
-            for row in rows:
-                state.add_log(domain, row)
+            state.add_log(domain, rows)
             state.mark_object(domain, name, None)
             if rows:
                 state.saw_writer(domain, rows[0].version.writer, rows[0].version.change_id)
@@ -302,15 +301,10 @@ async def _fetch_part(session: Session, part: bytes, local: LocalParts) -> bytes
     return await asyncio.to_thread(_open_part, session, part, body)
 
 
-async def write_version(
-    session: Session, row: LogRow, target: Path, temp: Path, local: LocalParts
-) -> list[Part]:
-    """Write version `row` to `temp` (then the caller renames it over `target`); returns its
-    parts. Parts come from local files that hold them when possible, else from the exchange."""
-    if row.data is not None:
-        await asyncio.to_thread(temp.write_bytes, row.data)
-        session.progress.advance(1)
-        return await asyncio.to_thread(split_bytes, row.data, session.id_key)
+async def write_version(session: Session, row: LogRow, temp: Path, local: LocalParts) -> list[Part]:
+    """Write version `row`, whose content is in parts, to `temp` (the caller renames it into
+    place); returns its parts. Parts come from local files that hold them when possible (checked
+    by their id), else from the exchange."""
     ids = [row.parts[i : i + HASH_SIZE] for i in range(0, len(row.parts), HASH_SIZE)]
     parts: list[Part] = []
     offset = 0
