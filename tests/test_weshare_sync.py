@@ -272,3 +272,28 @@ async def test_only_an_admin_invites(pair: Pair, tmp_path: Path) -> None:
 
         with pytest.raises(UsageError, match="only an admin"):
             await pair.bob.invite(DOMAIN, carol.get_public(), "carol")
+
+
+async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair: Pair) -> None:
+    from weshare.discovery import discover
+    from weshare.sync import apply, current_resolution
+    from weshare.transfer import pull
+
+    (pair.a / "f.txt").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "f.txt").write_text("alice v2")
+    await pair.alice.sync(DOMAIN)
+    (pair.b / "f.txt").write_text("bob's edit, discovered but not pushed yet")
+    async with pair.bob._session(DOMAIN) as session:
+        resolution = current_resolution(session)
+        found = discover(session.state, DOMAIN, pair.b, session.id_key, resolution.placements)
+        assert found.updated == 1
+        assert await pull(session) == 1  # alice's v2 is known...
+        written, _ = await apply(session, current_resolution(session))
+    assert written == 0  # ...but not written over bob's edit
+    assert (pair.b / "f.txt").read_text() == "bob's edit, discovered but not pushed yet"
+    await pair.bob.sync(DOMAIN)  # now pushed: a fork, both kept
+    assert sorted(tree(pair.b).values()) == [
+        b"alice v2",
+        b"bob's edit, discovered but not pushed yet",
+    ]

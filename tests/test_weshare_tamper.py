@@ -172,3 +172,31 @@ async def test_nothing_is_applied_twice_or_lost_after_refusals(pair: Pair) -> No
     (pair.a / "c.txt").write_text("c")
     await pair.sync_both()
     assert tree(pair.b) == {"a.txt": b"a", "c.txt": b"c"}
+
+
+async def test_inline_data_that_does_not_match_its_hashes_is_refused(pair: Pair) -> None:
+    await pair.bob.sync(DOMAIN)
+    ring = _keyring(pair)
+    name = f"{DOMAIN}/{_next_name(pair, 'C')}"
+    ids = tuple(p.id for p in split_bytes(b"the real text", part_id_key(ring.keys[min(ring.keys)])))
+    lying = ChangeFile((FileChange(("x.txt",), (), ids, data=b"something else"),)).encode()
+    key_id, key = ring.current
+    body = sign_file(pair.alice.identity, name, encrypt(key_id, key, name, lying))
+    (pair.exchange / name).write_bytes(body)  # a user's change, but its data lies
+    await pair.bob.sync(DOMAIN)
+    assert not (pair.b / "x.txt").exists()
+    assert "inline data does not match" in pair.bob.status(DOMAIN).refused[0][1]
+
+
+async def test_a_part_whose_content_does_not_match_its_id_is_refused(pair: Pair) -> None:
+    (pair.a / "big.bin").write_bytes(bytes(range(256)) * 4000)
+    await pair.alice.sync(DOMAIN)
+    ring = _keyring(pair)
+    key_id, key = ring.current
+    part = sorted((pair.exchange / DOMAIN / "merkle").glob("*.mrk"))[0]
+    name = f"{DOMAIN}/merkle/{part.name}"
+    part.chmod(0o644)
+    part.write_bytes(encrypt(key_id, key, name, b"swapped by a user who holds the key"))
+    report = await pair.bob.sync(DOMAIN)
+    assert not (pair.b / "big.bin").exists()
+    assert "does not match its id" in report.problems[0]
