@@ -4,6 +4,7 @@ fork until one is chosen, a killed sync is finished by the next one."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from weshare import Exchange, FolderExchange, Weshare
 from weshare.exchange import ExchangeFactory
+from weshare.ids import SnowflakeIds
 
 DOMAIN = "team.weshare.test"
 
@@ -297,3 +299,31 @@ async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair:
         b"alice v2",
         b"bob's edit, discovered but not pushed yet",
     ]
+
+
+async def test_a_change_from_a_writer_whose_clock_lags_is_still_found(pair: Pair) -> None:
+    (pair.a / "a.txt").write_text("now")
+    await pair.sync_both()
+    late = Weshare(pair.tmp / "bob-state", clock=lambda: time.time_ns() // 1_000_000 - 300_000)
+    await pair.bob.close()
+    async with late:  # bob's clock is five minutes behind, and he saw nothing newer yet
+        late._ids = SnowflakeIds(1)
+        (pair.b / "b.txt").write_text("from the past")
+        with late.state.transaction():
+            late.state._db.execute("DELETE FROM Objects WHERE domain = ?", (DOMAIN,))
+        await late.sync(DOMAIN)
+    await pair.alice.sync(DOMAIN)
+    assert (pair.a / "b.txt").read_text() == "from the past"
+
+
+def test_listing_starts_a_window_below_the_newest_change_but_never_in_the_future() -> None:
+    from weshare.ids import EPOCH_MS
+    from weshare.transfer import LISTING_WINDOW_MS, listing_floor
+
+    def at(ms: int) -> int:
+        return (ms - EPOCH_MS) << 22
+
+    now = EPOCH_MS + 10**9
+    assert listing_floor(at(now - 1000), now) == at(now - 1000 - LISTING_WINDOW_MS)
+    far_future = at(now + 10**9)
+    assert listing_floor(far_future, now) == at(now)  # capped: now + window - window

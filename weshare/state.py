@@ -255,9 +255,11 @@ class State:
         )
 
     def newest_object(self, domain: str, prefix: str) -> str:
-        """The greatest remote name with `prefix` already read or refused ('' if none)."""
+        """The greatest remote name with `prefix` read and accepted ('' if none); refused ones
+        do not count, so junk with a huge id cannot move where listing starts."""
         row = self._db.execute(
-            "SELECT max(name) FROM Objects WHERE domain = ? AND name LIKE ?", (domain, prefix + "%")
+            "SELECT max(name) FROM Objects WHERE domain = ? AND name LIKE ? AND refused IS NULL",
+            (domain, prefix + "%"),
         ).fetchone()
         return str(row[0]) if row and row[0] is not None else ""
 

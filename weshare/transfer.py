@@ -29,7 +29,7 @@ from weshare.crypto import (
 from weshare.errors import InvalidFile, ObjectNotFound
 from weshare.exchange import Exchange
 from weshare.formats import HASH_SIZE, ActionFile, ChangeFile, Keyring
-from weshare.ids import SnowflakeIds, object_name, parse_object_name
+from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
 from weshare.lineage import Version, ref_of
 from weshare.parts import Part, split_bytes
 from weshare.state import LogRow, State
@@ -217,10 +217,18 @@ def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -
     return ActionFile.decode(decrypt(session.keyring.keys, full, content))
 
 
+def listing_floor(newest: int, now_ms: int) -> int:
+    """Where to start listing change files: `LISTING_WINDOW_MS` below the newest one read, so a
+    writer whose clock is a little behind is still found; a newest id stamped in the future (a
+    writer's clock far ahead) counts as now, so it cannot hide everyone else's changes."""
+    ceiling = max(0, now_ms + LISTING_WINDOW_MS - EPOCH_MS) << 22  # ids carry ms in top bits
+    return max(0, min(newest, ceiling) - (LISTING_WINDOW_MS << 22))
+
+
 async def _new_names(session: Session, prefix: str) -> list[str]:
     state, domain = session.state, session.domain
     newest = parse_object_name(prefix, state.newest_object(domain, f"{prefix}.")) or 0
-    floor = max(0, newest - (LISTING_WINDOW_MS << 22))  # ids carry ms in their top bits
+    floor = listing_floor(newest, session.clock())
     after = session.full(object_name(prefix, floor)) if newest else ""
     listed = await session.exchange.list(session.full(f"{prefix}."), after=after)
     names = [n.rpartition("/")[2] for n in listed]
