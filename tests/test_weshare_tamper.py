@@ -10,7 +10,7 @@ import pytest
 
 from records import Identity
 from tests.test_weshare_sync import DOMAIN, Pair, pair, tree
-from weshare import InvalidFile
+from weshare import InvalidFile, Weshare
 from weshare.crypto import encrypt, part_id_key, sign_file
 from weshare.formats import ChangeFile, FileChange, Keyring, UserEntry, UsersFile
 from weshare.ids import SnowflakeIds, object_name, parse_object_name
@@ -200,3 +200,20 @@ async def test_a_part_whose_content_does_not_match_its_id_is_refused(pair: Pair)
     report = await pair.bob.sync(DOMAIN)
     assert not (pair.b / "big.bin").exists()
     assert "does not match its id" in report.problems[0]
+
+
+async def test_a_domain_laid_out_by_someone_else_is_not_trusted(pair: Pair, tmp_path: Path) -> None:
+    async with Weshare(tmp_path / "mallory-state") as mallory, Weshare(tmp_path / "carol") as carol:
+        # mallory makes a domain of the same name on her own exchange and invites carol to it,
+        # naming alice (whom carol trusts) as the admin: alice's key is public, her signature not
+        await mallory.add_domain(DOMAIN, tmp_path / "mallory-files")
+        await mallory.add_exchange(DOMAIN, {"kind": "folder", "path": str(tmp_path / "fake")})
+        await mallory.invite(DOMAIN, carol.get_public(), "carol")
+        forged = make_invite(
+            mallory.identity, carol.identity.public_key,
+            {"admins": [pair.alice.get_public()], "domain": DOMAIN,
+             "exchanges": [{"kind": "folder", "path": str(tmp_path / "fake")}]},
+        )  # fmt: skip
+        await carol.join(forged, tmp_path / "carol-files")
+        with pytest.raises(InvalidFile, match="not signed by the admin we trust"):
+            await carol.sync(DOMAIN)

@@ -17,7 +17,13 @@ from typing import Any
 from records.identity import Identity
 from weshare.crypto import new_key
 from weshare.errors import InvalidFile, UsageError
-from weshare.exchange import ExchangeFactory, default_kinds, normalize_config, open_exchange
+from weshare.exchange import (
+    Exchange,
+    ExchangeFactory,
+    default_kinds,
+    normalize_config,
+    open_exchange,
+)
 from weshare.formats import FLAG_ADMIN, Keyring
 from weshare.ids import SnowflakeIds, instance_of, parse_object_name
 from weshare.lineage import Fork, Resolution, resolve
@@ -162,7 +168,7 @@ class Weshare:
         keyring = Keyring({first: new_key()})
         with self.state.transaction():
             self.state.set_config(name, "folder", str(path))
-            self.state.set_config(name, "trusted", self.get_public())
+            self.state.set_config(name, "admins", json.dumps([self.get_public()]))
             self.state.set_config(name, "founding", str(first))
             self.state.set_config(name, "name", user_name)
             self.state.set_config(name, "keyring", keyring.encode().hex())
@@ -175,24 +181,26 @@ class Weshare:
         configs = [c for c in self._exchanges(domain) if c != normalized] + [normalized]
         async with self._lock, self._open(normalized) as exchange:
             founding = self.state.get_config(domain, "founding")
-            if (
-                founding is not None
-                and self.state.get_config(domain, "trusted") == self.get_public()
-            ):
+            if founding is not None and self._admins(domain) == {self.identity.public_key}:
                 keyring = _keyring(self.state, domain)
                 await create_domain_on(
                     exchange, domain, self.identity, self.state.get_config(domain, "name") or "",
                     keyring, int(founding), configs,
                 )  # fmt: skip
             else:
-                await read_anchor(exchange, domain, bytes.fromhex(self._trusted(domain)))
+                await read_anchor(exchange, domain, self._admins(domain))
         self.state.set_config(domain, "exchanges", json.dumps(configs))
 
-    def _trusted(self, domain: str) -> str:
-        trusted = self.state.get_config(domain, "trusted")
-        if trusted is None:
+    def _admins(self, domain: str) -> set[bytes]:
+        """The founding admins we trust for `domain` (ourselves, or those our invite named)."""
+        admins = self.state.get_config(domain, "admins")
+        if admins is None:
             raise UsageError(f"unknown domain {domain!r}")
-        return trusted
+        return {bytes.fromhex(key) for key in json.loads(admins)}
+
+    async def _refresh(self, exchange: Exchange, domain: str) -> Keyring | None:
+        anchor = await read_anchor(exchange, domain, self._admins(domain))
+        return await refresh_members(exchange, self.state, domain, self.identity, anchor)
 
     @asynccontextmanager
     async def _open(self, config: Mapping[str, Any]) -> AsyncIterator[Any]:
@@ -209,8 +217,7 @@ class Weshare:
         if not configs:
             raise UsageError(f"domain {domain} has no exchange yet (add-exchange)")
         async with self._lock, self._open(configs[0]) as exchange:
-            anchor = await read_anchor(exchange, domain, bytes.fromhex(self._trusted(domain)))
-            keyring = await refresh_members(exchange, self.state, domain, self.identity, anchor)
+            keyring = await self._refresh(exchange, domain)
             if keyring is None or self.identity.public_key not in self.state.members(domain):
                 raise UsageError(f"not a user of {domain} yet: no U.x on the exchange lists us")
             assert self._ids is not None
@@ -234,11 +241,10 @@ class Weshare:
                 session.exchange, self.state, domain, self.identity, session.keyring,
                 self._next_id(current), key, name, name2,
             )  # fmt: skip
-            anchor = await read_anchor(
-                session.exchange, domain, bytes.fromhex(self._trusted(domain))
-            )
-            await refresh_members(session.exchange, self.state, domain, self.identity, anchor)
-        config = {"domain": domain, "exchanges": self._exchanges(domain)}
+            await self._refresh(session.exchange, domain)
+        admins = sorted(key.hex() for key in self._admins(domain))
+        # seed 004 Invite: the exchanges and the administrators of the group
+        config = {"domain": domain, "exchanges": self._exchanges(domain), "admins": admins}
         return make_invite(self.identity, key, config)
 
     async def join(self, invite: bytes, folder: Path | str, user_name: str = "") -> str:
@@ -249,14 +255,17 @@ class Weshare:
         exchanges = opened.config.get("exchanges")
         if not isinstance(domain, str) or not _DOMAIN.match(domain):
             raise InvalidFile("invite: no valid domain")
+        admins = opened.config.get("admins")
         if not isinstance(exchanges, list) or not exchanges:
             raise InvalidFile("invite: no exchange")
+        if not isinstance(admins, list) or not admins or not all(_is_key(a) for a in admins):
+            raise InvalidFile("invite: no valid admins")
         if self.state.get_config(domain, "folder") is not None:
             raise UsageError(f"already a member of {domain}")
         path = await asyncio.to_thread(_prepare_folder, folder)
         with self.state.transaction():
             self.state.set_config(domain, "folder", str(path))
-            self.state.set_config(domain, "trusted", opened.admin.hex())
+            self.state.set_config(domain, "admins", json.dumps(admins))
             self.state.set_config(domain, "exchanges", json.dumps(exchanges))
             self.state.set_config(domain, "name", user_name)
         return domain
@@ -306,6 +315,12 @@ def _keyring(state: State, domain: str) -> Keyring:
     if value is None:
         raise UsageError(f"no key for {domain}")
     return Keyring.decode(bytes.fromhex(value))
+
+
+def _is_key(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def _prepare_folder(folder: Path | str) -> Path:

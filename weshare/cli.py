@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from weshare.api import Weshare
 from weshare.errors import ExchangeError, InvalidFile, UsageError, WeshareError
+from weshare.formats import FLAG_ADMIN
 from weshare.ids import id_time_ms
 from weshare.lineage import conflict_name
 from weshare.sync import SyncReport
@@ -221,7 +222,7 @@ async def _status(client: Weshare, args: argparse.Namespace) -> int:
         print(f"{domain}: folder {status.folder}")
         print(f"  files {status.files}, waiting to push {status.pending}, forks {status.forks}")
         for key, (flags, _, _) in sorted(status.members.items()):
-            role = "admin" if flags & 1 else "follower"
+            role = "admin" if flags & FLAG_ADMIN else "follower"
             seen = status.writers.get(key)
             last = f", last change {_when(seen)}" if seen else ""
             print(f"  user {_who(client, domain, key)}: {role}{last}")

@@ -144,7 +144,7 @@ def is_safe_path(path: str) -> bool:
 class Invite:
     """seed 004 "Invite": version u16, admin public key, exchange configuration as JSON.
 
-    `config` holds ``{"domain": name, "exchanges": [exchange config, ...]}``."""
+    `config` holds ``{"admins": [hex key, ...], "domain": name, "exchanges": [config, ...]}``."""
 
     admin: bytes
     config: Mapping[str, Any]

@@ -1,9 +1,10 @@
 """Who belongs to a domain: the `admins` anchor, the chain of `U.x` files, invites.
 
 `admins` is written once, when a domain is created on an exchange, and signed by a founding
-admin; a member trusts it only if that signer is the admin it trusts already (its own key, or
-the invite's admin). Each `U.x` names the `U.x` it replaces (`previous`) and must be signed by an
-admin of that one (the first: by a founding admin). A reader accepts them in id order, so a
+admin; a member trusts it only if that signer is one it trusts already (its own key, or the
+admins its invite named: seed 004, the invite carries "the administrators of the group").
+Each `U.x` names the `U.x` it replaces (`previous`) and must be signed by an admin of that one
+(the first: by a founding admin). A reader accepts them in id order, so a
 file copied under a newer name (its signature binds the name), one that does not follow the
 current one, or one signed by a follower is refused and the users stay as they were.
 """
@@ -11,7 +12,7 @@ current one, or one signed by a follower is refused and the users stay as they w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,16 +87,16 @@ async def create_domain_on(
     )
 
 
-async def read_anchor(exchange: Exchange, domain: str, trusted: bytes) -> AdminsFile:
-    """The domain's `admins`, checked to be signed by `trusted` (our own key or the invite's
-    admin) and to name the domain."""
+async def read_anchor(exchange: Exchange, domain: str, trusted: Set[bytes]) -> AdminsFile:
+    """The domain's `admins`, checked to be signed by one of the `trusted` founding admins (our
+    own key, or those our invite named) and to name the domain."""
     name = f"{domain}/admins"
     try:
         content, signer = open_signed(name, await exchange.get(name))
     except ObjectNotFound as exc:
         raise UsageError(f"domain {domain} does not exist on the exchange yet") from exc
     admins = AdminsFile.decode(content)
-    if signer != trusted or signer not in admins.admins or admins.domain != domain:
+    if signer not in trusted or signer not in admins.admins or admins.domain != domain:
         raise InvalidFile("admins: not signed by the admin we trust")  # the anchor of trust
     return admins
 

@@ -13,6 +13,7 @@ import asyncio
 import mmap
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -82,7 +83,7 @@ class Session:
     downloaded: int = 0
     problems: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def id_key(self) -> bytes:
         """The part-id key: from the domain's first key, so ids stay the same across rekeys."""
         return part_id_key(self.keyring.keys[min(self.keyring.keys)])
@@ -116,6 +117,7 @@ async def upload_parts(session: Session, path: Path, parts: list[Part]) -> None:
     state, domain = session.state, session.domain
     unique = {part.id: part for part in parts}
     missing = [unique[i] for i in unique.keys() - state.known_parts(domain, list(unique))]
+    session.progress.advance(sum(part.length for part in parts) - sum(p.length for p in missing))
     if not missing:
         return
     key_id, key = session.keyring.current
