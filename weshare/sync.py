@@ -135,39 +135,36 @@ async def push(session: Session) -> int:
                 entry = await _large_entry(session, row, old.get(row.version or "", []))
                 if entry is not None:
                     made.append((entry, row))
-        pushed = 0
-        batch: list[tuple[FileChange, FileRow]] = []
+        batch: list[tuple[FileChange, FileRow | None]] = []
         inline = 0
         for entry, row in made:
             batch.append((entry, row))
             inline += len(entry.data)
             if inline >= BATCH_INLINE_BYTES or len(batch) >= BATCH_ENTRIES:
-                pushed += await commit(session, batch)
+                await commit(session, batch)
                 batch, inline = [], 0
         if batch:
-            pushed += await commit(session, batch)
+            await commit(session, batch)
     finally:
         session.progress.end()
-    return pushed
+    return len(made)
 
 
-async def commit(session: Session, batch: list[tuple[FileChange, FileRow]]) -> int:
-    """Queue one change file holding `batch`, point its Files rows at it, put it."""
+async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]]) -> str:
+    """Queue one change file holding `batch`, point the Files rows (if any) at its versions,
+    put it; returns its name."""
     state, domain = session.state, session.domain
     name = next_change_name(session)
     plaintext = ChangeFile(tuple(entry for entry, _ in batch)).encode()
     with state.transaction():
         state.add_outbox(domain, name, plaintext)
-        for _, row in batch:
-            if row.status == DELETE:
+        for index, (_, row) in enumerate(batch):
+            if row is not None and row.status == DELETE:
                 state.drop_file(domain, row.name)
-        state.put_files(
-            domain,
-            (replace(row, push=False, version=ref_of(name, index))
-             for index, (_, row) in enumerate(batch) if row.status != DELETE),
-        )  # fmt: skip
+            elif row is not None:
+                state.put_files(domain, [replace(row, push=False, version=ref_of(name, index))])
     await put_change(session, name, plaintext)
-    return len(batch)
+    return name
 
 
 # --- apply ---------------------------------------------------------------------------------
@@ -369,9 +366,4 @@ async def choose(session: Session, ref: str, message: str = "") -> str:
         names, origin, tuple(parts), message or f"chose {ref}", diff_parts([], parts),
         chosen.data or b"",
     )  # fmt: skip
-    name = next_change_name(session)
-    plaintext = ChangeFile((entry,)).encode()
-    with session.state.transaction():
-        session.state.add_outbox(session.domain, name, plaintext)
-    await put_change(session, name, plaintext)
-    return f"{name}/0"
+    return ref_of(await commit(session, [(entry, None)]), 0)
