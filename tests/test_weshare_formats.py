@@ -14,6 +14,7 @@ from weshare.crypto import (
     encrypt,
     open_sealed,
     open_signed,
+    part_id,
     seal_to,
     sign_file,
 )
@@ -33,7 +34,16 @@ from weshare.formats import (
     UsersFile,
     is_safe_path,
 )
-from weshare.parts import Part, apply_changes, decode_parts, diff_parts, encode_parts
+from weshare.parts import (
+    MIN_PART,
+    Part,
+    _chunker,
+    apply_changes,
+    decode_parts,
+    diff_parts,
+    encode_parts,
+    split_bytes,
+)
 
 keys32 = st.binary(min_size=32, max_size=32)
 texts = st.text(max_size=12)
@@ -210,3 +220,10 @@ def test_changes_turn_the_origin_into_the_new_part_list(old: list[bytes], new: l
     assert apply_changes(old, changes, new)
     encoded = ChangeFile((FileChange((), (), (), changes=changes),)).encode()
     assert ChangeFile.decode(encoded).entries[0].changes == changes
+
+
+@given(st.binary(max_size=2048) | st.sampled_from([b"x" * MIN_PART, b"y" * (MIN_PART + 1)]))
+def test_small_data_is_one_part_as_fastcdc_cuts_it(data: bytes) -> None:
+    key = b"k" * 32
+    fastcdc = [Part(part_id(key, c.data), c.offset, c.length) for c in _chunker().cut_buf(data)]
+    assert split_bytes(data, key) == fastcdc

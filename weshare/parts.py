@@ -40,6 +40,8 @@ def _chunker() -> FastCDC:
 
 def split_bytes(data: bytes | memoryview, id_key: bytes) -> list[Part]:
     """The parts of `data`, with their ids under `id_key`."""
+    if len(data) <= MIN_PART:  # FastCDC never cuts below the minimum: one part (none if empty)
+        return [Part(part_id(id_key, data), 0, len(data))] if data else []
     return [
         Part(part_id(id_key, chunk.data), chunk.offset, chunk.length)
         for chunk in _chunker().cut_buf(data)

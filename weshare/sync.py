@@ -158,11 +158,13 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
     plaintext = ChangeFile(tuple(entry for entry, _ in batch)).encode()
     with state.transaction():
         state.add_outbox(domain, name, plaintext)
+        updated = []
         for index, (_, row) in enumerate(batch):
             if row is not None and row.status == DELETE:
                 state.drop_file(domain, row.name)
             elif row is not None:
-                state.put_files(domain, [replace(row, push=False, version=ref_of(name, index))])
+                updated.append(replace(row, push=False, version=ref_of(name, index)))
+        state.put_files(domain, updated)
     await put_change(session, name, plaintext)
     return name
 

@@ -10,6 +10,7 @@ queued file again, and finds it already there if the first put went through.
 from __future__ import annotations
 
 import asyncio
+import collections
 import mmap
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -320,14 +321,23 @@ async def write_version(session: Session, row: LogRow, temp: Path, local: LocalP
     offset = 0
     handle = await asyncio.to_thread(temp.open, "wb")
     try:
-        for start in range(0, len(ids), PARALLEL_TRANSFERS * 2):
-            batch = ids[start : start + PARALLEL_TRANSFERS * 2]
-            datas = await run_all([_fetch_part(session, part, local) for part in batch])
-            for part, data in zip(batch, datas, strict=True):
+        async with asyncio.TaskGroup() as group:
+            # fetch a few parts ahead while earlier ones are written, in order
+            ahead = collections.deque(
+                group.create_task(_fetch_part(session, part, local))
+                for part in ids[: PARALLEL_TRANSFERS * 2]
+            )
+            for index, part in enumerate(ids):
+                data = await ahead.popleft()
+                if index + len(ahead) + 1 < len(ids):
+                    following = ids[index + len(ahead) + 1]
+                    ahead.append(group.create_task(_fetch_part(session, following, local)))
                 await asyncio.to_thread(handle.write, data)
                 parts.append(Part(part, offset, len(data)))
                 offset += len(data)
                 session.progress.advance(1)
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
     finally:
         handle.close()
     return parts
