@@ -5,114 +5,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from weshare import Exchange, FolderExchange, Weshare
-from weshare.exchange import ExchangeFactory
-from weshare.ids import SnowflakeIds
+from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
+from weshare import UsageError, Weshare
+from weshare.discovery import discover
+from weshare.ids import EPOCH_MS, SnowflakeIds
+from weshare.sync import apply, current_resolution
+from weshare.transfer import LISTING_WINDOW_MS, listing_floor, pull
 
-DOMAIN = "team.weshare.test"
-
-
-class Killed(Exception):
-    """Stands for the process dying at that point."""
-
-
-class FaultyExchange:
-    """A folder exchange that 'dies' once at a chosen point: before putting an object whose name
-    contains `before_put`, after putting one containing `after_put`, or on the `fail_get`th get
-    of a part."""
-
-    def __init__(
-        self,
-        inner: Exchange,
-        *,
-        before_put: str = "",
-        after_put: str = "",
-        fail_get: int = 0,
-    ) -> None:
-        self.inner = inner
-        self.before_put, self.after_put, self.fail_get = before_put, after_put, fail_get
-        self.part_gets = 0
-        self.puts: list[str] = []
-
-    async def put_if_absent(self, name: str, data: bytes) -> bool:
-        if self.before_put and self.before_put in name:
-            raise Killed(f"before {name}")
-        created = await self.inner.put_if_absent(name, data)
-        self.puts.append(name)
-        if self.after_put and self.after_put in name:
-            raise Killed(f"after {name}")
-        return created
-
-    async def get(self, name: str) -> bytes:
-        if name.endswith(".mrk"):
-            self.part_gets += 1
-            if self.part_gets == self.fail_get:
-                raise Killed(f"reading {name}")
-        return await self.inner.get(name)
-
-    async def list(self, prefix: str, after: str = "") -> list[str]:
-        return await self.inner.list(prefix, after)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-def faulty_kinds(**faults: Any) -> dict[str, ExchangeFactory]:
-    def factory(config: Mapping[str, Any]) -> Exchange:
-        return FaultyExchange(FolderExchange(Path(config["path"])), **faults)
-
-    return {"folder": factory}
-
-
-@dataclass
-class Pair:
-    alice: Weshare
-    bob: Weshare
-    a: Path  # alice's folder
-    b: Path  # bob's folder
-    exchange: Path
-    tmp: Path
-
-    async def sync_both(self) -> None:
-        await self.alice.sync(DOMAIN)
-        await self.bob.sync(DOMAIN)
-        await self.alice.sync(DOMAIN)
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    alice, bob = Weshare(tmp_path / "alice-state"), Weshare(tmp_path / "bob-state")
-    await alice.start()
-    await bob.start()
-    try:
-        await alice.add_domain(DOMAIN, tmp_path / "alice", "alice")
-        await alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(tmp_path / "exchange")})
-        invite = await alice.invite(DOMAIN, bob.get_public(), "bob")
-        assert await bob.join(invite, tmp_path / "bob", "bob") == DOMAIN
-        yield Pair(
-            alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path
-        )
-    finally:
-        await alice.close()
-        await bob.close()
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+__all__ = ["pair"]  # the fixture, used by name
 
 
 async def test_create_edit_rename_delete_propagate(pair: Pair) -> None:
@@ -270,16 +174,11 @@ async def test_a_file_written_but_not_recorded_is_adopted_not_pushed_back(pair: 
 async def test_only_an_admin_invites(pair: Pair, tmp_path: Path) -> None:
     async with Weshare(tmp_path / "carol-state") as carol:
         await pair.bob.sync(DOMAIN)
-        from weshare import UsageError
-
         with pytest.raises(UsageError, match="only an admin"):
             await pair.bob.invite(DOMAIN, carol.get_public(), "carol")
 
 
 async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair: Pair) -> None:
-    from weshare.discovery import discover
-    from weshare.sync import apply, current_resolution
-    from weshare.transfer import pull
 
     (pair.a / "f.txt").write_text("v1")
     await pair.sync_both()
@@ -317,8 +216,6 @@ async def test_a_change_from_a_writer_whose_clock_lags_is_still_found(pair: Pair
 
 
 def test_listing_starts_a_window_below_the_newest_change_but_never_in_the_future() -> None:
-    from weshare.ids import EPOCH_MS
-    from weshare.transfer import LISTING_WINDOW_MS, listing_floor
 
     def at(ms: int) -> int:
         return (ms - EPOCH_MS) << 22

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from records import Identity
-from tests.test_weshare_sync import DOMAIN, Pair, pair, tree
+from tests.weshare_pair import DOMAIN, Pair, pair, tree
 from weshare import InvalidFile, Weshare
 from weshare.crypto import encrypt, part_id_key, sign_file
 from weshare.formats import ChangeFile, FileChange, Keyring, UserEntry, UsersFile
@@ -17,7 +17,7 @@ from weshare.ids import SnowflakeIds, object_name, parse_object_name
 from weshare.membership import make_invite, open_invite
 from weshare.parts import split_bytes
 
-__all__ = ["pair"]  # the fixture
+__all__ = ["pair"]  # the fixture, used by name
 
 
 def _objects(pair: Pair, prefix: str) -> list[Path]:
