@@ -224,3 +224,17 @@ def test_listing_starts_a_window_below_the_newest_change_but_never_in_the_future
     assert listing_floor(at(now - 1000), now) == at(now - 1000 - LISTING_WINDOW_MS)
     far_future = at(now + 10**9)
     assert listing_floor(far_future, now) == at(now)  # capped: now + window - window
+
+
+async def test_add_domain_takes_just_a_name_as_the_seed_api_does(tmp_path: Path) -> None:
+    async with Weshare(tmp_path / "state") as client:
+        await client.add_domain("solo.weshare.test")
+        assert client.status("solo.weshare.test").folder == tmp_path / "state" / "files" / (
+            "solo.weshare.test"
+        )
+        with pytest.raises(UsageError, match="exists already"):
+            await client.add_domain("solo.weshare.test")
+        with pytest.raises(UsageError, match="not a domain name"):
+            await client.add_domain("Not A Domain")
+        with pytest.raises(UsageError, match="no exchange yet"):
+            await client.sync("solo.weshare.test")

@@ -156,14 +156,17 @@ class Weshare:
         assert self._ids is not None
         return self._ids.next(self._clock(), floor)
 
-    async def add_domain(self, name: str, folder: Path | str, user_name: str = "admin") -> None:
+    async def add_domain(
+        self, name: str, folder: Path | str | None = None, user_name: str = "admin"
+    ) -> None:
         """seed 004 AddDomain: a new domain whose founding admin is this user, shared from the
-        local `folder`. It reaches others once an exchange is added."""
+        local `folder` (default ``<state_dir>/files/<name>``). It reaches others once an exchange
+        is added."""
         if not _DOMAIN.match(name):
             raise UsageError(f"{name!r} is not a domain name (like public.weshare.zone)")
         if self.state.get_config(name, "folder") is not None:
             raise UsageError(f"domain {name} exists already")
-        path = await asyncio.to_thread(_prepare_folder, folder)
+        path = await asyncio.to_thread(_prepare_folder, folder or self.state_dir / "files" / name)
         first = self._next_id()
         keyring = Keyring({first: new_key()})
         with self.state.transaction():

@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create the identity; with DOMAIN, a new domain")
     init.add_argument("domain", nargs="?", help="a new domain to found, e.g. team.example.org")
-    init.add_argument("--folder", type=Path, help="local folder the domain shares")
+    init.add_argument(
+        "--folder", type=Path, help="local folder the domain shares (default: STATE/files/DOMAIN)"
+    )
     init.add_argument("--name", default="admin", help="your name in the domain")
 
     commands.add_parser("public", help="print your public key (give it to an admin)")
@@ -158,8 +160,6 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _init(client: Weshare, args: argparse.Namespace) -> int:
     if args.domain is not None:
-        if args.folder is None:
-            raise UsageError("init DOMAIN needs --folder")
         await client.add_domain(args.domain, args.folder, args.name)
         print(f"domain {args.domain} created; add an exchange next")
     print(client.get_public())
