@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weshare.formats import HASH_SIZE
 from weshare.lineage import Version
 
 _SCHEMA = """
@@ -78,6 +79,11 @@ class LogRow:
     parts: bytes  # the part ids, 32 bytes each
     data: bytes | None  # the content, when it travelled inline
     message: str
+
+    @property
+    def part_ids(self) -> list[bytes]:
+        """The part ids, in order."""
+        return [self.parts[i : i + HASH_SIZE] for i in range(0, len(self.parts), HASH_SIZE)]
 
 
 class State:

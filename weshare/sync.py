@@ -23,7 +23,7 @@ from pathlib import Path
 from weshare.crypto import content_hash
 from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
 from weshare.errors import InvalidFile, UsageError
-from weshare.formats import HASH_SIZE, ChangeFile, FileChange
+from weshare.formats import ChangeFile, FileChange
 from weshare.lineage import Fork, Placement, Resolution, ref_of, resolve
 from weshare.parts import INLINE_LIMIT, Part, decode_parts, diff_parts, encode_parts, split_bytes
 from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
@@ -60,10 +60,6 @@ class SyncReport:
 def current_resolution(session: Session) -> Resolution:
     """Where each version belongs, from every version in Log."""
     return resolve(session.state.versions(session.domain))
-
-
-def _ids(parts_blob: bytes) -> list[bytes]:
-    return [parts_blob[i : i + HASH_SIZE] for i in range(0, len(parts_blob), HASH_SIZE)]
 
 
 def _small_entry(folder: Path, row: FileRow, id_key: bytes, old: list[bytes]) -> FileChange | None:
@@ -118,7 +114,7 @@ async def push(session: Session) -> int:
     if not pending:
         return 0
     origins = state.log(domain, [row.version for row in pending if row.version])
-    old = {ref: _ids(row.parts) for ref, row in origins.items()}
+    old = {ref: row.part_ids for ref, row in origins.items()}
     session.progress.begin(sum(r.size for r in pending if r.status != DELETE), "upload", "B")
     made: list[tuple[FileChange, FileRow]] = []
     try:
@@ -303,7 +299,7 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
 
 
 def _pieces(row: LogRow) -> int:
-    return len(row.parts) // HASH_SIZE
+    return len(row.part_ids)
 
 
 def _remove_unwanted(
@@ -362,7 +358,7 @@ async def choose(session: Session, ref: str, message: str = "") -> str:
     fork = find_fork(current_resolution(session), ref)
     chosen = session.state.log(session.domain, [ref])[ref]
     names = (chosen.version.path,) if chosen.version.path is not None else ()
-    parts = _ids(chosen.parts)
+    parts = chosen.part_ids
     origin = tuple(sorted(head.ref for head in fork.heads))
     entry = FileChange(
         names, origin, tuple(parts), message or f"chose {ref}", diff_parts([], parts),

@@ -30,7 +30,7 @@ from weshare.crypto import (
 )
 from weshare.errors import InvalidFile, ObjectNotFound
 from weshare.exchange import Exchange
-from weshare.formats import HASH_SIZE, ActionFile, ChangeFile, Keyring
+from weshare.formats import ActionFile, ChangeFile, Keyring
 from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
 from weshare.lineage import Version, ref_of
 from weshare.parts import Part, split_bytes
@@ -187,14 +187,23 @@ def next_change_name(session: Session) -> str:
 # --- pull ---------------------------------------------------------------------------------
 
 
-def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -> list[LogRow]:
-    """The versions in change file `name`, checked: signed for this name by a user of the
-    domain, decrypted with a domain key, well formed, inline data matching its part hashes."""
+def _open_from_user(
+    session: Session, name: str, data: bytes, members: set[bytes]
+) -> tuple[bytes, bytes]:
+    """``(plaintext, signer)`` of a signed, encrypted domain file: signed for this name by a
+    user of the domain, decrypted with a domain key."""
     full = session.full(name)
     content, signer = open_signed(full, data)
     if signer not in members:
         raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
-    change = ChangeFile.decode(decrypt(session.keyring.keys, full, content))
+    return decrypt(session.keyring.keys, full, content), signer
+
+
+def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -> list[LogRow]:
+    """The versions in change file `name`, checked: from a user (`_open_from_user`), well
+    formed, inline data matching its part hashes."""
+    plaintext, signer = _open_from_user(session, name, data, members)
+    change = ChangeFile.decode(plaintext)
     change_id = parse_object_name("C", name) or 0
     rows = []
     for index, entry in enumerate(change.entries):
@@ -213,11 +222,7 @@ def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -
 
 def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -> ActionFile:
     """An action file, checked like a change file. Acting on it is issue 16's (truncate)."""
-    full = session.full(name)
-    content, signer = open_signed(full, data)
-    if signer not in members:
-        raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
-    return ActionFile.decode(decrypt(session.keyring.keys, full, content))
+    return ActionFile.decode(_open_from_user(session, name, data, members)[0])
 
 
 def listing_floor(newest: int, now_ms: int) -> int:
@@ -247,7 +252,10 @@ async def pull(session: Session) -> int:
     members = set(state.members(domain))
     recorded = 0
     for name in await _new_names(session, "C"):
-        data = await session.exchange.get(session.full(name))
+        try:
+            data = await session.exchange.get(session.full(name))
+        except ObjectNotFound:
+            continue  # removed since the listing (truncation): nothing to read
         session.downloaded += len(data)
         try:
             rows = await asyncio.to_thread(read_change, session, name, data, members)
@@ -264,6 +272,9 @@ async def pull(session: Session) -> int:
     for name in await _new_names(session, "A"):
         try:
             data = await session.exchange.get(session.full(name))
+        except ObjectNotFound:
+            continue
+        try:
             await asyncio.to_thread(read_action, session, name, data, members)
             reason = None
         except InvalidFile as exc:
@@ -316,7 +327,7 @@ async def write_version(session: Session, row: LogRow, temp: Path, local: LocalP
     """Write version `row`, whose content is in parts, to `temp` (the caller renames it into
     place); returns its parts. Parts come from local files that hold them when possible (checked
     by their id), else from the exchange."""
-    ids = [row.parts[i : i + HASH_SIZE] for i in range(0, len(row.parts), HASH_SIZE)]
+    ids = row.part_ids
     parts: list[Part] = []
     offset = 0
     handle = await asyncio.to_thread(temp.open, "wb")
