@@ -238,3 +238,13 @@ async def test_add_domain_takes_just_a_name_as_the_seed_api_does(tmp_path: Path)
             await client.add_domain("Not A Domain")
         with pytest.raises(UsageError, match="no exchange yet"):
             await client.sync("solo.weshare.test")
+
+
+async def test_a_second_exchange_is_refused_until_several_are_supported(pair: Pair) -> None:
+    same = {"kind": "folder", "path": str(pair.exchange)}
+    await pair.alice.add_exchange(DOMAIN, same)  # adding the same one again changes nothing
+    with pytest.raises(UsageError, match="already has an exchange"):
+        await pair.alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(pair.tmp / "other")})
+    (pair.a / "still.txt").write_text("works")
+    await pair.sync_both()
+    assert (pair.b / "still.txt").read_text() == "works"

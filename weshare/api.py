@@ -181,7 +181,11 @@ class Weshare:
         (``{"kind": "folder", "path": DIR}``). The founding admin lays out the domain there."""
         self._require(domain)
         normalized = normalize_config(config)
-        configs = [c for c in self._exchanges(domain) if c != normalized] + [normalized]
+        known = self._exchanges(domain)
+        if known and normalized not in known:
+            # several exchanges per domain (write to each, read the nearest) are issue 16's
+            raise UsageError(f"{domain} already has an exchange; this version uses one")
+        configs = [normalized]
         async with self._lock, self._open(normalized) as exchange:
             founding = self.state.get_config(domain, "founding")
             if founding is not None and self._admins(domain) == {self.identity.public_key}:
