@@ -183,11 +183,7 @@ class State:
         if refs is None:
             rows = list(self._db.execute(query + " ORDER BY change_id, change", (domain,)))
         else:
-            rows = []
-            for start in range(0, len(refs), 500):
-                batch = list(refs[start : start + 500])
-                marks = ",".join("?" * len(batch))
-                rows += self._db.execute(query + f" AND change IN ({marks})", (domain, *batch))
+            rows = self._where_in(query + " AND change", domain, refs)
         return {r[0]: LogRow(self._version(r), r[6], r[7], r[8]) for r in rows}
 
     def add_log(self, domain: str, rows: Iterable[LogRow]) -> None:
@@ -202,18 +198,20 @@ class State:
 
     # --- Merkle: parts known to be on the exchange ---
 
+    def _where_in(self, query: str, domain: str, values: Sequence[Any]) -> list[Any]:
+        """Rows of ``query + " IN (...)"`` (its parameters: the domain, then `values`), run in
+        batches that stay under SQLite's limit on parameters."""
+        rows: list[Any] = []
+        for start in range(0, len(values), 500):
+            batch = list(values[start : start + 500])
+            marks = ",".join("?" * len(batch))
+            rows += self._db.execute(f"{query} IN ({marks})", (domain, *batch))
+        return rows
+
     def known_parts(self, domain: str, parts: Sequence[bytes]) -> set[bytes]:
         """Which of `parts` are known to be on the exchange already."""
-        known: set[bytes] = set()
-        for start in range(0, len(parts), 500):
-            batch = list(parts[start : start + 500])
-            marks = ",".join("?" * len(batch))
-            rows = self._db.execute(
-                f"SELECT part FROM Merkle WHERE domain = ? AND part IN ({marks})",
-                (domain, *batch),
-            )
-            known.update(bytes(row[0]) for row in rows)
-        return known
+        query = "SELECT part FROM Merkle WHERE domain = ? AND part"
+        return {bytes(row[0]) for row in self._where_in(query, domain, parts)}
 
     def add_parts(self, domain: str, parts: Sequence[bytes]) -> None:
         """Remember that `parts` are on the exchange."""
@@ -242,16 +240,8 @@ class State:
 
     def seen(self, domain: str, names: Sequence[str]) -> set[str]:
         """Which of the remote `names` were already read or refused."""
-        seen: set[str] = set()
-        for start in range(0, len(names), 500):
-            batch = list(names[start : start + 500])
-            marks = ",".join("?" * len(batch))
-            rows = self._db.execute(
-                f"SELECT name FROM Objects WHERE domain = ? AND name IN ({marks})",
-                (domain, *batch),
-            )
-            seen.update(str(row[0]) for row in rows)
-        return seen
+        query = "SELECT name FROM Objects WHERE domain = ? AND name"
+        return {str(row[0]) for row in self._where_in(query, domain, names)}
 
     def mark_object(self, domain: str, name: str, refused: str | None) -> None:
         """Remember a remote file as read (`refused` None) or refused with a reason."""
