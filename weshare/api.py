@@ -24,7 +24,7 @@ from weshare.exchange import (
     normalize_config,
     open_exchange,
 )
-from weshare.formats import FLAG_ADMIN, Keyring
+from weshare.formats import Keyring
 from weshare.ids import SnowflakeIds, instance_of, parse_object_name
 from weshare.lineage import Fork, Resolution, resolve
 from weshare.membership import (
@@ -210,7 +210,7 @@ class Weshare:
         return await refresh_members(exchange, self.state, domain, self.identity, anchor)
 
     @asynccontextmanager
-    async def _open(self, config: Mapping[str, Any]) -> AsyncIterator[Any]:
+    async def _open(self, config: Mapping[str, Any]) -> AsyncIterator[Exchange]:
         exchange = open_exchange(config, self._kinds)
         try:
             yield exchange
@@ -249,7 +249,7 @@ class Weshare:
                 self._next_id(current), key, name, name2,
             )  # fmt: skip
             await self._refresh(session.exchange, domain)
-        admins = sorted(key.hex() for key in self._admins(domain))
+        admins = sorted(admin.hex() for admin in self._admins(domain))
         # seed 004 Invite: the exchanges and the administrators of the group
         config = {"domain": domain, "exchanges": self._exchanges(domain), "admins": admins}
         return make_invite(self.identity, key, config)
@@ -310,11 +310,6 @@ class Weshare:
             sum(1 for row in files.values() if row.push), len(self.forks(domain)),
             self.state.refused(domain), self.state.writers(domain), self._exchanges(domain),
         )  # fmt: skip
-
-    def is_admin(self, domain: str) -> bool:
-        """True if this user is an admin of `domain` in the current `U.x`."""
-        flags, _, _ = self.state.members(domain).get(self.identity.public_key, (0, "", ""))
-        return bool(flags & FLAG_ADMIN)
 
 
 def _keyring(state: State, domain: str) -> Keyring:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass
 from typing import Any
 
 from records.identity import Identity
@@ -33,20 +32,6 @@ from weshare.ids import object_name, parse_object_name
 from weshare.state import State
 
 _INVITE_NAME = "invite"  # the name an invite's signature binds
-
-
-@dataclass(frozen=True)
-class Member:
-    """A user of a domain as the current `U.x` lists it."""
-
-    public: bytes
-    flags: int
-    name: str
-    name2: str
-
-    @property
-    def is_admin(self) -> bool:
-        return bool(self.flags & FLAG_ADMIN)
 
 
 def _members(users: UsersFile) -> dict[bytes, tuple[int, str, str]]:
