@@ -37,7 +37,7 @@ class FaultyExchange:
         self.part_gets = 0
         self.puts: list[str] = []
 
-    async def put_if_absent(self, name: str, data: bytes) -> bool:
+    async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
         if self.before_put and self.before_put in name:
             raise Killed(f"before {name}")
         created = await self.inner.put_if_absent(name, data)

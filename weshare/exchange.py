@@ -24,9 +24,10 @@ from weshare.errors import ExchangeError, ObjectNotFound, UsageError
 class Exchange(Protocol):
     """What weshare needs from a storage service. Every method may raise `ExchangeError`."""
 
-    async def put_if_absent(self, name: str, data: bytes) -> bool:
+    async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
         """Store `data` as `name` unless an object of that name exists (then change nothing).
-        True if this call created it. Atomic: readers never see part of `data`."""
+        True if this call created it. Atomic: readers never see part of `data`. The caller
+        reuses `data`'s buffer once this returns: never keep it."""
         ...
 
     async def get(self, name: str) -> bytes:
@@ -66,7 +67,7 @@ class FolderExchange:
             raise ExchangeError(f"bad object name {name!r}")
         return self.root / name
 
-    def _put(self, name: str, data: bytes) -> bool:
+    def _put(self, name: str, data: bytes | memoryview) -> bool:
         target = self._path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.parent / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
@@ -109,7 +110,7 @@ class FolderExchange:
     def _delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
-    async def put_if_absent(self, name: str, data: bytes) -> bool:
+    async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
         """See `Exchange.put_if_absent`."""
         return await asyncio.to_thread(self._wrap, self._put, name, data)
 
