@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from weshare.crypto import content_hash
 from weshare.formats import is_safe_path
 from weshare.lineage import Placement
-from weshare.parts import encode_parts, split_file
+from weshare.parts import Part, encode_parts, split_file
 from weshare.state import CREATE, DELETE, FORK, SYNC, UPDATE, FileRow, State
 
 TEMP_PREFIX = ".weshare-tmp-"  # files being written by a sync; never shared
@@ -60,9 +61,16 @@ class Discovered:
 
 
 def discover(
-    state: State, domain: str, folder: Path, id_key: bytes, placements: dict[str, Placement]
+    state: State,
+    domain: str,
+    folder: Path,
+    id_key: bytes,
+    placements: dict[str, Placement],
+    split: Callable[[Path, int], list[Part]] | None = None,
 ) -> Discovered:
-    """Compare the folder with Files and mark what must be pushed (Files.push)."""
+    """Compare the folder with Files and mark what must be pushed (Files.push). `split(path,
+    size)` cuts and hashes a new or changed file (by default `split_file`; a sync also puts a
+    large file's parts on the exchange as it goes)."""
     rows = state.files(domain)
     on_disk = walk(folder, clean=True)
     found = Discovered()
@@ -72,7 +80,7 @@ def discover(
         row = rows.get(path)
         if row is not None and (row.status == FORK or same_stat(row, info)):
             continue  # a fork's copy is not pushed; an unchanged file is not hashed
-        parts = split_file(folder / path, id_key)
+        parts = split(folder / path, info.st_size) if split else split_file(folder / path, id_key)
         digest = content_hash([part.id for part in parts])
         seen = FileRow(path, digest, str(info.st_mtime_ns), info.st_size, CREATE, True,
                        encode_parts(parts), None)  # fmt: skip

@@ -9,9 +9,11 @@ request on the exchange) while a 100-byte insertion still uploads about 0.4 % of
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
+from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
@@ -57,6 +59,14 @@ def split_file(path: Path, id_key: bytes) -> list[Part]:
         Part(part_id(id_key, chunk.data), chunk.offset, chunk.length)
         for chunk in _chunker().cut_file(path)
     ]
+
+
+def cut_stream(handle: BinaryIO) -> Iterator[tuple[int, memoryview]]:
+    """``(offset, bytes)`` of each part of an open file, read once into a private buffer (the
+    same cuts as `split_file`). A view is valid only until the next one is taken: unlike a
+    memory map, it cannot change under a reader while another process writes the file."""
+    for chunk in _chunker().cut_stream(handle):
+        yield chunk.offset, chunk.data
 
 
 def encode_parts(parts: list[Part]) -> bytes:

@@ -25,7 +25,15 @@ from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
 from weshare.errors import InvalidFile, UsageError
 from weshare.formats import ChangeFile, FileChange
 from weshare.lineage import Fork, Placement, Resolution, ref_of, resolve
-from weshare.parts import INLINE_LIMIT, Part, decode_parts, diff_parts, encode_parts, split_bytes
+from weshare.parts import (
+    INLINE_LIMIT,
+    Part,
+    decode_parts,
+    diff_parts,
+    encode_parts,
+    split_bytes,
+    split_file,
+)
 from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
 from weshare.transfer import (
     LocalParts,
@@ -34,6 +42,7 @@ from weshare.transfer import (
     next_change_name,
     pull,
     put_change,
+    split_and_put,
     upload_parts,
     write_version,
 )
@@ -85,11 +94,11 @@ async def _large_entry(session: Session, row: FileRow, old: list[bytes]) -> File
     path = session.folder / row.name
     parts = decode_parts(row.merkle)
     try:
-        await upload_parts(session, path, parts)
+        complete = await upload_parts(session, path, parts)
         info = await asyncio.to_thread(os.stat, path)
     except FileNotFoundError:
         return None
-    if not same_stat(row, info):
+    if not complete or not same_stat(row, info):
         return None  # changed while we read it: the next discovery sees the new content
     ids = [part.id for part in parts]
     origin = (row.version,) if row.version else ()
@@ -328,9 +337,17 @@ def _remove_unwanted(
 async def sync_session(session: Session) -> SyncReport:
     """Run the four phases once."""
     resolution = current_resolution(session)
+    loop = asyncio.get_running_loop()
+
+    def split(path: Path, size: int) -> list[Part]:
+        # a large file's parts go up while it is hashed (one read); small ones travel inline
+        if size > INLINE_LIMIT:
+            return split_and_put(session, loop, path)
+        return split_file(path, session.id_key)
+
     found = await asyncio.to_thread(
         discover, session.state, session.domain, session.folder, session.id_key,
-        resolution.placements,
+        resolution.placements, split,
     )  # fmt: skip
     report = SyncReport(found)
     report.pushed = await push(session)

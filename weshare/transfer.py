@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import mmap
+import concurrent.futures
+import os
+import queue
+import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,9 +23,12 @@ from typing import Any, Protocol, TypeVar
 
 from records.identity import Identity
 from weshare.crypto import (
+    ENCRYPTED_OVERHEAD,
     content_hash,
     decrypt,
+    decrypt_into,
     encrypt,
+    encrypt_into,
     open_signed,
     part_id,
     part_id_key,
@@ -33,7 +39,7 @@ from weshare.exchange import Exchange
 from weshare.formats import ActionFile, ChangeFile, Keyring
 from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
 from weshare.lineage import Version, ref_of
-from weshare.parts import Part, split_bytes
+from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import LogRow, State
 
 _T = TypeVar("_T")
@@ -105,6 +111,26 @@ async def run_all(work: list[Coroutine[Any, Any, _T]]) -> list[_T]:
     return [task.result() for task in tasks]
 
 
+class Buffers:
+    """Part-sized buffers, reused: allocating a fresh one per part costs more here (page
+    faults) than encrypting or hashing it. Used from the event loop only; a buffer whose
+    owner was cancelled while a thread may still use it is never handed back."""
+
+    def __init__(self, size: int = MAX_PART + ENCRYPTED_OVERHEAD) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least `size` bytes (a one-off one if `size` is above the pool's)."""
+        if size > self.size:
+            return bytearray(size)
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, *buffers: bytearray) -> None:
+        """Buffers no one uses any more."""
+        self._free += (b for b in buffers if len(b) == self.size)
+
+
 def part_name(part: bytes) -> str:
     """seed 004: parts live in the domain's `merkle/` folder, named by their 256-bit id."""
     return f"merkle/{part.hex()}.mrk"
@@ -113,37 +139,117 @@ def part_name(part: bytes) -> str:
 # --- push ---------------------------------------------------------------------------------
 
 
-async def upload_parts(session: Session, path: Path, parts: list[Part]) -> None:
-    """Put the parts of `path` that the exchange may lack (not in Merkle), a few at a time."""
+def _read_part(path: Path, part: Part, id_key: bytes, out: bytearray) -> memoryview | None:
+    """Blocking: part `part` of the file at `path`, read into `out`; None if those bytes are not
+    the part any more (the file changed since it was split) or the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        view = memoryview(out)[: part.length]
+        if os.preadv(fd, [view], part.offset) != part.length:
+            return None
+    finally:
+        os.close(fd)
+    return view if part_id(id_key, view) == part.id else None
+
+
+def _seal_part(
+    session: Session, path: Path, part: Part, plain: bytearray, sealed: bytearray
+) -> memoryview | None:
+    """Blocking: the encrypted object of part `part` of `path`, in `sealed` (None as for
+    `_read_part`). The bytes encrypted are the bytes whose id was just checked, so an object
+    never holds other content than its name says, even if the file is being written."""
+    view = _read_part(path, part, session.id_key, plain)
+    if view is None:
+        return None
+    key_id, key = session.keyring.current
+    return encrypt_into(key_id, key, session.full(part_name(part.id)), view, sealed)
+
+
+async def upload_parts(session: Session, path: Path, parts: list[Part]) -> bool:
+    """Put the parts of `path` that the exchange may lack (not in Merkle), a few at a time.
+    False if the file no longer holds `parts` (changed since discovery; nothing wrong is put)."""
     state, domain = session.state, session.domain
     unique = {part.id: part for part in parts}
     missing = [unique[i] for i in unique.keys() - state.known_parts(domain, list(unique))]
     session.progress.advance(sum(part.length for part in parts) - sum(p.length for p in missing))
     if not missing:
-        return
-    key_id, key = session.keyring.current
-    handle = await asyncio.to_thread(path.open, "rb")
+        return True
+    gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
+    buffers = Buffers()
+    put: list[bytes] = []
+
+    async def one(part: Part) -> None:
+        async with gate:
+            plain = buffers.take(part.length)
+            sealed = buffers.take(part.length + ENCRYPTED_OVERHEAD)
+            body = await asyncio.to_thread(_seal_part, session, path, part, plain, sealed)
+            if body is not None:
+                if await session.exchange.put_if_absent(session.full(part_name(part.id)), body):
+                    session.uploaded += len(body)
+                put.append(part.id)
+            buffers.give(plain, sealed)
+        session.progress.advance(part.length)
+
     try:
-        view = await asyncio.to_thread(mmap.mmap, handle.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
-
-            async def one(part: Part) -> None:
-                name = session.full(part_name(part.id))
-                async with gate:
-                    body = await asyncio.to_thread(
-                        encrypt, key_id, key, name, view[part.offset : part.offset + part.length]
-                    )
-                    if await session.exchange.put_if_absent(name, body):
-                        session.uploaded += len(body)
-                session.progress.advance(part.length)
-
-            await run_all([one(part) for part in missing])
-        finally:
-            view.close()
+        await run_all([one(part) for part in missing])
     finally:
-        handle.close()
-    state.add_parts(domain, [part.id for part in missing])
+        state.add_parts(domain, put)
+    return len(put) == len(missing)
+
+
+def split_and_put(session: Session, loop: asyncio.AbstractEventLoop, path: Path) -> list[Part]:
+    """Blocking (discovery's thread; `loop` runs the exchange): the parts of the file at `path`,
+    each put on the exchange as soon as it is cut and hashed, unless Merkle knows it. The file
+    is read once and each byte hashed once; what is encrypted is the very buffer that was
+    hashed, so an object never holds other bytes than its id says even if the file is being
+    written. Objects are written on other threads meanwhile; the push then finds every part
+    on the exchange already (parts before the change file that lists them, as ever)."""
+    state, domain = session.state, session.domain
+    key_id, key = session.keyring.current
+    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(PARALLEL_TRANSFERS * 2):  # at most this many objects waiting to be written
+        free.put(bytearray(MAX_PART + ENCRYPTED_OVERHEAD))
+    parts: list[Part] = []
+    queued: set[bytes] = set()
+    put: list[bytes] = []
+    pending: list[concurrent.futures.Future[None]] = []
+    failed = threading.Event()
+
+    async def write(name: str, body: memoryview, sealed: bytearray, part: bytes) -> None:
+        try:
+            if await session.exchange.put_if_absent(name, body):
+                session.uploaded += len(body)
+            put.append(part)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            free.put(sealed)
+
+    try:
+        with path.open("rb") as handle:
+            for offset, data in cut_stream(handle):
+                part = Part(part_id(session.id_key, data), offset, len(data))
+                parts.append(part)
+                if part.id in queued or state.known_parts(domain, [part.id]):
+                    continue
+                queued.add(part.id)
+                sealed = free.get()
+                if failed.is_set():
+                    break  # that write's error is raised below
+                name = session.full(part_name(part.id))
+                body = encrypt_into(key_id, key, name, data, sealed)  # FastCDC cuts <= MAX_PART
+                work = write(name, body, sealed, part.id)
+                pending.append(asyncio.run_coroutine_threadsafe(work, loop))
+    finally:
+        concurrent.futures.wait(pending)
+        state.add_parts(domain, put)
+    for future in pending:
+        future.result()
+    return parts
 
 
 async def put_change(session: Session, name: str, plaintext: bytes) -> None:
@@ -290,65 +396,125 @@ async def pull(session: Session) -> int:
 LocalParts = dict[bytes, tuple[Path, int, int]]  # part id -> (file, offset, length)
 
 
-def _read_local(id_key: bytes, source: tuple[Path, int, int], part: bytes) -> bytes | None:
+def _read_local(
+    id_key: bytes, source: tuple[Path, int, int], part: bytes, out: bytearray
+) -> memoryview | None:
     path, offset, length = source
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read(length)
+    try:  # checked by its id: the file may have changed since
+        return _read_part(path, Part(part, offset, length), id_key, out)
     except OSError:
         return None
-    return data if part_id(id_key, data) == part else None  # the file may have changed since
 
 
-def _open_part(session: Session, part: bytes, data: bytes) -> bytes:
+def _open_part(session: Session, part: bytes, data: bytes, out: bytearray) -> memoryview:
     name = session.full(part_name(part))
-    plain = decrypt(session.keyring.keys, name, data)
+    plain = decrypt_into(session.keyring.keys, name, data, out)
     if part_id(session.id_key, plain) != part:
         raise InvalidFile(f"{name}: content does not match its id")
     return plain
 
 
-async def _fetch_part(session: Session, part: bytes, local: LocalParts) -> bytes:
-    source = local.get(part)
-    if source is not None:
-        data = await asyncio.to_thread(_read_local, session.id_key, source, part)
-        if data is not None:
-            return data
+def _write_at(path: Path, offset: int, data: memoryview) -> None:
+    """Blocking: write `data` at `offset` of the file at `path` (opened for this write only, so
+    a write whose task was cancelled can never land in another file through a reused fd)."""
+    fd = os.open(path, os.O_WRONLY)
     try:
-        body = await session.exchange.get(session.full(part_name(part)))
+        while data:
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Fetched:
+    """A part on its way into a file: its length, and either a local source or its object."""
+
+    length: int
+    source: tuple[Path, int, int] | None = None
+    body: bytes | None = None
+
+
+def _place(session: Session, part: bytes, fetched: _Fetched, out: bytearray, temp: Path,
+           offset: int) -> bool:  # fmt: skip
+    """Blocking: check part `part` (a local copy by its id; an object decrypted, then by its
+    id) and write it at `offset` of `temp`. False if the local copy is not the part any more."""
+    if fetched.body is not None:
+        plain = _open_part(session, part, fetched.body, out)
+    elif fetched.source is not None:
+        found = _read_local(session.id_key, fetched.source, part, out)
+        if found is None:
+            return False
+        plain = found
+    else:
+        return False
+    _write_at(temp, offset, plain)
+    return True
+
+
+async def _get_part(session: Session, part: bytes) -> _Fetched:
+    name = session.full(part_name(part))
+    try:
+        body = await session.exchange.get(name)
     except ObjectNotFound as exc:
         raise InvalidFile(f"part {part.hex()} is missing on the exchange") from exc
     session.downloaded += len(body)
-    return await asyncio.to_thread(_open_part, session, part, body)
+    if len(body) < ENCRYPTED_OVERHEAD:
+        raise InvalidFile(f"{name}: too short")
+    return _Fetched(len(body) - ENCRYPTED_OVERHEAD, body=body)
+
+
+async def _fetch_part(session: Session, part: bytes, local: LocalParts) -> _Fetched:
+    """Where `part`'s bytes come from: a local file that holds it (checked when read), else
+    its object on the exchange."""
+    source = local.get(part)
+    if source is not None:
+        return _Fetched(source[2], source=source)
+    return await _get_part(session, part)
 
 
 async def write_version(session: Session, row: LogRow, temp: Path, local: LocalParts) -> list[Part]:
     """Write version `row`, whose content is in parts, to `temp` (the caller renames it into
     place); returns its parts. Parts come from local files that hold them when possible (checked
-    by their id), else from the exchange."""
+    by their id), else from the exchange. Objects are fetched a few ahead, in order (a part's
+    offset is the sum of the lengths before it); each is decrypted, checked and written at its
+    offset on a thread of its own while the next ones arrive."""
     ids = row.part_ids
     parts: list[Part] = []
     offset = 0
-    handle = await asyncio.to_thread(temp.open, "wb")
+    buffers = Buffers()
+    gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
+    fd = await asyncio.to_thread(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.close(fd)
+
+    async def place(part: bytes, fetched: _Fetched, at: int) -> None:
+        try:
+            out = buffers.take(fetched.length)
+            if not await asyncio.to_thread(_place, session, part, fetched, out, temp, at):
+                remote = await _get_part(session, part)  # the local copy changed meanwhile
+                if remote.length != fetched.length:  # the same id is the same bytes
+                    raise InvalidFile(f"part {part.hex()}: not the length its id had here")
+                await asyncio.to_thread(_place, session, part, remote, out, temp, at)
+            buffers.give(out)
+        finally:
+            gate.release()
+        session.progress.advance(1)
+
     try:
         async with asyncio.TaskGroup() as group:
-            # fetch a few parts ahead while earlier ones are written, in order
             ahead = collections.deque(
                 group.create_task(_fetch_part(session, part, local))
                 for part in ids[: PARALLEL_TRANSFERS * 2]
             )
             for index, part in enumerate(ids):
-                data = await ahead.popleft()
+                fetched = await ahead.popleft()
                 if index + len(ahead) + 1 < len(ids):
                     following = ids[index + len(ahead) + 1]
                     ahead.append(group.create_task(_fetch_part(session, following, local)))
-                await asyncio.to_thread(handle.write, data)
-                parts.append(Part(part, offset, len(data)))
-                offset += len(data)
-                session.progress.advance(1)
+                await gate.acquire()
+                group.create_task(place(part, fetched, offset))
+                parts.append(Part(part, offset, fetched.length))
+                offset += fetched.length
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
-    finally:
-        handle.close()
     return parts
