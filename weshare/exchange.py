@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,11 +57,14 @@ class FolderExchange:
     `put_if_absent` writes a hidden temporary file, then `link`s it to its name: link refuses an
     existing target (like ``O_EXCL``), so no object is ever overwritten and none is seen half
     written. With `durable` each object is fsynced before it is linked (off by default: a local
-    folder shares the writer's crash fate, and fsync per object costs ~4 ms here)."""
+    folder shares the writer's crash fate, and fsync per object costs ~4 ms here). Puts write
+    one at a time: files created side by side in one folder slowed each other (436 objects of
+    600 KB here: 0.33 s CPU, 0.36 s wall from one thread; 0.45 s and 0.47-0.50 s from 2 or 4)."""
 
     def __init__(self, root: Path, *, durable: bool = False) -> None:
         self.root = root
         self.durable = durable
+        self._writing = threading.Lock()
 
     def _path(self, name: str) -> Path:
         if not name or name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
@@ -68,10 +72,17 @@ class FolderExchange:
         return self.root / name
 
     def _put(self, name: str, data: bytes | memoryview) -> bool:
+        with self._writing:
+            return self._put_one(name, data)
+
+    def _put_one(self, name: str, data: bytes | memoryview) -> bool:
         target = self._path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.parent / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the object's folder does not exist yet
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
