@@ -31,14 +31,16 @@ def walk(folder: Path, *, clean: bool = False) -> dict[str, os.stat_result]:
     With `clean`, temp files a killed sync left behind are removed."""
     found: dict[str, os.stat_result] = {}
     for directory, _, names in os.walk(folder):
+        below = os.path.relpath(directory, folder).replace(os.sep, "/")
+        prefix = "" if below == "." else below + "/"
         for name in names:
+            full = os.path.join(directory, name)
             if name.startswith(TEMP_PREFIX):
                 if clean:
-                    os.unlink(os.path.join(directory, name))
+                    os.unlink(full)
                 continue
-            full = os.path.join(directory, name)
             info = os.lstat(full)
-            relative = os.path.relpath(full, folder).replace(os.sep, "/")
+            relative = prefix + name
             if stat.S_ISREG(info.st_mode) and is_safe_path(relative):
                 found[relative] = info
     return found

@@ -167,7 +167,8 @@ class State:
 
     @staticmethod
     def _version(r: Sequence[Any]) -> Version:
-        return Version(r[0], r[1], bytes.fromhex(r[2]), r[3], tuple(json.loads(r[4])), r[5])
+        origin = () if r[4] == "[]" else tuple(json.loads(r[4]))  # most versions: a new file
+        return Version(r[0], r[1], bytes.fromhex(r[2]), r[3], origin, r[5])
 
     def versions(self, domain: str) -> list[Version]:
         """Every version of the domain (without content), oldest change first."""

@@ -214,17 +214,24 @@ def _temp_beside(target: Path) -> Path:
 def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogRow],
                   id_key: bytes) -> list[FileRow | str]:  # fmt: skip
     """Blocking: write small versions whose content travelled inline (temp file, then rename).
-    A row per file written, or the problem that stopped it."""
+    A row per file written, or the problem that stopped it. The parts are the version's own:
+    the pull checked that the data splits into them."""
     done: list[FileRow | str] = []
+    folders: set[Path] = set()
     for placement in placements:
-        data = log[placement.version.ref].data or b""
+        row = log[placement.version.ref]
+        data = row.data or b""
+        ids = row.part_ids
+        parts = [Part(ids[0], 0, len(data))] if len(ids) == 1 else split_bytes(data, id_key)
         target = folder / placement.path
         temp = _temp_beside(target)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in folders:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(target.parent)
             temp.write_bytes(data)
             os.replace(temp, target)
-            done.append(_row_for(placement, target, split_bytes(data, id_key)))
+            done.append(_row_for(placement, target, parts))
         except OSError as exc:
             temp.unlink(missing_ok=True)
             done.append(f"{placement.path}: {exc}")
@@ -252,6 +259,7 @@ def _plan(
     """The placements to write; rows already holding their version are brought up to date."""
     state, domain = session.state, session.domain
     to_write: list[Placement] = []
+    current: list[FileRow] = []
     with state.transaction():
         for path, placement in sorted(resolution.placements.items()):
             row, info = rows.get(path), on_disk.get(path)
@@ -262,11 +270,10 @@ def _plan(
             if row is not None and row.hash == placement.version.hash and info is not None:
                 status = FORK if placement.conflict else SYNC
                 if row.version != placement.version.ref or row.status != status:
-                    state.put_files(
-                        domain, [replace(row, version=placement.version.ref, status=status)]
-                    )
+                    current.append(replace(row, version=placement.version.ref, status=status))
                 continue
             to_write.append(placement)
+        state.put_files(domain, current)
     return to_write
 
 

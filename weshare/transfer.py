@@ -275,7 +275,19 @@ async def put_change(session: Session, name: str, plaintext: bytes) -> None:
         name = fresh
     else:
         raise InvalidFile("could not find a free change id")
-    session.state.drop_outbox(session.domain, name)
+    # We wrote it: record it as read, as the pull would (reading it back checks our own
+    # signature and hashes again). A kill before this transaction leaves it queued: the rerun
+    # finds it ours on the exchange and records it then. Not a user any more: the pull reads
+    # it back and refuses it, as everyone else does.
+    state, domain, public = session.state, session.domain, session.identity.public_key
+    with state.transaction():
+        if public in state.members(domain):
+            rows = change_rows(name, ChangeFile.decode(plaintext), public)
+            state.add_log(domain, rows)
+            state.mark_object(domain, name, None)
+            if rows:
+                state.saw_writer(domain, public, rows[0].version.change_id)
+        state.drop_outbox(domain, name)
 
 
 async def flush_outbox(session: Session) -> None:
@@ -305,17 +317,12 @@ def _open_from_user(
     return decrypt(session.keyring.keys, full, content), signer
 
 
-def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -> list[LogRow]:
-    """The versions in change file `name`, checked: from a user (`_open_from_user`), well
-    formed, inline data matching its part hashes."""
-    plaintext, signer = _open_from_user(session, name, data, members)
-    change = ChangeFile.decode(plaintext)
+def change_rows(name: str, change: ChangeFile, signer: bytes) -> list[LogRow]:
+    """The Log rows of change file `name` (not checked: see `read_change`)."""
     change_id = parse_object_name("C", name) or 0
     rows = []
     for index, entry in enumerate(change.entries):
         inline = bool(entry.data) or not entry.hashes
-        if inline and tuple(p.id for p in split_bytes(entry.data, session.id_key)) != entry.hashes:
-            raise InvalidFile(f"{name}: inline data does not match its part hashes")
         version = Version(
             ref_of(name, index), change_id, signer, entry.path, entry.origin,
             content_hash(entry.hashes),
@@ -324,6 +331,18 @@ def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -
             LogRow(version, b"".join(entry.hashes), entry.data if inline else None, entry.message)
         )
     return rows
+
+
+def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -> list[LogRow]:
+    """The versions in change file `name`, checked: from a user (`_open_from_user`), well
+    formed, inline data matching its part hashes."""
+    plaintext, signer = _open_from_user(session, name, data, members)
+    change = ChangeFile.decode(plaintext)
+    for entry in change.entries:
+        inline = bool(entry.data) or not entry.hashes
+        if inline and tuple(p.id for p in split_bytes(entry.data, session.id_key)) != entry.hashes:
+            raise InvalidFile(f"{name}: inline data does not match its part hashes")
+    return change_rows(name, change, signer)
 
 
 def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -> ActionFile:
