@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import random
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -10,8 +13,11 @@ from hypothesis import strategies as st
 
 from records import Identity
 from weshare.crypto import (
+    ENCRYPTED_OVERHEAD,
     decrypt,
+    decrypt_into,
     encrypt,
+    encrypt_into,
     open_sealed,
     open_signed,
     part_id,
@@ -35,14 +41,17 @@ from weshare.formats import (
     is_safe_path,
 )
 from weshare.parts import (
+    MAX_PART,
     MIN_PART,
     Part,
     _chunker,
     apply_changes,
+    cut_stream,
     decode_parts,
     diff_parts,
     encode_parts,
     split_bytes,
+    split_file,
 )
 
 keys32 = st.binary(min_size=32, max_size=32)
@@ -193,6 +202,20 @@ def test_encryption_round_trips_byte_exact(
         decrypt({key_id: key}, "d/C.1", bytes(flipped))
 
 
+@given(st.binary(max_size=300), u64, keys32)
+def test_encryption_into_a_reused_buffer_is_the_same_envelope(
+    data: bytes, key_id: int, key: bytes
+) -> None:
+    buffer = bytearray(b"\xff" * (len(data) + ENCRYPTED_OVERHEAD + 7))  # larger, not clean
+    sealed = bytes(encrypt_into(key_id, key, "d/m.mrk", data, buffer))
+    assert len(sealed) == len(data) + ENCRYPTED_OVERHEAD
+    assert decrypt({key_id: key}, "d/m.mrk", sealed) == data
+    out = bytearray(b"\xee" * (len(data) + 3))
+    assert bytes(decrypt_into({key_id: key}, "d/m.mrk", sealed, out)) == data
+    with pytest.raises(InvalidFile):
+        decrypt_into({key_id: key}, "d/other.mrk", sealed, out)  # the name is authenticated
+
+
 def test_sealed_keyring_opens_only_for_its_user() -> None:
     alice, bob = Identity.from_seed(b"a" * 32), Identity.from_seed(b"b" * 32)
     ring = Keyring({5: b"k" * 32})
@@ -227,3 +250,14 @@ def test_small_data_is_one_part_as_fastcdc_cuts_it(data: bytes) -> None:
     key = b"k" * 32
     fastcdc = [Part(part_id(key, c.data), c.offset, c.length) for c in _chunker().cut_buf(data)]
     assert split_bytes(data, key) == fastcdc
+
+
+@pytest.mark.parametrize("size", [0, 1, MIN_PART, MIN_PART + 1, 3 * MAX_PART + 12_345])
+def test_a_file_read_as_a_stream_is_cut_where_the_whole_file_is(size: int, tmp_path: Path) -> None:
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    key = b"k" * 32
+    streamed = [Part(part_id(key, view), offset, len(view)) for offset, view in
+                cut_stream(io.BytesIO(data))]  # fmt: skip
+    assert streamed == split_file(path, key) == split_bytes(data, key)

@@ -60,6 +60,22 @@ async def test_an_edit_uploads_only_the_parts_it_touched(pair: Pair) -> None:
     assert pulled.downloaded < len(data) * 0.4  # bob reuses the parts his copy holds
 
 
+async def test_a_writer_records_its_change_without_reading_it_back(pair: Pair) -> None:
+    big = os.urandom(3 * 1024 * 1024)
+    (pair.a / "big.bin").write_bytes(big)
+    (pair.a / "note.txt").write_text("hello")
+    report = await pair.alice.sync(DOMAIN)
+    assert report.pushed == 2
+    assert report.downloaded == 0  # its own C.x and parts are not fetched again
+    assert sorted(row.version.path or "" for row in pair.alice.log(DOMAIN)) == [
+        "big.bin",
+        "note.txt",
+    ]
+    assert (await pair.alice.sync(DOMAIN)).pushed == 0  # and not pushed again
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"big.bin": big, "note.txt": b"hello"}
+
+
 async def test_concurrent_edits_fork_until_one_is_chosen(pair: Pair) -> None:
     (pair.a / "plan.md").write_text("v1")
     await pair.sync_both()
