@@ -203,7 +203,9 @@ async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair:
     (pair.b / "f.txt").write_text("bob's edit, discovered but not pushed yet")
     async with pair.bob._session(DOMAIN) as session:
         resolution = current_resolution(session)
-        found = discover(session.state, DOMAIN, pair.b, session.id_key, resolution.placements)
+        found = discover(
+            session.state, DOMAIN, pair.b, session.id_key, lambda: resolution.placements
+        )
         assert found.updated == 1
         assert await pull(session) == 1  # alice's v2 is known...
         written, _ = await apply(session, current_resolution(session))

@@ -12,7 +12,6 @@ sync killed after writing it, before recording it) is adopted, not pushed back.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,22 +26,27 @@ TEMP_PREFIX = ".weshare-tmp-"  # files being written by a sync; never shared
 
 
 def walk(folder: Path, *, clean: bool = False) -> dict[str, os.stat_result]:
-    """Regular files under `folder` by relative POSIX path (symlinks and temp files skipped).
+    """Regular files under `folder` by relative POSIX path (symlinks and temp files skipped;
+    symlinked folders are not followed; unreadable folders are skipped, as `os.walk` does).
     With `clean`, temp files a killed sync left behind are removed."""
     found: dict[str, os.stat_result] = {}
-    for directory, _, names in os.walk(folder):
-        below = os.path.relpath(directory, folder).replace(os.sep, "/")
-        prefix = "" if below == "." else below + "/"
-        for name in names:
-            full = os.path.join(directory, name)
-            if name.startswith(TEMP_PREFIX):
+    folders = [(os.fspath(folder), "")]
+    while folders:
+        directory, prefix = folders.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append((entry.path, f"{prefix}{entry.name}/"))
+            elif entry.name.startswith(TEMP_PREFIX):
                 if clean:
-                    os.unlink(full)
-                continue
-            info = os.lstat(full)
-            relative = prefix + name
-            if stat.S_ISREG(info.st_mode) and is_safe_path(relative):
-                found[relative] = info
+                    os.unlink(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                relative = prefix + entry.name
+                if is_safe_path(relative):
+                    found[relative] = entry.stat(follow_symlinks=False)
     return found
 
 
@@ -67,10 +71,11 @@ def discover(
     domain: str,
     folder: Path,
     id_key: bytes,
-    placements: dict[str, Placement],
+    placements: Callable[[], dict[str, Placement]],
     split: Callable[[Path, int], list[Part]] | None = None,
 ) -> Discovered:
-    """Compare the folder with Files and mark what must be pushed (Files.push). `split(path,
+    """Compare the folder with Files and mark what must be pushed (Files.push). `placements()`
+    says where the remote side wants each version (asked only if a file changed). `split(path,
     size)` cuts and hashes a new or changed file (by default `split_file`; a sync also puts a
     large file's parts on the exchange as it goes)."""
     rows = state.files(domain)
@@ -86,7 +91,7 @@ def discover(
         digest = content_hash([part.id for part in parts])
         seen = FileRow(path, digest, str(info.st_mtime_ns), info.st_size, CREATE, True,
                        encode_parts(parts), None)  # fmt: skip
-        placement = placements.get(path)
+        placement = placements().get(path)
         if row is not None and row.hash == digest:
             updates.append(replace(row, modtime=seen.modtime, size=seen.size))
         elif placement is not None and placement.version.hash == digest:

@@ -134,7 +134,8 @@ def is_safe_path(path: str) -> bool:
     no leading `/`, no NUL or backslash. Names from the exchange are untrusted."""
     if not path or "\x00" in path or "\\" in path or len(path.encode()) > 8192:
         return False  # seed 004: Files.name is VARCHAR(8192)
-    return all(part not in ("", ".", "..") for part in path.split("/"))
+    framed = f"/{path}/"  # a segment is what lies between two slashes
+    return "//" not in framed and "/./" not in framed and "/../" not in framed
 
 
 # --- invite ---------------------------------------------------------------------------------

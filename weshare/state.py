@@ -136,17 +136,25 @@ class State:
 
     # --- Files ---
 
+    _FILE_COLUMNS = "name, hash, modtime, size, status, push, merkle, version"
+
     def files(self, domain: str) -> dict[str, FileRow]:
         """Every Files row of a domain, by name."""
         rows = self._db.execute(
-            "SELECT name, hash, modtime, size, status, push, merkle, version FROM Files "
-            "WHERE domain = ?",
-            (domain,),
+            f"SELECT {self._FILE_COLUMNS} FROM Files WHERE domain = ?", (domain,)
         )
         return {
             row[0]: FileRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7])
             for row in rows
         }
+
+    def pending_files(self, domain: str) -> list[FileRow]:
+        """The Files rows marked for push, by name."""
+        rows = self._db.execute(
+            f"SELECT {self._FILE_COLUMNS} FROM Files WHERE domain = ? AND push ORDER BY name",
+            (domain,),
+        )
+        return [FileRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
     def put_files(self, domain: str, rows: Iterable[FileRow]) -> None:
         """Insert or replace Files rows."""

@@ -15,6 +15,7 @@ finished by the next one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -119,7 +120,7 @@ async def push(session: Session) -> int:
     """Commit every file marked for push; returns how many file changes were committed."""
     await flush_outbox(session)
     state, domain = session.state, session.domain
-    pending = sorted((r for r in state.files(domain).values() if r.push), key=lambda r: r.name)
+    pending = state.pending_files(domain)
     if not pending:
         return 0
     origins = state.log(domain, [row.version for row in pending if row.version])
@@ -343,8 +344,11 @@ def _remove_unwanted(
 
 async def sync_session(session: Session) -> SyncReport:
     """Run the four phases once."""
-    resolution = current_resolution(session)
     loop = asyncio.get_running_loop()
+
+    @functools.cache
+    def placements() -> dict[str, Placement]:
+        return current_resolution(session).placements  # only when a local file changed
 
     def split(path: Path, size: int) -> list[Part]:
         # a large file's parts go up while it is hashed (one read); small ones travel inline
@@ -353,9 +357,8 @@ async def sync_session(session: Session) -> SyncReport:
         return split_file(path, session.id_key)
 
     found = await asyncio.to_thread(
-        discover, session.state, session.domain, session.folder, session.id_key,
-        resolution.placements, split,
-    )  # fmt: skip
+        discover, session.state, session.domain, session.folder, session.id_key, placements, split
+    )
     report = SyncReport(found)
     report.pushed = await push(session)
     report.pulled = await pull(session)
