@@ -6,7 +6,8 @@ in the same run, a plain copy of the same bytes along the same path: into an "ex
 and out of it to a second folder (`shutil.copyfile`, two hops, like the sync's upload and
 download). Then it inserts 100 bytes in the middle of the large file and counts what alice's
 next sync uploads. Prints one JSON object; everything lives in a temporary directory that is
-removed at the end.
+removed at the end. Each round also reports the CPU seconds (getrusage, every thread of this
+process) of the copy and of the sync: on a shared machine they vary less than wall time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import tempfile
@@ -28,6 +30,11 @@ from weshare.api import Weshare
 
 DOMAIN = "bench.weshare.test"
 MIB = 1024 * 1024
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _plain_copy(source: Path, middle: Path, target: Path) -> float:
@@ -58,12 +65,15 @@ async def _round(
         (source / name / relative).parent.mkdir(parents=True, exist_ok=True)
         (source / name / relative).write_bytes(data)
     size = sum(len(data) for data in make.values())
+    cpu = _cpu_s()
     copy_s = _plain_copy(source / name, root / "copy-exchange" / name, root / "copy-target" / name)
-    start = time.perf_counter()
+    copy_cpu_s = _cpu_s() - cpu
+    cpu, start = _cpu_s(), time.perf_counter()
     pushed = await alice.sync(DOMAIN)
     push_s = time.perf_counter() - start
     pulled = await bob.sync(DOMAIN)
     sync_s = time.perf_counter() - start
+    sync_cpu_s = _cpu_s() - cpu
     if not _same_tree(source, Path(bob.status(DOMAIN).folder)):
         raise RuntimeError(f"{name}: bob's folder differs from alice's")
     return {
@@ -76,13 +86,22 @@ async def _round(
         "copy_s": round(copy_s, 3),
         "copy_mb_s": round(size / MIB / copy_s, 1),
         "ratio": round(copy_s / sync_s, 3),  # sync MB/s over copy MB/s
+        "sync_cpu_s": round(sync_cpu_s, 3),
+        "copy_cpu_s": round(copy_cpu_s, 3),
+        "cpu_ratio": round(copy_cpu_s / sync_cpu_s, 3),
         "uploaded": pushed.uploaded,
         "downloaded": pulled.downloaded,
     }
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"median_ratio": statistics.median(run["ratio"] for run in runs), "runs": runs}
+    return {
+        "median_ratio": statistics.median(run["ratio"] for run in runs),
+        "median_cpu_ratio": statistics.median(run["cpu_ratio"] for run in runs),
+        "median_sync_cpu_s": statistics.median(run["sync_cpu_s"] for run in runs),
+        "median_copy_cpu_s": statistics.median(run["copy_cpu_s"] for run in runs),
+        "runs": runs,
+    }
 
 
 async def run(
