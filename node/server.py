@@ -370,8 +370,8 @@ class DHTNode:
         cost: Callable[[bytes], int] | None = None,
     ) -> None:
         """Route datagrams whose first byte is in `kinds` to `handle(data, addr, now)`, within
-        `limits` and the node's own budgets (see `Engine.register_service`)."""
-        self._engine().register_service(name, kinds, handle, limits=limits, cost=cost)
+        `limits` and the node's own budgets (see `node.engine.services`)."""
+        self._engine().services.register(name, kinds, handle, limits=limits, cost=cost)
 
     def register_validator(self, namespace: str, validator: Validator) -> None:
         """Check records of `namespace` with `validator` (replacing the default one)."""

@@ -327,7 +327,7 @@ def test_service_datagrams_pay_their_cost_from_the_shared_budgets() -> None:
     down to what the sender's budget pays for, and every drop is counted."""
     a = Peer("a", ("127.0.0.1", 1001))
     handled: list[bytes] = []
-    a.engine.register_service(
+    a.engine.services.register(
         "rke",
         [SIGNAL],
         lambda data, addr, now: handled.append(data),
@@ -346,7 +346,7 @@ def test_service_datagrams_pay_their_cost_from_the_shared_budgets() -> None:
         a.engine.datagram_received(signal, ("127.0.0.1", 4444), 10.0)
     assert len(handled) <= 2 + int(10 * REQUEST_LIMITS.per_source_rate // per_signal) + 1
     # and its lookups share the same budget: the service's datagrams spent it
-    a.engine.register_service("flood", [0x70], lambda *_: None)
+    a.engine.services.register("flood", [0x70], lambda *_: None)
     for _ in range(a.config.lookup_burst):
         a.engine.datagram_received(b"\x70junk", ("127.0.0.1", 5555), 20.0)
     s = Peer("s", ("127.0.0.1", 5555))

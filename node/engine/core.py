@@ -13,7 +13,7 @@ message IDs from the injected `randbytes`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from node.config import Clock, NodeConfig
@@ -267,19 +267,6 @@ class Engine:
             call.on_reply(False, None)
 
     # -- services --------------------------------------------------------------------------
-
-    def register_service(
-        self,
-        name: str,
-        kinds: Collection[int],
-        handle: Callable[[bytes, Address, float], None],
-        *,
-        limits: Limits | None = None,
-        cost: Callable[[bytes], int] | None = None,
-    ) -> None:
-        """Hand datagrams whose first byte is one of `kinds` to `handle(data, addr, now)`,
-        each paid for from `limits` and the node's budgets (see `node.engine.services`)."""
-        self.services.register(name, kinds, handle, limits=limits, cost=cost)
 
     def send(self, data: bytes, addr: Address) -> None:
         """Send raw bytes (a service's datagram) from the node's port."""
