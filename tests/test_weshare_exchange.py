@@ -103,13 +103,21 @@ async def test_every_kind_keeps_the_interface(exchange: Exchange) -> None:
     assert await exchange.get("d/C.1") == b"first"
     with pytest.raises(ObjectNotFound):
         await exchange.get("d/C.9")
-    for name in ("d/C.3", "d/C.2", "d/U.1", "d/merkle/ab.mrk", "d/admins", "e/C.9"):
+    for name in ("d/C.3", "d/C.2", "d/U.1", "d/merkle/ab.mrk", "d/admins", "e/C.9", "d/adminsx"):
         assert await exchange.put_if_absent(name, memoryview(b"x" * 10))
     assert await exchange.list("d/C.") == ["d/C.1", "d/C.2", "d/C.3"]
     assert await exchange.list("d/C.", after="d/C.1") == ["d/C.2", "d/C.3"]
     assert await exchange.list("d/U.") == ["d/U.1"]
     assert await exchange.list("d/merkle/") == ["d/merkle/ab.mrk"]
-    assert await exchange.list("d/") == ["d/C.1", "d/C.2", "d/C.3", "d/U.1", "d/admins"]
+    assert await exchange.list("d/admins") == ["d/admins", "d/adminsx"]  # the name itself too
+    assert await exchange.list("d/") == [
+        "d/C.1",
+        "d/C.2",
+        "d/C.3",
+        "d/U.1",
+        "d/admins",
+        "d/adminsx",
+    ]
     assert await exchange.list("nothing/C.") == []
     await exchange.delete("d/C.2")
     await exchange.delete("d/C.2")  # deleting what is gone is fine

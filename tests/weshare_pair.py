@@ -85,22 +85,35 @@ class Pair:
         await self.alice.sync(DOMAIN)
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+async def open_pair(tmp_path: Path, configs: list[dict[str, Any]] | None = None) -> Pair:
+    """Alice founds the domain on the exchanges `configs` (default: a folder exchange at
+    ``tmp_path/exchange``) and invites Bob, who joins. Close both clients after."""
+    if configs is None:
+        configs = [{"kind": "folder", "path": str(tmp_path / "exchange")}]
     alice, bob = Weshare(tmp_path / "alice-state"), Weshare(tmp_path / "bob-state")
     await alice.start()
     await bob.start()
     try:
         await alice.add_domain(DOMAIN, tmp_path / "alice", "alice")
-        await alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(tmp_path / "exchange")})
+        for config in configs:
+            await alice.add_exchange(DOMAIN, config)
         invite = await alice.invite(DOMAIN, bob.get_public(), "bob")
         assert await bob.join(invite, tmp_path / "bob", "bob") == DOMAIN
-        yield Pair(
-            alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path
-        )
-    finally:
+    except BaseException:
         await alice.close()
         await bob.close()
+        raise
+    return Pair(alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    opened = await open_pair(tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.alice.close()
+        await opened.bob.close()
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from records.identity import Identity
+from weshare.credentials import open_local, redact, seal_local
 from weshare.crypto import new_key
 from weshare.errors import InvalidFile, UsageError
 from weshare.exchange import (
@@ -35,6 +36,7 @@ from weshare.membership import (
     read_anchor,
     refresh_members,
 )
+from weshare.replicas import ExchangeSet, copy_domain
 from weshare.state import LogRow, State
 from weshare.sync import SyncReport, choose, sync_session
 from weshare.transfer import NoProgress, Progress, Session
@@ -62,7 +64,7 @@ class DomainStatus:
     forks: int
     refused: list[tuple[str, str]]
     writers: dict[bytes, int]  # highest change id seen per writer
-    exchanges: list[dict[str, Any]]
+    exchanges: list[dict[str, Any]]  # with credentials redacted
 
 
 class Weshare:
@@ -87,6 +89,7 @@ class Weshare:
         self._identity: Identity | None = None
         self._ids: SnowflakeIds | None = None
         self._lock = asyncio.Lock()
+        self._latency: dict[str, list[float | None]] = {}  # per domain, per exchange
 
     async def start(self) -> str:
         """Open the state (creating it and an identity the first time); the public key, hex."""
@@ -147,10 +150,14 @@ class Weshare:
         return Path(folder)
 
     def _exchanges(self, domain: str) -> list[dict[str, Any]]:
-        configs: list[dict[str, Any]] = json.loads(
-            self.state.get_config(domain, "exchanges") or "[]"
-        )
+        """The domain's exchange configurations, credentials included (stored sealed)."""
+        stored = self.state.get_config(domain, "exchanges")
+        configs: list[dict[str, Any]] = [] if stored is None else open_local(self.identity, stored)
         return configs
+
+    def _store_exchanges(self, domain: str, configs: list[dict[str, Any]]) -> None:
+        # credentials never in clear on disk (issue 16): sealed under a key of our identity
+        self.state.set_config(domain, "exchanges", seal_local(self.identity, configs))
 
     def _next_id(self, floor: int = 0) -> int:
         assert self._ids is not None
@@ -178,25 +185,29 @@ class Weshare:
 
     async def add_exchange(self, domain: str, config: Mapping[str, Any]) -> None:
         """seed 004 AddExchange: share `domain` through the exchange `config` describes
-        (``{"kind": "folder", "path": DIR}``). The founding admin lays out the domain there."""
+        (``{"kind": "folder", "path": DIR}``, ``"s3"``, ``"azure"``, ``"sftp"``: see
+        `weshare.exchange.default_kinds`). The first exchange of a new domain is laid out by
+        its founding admin; a further one gets a copy of what the domain's exchanges hold, then
+        every write goes to each and reads to the nearest (`weshare.replicas`)."""
         self._require(domain)
         normalized = normalize_config(config)
         known = self._exchanges(domain)
-        if known and normalized not in known:
-            # several exchanges per domain (write to each, read the nearest) are issue 16's
-            raise UsageError(f"{domain} already has an exchange; this version uses one")
-        configs = [normalized]
+        if normalized in known:
+            return
+        configs = [*known, normalized]
         async with self._lock, self._open(normalized) as exchange:
             founding = self.state.get_config(domain, "founding")
-            if founding is not None and self._admins(domain) == {self.identity.public_key}:
+            if known:
+                async with self._open_set(domain, known) as existing:
+                    await copy_domain(existing, exchange, domain)
+            elif founding is not None and self._admins(domain) == {self.identity.public_key}:
                 keyring = _keyring(self.state, domain)
                 await create_domain_on(
                     exchange, domain, self.identity, self.state.get_config(domain, "name") or "",
                     keyring, int(founding), configs,
                 )  # fmt: skip
-            else:
-                await read_anchor(exchange, domain, self._admins(domain))
-        self.state.set_config(domain, "exchanges", json.dumps(configs))
+            await read_anchor(exchange, domain, self._admins(domain))
+        self._store_exchanges(domain, configs)
 
     def _admins(self, domain: str) -> set[bytes]:
         """The founding admins we trust for `domain` (ourselves, or those our invite named)."""
@@ -218,12 +229,32 @@ class Weshare:
             await exchange.close()
 
     @asynccontextmanager
+    async def _open_set(
+        self, domain: str, configs: list[dict[str, Any]]
+    ) -> AsyncIterator[ExchangeSet]:
+        """Every exchange of `domain` as one (`weshare.replicas`); the latencies measured are
+        kept for the next operation."""
+        opened: list[Exchange] = []
+        try:
+            for config in configs:
+                opened.append(open_exchange(config, self._kinds))
+            exchanges = ExchangeSet(opened)
+            latency = self._latency.get(domain)
+            if latency is not None and len(latency) == len(opened):
+                exchanges.latency = list(latency)
+            yield exchanges
+            self._latency[domain] = list(exchanges.latency)
+        finally:
+            for exchange in opened:
+                await exchange.close()
+
+    @asynccontextmanager
     async def _session(self, domain: str) -> AsyncIterator[Session]:
         folder = self._require(domain)
         configs = self._exchanges(domain)
         if not configs:
             raise UsageError(f"domain {domain} has no exchange yet (add-exchange)")
-        async with self._lock, self._open(configs[0]) as exchange:
+        async with self._lock, self._open_set(domain, configs) as exchange:
             keyring = await self._refresh(exchange, domain)
             if keyring is None or self.identity.public_key not in self.state.members(domain):
                 raise UsageError(f"not a user of {domain} yet: no U.x on the exchange lists us")
@@ -273,7 +304,7 @@ class Weshare:
         with self.state.transaction():
             self.state.set_config(domain, "folder", str(path))
             self.state.set_config(domain, "admins", json.dumps(admins))
-            self.state.set_config(domain, "exchanges", json.dumps(exchanges))
+            self._store_exchanges(domain, exchanges)
             self.state.set_config(domain, "name", user_name)
         return domain
 
@@ -308,7 +339,8 @@ class Weshare:
         return DomainStatus(
             domain, folder, self.state.members(domain), len(files),
             sum(1 for row in files.values() if row.push), len(self.forks(domain)),
-            self.state.refused(domain), self.state.writers(domain), self._exchanges(domain),
+            self.state.refused(domain), self.state.writers(domain),
+            [redact(config) for config in self._exchanges(domain)],
         )  # fmt: skip
 
 

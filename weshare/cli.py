@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from weshare.api import Weshare
 from weshare.errors import ExchangeError, InvalidFile, UsageError, WeshareError
+from weshare.exchange import describe
 from weshare.formats import FLAG_ADMIN
 from weshare.ids import id_time_ms
 from weshare.lineage import conflict_name
@@ -87,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
 
     exchange = commands.add_parser("add-exchange", help="share a domain through an exchange")
     exchange.add_argument("domain")
-    exchange.add_argument("config", help='JSON, e.g. \'{"kind": "folder", "path": "exchange"}\'')
+    exchange.add_argument(
+        "config",
+        help='JSON, e.g. \'{"kind": "folder", "path": "exchange"}\'; "-" reads it from stdin '
+        'and "@FILE" from a file, so credentials stay out of the shell history and process list',
+    )
 
     invite = commands.add_parser("invite", help="add a user and print their invite")
     invite.add_argument("domain")
@@ -172,8 +177,16 @@ async def _public(client: Weshare, args: argparse.Namespace) -> int:
 
 
 async def _add_exchange(client: Weshare, args: argparse.Namespace) -> int:
+    text = args.config
     try:
-        config = json.loads(args.config)
+        if text == "-":
+            text = sys.stdin.read()
+        elif text.startswith("@"):
+            text = await asyncio.to_thread(Path(text[1:]).read_text)
+    except OSError as exc:
+        raise UsageError(f"cannot read the configuration: {exc.strerror}") from exc
+    try:
+        config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"exchange configuration is not JSON: {exc.msg}") from exc
     if not isinstance(config, dict):
@@ -227,7 +240,7 @@ async def _status(client: Weshare, args: argparse.Namespace) -> int:
             last = f", last change {_when(seen)}" if seen else ""
             print(f"  user {_who(client, domain, key)}: {role}{last}")
         for config in status.exchanges:
-            print(f"  exchange {config.get('kind')}: {config.get('path', '')}")
+            print(f"  exchange {describe(config)}")
         for name, reason in status.refused:
             print(f"  refused {name}: {reason}")
     return 0

@@ -203,3 +203,24 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if normalized.get("kind") == "folder" and isinstance(normalized.get("path"), str):
         normalized["path"] = str(Path(normalized["path"]).resolve())
     return normalized
+
+
+def describe(config: Mapping[str, Any]) -> str:
+    """Where an exchange is, for people: its kind and location, never a credential."""
+    kind = config.get("kind")
+    if kind == "folder":
+        where = str(config.get("path", ""))
+    elif kind == "s3":
+        where = f"bucket {config.get('bucket')}" + (
+            f" at {config['endpoint']}" if config.get("endpoint") else ""
+        )
+    elif kind == "azure":
+        where = f"container {config.get('container')} of account {config.get('account')}"
+    elif kind == "sftp":
+        where = (
+            f"{config.get('username')}@{config.get('host')}:{config.get('port', 22)}"
+            f"{config.get('path', '')}"
+        )
+    else:
+        where = "?"
+    return f"{kind}: {where}"

@@ -72,9 +72,9 @@ class ObjectStoreExchange:
     async def list(self, prefix: str, after: str = "") -> list[str]:
         """See `weshare.exchange.Exchange.list`: one folder level, as the folder exchange.
 
-        Object stores list a whole key range in order: start just past ``max(after, prefix)``
-        (every longer key that starts with `prefix` sorts above `prefix`) and stop at the first
-        key past the prefix's range."""
+        Object stores list a key range in order: start past `after`, or just below `prefix`
+        (its last character dropped: every key that starts with `prefix` sorts above that),
+        and stop at the first key past the prefix's range."""
         import obstore
 
         folder = prefix.rpartition("/")[0]
@@ -82,7 +82,7 @@ class ObjectStoreExchange:
         names: list[str] = []
         try:
             stream = obstore.list(
-                self._store, folder or None, offset=max(after, prefix), chunk_size=1000
+                self._store, folder or None, offset=max(after, prefix[:-1]), chunk_size=1000
             )
             async for batch in stream:
                 for meta in batch:

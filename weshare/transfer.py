@@ -255,7 +255,7 @@ def split_and_put(session: Session, loop: asyncio.AbstractEventLoop, path: Path)
 async def put_change(session: Session, name: str, plaintext: bytes) -> None:
     """Put a queued change file under `name` (or find it there from an earlier attempt), then
     take it off the Outbox. If another writer took the name, move to a fresh id."""
-    for _ in range(8):  # bounded: each retry takes a strictly higher id
+    for _ in range(32):  # bounded: each retry takes an id above every change listed
         full = session.full(name)
         key_id, key = session.keyring.current
         body = sign_file(session.identity, full, encrypt(key_id, key, full, plaintext))
@@ -268,9 +268,12 @@ async def put_change(session: Session, name: str, plaintext: bytes) -> None:
             signer = b""
         if signer == session.identity.public_key:
             break  # our own earlier attempt went through before a kill
-        fresh = object_name(
-            "C", session.ids.next(session.clock(), parse_object_name("C", name) or 0)
-        )
+        # another writer took the name: move above every change listed now (racing writers
+        # that lost together do not all try the next id, and lose again, one by one)
+        taken = await session.exchange.list(session.full("C."), after=full)
+        newest = max((parse_object_name("C", n.rpartition("/")[2]) or 0 for n in taken), default=0)
+        floor = max(parse_object_name("C", name) or 0, newest)
+        fresh = object_name("C", session.ids.next(session.clock(), floor))
         session.state.rename_change(session.domain, name, fresh)
         name = fresh
     else:
