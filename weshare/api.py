@@ -35,6 +35,8 @@ from weshare.membership import (
     open_invite,
     read_anchor,
     refresh_members,
+    rekey,
+    remove_user,
 )
 from weshare.replicas import ExchangeSet, copy_domain
 from weshare.state import LogRow, State
@@ -267,23 +269,46 @@ class Weshare:
     async def invite(self, domain: str, public: str, name: str, name2: str = "") -> bytes:
         """Add the user with ed25519 key `public` (hex) to `domain` (a new `U.x`) and return
         their invite: the admin's key and the exchanges, sealed to them (seed 004 Invite)."""
-        try:
-            key = bytes.fromhex(public)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise UsageError("a public key is 64 hex digits")
+        key = _parse_key(public)
         async with self._session(domain) as session:
-            current = parse_object_name("U", self.state.get_config(domain, "users") or "") or 0
             await add_user(
                 session.exchange, self.state, domain, self.identity, session.keyring,
-                self._next_id(current), key, name, name2,
+                self._users_id(domain), key, name, name2,
             )  # fmt: skip
             await self._refresh(session.exchange, domain)
         admins = sorted(admin.hex() for admin in self._admins(domain))
         # seed 004 Invite: the exchanges and the administrators of the group
         config = {"domain": domain, "exchanges": self._exchanges(domain), "admins": admins}
         return make_invite(self.identity, key, config)
+
+    def _users_id(self, domain: str) -> int:
+        """An id for a new `U.x`: above the current one and above every change read, so the
+        changes we accepted are judged by the users they were made under."""
+        current = parse_object_name("U", self.state.get_config(domain, "users") or "") or 0
+        newest = parse_object_name("C", self.state.newest_object(domain, "C.")) or 0
+        return self._next_id(max(current, newest))
+
+    async def remove_user(self, domain: str, public: str) -> None:
+        """Remove the user with key `public` (hex) from `domain`: a new `U.x` without them and
+        with a new domain key for the others (admins only). Changes made from then on use the
+        new key, so the removed user can read none of them, and changes they sign from then on
+        are refused by every reader. Old content keeps its old key (see `rekey`)."""
+        key = _parse_key(public)
+        async with self._session(domain) as session:
+            await remove_user(
+                session.exchange, self.state, domain, self.identity, session.keyring,
+                self._users_id(domain), key,
+            )  # fmt: skip
+            await self._refresh(session.exchange, domain)
+
+    async def rekey(self, domain: str) -> None:
+        """A new domain key for the same users (admins only): a new `U.x`; new changes use it."""
+        async with self._session(domain) as session:
+            await rekey(
+                session.exchange, self.state, domain, self.identity, session.keyring,
+                self._users_id(domain),
+            )  # fmt: skip
+            await self._refresh(session.exchange, domain)
 
     async def join(self, invite: bytes, folder: Path | str, user_name: str = "") -> str:
         """Join the domain an invite sealed to us names, shared from local `folder`; returns the
@@ -349,6 +374,16 @@ def _keyring(state: State, domain: str) -> Keyring:
     if value is None:
         raise UsageError(f"no key for {domain}")
     return Keyring.decode(bytes.fromhex(value))
+
+
+def _parse_key(public: str) -> bytes:
+    try:
+        key = bytes.fromhex(public)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise UsageError("a public key is 64 hex digits")
+    return key
 
 
 def _is_key(value: object) -> bool:

@@ -101,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--name2", default="", help="a second name, to tell equal names apart")
     invite.add_argument("--out", type=Path, help="write the invite to this file (default stdout)")
 
+    remove = commands.add_parser(
+        "remove", help="remove a user: a new U.x and a new domain key for the others (admins)"
+    )
+    remove.add_argument("domain")
+    remove.add_argument("public", help="the user's public key")
+
+    rekey = commands.add_parser("rekey", help="a new domain key for the same users (admins)")
+    rekey.add_argument("domain")
+
     join = commands.add_parser("join", help="join a domain with an invite, then sync")
     join.add_argument("invite", type=Path, help="file holding the invite ('-' for stdin)")
     join.add_argument("--folder", type=Path, required=True, help="local folder to share into")
@@ -206,6 +215,18 @@ async def _invite(client: Weshare, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _remove(client: Weshare, args: argparse.Namespace) -> int:
+    await client.remove_user(args.domain, args.public)
+    print(f"{args.domain}: user {args.public[:7]} removed; new changes use a new key")
+    return 0
+
+
+async def _rekey(client: Weshare, args: argparse.Namespace) -> int:
+    await client.rekey(args.domain)
+    print(f"{args.domain}: new changes use a new key")
+    return 0
+
+
 async def _join(client: Weshare, args: argparse.Namespace) -> int:
     try:
         invite = _read_invite(args.invite)
@@ -284,6 +305,8 @@ _COMMANDS = {
     "public": _public,
     "add-exchange": _add_exchange,
     "invite": _invite,
+    "remove": _remove,
+    "rekey": _rekey,
     "join": _join,
     "sync": _sync,
     "status": _status,

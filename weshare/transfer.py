@@ -34,13 +34,13 @@ from weshare.crypto import (
     part_id_key,
     sign_file,
 )
-from weshare.errors import InvalidFile, ObjectNotFound
+from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
 from weshare.exchange import Exchange
 from weshare.formats import ActionFile, ChangeFile, Keyring
 from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
 from weshare.lineage import Version, ref_of
 from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
-from weshare.state import LogRow, State
+from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
@@ -284,7 +284,7 @@ async def put_change(session: Session, name: str, plaintext: bytes) -> None:
     # it back and refuses it, as everyone else does.
     state, domain, public = session.state, session.domain, session.identity.public_key
     with state.transaction():
-        if public in state.members(domain):
+        if public in state.members_at(domain, parse_object_name("C", name) or 0):
             rows = change_rows(name, ChangeFile.decode(plaintext), public)
             state.add_log(domain, rows)
             state.mark_object(domain, name, None)
@@ -299,10 +299,13 @@ async def flush_outbox(session: Session) -> None:
         await put_change(session, name, plaintext)
 
 
-def next_change_name(session: Session) -> str:
-    """A name for a new change file, above every change seen on the exchange."""
-    newest = parse_object_name("C", session.state.newest_object(session.domain, "C.")) or 0
-    return object_name("C", session.ids.next(session.clock(), newest))
+def next_change_name(session: Session, prefix: str = "C") -> str:
+    """A name for a new change (or action) file, above every change seen on the exchange and
+    above the current `U.x`, so that it is judged by the users we know of."""
+    state, domain = session.state, session.domain
+    newest = parse_object_name("C", state.newest_object(domain, "C.")) or 0
+    users = parse_object_name("U", state.get_config(domain, "users") or "") or 0
+    return object_name(prefix, session.ids.next(session.clock(), max(newest, users)))
 
 
 # --- pull ---------------------------------------------------------------------------------
@@ -315,8 +318,8 @@ def _open_from_user(
     user of the domain, decrypted with a domain key."""
     full = session.full(name)
     content, signer = open_signed(full, data)
-    if signer not in members:
-        raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
+    if signer not in members:  # issue 16: judged by the users when its id was made
+        raise InvalidFile(f"{name}: signed by someone who was not a user at that point")
     return decrypt(session.keyring.keys, full, content), signer
 
 
@@ -377,16 +380,20 @@ async def pull(session: Session) -> int:
     """Read every change file not read yet into Log; refuse (and remember) bad ones. Returns
     the number of versions recorded."""
     state, domain = session.state, session.domain
-    members = set(state.members(domain))
     recorded = 0
-    for name in await _new_names(session, "C"):
+    for name in await _new_names(session, "C") + state.waiting(domain, "C."):
         try:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
             continue  # removed since the listing (truncation): nothing to read
         session.downloaded += len(data)
         try:
+            members = state.members_at(domain, parse_object_name("C", name) or 0)
             rows = await asyncio.to_thread(read_change, session, name, data, members)
+        except KeyNotHeld as exc:  # tried again on every pull: a later U.x may bring the key
+            with state.transaction():
+                state.mark_object(domain, name, f"{WAITING}{exc.reason}")
+            continue
         except InvalidFile as exc:
             with state.transaction():
                 state.mark_object(domain, name, exc.reason)
@@ -403,6 +410,7 @@ async def pull(session: Session) -> int:
         except ObjectNotFound:
             continue
         try:
+            members = state.members_at(domain, parse_object_name("A", name) or 0)
             await asyncio.to_thread(read_action, session, name, data, members)
             reason = None
         except InvalidFile as exc:
