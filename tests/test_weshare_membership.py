@@ -72,7 +72,9 @@ async def test_a_removed_user_reads_nothing_new_and_is_ignored(pair: Pair) -> No
         await pair.bob.sync(DOMAIN)
         await pair.alice.sync(DOMAIN)
         users_before = _newest(pair, "U.").name
-        key_before = Keyring.decode(bytes.fromhex(pair.bob.state.get_config(DOMAIN, "keyring")))
+        key_before = Keyring.decode(
+            bytes.fromhex(pair.bob.state.get_config(DOMAIN, "keyring") or "")
+        )
 
         await pair.alice.remove_user(DOMAIN, pair.bob.get_public())
         assert pair.bob.identity.public_key not in pair.alice.status(DOMAIN).members
