@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from weshare import Exchange, FolderExchange, Weshare
+from weshare.api import system_clock
 from weshare.exchange import ExchangeFactory
 
 DOMAIN = "team.weshare.test"
@@ -85,12 +86,17 @@ class Pair:
         await self.alice.sync(DOMAIN)
 
 
-async def open_pair(tmp_path: Path, configs: list[dict[str, Any]] | None = None) -> Pair:
+async def open_pair(
+    tmp_path: Path,
+    configs: list[dict[str, Any]] | None = None,
+    clocks: tuple[Callable[[], int], Callable[[], int]] = (system_clock, system_clock),
+) -> Pair:
     """Alice founds the domain on the exchanges `configs` (default: a folder exchange at
     ``tmp_path/exchange``) and invites Bob, who joins. Close both clients after."""
     if configs is None:
         configs = [{"kind": "folder", "path": str(tmp_path / "exchange")}]
-    alice, bob = Weshare(tmp_path / "alice-state"), Weshare(tmp_path / "bob-state")
+    alice = Weshare(tmp_path / "alice-state", clock=clocks[0])
+    bob = Weshare(tmp_path / "bob-state", clock=clocks[1])
     await alice.start()
     await bob.start()
     try:

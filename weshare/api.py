@@ -25,7 +25,7 @@ from weshare.exchange import (
     normalize_config,
     open_exchange,
 )
-from weshare.formats import Keyring
+from weshare.formats import Keyring, Truncation
 from weshare.ids import SnowflakeIds, instance_of, parse_object_name
 from weshare.lineage import Fork, Resolution, resolve
 from weshare.membership import (
@@ -42,6 +42,7 @@ from weshare.replicas import ExchangeSet, copy_domain
 from weshare.state import LogRow, State
 from weshare.sync import SyncReport, choose, sync_session
 from weshare.transfer import NoProgress, Progress, Session
+from weshare.truncate import DEFAULT_GRACE_MS, truncate
 
 _DOMAIN = re.compile(
     r"^(?=.{1,128}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
@@ -301,14 +302,34 @@ class Weshare:
             )  # fmt: skip
             await self._refresh(session.exchange, domain)
 
-    async def rekey(self, domain: str) -> None:
-        """A new domain key for the same users (admins only): a new `U.x`; new changes use it."""
+    async def rekey(
+        self, domain: str, *, everything: bool = False, grace_ms: int = DEFAULT_GRACE_MS
+    ) -> None:
+        """A new domain key for the same users (admins only): a new `U.x`; new changes use it.
+        With `everything` (``rekey --all``) every change read so far is also written again
+        under the new key, as a truncation's base, and the old change files go after
+        `grace_ms`. (Parts of large files keep the key they were written with: their names
+        are their ids, and an object is never rewritten.)"""
         async with self._session(domain) as session:
+            if everything:
+                await sync_session(session)  # the base is to hold every change there is
             await rekey(
                 session.exchange, self.state, domain, self.identity, session.keyring,
                 self._users_id(domain),
             )  # fmt: skip
-            await self._refresh(session.exchange, domain)
+            session.keyring = await self._refresh(session.exchange, domain) or session.keyring
+            if everything:
+                await truncate(session, grace_ms)
+
+    async def truncate(
+        self, domain: str, grace_ms: int = DEFAULT_GRACE_MS, before: int | None = None
+    ) -> Truncation:
+        """seed 004 `A.x` truncate: merge the changes read so far (those below change id
+        `before`, if given) into a new base and ask every client to delete them once
+        `grace_ms` have passed (`weshare.truncate`). Syncs first, so the base is current."""
+        async with self._session(domain) as session:
+            await sync_session(session)
+            return await truncate(session, grace_ms, before)
 
     async def join(self, invite: bytes, folder: Path | str, user_name: str = "") -> str:
         """Join the domain an invite sealed to us names, shared from local `folder`; returns the

@@ -109,6 +109,24 @@ def _parser() -> argparse.ArgumentParser:
 
     rekey = commands.add_parser("rekey", help="a new domain key for the same users (admins)")
     rekey.add_argument("domain")
+    rekey.add_argument(
+        "--all",
+        action="store_true",
+        help="also write every change again under the new key (the old change files go after "
+        "the grace period; parts of large files keep their key)",
+    )
+    rekey.add_argument("--grace-hours", type=float, default=24.0, help="with --all (default 24)")
+
+    truncate = commands.add_parser(
+        "truncate", help="merge the changes so far into a base; old change files go later"
+    )
+    truncate.add_argument("domain")
+    truncate.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        help="how long the old change files stay for clients still reading them (default 24)",
+    )
 
     join = commands.add_parser("join", help="join a domain with an invite, then sync")
     join.add_argument("invite", type=Path, help="file holding the invite ('-' for stdin)")
@@ -151,6 +169,7 @@ def _print_report(domain: str, report: SyncReport) -> None:
         f"renamed {found.renamed}, deleted {found.deleted}), pulled {report.pulled}, "
         f"wrote {report.written}, removed {report.removed}, forks {report.forks}, "
         f"uploaded {report.uploaded} B, downloaded {report.downloaded} B"
+        + (f", deleted {report.deleted} old change files" if report.deleted else "")
     )
     for problem in report.problems:
         print(f"  problem: {problem}", file=sys.stderr)
@@ -221,9 +240,25 @@ async def _remove(client: Weshare, args: argparse.Namespace) -> int:
     return 0
 
 
+def _grace_ms(hours: float) -> int:
+    if hours < 0:
+        raise UsageError("the grace period cannot be negative")
+    return int(hours * 3600 * 1000)
+
+
 async def _rekey(client: Weshare, args: argparse.Namespace) -> int:
-    await client.rekey(args.domain)
-    print(f"{args.domain}: new changes use a new key")
+    await client.rekey(args.domain, everything=args.all, grace_ms=_grace_ms(args.grace_hours))
+    what = "every change is written again with it" if args.all else "new changes use it"
+    print(f"{args.domain}: a new key; {what}")
+    return 0
+
+
+async def _truncate(client: Weshare, args: argparse.Namespace) -> int:
+    action = await client.truncate(args.domain, _grace_ms(args.grace_hours))
+    print(
+        f"{args.domain}: {len(action.fossils)} change files merged into {len(action.bases)}; "
+        f"they are deleted after {args.grace_hours:g} h"
+    )
     return 0
 
 
@@ -307,6 +342,7 @@ _COMMANDS = {
     "invite": _invite,
     "remove": _remove,
     "rekey": _rekey,
+    "truncate": _truncate,
     "join": _join,
     "sync": _sync,
     "status": _status,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weshare.formats import HASH_SIZE
+from weshare.formats import HASH_SIZE, ActionFile, ActionType, Truncation
 from weshare.lineage import Version
 
 _SCHEMA = """
@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS Writers (
 CREATE TABLE IF NOT EXISTS Epochs (
     domain VARCHAR(128) NOT NULL, users_id INTEGER NOT NULL, public CHAR(64) NOT NULL,
     PRIMARY KEY (domain, users_id, public));
+CREATE TABLE IF NOT EXISTS Truncations (
+    domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, arguments BLOB NOT NULL,
+    not_before INTEGER NOT NULL, done BOOL NOT NULL, PRIMARY KEY (domain, name));
 CREATE TABLE IF NOT EXISTS Outbox (
     domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (domain, name));
@@ -323,6 +326,43 @@ class State:
             (domain, prefix + "%", WAITING + "%"),
         )
         return [str(r[0]) for r in rows]
+
+    def accepted(self, domain: str, prefix: str, names: Sequence[str] | None = None) -> list[str]:
+        """Remote files with `prefix` read and accepted (those among `names`), in order."""
+        if names is not None:
+            query = "SELECT name FROM Objects WHERE domain = ? AND refused IS NULL AND name"
+            return sorted(str(r[0]) for r in self._where_in(query, domain, names))
+        rows = self._db.execute(
+            "SELECT name FROM Objects WHERE domain = ? AND name LIKE ? AND refused IS NULL "
+            "ORDER BY name",
+            (domain, prefix + "%"),
+        )
+        return [str(r[0]) for r in rows]
+
+    def add_truncation(self, domain: str, name: str, action: Truncation) -> None:
+        """Remember a truncate action (`A.x` `name`) whose fossils are to be deleted."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO Truncations (domain, name, arguments, not_before, done) "
+            "VALUES (?, ?, ?, ?, 0)",
+            (domain, name, action.encode(), action.not_before),
+        )
+
+    def truncations(self, domain: str) -> list[tuple[str, Truncation]]:
+        """Truncate actions whose fossils are not all deleted yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT name, arguments FROM Truncations WHERE domain = ? AND NOT done ORDER BY name",
+            (domain,),
+        )
+        return [
+            (str(r[0]), Truncation.decode(ActionFile(ActionType.TRUNCATE, bytes(r[1])), 1 << 63))
+            for r in rows
+        ]
+
+    def finish_truncation(self, domain: str, name: str) -> None:
+        """Every fossil of truncate action `name` is deleted."""
+        self._db.execute(
+            "UPDATE Truncations SET done = 1 WHERE domain = ? AND name = ?", (domain, name)
+        )
 
     def refused(self, domain: str) -> list[tuple[str, str]]:
         """Remote files refused, with the reason."""

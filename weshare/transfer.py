@@ -36,9 +36,9 @@ from weshare.crypto import (
 )
 from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
 from weshare.exchange import Exchange
-from weshare.formats import ActionFile, ChangeFile, Keyring
+from weshare.formats import ActionFile, ChangeFile, Keyring, Truncation
 from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
-from weshare.lineage import Version, ref_of
+from weshare.lineage import Version, parse_alias, ref_of
 from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import WAITING, LogRow, State
 
@@ -324,15 +324,21 @@ def _open_from_user(
 
 
 def change_rows(name: str, change: ChangeFile, signer: bytes) -> list[LogRow]:
-    """The Log rows of change file `name` (not checked: see `read_change`)."""
+    """The Log rows of change file `name` (checked by `read_change`; a malformed alias raises
+    `InvalidFile`)."""
     change_id = parse_object_name("C", name) or 0
     rows = []
     for index, entry in enumerate(change.entries):
         inline = bool(entry.data) or not entry.hashes
-        version = Version(
-            ref_of(name, index), change_id, signer, entry.path, entry.origin,
-            content_hash(entry.hashes),
-        )  # fmt: skip
+        alias = parse_alias(entry.origin, change_id)
+        if alias is not None:  # a truncation's base: the version it stands for, as it was
+            ref, version_id, writer = alias
+            version = Version(ref, version_id, writer, entry.path, (), content_hash(entry.hashes))
+        else:
+            version = Version(
+                ref_of(name, index), change_id, signer, entry.path, entry.origin,
+                content_hash(entry.hashes),
+            )  # fmt: skip
         rows.append(
             LogRow(version, b"".join(entry.hashes), entry.data if inline else None, entry.message)
         )
@@ -409,14 +415,19 @@ async def pull(session: Session) -> int:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
             continue
+        truncation = None
         try:
-            members = state.members_at(domain, parse_object_name("A", name) or 0)
-            await asyncio.to_thread(read_action, session, name, data, members)
+            action_id = parse_object_name("A", name) or 0
+            members = state.members_at(domain, action_id)
+            action = await asyncio.to_thread(read_action, session, name, data, members)
+            truncation = Truncation.decode(action, action_id)
             reason = None
         except InvalidFile as exc:
             reason = exc.reason
         with state.transaction():
             state.mark_object(domain, name, reason)
+            if truncation is not None:
+                state.add_truncation(domain, name, truncation)
     return recorded
 
 
