@@ -231,16 +231,19 @@ async def test_eight_writers_commit_at_the_same_moment(
 # --- a server that stops mid-sync -----------------------------------------------------------
 
 
-class StopsBeforeCommit:
-    """Passes calls through; when a change file is about to be put, runs `stop` (which stops
-    the server the first time), then lets the put meet whatever server there is."""
+class StopsBeforePut:
+    """Passes calls through; when the second object whose name holds `at` is about to be put
+    (or the first change file), runs `stop` (which stops the server the first time), then lets
+    the put meet whatever server there is."""
 
-    def __init__(self, inner: Exchange, stop: Callable[[], Awaitable[None]]) -> None:
-        self.inner, self.stop = inner, stop
+    def __init__(self, inner: Exchange, stop: Callable[[], Awaitable[None]], at: str) -> None:
+        self.inner, self.stop, self.at, self.seen = inner, stop, at, 0
 
     async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
-        if "/C." in name:
-            await self.stop()
+        if self.at in name:
+            self.seen += 1
+            if self.seen == 2 or self.at == "/C.":
+                await self.stop()
         return await self.inner.put_if_absent(name, data)
 
     async def get(self, name: str) -> bytes:
@@ -256,10 +259,11 @@ class StopsBeforeCommit:
         await self.inner.close()
 
 
+@pytest.mark.parametrize("at", ["/merkle/", "/C."], ids=["between-parts", "before-commit"])
 @pytest.mark.parametrize("kind", ["s3", "sftp"])
 @pytest.mark.timeout(60)
 async def test_a_server_stopped_mid_sync_leaves_nothing_half_visible(
-    kind: str, s3_server: S3Server, sftp_server: SftpServer, tmp_path: Path
+    kind: str, at: str, s3_server: S3Server, sftp_server: SftpServer, tmp_path: Path
 ) -> None:
     stopped: list[bool] = []
 
@@ -282,24 +286,24 @@ async def test_a_server_stopped_mid_sync_leaves_nothing_half_visible(
     pair = await open_pair(tmp_path, [config])
 
     def factory(config: Mapping[str, Any]) -> Exchange:
-        return StopsBeforeCommit(default_kinds()[kind](config), stop)
+        return StopsBeforePut(default_kinds()[kind](config), stop, at)
 
     kinds: dict[str, ExchangeFactory] = {**default_kinds(), kind: factory}
     writer = Weshare(tmp_path / "alice-state", kinds=kinds)
     await pair.alice.close()
     await writer.start()
     try:
-        big = os.urandom(700_000)
+        big = os.urandom(3_000_000)  # several parts
         (pair.a / "big.bin").write_bytes(big)
         (pair.a / "small.txt").write_text("small")
         with pytest.raises(ExchangeError):
-            await writer.sync(DOMAIN)  # parts went up; the server stopped before the commit
+            await writer.sync(DOMAIN)  # the server stops between two parts, or before the commit
         assert stopped
         await start()
         report = await pair.bob.sync(DOMAIN)
         assert report.pulled == 0
         assert tree(pair.b) == {}  # nothing of the change is visible
-        assert (await writer.sync(DOMAIN)).pushed == 0  # resumes: the queued change goes up
+        await writer.sync(DOMAIN)  # resumes: what is missing goes up, the change last
         await pair.bob.sync(DOMAIN)
         assert tree(pair.b) == {"big.bin": big, "small.txt": b"small"}
     finally:
