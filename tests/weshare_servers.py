@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
+import os
 import shutil
 import socket
 import subprocess
@@ -216,10 +217,13 @@ def azurite(tmp_path: Path) -> Iterator[str]:
     if program is None:
         pytest.skip("azurite is not on PATH (npm install -g azurite): Azure Blob not tested here")
     port = _free_port()
+    scratch = tmp_path / "azurite"
+    scratch.mkdir()
     process = subprocess.Popen(
-        [program, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
-         str(tmp_path / "azurite"), "--silent", "--skipApiVersionCheck"],
+        [program, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(scratch),
+         "--silent", "--skipApiVersionCheck", "--disableTelemetry"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
@@ -231,7 +235,7 @@ def azurite(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
     finally:
-        process.terminate()
+        process.kill()  # node may take long to stop on SIGTERM; nothing of it needs keeping
         process.wait(10)
 
 
