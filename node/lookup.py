@@ -185,6 +185,7 @@ class Lookup:
         self._accept_value = accept_value
         self._exclude = exclude  # never asked (e.g. nodes caught lying)
         self._sorted: list[Peer] = []
+        self._distances: list[int] = []  # each of `_sorted`'s distances, for bisect in C
         self._active = 0
         self._result = LookupResult(closest=[])
         self._done: asyncio.Future[LookupResult] = asyncio.get_running_loop().create_future()
@@ -202,9 +203,12 @@ class Lookup:
     def _add(self, node_id: bytes, address: Address, depth: int) -> None:
         if node_id == self._own_id or node_id in self._peers or node_id in self._exclude:
             return
-        peer = Peer(node_id, address, int.from_bytes(node_id, "big") ^ self._target_long, depth)
+        distance = int.from_bytes(node_id, "big") ^ self._target_long
+        peer = Peer(node_id, address, distance, depth)
         self._peers[node_id] = peer
-        bisect.insort(self._sorted, peer)
+        at = bisect.bisect_right(self._distances, distance)
+        self._distances.insert(at, distance)
+        self._sorted.insert(at, peer)
 
     def _pump(self) -> None:
         if self._done.done():
@@ -286,7 +290,7 @@ class Lookup:
         peers = self._peers
         # Peers far beyond the window can only matter if many closer ones fail; skip them.
         horizon = 2 * self._count
-        cutoff = self._sorted[horizon - 1].distance if len(self._sorted) >= horizon else None
+        cutoff = self._distances[horizon - 1] if len(self._distances) >= horizon else None
         for item in entries:
             try:
                 if item[0] in peers:  # most entries name peers met already: check that first

@@ -13,6 +13,7 @@ import bisect
 from collections.abc import Iterator
 
 ID_BITS = 160
+_ALL_IDS = (1 << ID_BITS) - 1
 Address = tuple[str, int]
 
 
@@ -102,12 +103,13 @@ class Bucket:
 
     Buckets order by their lowest ID (`lo`), which also breaks ties when sorting."""
 
-    __slots__ = ("contacts", "depth", "last_lookup", "lo", "replacements", "size")
+    __slots__ = ("contacts", "depth", "last_lookup", "lo", "mask", "replacements", "size")
 
     def __init__(self, lo: int, depth: int, now: float) -> None:
         self.lo = lo
         self.depth = depth
         self.size = 1 << (ID_BITS - depth)
+        self.mask = _ALL_IDS - (self.size - 1)  # keeps the `depth` bits of the prefix
         self.contacts: dict[bytes, Contact] = {}
         self.replacements: dict[bytes, Contact] = {}
         self.last_lookup = now
@@ -121,8 +123,7 @@ class Bucket:
 
     def distance_floor(self, target: int) -> int:
         """The smallest XOR distance from `target` to any ID in this bucket's range."""
-        shift = ID_BITS - self.depth
-        return ((self.lo ^ target) >> shift) << shift
+        return (self.lo ^ target) & self.mask
 
 
 class RoutingTable:
@@ -156,7 +157,7 @@ class RoutingTable:
 
     def bucket_for(self, long_id: int) -> Bucket:
         """The bucket whose range holds `long_id`."""
-        if not 0 <= long_id < 1 << ID_BITS:
+        if not 0 <= long_id <= _ALL_IDS:
             raise ValueError(f"ID {long_id:#x} is outside the 160-bit space")
         return self.buckets[bisect.bisect_right(self._los, long_id) - 1]
 
@@ -280,15 +281,16 @@ class RoutingTable:
         last request failed.
         """
         found: list[Contact] = []
-        for _, bucket in sorted((b.distance_floor(target), b) for b in self.buckets if b.contacts):
-            # (distance, seq, contact) tuples sort in C; seq keeps contacts from being compared
-            members = [
-                (c.long_id ^ target, i, c)
-                for i, c in enumerate(bucket.contacts.values())
+        # `distance_floor`, inlined (this runs for every find answered and every lookup)
+        ordered = sorted([((b.lo ^ target) & b.mask, b) for b in self.buckets if b.contacts])
+        for _, bucket in ordered:
+            # keyed by distance, which is unique (IDs are): the keys sort in C
+            members = {
+                c.long_id ^ target: c
+                for c in bucket.contacts.values()
                 if c.id != exclude and not (good_only and c.failures)
-            ]
-            members.sort()
-            found.extend(c for _, _, c in members)
+            }
+            found.extend([members[d] for d in sorted(members)])
             if len(found) >= count:
                 return found[:count]
         return found
@@ -391,7 +393,7 @@ class RoutingTables:
 
     def known_at(self, node_id: bytes, address: Address) -> bool:
         """True if `node_id` is a contact or a replacement at `address`."""
-        return self.by_family[family_of(address)].known_at(node_id, address)
+        return self.by_family[6 if ":" in address[0] else 4].known_at(node_id, address)
 
     def has_room_for(self, node_id: bytes, address: Address) -> bool:
         """True if `node_id`, met at `address`, would be a contact now (not a replacement)."""
@@ -420,13 +422,22 @@ class RoutingTables:
         """The `count` contacts nearest `target`: from `family`'s table, or from every table
         this node can reach (a node in both appears once, at its IPv4 address)."""
         families = [family] if family is not None else sorted(self.families)
-        found: dict[bytes, Contact] = {}
-        for f in families:
-            for contact in self.by_family[f].closest(
-                target, count, exclude=exclude, good_only=good_only
-            ):
-                found.setdefault(contact.id, contact)
-        return sorted(found.values(), key=lambda c: c.long_id ^ target)[:count]
+        results = [
+            found
+            for f in families
+            if (
+                found := self.by_family[f].closest(
+                    target, count, exclude=exclude, good_only=good_only
+                )
+            )
+        ]
+        if len(results) <= 1:  # one family holds contacts (the usual case): sorted already
+            return results[0] if results else []
+        merged: dict[bytes, Contact] = {}
+        for found in results:
+            for contact in found:
+                merged.setdefault(contact.id, contact)
+        return sorted(merged.values(), key=lambda c: c.long_id ^ target)[:count]
 
     def mark_lookup(self, target: int, now: float) -> None:
         """Note a lookup into `target`'s buckets."""
