@@ -152,6 +152,11 @@ class NodeConfig:
     malicious nodes. Each path hears from its share of the k closest; 1 is a plain lookup
     (about 40 % fewer messages, measurably less robust)."""
 
+    proximity: bool = True
+    """Proximity routing and neighbour selection: a lookup asks, among candidates in the same
+    XOR bucket as seen from the target, the one with the lowest round trip first; a full bucket
+    takes a newcomer that answers in at most half the round trip of its slowest member (who is
+    parked as a replacement). False: XOR order only, oldest contacts kept (stock Kademlia)."""
     seed: int | None = None
     """Seed for the node's random choices (timer jitter, refresh targets; simulations);
     None: unpredictable. Message IDs come from `randbytes`."""

@@ -198,6 +198,7 @@ class DHTNode:
             stale_after=cfg.stale_after,
             drop_after=cfg.drop_after,
             now=loop.time(),
+            proximity=cfg.proximity,
         )
         engine = Engine(
             identity=self.identity,
