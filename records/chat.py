@@ -500,6 +500,72 @@ def make_receipts(
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class NextReceipt:
+    """What a device writes to acknowledge entries of one page (`next_receipt`)."""
+
+    record: Record | None
+    """The receipt to put (None when there is nothing new to list, or no room)."""
+    already: frozenset[bytes]
+    """Ids the page's receipts already acknowledge for this device (or for every device)."""
+    fresh: frozenset[bytes]
+    """Ids `record` acknowledges anew."""
+
+
+def next_receipt(
+    recipient: Identity,
+    page: Record | None,
+    device: bytes,
+    read: Iterable[tuple[bytes, int, Sequence[bytes]]],
+    now: int,
+) -> NextReceipt:
+    """The receipt `recipient`'s device tagged `device` writes after reading `read` ((entry id,
+    expiration, the devices the entry names)) on `page` (the page as just got).
+
+    Seed 003 "Message Syncing": it lists for every device the unexpired ids the page's receipts
+    list so, and each entry read that every device it names has now read (or naming none);
+    and for `device` alone the unexpired ids its own receipts list and the other entries read.
+    It is newer than every receipt on the page, so it replaces its device's older receipts and
+    those of other devices whose every read is complete. Ids beyond `MAX_RECEIPT_IDS` are left
+    for a later receipt."""
+    everyone: dict[bytes, int] = {}
+    own: dict[bytes, int] = {}
+    readers: dict[bytes, set[bytes]] = {}
+    newest = now - 1
+    for value in page.values if page is not None else ():
+        parsed = _parsed(value)
+        if parsed is None or parsed.kind != "receipt":
+            continue
+        newest = max(newest, parsed.timestamp)
+        everyone.update((eid, exp) for eid, exp in parsed.acknowledged if exp > now)
+        for eid, exp in parsed.device_acknowledged:
+            if exp > now:
+                readers.setdefault(eid, set()).add(parsed.device)
+                if parsed.device == device:
+                    own[eid] = exp
+    known = everyone.keys() | own.keys()
+    already = frozenset(eid for eid, _, _ in read if eid in known)
+    fresh: dict[bytes, tuple[int, Sequence[bytes]]] = {}
+    for eid, expiration, devices in read:
+        if eid not in known and len(known) + len(fresh) < MAX_RECEIPT_IDS:
+            fresh[eid] = (expiration, devices)
+    if not fresh:
+        return NextReceipt(None, already, frozenset())
+    for eid, (expiration, devices) in fresh.items():
+        if set(devices) <= readers.get(eid, set()) | {device}:
+            everyone[eid] = expiration  # the last of its devices to read it: done for all
+        else:
+            own[eid] = expiration
+    record = make_receipts(
+        recipient,
+        everyone.items(),
+        max(now, newest + 1),  # newer than every receipt it replaces, even if our clock is behind
+        device=device,
+        device_acknowledged=[(eid, exp) for eid, exp in own.items() if eid not in everyone],
+    )
+    return NextReceipt(record, already, frozenset(fresh))
+
+
 # -- parsing ----------------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from records.chat import (
     conversation_key,
     decrypt_message,
     entry_id,
+    next_receipt,
     page_of,
     parse_chat_key,
     parse_inbox_value,
@@ -771,3 +772,56 @@ def test_a_full_page_with_receipts_of_several_devices_fits_one_record() -> None:
     split = make_receipts(BOB, read[:half], NOW, device=PHONE, device_acknowledged=read[half:])
     assert len(parse_inbox_value(split.values[0].value).listed) == MAX_RECEIPT_IDS == 84
     assert split.values[0].ByteSize() + 3 <= RECEIPT_BYTES_PER_PAGE
+
+
+def test_the_next_receipt_lists_for_every_device_what_the_last_device_read() -> None:
+    v = ChatValidator()
+    records = to_devices([PHONE, LAPTOP], page=14, count=2)
+    first, second = (acked(r)[0] for r in records)
+    read = [(eid, exp, (PHONE, LAPTOP)) for eid, exp in (first, second)]
+    page = v.consolidate(records[0].key, records, NOW)
+    # the phone reads both: it lists them for itself, and the page keeps them for the laptop
+    by_phone = next_receipt(BOB, page, PHONE, read, NOW + 10)
+    assert by_phone.record is not None
+    assert (by_phone.already, by_phone.fresh) == (frozenset(), frozenset({first[0], second[0]}))
+    receipt = parse_inbox_value(by_phone.record.values[0].value)
+    assert (receipt.acknowledged, receipt.device) == ((), PHONE)
+    page = v.consolidate(page.key, [page, by_phone.record], NOW + 10)
+    assert sorted(kinds(page)) == ["message", "message", "receipt"]
+    # reading them again writes nothing
+    again = next_receipt(BOB, page, PHONE, read, NOW + 20)
+    assert again.record is None
+    assert again.already == frozenset({first[0], second[0]})
+    # the laptop reads the first: it is the last to, so it lists it for every device, and
+    # carries nothing of the phone's (the second is still the phone's alone)
+    by_laptop = next_receipt(BOB, page, LAPTOP, read[:1], NOW + 5)
+    assert by_laptop.record is not None
+    laptops = parse_inbox_value(by_laptop.record.values[0].value)
+    assert laptops.acknowledged == (first,)
+    assert laptops.timestamp == NOW + 11  # newer than the phone's receipt, its clock behind
+    page = v.consolidate(page.key, [page, by_laptop.record], NOW + 30)
+    assert sorted(kinds(page)) == ["message", "receipt", "receipt"]
+    # then the second: its receipt lists both for every device and replaces the phone's
+    last = next_receipt(BOB, page, LAPTOP, read, NOW + 40)
+    assert last.record is not None
+    assert (last.already, last.fresh) == (frozenset({first[0]}), frozenset({second[0]}))
+    page = v.consolidate(page.key, [page, last.record], NOW + 40)
+    assert page.values == last.record.values
+    assert parse_inbox_value(page.values[0].value).acknowledged == tuple(sorted([first, second]))
+    # a one-device user (or an entry naming no device): listed for every device at once
+    alone = next_receipt(BOB, None, PHONE, [(first[0], first[1], ())], NOW)
+    assert alone.record is not None
+    assert parse_inbox_value(alone.record.values[0].value).acknowledged == (first,)
+
+
+def test_the_next_receipt_leaves_what_does_not_fit_for_later() -> None:
+    expiration = NOW + 3 * DAY_MS
+    ids = ids_on_page(6, MAX_RECEIPT_IDS + 5)
+    full = make_receipts(BOB, [(i, expiration) for i in ids[:MAX_RECEIPT_IDS]], NOW)
+    plan = next_receipt(BOB, full, PHONE, [(i, expiration, ()) for i in ids[-5:]], NOW + 1)
+    assert (plan.record, plan.already, plan.fresh) == (None, frozenset(), frozenset())
+    some = make_receipts(BOB, [(i, expiration) for i in ids[: MAX_RECEIPT_IDS - 2]], NOW)
+    plan = next_receipt(BOB, some, PHONE, [(i, expiration, ()) for i in ids[-5:]], NOW + 1)
+    assert plan.record is not None
+    assert plan.fresh == set(ids[-5:-3])
+    assert len(parse_inbox_value(plan.record.values[0].value).listed) == MAX_RECEIPT_IDS
