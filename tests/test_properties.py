@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from records import (
     make_receipts,
     presence_key,
 )
-from records.chat import MIN_ENTRY_TTL_MS, entry_id, page_of, parse_inbox_value
+from records.chat import MIN_ENTRY_TTL_MS, entry_id, next_receipt, page_of, parse_inbox_value
 from records.presence import parse_announcement
 from tests.records_factory import HOUR, NOW, identity, meta, presence
 
@@ -353,3 +354,66 @@ def test_chat_consolidate_keeps_an_entry_until_each_of_its_devices_acknowledged_
         if parse_inbox_value(v.value).kind != "receipt"
     }
     assert held == {eid for eid, devices in live.items() if not done(eid, devices)}
+
+
+@functools.cache
+def device_messages() -> tuple[Record, ...]:
+    """Three messages on page 0 of Bob's inbox, each naming his phone and laptop."""
+    return tuple(
+        r for r in device_pool() if parse_inbox_value(r.values[0].value).kind == "message"
+    )[1:]  # (the pool holds two versions of the first)
+
+
+reads = st.lists(
+    st.tuples(
+        st.sampled_from([PHONE, LAPTOP]),  # which device reads
+        st.sets(st.integers(0, 2), min_size=1),  # which of the three messages
+        st.integers(0, 100),  # how stale the page it saw is (an index into what holders had)
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=60)
+@given(reads, st.randoms(use_true_random=False))
+def test_devices_reading_from_stale_pages_drop_exactly_what_both_read(
+    steps: list[tuple[bytes, set[int], int]], rng: random.Random
+) -> None:
+    """Issue 17: the phone and the laptop read messages from whatever version of the page they
+    got (a stale one, as concurrent devices do), each writing `next_receipt`; holders merge the
+    receipts in any order. A message goes exactly when both have read it, and stays for the one
+    that has not; nothing a device acknowledged is forgotten."""
+    bob = identity("bob")
+    v = ChatValidator()
+    messages = device_messages()
+    key = messages[0].key
+    versions = [v.consolidate(key, list(messages), NOW)]  # the page as holders had it, in turn
+    receipts: list[Record] = []
+    read_by: dict[bytes, set[bytes]] = {PHONE: set(), LAPTOP: set()}
+    for k, (device, chosen, stale) in enumerate(steps):
+        seen = versions[stale % len(versions)]
+        read = []
+        for i in sorted(chosen):
+            value = messages[i].values[0]
+            eid = bytes.fromhex(value.id2)
+            read.append((eid, value.expirationDate, (PHONE, LAPTOP)))
+            read_by[device].add(eid)
+        plan = next_receipt(bob, seen, device, read, NOW + 100 + k)
+        assert plan.record is not None or plan.already == {eid for eid, _, _ in read}
+        if plan.record is not None:
+            receipts.append(plan.record)
+            versions.append(v.consolidate(key, [versions[-1], plan.record], NOW + 100 + k))
+    shuffled = list(messages) + receipts
+    rng.shuffle(shuffled)
+    final = v.consolidate(key, shuffled, NOW + 1000)
+    assert final == versions[-1]  # the order receipts arrive in changes nothing
+    held = {
+        parse_inbox_value(x.value).entry_id
+        for x in final.values
+        if parse_inbox_value(x.value).kind == "message"
+    }
+    every = {bytes.fromhex(m.values[0].id2) for m in messages}
+    assert held == every - (read_by[PHONE] & read_by[LAPTOP])
+    mine = acknowledgements(list(final.values), NOW + 1000)
+    for device, ids in read_by.items():
+        assert all((eid, b"*") in mine or (eid, device) in mine for eid in ids)
