@@ -13,6 +13,7 @@ import pytest
 
 from node import PutFailed
 from node.chat import ChatClient, InboxEntry, MessageTooLarge, NoHandshake, Sent, UnknownUser
+from node.config import NodeConfig
 from node.server import DHTNode
 from records import (
     DHTError,
@@ -23,19 +24,21 @@ from records import (
     location,
     make_message,
     make_receipts,
+    make_sent_copy,
     meta_key,
 )
 from records.chat import (
     MAX_ENTRIES_PER_PAGE,
     MAX_RECEIPT_IDS,
     MESSAGE_CONTEXT,
+    _message_record,
     chat_key,
     device_tag,
     entry_id,
     page_of,
     parse_inbox_value,
 )
-from records.chat_pb2 import ChatMessage, SignedInboxEntry
+from records.chat_pb2 import ChatContent, ChatMessage, SentCopy, SignedInboxEntry
 from records.identity import signing_input
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
@@ -647,3 +650,38 @@ def test_an_offline_device_gets_the_reply_another_read_and_sees_what_it_sent() -
         await sim.stop_all()
 
     run_virtual(main())
+
+
+def test_only_the_users_own_devices_make_sent_copies() -> None:
+    """A stranger's message whose content claims to be a copy of what Alice sent is shown as
+    the stranger's message, and teaches Alice's device no peer; Alice's own copy is a copy."""
+    alice, bob, mallory = (user_identity(72, i) for i in range(3))
+    client = ChatClient(DHTNode(NodeConfig(identity=user_identity(72, 9))), alice)
+    now = 1_767_225_600_000
+    claim = ChatContent(mime_type="text/plain", data=b"I owe Mallory 100")
+    claim.sent.CopyFrom(
+        SentCopy(recipient_public_key=bob.public_key, entry_id=bytes(16), device=b"\x01" * 8)
+    )
+    forged = _message_record(
+        mallory, alice.public_key, claim, bytes(24), now, 3 * 24 * 3600_000, client.device
+    )
+    entry = client._open(parse_inbox_value(forged.values[0].value))
+    assert entry is not None
+    assert (entry.sender, entry.recipient, entry.copy_of) == (mallory.id, alice.id, b"")
+    assert client._state.peer_key(bob.id) is None
+    original = make_message(alice, bob.public_key, b"hi", mime_type="t", nonce=bytes(24), now=now)
+    copy = make_sent_copy(
+        alice, original, bob.public_key, device=b"\x01" * 8, other_devices=[client.device],
+        nonce=b"\x01" * 24, now=now,
+    )  # fmt: skip
+    entry = client._open(parse_inbox_value(copy.values[0].value))
+    assert entry is not None
+    assert (entry.sender, entry.recipient, entry.text) == (alice.id, bob.id, "hi")
+    assert entry.copy_of.hex() == original.values[0].id2
+    assert client._state.peer_key(bob.id) == bob.public_key
+    # and the device that sent a copy does not show it to itself
+    mine = make_sent_copy(
+        alice, original, bob.public_key, device=client.device, other_devices=[b"\x01" * 8],
+        nonce=b"\x02" * 24, now=now,
+    )  # fmt: skip
+    assert client._open(parse_inbox_value(mine.values[0].value)) is None
