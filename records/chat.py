@@ -755,6 +755,7 @@ class _Coverage:
         """Seed 003 "Message Syncing": an entry is acknowledged (holders drop it and refuse it
         back) once a receipt lists it for every device, or each device it names has listed it
         (naming none, once any receipt lists it)."""
+        # seed 003 "Message Syncing" (issue 17): every device named, or a receipt for all
         if id2 in self.everyone:
             return True
         if not devices:
