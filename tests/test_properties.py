@@ -329,7 +329,8 @@ def test_chat_consolidate_keeps_an_entry_until_each_of_its_devices_acknowledged_
     any receipt made."""
     key = records[0].key
     merged = default_validator().consolidate(key, records, at)
-    default_validator().validate(key, merged, at)
+    if merged.values:  # (at `at`, everything may have expired)
+        default_validator().validate(key, merged, at)
     given_values = [v for r in records for v in r.values]
     made = acknowledgements(given_values, at)
     kept = acknowledgements(list(merged.values), at)
