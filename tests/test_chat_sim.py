@@ -132,12 +132,8 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
         sim = Simulation(seed=61)
         await sim.grow(50)
         alice, bob = user_identity(61, 0), user_identity(61, 1)
-        a1 = ChatClient(
-            running(sim.nodes[3]), alice, name="Alice", min_poll=5.0, random_bytes=seeded(1)
-        )
-        a2 = ChatClient(
-            running(sim.nodes[4]), alice, name="Alice", min_poll=5.0, random_bytes=seeded(2)
-        )
+        a1 = ChatClient(running(sim.nodes[3]), alice, name="Alice", random_bytes=seeded(1))
+        a2 = ChatClient(running(sim.nodes[4]), alice, name="Alice", random_bytes=seeded(2))
         bob_host = sim.nodes[5]
         b = ChatClient(
             running(bob_host), bob, name="Bob", avatar=b"\x89PNG", random_bytes=seeded(3)
@@ -367,7 +363,6 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
             bob,
             name="Bob",
             state_dir=tmp_path,
-            min_poll=2.0,
             random_bytes=seeded(13),
         )
         async with a, b:
@@ -377,9 +372,7 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
             first = [await asyncio.wait_for(anext(stream), 60) for _ in range(2)]
             await stream.aclose()
         assert [e.kind for e in first] == ["handshake", "message"]
-        again = ChatClient(
-            running(sim.nodes[2]), bob, state_dir=tmp_path, min_poll=2.0, random_bytes=seeded(14)
-        )
+        again = ChatClient(running(sim.nodes[2]), bob, state_dir=tmp_path, random_bytes=seeded(14))
         async with a:
             await a.send(bob.id, "two")
             stream = again.messages()

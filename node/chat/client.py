@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from typing import Any, Literal
 
 from node.chat.state import ChatState
 from node.errors import LookupFailed, NodeNotRunning, PutFailed
+from node.routing import Address
 from node.server import DHTNode
+from node.subscriptions import Subscription
 from node.tasks import cancel_and_wait
 from records import (
     DHTError,
@@ -185,12 +188,11 @@ class ChatClient:
         entry_ttl_ms: int = DEFAULT_ENTRY_TTL_MS,
         meta_ttl_ms: int = DEFAULT_META_TTL_MS,
         presence_ttl_ms: int = DEFAULT_PRESENCE_TTL_MS,
-        min_poll: float = 1.0,
-        max_poll: float = 60.0,
+        max_poll: float = 6 * 3600.0,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        if not 0 < min_poll <= max_poll:
-            raise ValueError("need 0 < min_poll <= max_poll")
+        if not max_poll > 0:
+            raise ValueError("max_poll must be positive")
         if not MIN_ENTRY_TTL_MS <= entry_ttl_ms <= MAX_ENTRY_TTL_MS:
             raise ValueError("seed 003: handshakes and messages are kept 3 to 7 days")
         if not 0 < meta_ttl_ms <= MAX_META_TTL_MS:
@@ -202,8 +204,9 @@ class ChatClient:
         self.entry_ttl_ms = entry_ttl_ms
         self.meta_ttl_ms = meta_ttl_ms
         self.presence_ttl_ms = presence_ttl_ms
-        self.min_poll = min_poll
         self.max_poll = max_poll
+        """Seconds between two reads of the whole inbox by `messages` (pushes and the
+        summaries of subscription renewals bring changes in between)."""
         self._random_bytes = random_bytes
         self.undecryptable = 0
         """Inbox entries skipped because they did not decrypt or verify."""
@@ -619,35 +622,100 @@ class ChatClient:
     async def messages(self) -> AsyncGenerator[InboxEntry, None]:
         """Each new inbox entry once, as it arrives (across restarts with a `state_dir`).
 
-        The inbox is polled, every `min_poll` seconds while entries arrive and backing off to
-        `max_poll` when none do; a store of one of the pages on this device's own node wakes
-        it at once."""
-        store = self.node.store
+        The device subscribes to its 16 inbox pages at their closest holders (see
+        `DHTNode.subscribe`): a holder pushes a notification when a page changes, and only that
+        page is fetched, from that holder (through a get if it does not answer); a page this
+        device's own node stores wakes it too. The whole inbox is read at the start and then
+        every `max_poll` seconds, in case every push was lost."""
+        loop = asyncio.get_running_loop()
+        dirty: dict[str, tuple[bytes, Address] | None] = {}
+        known: dict[str, set[tuple[str, int]]] = {}  # per page: (id2, date) already read
         wake = asyncio.Event()
-        stops = []
-        if store is not None:
-            for key in inbox_keys(self.uid):
-                stops.append(store.listen(location(key), lambda _entry: wake.set()))
-        interval = self.min_poll
+
+        def changed(sub: Subscription, holder: bytes | None, addr: Address | None) -> None:
+            summary = sub.holders[holder].summary if holder in sub.holders else None
+            seen = known.get(sub.path, set())
+            if summary is not None and {(v[0], v[1]) for v in summary} <= seen:
+                return  # the holder has nothing this device has not read
+            dirty[sub.path] = (holder, addr) if holder is not None and addr is not None else None
+            wake.set()
+
+        def stored(path: str) -> Callable[[Any], None]:
+            def wake_for(_entry: Any) -> None:
+                dirty[path] = None
+                wake.set()
+
+            return wake_for
+
+        keys = inbox_keys(self.uid)
+        subs = [self.node.subscribe(key, changed) for key in keys]
+        store = self.node.store
+        stops = [store.listen(location(k), stored(k)) for k in keys] if store is not None else []
+        full_read_due = -math.inf
         try:
             while True:
                 wake.clear()
-                try:
-                    entries = await self.inbox()
-                except NetworkError as exc:  # read again at the next poll
-                    log.info("inbox not read: %s", exc)
-                    entries = []
-                fresh = [e for e in entries if not self._state.seen(e.entry_id)]
-                for entry in fresh:
+                if loop.time() >= full_read_due:
+                    dirty.clear()
+                    full_read_due = loop.time() + self.max_poll
+                    pages = await self._read_pages(dict.fromkeys(keys))
+                else:
+                    pages = await self._read_pages(dict(dirty))
+                    for path in pages:
+                        dirty.pop(path, None)
+                entries = self._entries_of(pages, known)
+                for entry in (e for e in entries if not self._state.seen(e.entry_id)):
                     self._state.mark_seen([(entry.entry_id, entry.expiration)])
                     await self._state.save_async(self._now())
                     yield entry
-                interval = self.min_poll if fresh else min(interval * 2, self.max_poll)
+                if dirty:
+                    continue  # changed while this read was under way
                 # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
                 # arrives as the event is set, and the iterator would never end
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
+                    async with asyncio.timeout(max(0.0, full_read_due - loop.time())):
                         await wake.wait()
         finally:
             for stop in stops:
                 stop()
+            for sub in subs:
+                sub.close()
+
+    async def _read_pages(
+        self, pages: dict[str, tuple[bytes, Address] | None]
+    ) -> dict[str, Record | None]:
+        """The records of inbox `pages`: from the holder that said it changed, if one did and it
+        answers with a valid copy, else through a get (a page that cannot be read is left out
+        and read again at the next full read)."""
+
+        async def one(path: str, holder: tuple[bytes, Address] | None) -> Record | None:
+            if holder is not None:
+                record = await self.node.fetch_from(path, *holder)
+                if record is not None:
+                    return record
+            try:
+                return (await self.node.get_result(path)).record
+            except NetworkError as exc:
+                log.info("inbox page %s not read: %s", path, exc)
+                return None
+
+        paths = list(pages)
+        records = await asyncio.gather(*(one(p, pages[p]) for p in paths))
+        return dict(zip(paths, records, strict=True))
+
+    def _entries_of(
+        self, pages: dict[str, Record | None], known: dict[str, set[tuple[str, int]]]
+    ) -> list[InboxEntry]:
+        """The verified, decrypted entries of `pages`, oldest first; `known` learns what each
+        page held."""
+        entries = []
+        for path, record in pages.items():
+            if record is None:
+                continue
+            known[path] = {(v.id2, v.creationDate) for v in record.values}
+            for value in record.values:
+                entry = self._open(value.value)
+                if entry is not None:
+                    entries.append(entry)
+        entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
+        return entries
