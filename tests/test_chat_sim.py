@@ -577,9 +577,7 @@ def test_an_offline_device_gets_the_reply_another_read_and_sees_what_it_sent() -
         await sim.grow(50)
         alice, bob = user_identity(71, 0), user_identity(71, 1)
         laptop_host, bob_host = sim.nodes[4], sim.nodes[5]
-        phone = ChatClient(
-            running(sim.nodes[3]), alice, name="Alice", min_poll=5.0, random_bytes=seeded(21)
-        )
+        phone = ChatClient(running(sim.nodes[3]), alice, name="Alice", random_bytes=seeded(21))
         laptop = ChatClient(running(laptop_host), alice, name="Alice", random_bytes=seeded(22))
         b = ChatClient(running(bob_host), bob, name="Bob", random_bytes=seeded(23))
         async with phone, b:

@@ -491,23 +491,20 @@ class ChatClient:
             if again.record is None and not again.complete:
                 raise LookupFailed(f"could not read inbox page {keys[i]}: too few holders answered")
             results[i] = again
-        records = [r.record for r in results]
-        entries = []
-        for record in records:
-            values = record.values if record is not None else ()
-            parsed = [parse_inbox_value(value.value) for value in values]
-            mine = {  # what this device acknowledged: the page keeps it for the other devices
-                eid for p in parsed if p.device == self.device for eid, _ in p.device_acknowledged
-            }
-            for value in parsed:
-                if value.entry_id in mine:
-                    continue
-                entry = self._open(value)
-                if entry is not None:
-                    entries.append(entry)
+        entries = [e for r in results for e in self._page_entries(r.record)]
         # a handshake before the messages of the same millisecond
         entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
         return entries
+
+    def _page_entries(self, record: Record | None) -> list[InboxEntry]:
+        """The entries of one inbox page this device has not acknowledged, unsorted."""
+        values = record.values if record is not None else ()
+        parsed = [parse_inbox_value(value.value) for value in values]
+        mine = {  # what this device acknowledged: the page keeps it for the other devices
+            eid for p in parsed if p.device == self.device for eid, _ in p.device_acknowledged
+        }
+        opened = (self._open(value) for value in parsed if value.entry_id not in mine)
+        return [entry for entry in opened if entry is not None]
 
     def _open(self, parsed: InboxValue) -> InboxEntry | None:
         """A verified inbox value as an entry (None for receipts, what does not decrypt and
@@ -713,9 +710,6 @@ class ChatClient:
             if record is None:
                 continue
             known[path] = {(v.id2, v.creationDate) for v in record.values}
-            for value in record.values:
-                entry = self._open(value.value)
-                if entry is not None:
-                    entries.append(entry)
+            entries.extend(self._page_entries(record))
         entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
         return entries
