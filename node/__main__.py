@@ -106,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
         "the node)",
     )
     parser.add_argument(
+        "--mode",
+        choices=("server", "client", "auto"),
+        default="server",
+        help="server (default): answer queries, sit in routing tables; client: a node others "
+        "cannot reach (behind NAT): ask and store through others, answer nothing, enter no "
+        "routing table; auto: start as a client, turn server once peers reach it unasked",
+    )
+    parser.add_argument(
+        "--client",
+        dest="mode",
+        action="store_const",
+        const="client",
+        help="the same as --mode client",
+    )
+    parser.add_argument(
         "--key-server",
         action="store_true",
         help="also serve the anonymous key exchange (Post Key / Get Key) on the node's UDP port",
@@ -126,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the ticket authorities every /drd/ entry's ticket is checked against (a file "
         "from 'python -m node.directory mint-authorities'; default: DIR/authorities.json "
         "with --directory if there is one, else the set shipped with the node)",
+    )
+    parser.add_argument(
+        "--directory-clear-text",
+        action="store_true",
+        help="serve the directory in clear text instead of sealed frames (for tests only: "
+        "profiles, tickets and sessions are then readable on the path)",
     )
     parser.add_argument(
         "--directory-public-host",
@@ -290,7 +311,11 @@ def _drd_authorities(args: argparse.Namespace) -> TicketAuthorities:
 def _directory_config(args: argparse.Namespace) -> DirectoryConfig:
     """The directory role's settings from the command line (its ticket authorities are the
     node's, `_drd_authorities`)."""
-    return DirectoryConfig(root=args.directory, public_host=args.directory_public_host)
+    return DirectoryConfig(
+        root=args.directory,
+        public_host=args.directory_public_host,
+        clear_text=args.directory_clear_text,
+    )
 
 
 def _host_port(address: tuple[str, int]) -> str:
@@ -324,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             bootstrap=tuple(resolve(args.bootstrap, args.host)),
             drd_authorities=_drd_authorities(args),
+            mode=args.mode,
         )
         if not args.no_api and not args.api_allow_remote and not is_loopback(args.api_host):
             raise ValueError(

@@ -138,6 +138,34 @@ class NodeConfig:
     """How long a node or address caught forging (a bad signature, a key that does not match
     its ID, a forged proof) is shunned."""
 
+    mode: str = "server"
+    """``server``: answer queries and sit in others' routing tables. ``client`` (a node others
+    cannot reach: behind NAT, or by choice; BEP 43): ask and store through others, answer
+    nothing but notifications of its own subscriptions, enter no routing table. ``auto``: start
+    as a client, ask peers to have others ping it, and turn server once `auto_server_after`
+    distinct peers have reached it unasked."""
+    auto_server_after: int = 3
+    """Distinct peers that must reach an ``auto`` node unasked before it turns server."""
+    listen_holders: int = 3
+    """A subscription (`DHTNode.subscribe`, `watch`) registers at this many of the closest
+    holders of the record (OpenDHT registers at 4)."""
+    listen_refresh: float = 300.0
+    """A server renews its subscriptions this often (a holder keeps one for up to three times
+    as long, at most `max_listen_ttl`); the renewal's answer says what the holder has, so a lost
+    notification is noticed then. A client renews every `client_keepalive` instead: the
+    renewals hold its NAT mapping open. (Measured, `chat-idle`: renewals are most of an idle
+    chat device's traffic.)"""
+    client_keepalive: float = 25.0
+    """How often a client renews its subscriptions (NAT mappings often lapse after 30 s)."""
+    max_listen_ttl: float = 600.0
+    """The longest a holder keeps a subscription without a renewal."""
+    max_listeners_per_key: int = 32
+    """Subscriptions a holder keeps per location (more are refused and counted)."""
+    max_listeners_per_source: int = 64
+    """Subscriptions a holder keeps per source (an IP address, an IPv6 /64)."""
+    max_listeners: int = 10_000
+    """Subscriptions a holder keeps in all."""
+
     prove_ids: bool = True
     """A contact enters the routing table (and so can be chosen to store records) only after
     signing a fresh challenge with the key behind its ID; stock `kademlia` nodes cannot, so they
@@ -204,6 +232,11 @@ class NodeConfig:
             "lookup_burst",
             "get_paths",
             "max_calls_in_flight",
+            "auto_server_after",
+            "listen_holders",
+            "max_listeners_per_key",
+            "max_listeners_per_source",
+            "max_listeners",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
@@ -224,6 +257,9 @@ class NodeConfig:
             "sweep_interval",
             "bootstrap_retry_interval",
             "contacts_save_interval",
+            "listen_refresh",
+            "client_keepalive",
+            "max_listen_ttl",
             "stores_per_source_per_s",
             "lookups_per_source_per_s",
             "stores_per_s",
@@ -232,6 +268,8 @@ class NodeConfig:
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if self.mode not in ("server", "client", "auto"):
+            problems.append(f"mode {self.mode!r} is not server, client or auto")
         if self.proven_cache_size < 0:
             problems.append("proven_cache_size must not be negative")
         if self.max_store_bytes < 0:

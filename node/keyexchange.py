@@ -11,7 +11,9 @@ last byte is 0xFF, finds the key servers among the nodes the DHT shows it, split
 parts of allowed sizes (at least two, at most one per key server found), posts each part to a
 different key server, and sends the receiver a Signal naming where the parts wait. A node
 receiving a Signal fetches the parts, reassembles and checks the key, answers with the parts it
-used, and hands the key to the application (`KeyExchange.received`).
+used, and hands the key to the application: to the handlers registered with
+`add_key_handler` (a directory server takes its sessions' keys so), else to the
+`KeyExchange.received` queue.
 
 All of it travels over the node's own UDP port (see `records.rke` for the framing).
 """
@@ -35,6 +37,7 @@ from records.errors import KeyExchangeFailed, RkeError
 from records.rke import (
     GET_KEY,
     KEY_LAST_BYTE,
+    KEY_LENGTHS,
     MAX_SIGNAL_PARTS,
     MIN_PARTS,
     PADDING_SIZE,
@@ -119,7 +122,9 @@ class KeyExchange:
         self.find_servers = find_servers
         self.stats: Counter[str] = Counter()
         self.received: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
-        """Keys reassembled from signals, for the application to take."""
+        """Keys reassembled from signals, for the application to take (when no key handler is
+        registered; the newest 64 are kept)."""
+        self._key_handlers: list[Callable[[bytes], None]] = []
         self.node: DHTNode | None = None
         self._randbytes: Callable[[int], bytes] = os.urandom
         self._parts: OrderedDict[bytes, _HeldPart] = OrderedDict()  # by key-ID hash, oldest first
@@ -152,6 +157,17 @@ class KeyExchange:
 
     async def start(self) -> None:
         """Nothing to start: the service answers as soon as it is attached."""
+
+    def add_key_handler(self, handler: Callable[[bytes], None]) -> None:
+        """From now on, hand every key reassembled here to `handler` (and to the other
+        handlers) instead of the `received` queue. A handler is called before the Signal is
+        answered, so the key is in its hands by the time `send_key` returns to its sender."""
+        self._key_handlers.append(handler)
+
+    def remove_key_handler(self, handler: Callable[[bytes], None]) -> None:
+        """Stop handing keys to `handler` (keys go to `received` once no handler is left)."""
+        if handler in self._key_handlers:
+            self._key_handlers.remove(handler)
 
     @property
     def parts_held(self) -> dict[bytes, bytes]:
@@ -275,11 +291,22 @@ class KeyExchange:
         except RkeError:
             complete = False
         if complete:
-            if self.received.full():
-                self.received.get_nowait()  # keep the newest keys
-            self.received.put_nowait(key)
+            self._deliver(key)
         status = SignalStatus.SUCCESS if complete else SignalStatus.FAIL
         self._answer(SIGNAL, status, challenge, addr, encode_signal_answer(used))
+
+    def _deliver(self, key: bytes) -> None:
+        self.stats["keys_received"] += 1
+        if self._key_handlers:
+            for handler in list(self._key_handlers):
+                try:
+                    handler(key)
+                except Exception:
+                    log.exception("a key handler failed")
+            return
+        if self.received.full():
+            self.received.get_nowait()  # keep the newest keys
+        self.received.put_nowait(key)
 
     # -- client side -----------------------------------------------------------------------
 
@@ -349,16 +376,25 @@ class KeyExchange:
         return key
 
     async def send_key(
-        self, receiver: Address, key: bytes | None = None, servers: list[Address] | None = None
+        self,
+        receiver: Address,
+        key: bytes | None = None,
+        servers: list[Address] | None = None,
+        *,
+        min_parts: int = MIN_PARTS,
+        max_part: int = max(KEY_LENGTHS),
     ) -> bytes:
         """Post `key` (a new 32-byte one by default) in parts to different key servers and
         signal `receiver`; returns the key once the receiver has reassembled it.
 
         The nodes found (or `servers`) are first asked which serve keys; the key is split into
-        as many parts as there are key servers, or fewer, at least two (seed 002), so it needs
-        at least two key servers besides this node and the receiver (`KeyExchangeFailed`)."""
+        as many parts as there are key servers, or fewer, at least `min_parts` (two: seed 002),
+        each at most `max_part` bytes, so it needs at least `min_parts` key servers besides this
+        node and the receiver (`KeyExchangeFailed`)."""
         key = key if key is not None else self.new_key()
         check_key(key)
+        if min_parts < MIN_PARTS or max_part not in KEY_LENGTHS:
+            raise ValueError(f"min_parts >= {MIN_PARTS}; max_part one of {KEY_LENGTHS}")
         if servers is None:
             if self.find_servers is None:
                 raise KeyExchangeFailed("no way to find key servers")
@@ -366,13 +402,13 @@ class KeyExchange:
         own = self._node().address
         candidates = [s for s in servers if s != receiver and s != own]
         found = await self.key_servers(candidates)
-        if len(found) < MIN_PARTS:
+        if len(found) < min_parts:
             raise KeyExchangeFailed(
                 f"found {len(found)} key server(s) among {len(candidates)} nodes asked; a key "
-                f"exchange needs at least {MIN_PARTS} besides the sender and the receiver"
+                f"exchange needs at least {min_parts} besides the sender and the receiver"
             )
         self.rng.shuffle(found)
-        locations = await self._post_parts(key, found)
+        locations = await self._post_parts(key, found, min_parts=min_parts, max_part=max_part)
         body = encode_signal(self._random(16), locations)
         status, answer = await self._call(SIGNAL, body, receiver, 4 * self._timeout())
         used = decode_signal_answer(answer, len(locations))
@@ -395,7 +431,14 @@ class KeyExchange:
         answers = await asyncio.gather(*(serves(c) for c in candidates))
         return [c for c, ok in zip(candidates, answers, strict=True) if ok]
 
-    async def _post_parts(self, key: bytes, servers: list[Address]) -> list[PartLocation]:
+    async def _post_parts(
+        self,
+        key: bytes,
+        servers: list[Address],
+        *,
+        min_parts: int = MIN_PARTS,
+        max_part: int = max(KEY_LENGTHS),
+    ) -> list[PartLocation]:
         """Post `key` in parts, one per server of `servers` (consumed); a server that refuses
         or is silent is passed over and what is left of the key is split again over the
         servers left."""
@@ -405,7 +448,8 @@ class KeyExchange:
         while offset < len(key):
             if not plan:
                 room = min(len(servers), MAX_SIGNAL_PARTS - len(locations))
-                plan = self._split(len(key) - offset, room, whole=not locations)
+                least = min_parts if not locations else 1
+                plan = self._split(len(key) - offset, room, least=least, max_part=max_part)
             size = plan.pop(0)
             server = servers.pop(0)
             try:
@@ -418,14 +462,13 @@ class KeyExchange:
             offset += size
         return locations
 
-    def _split(self, size: int, servers: int, *, whole: bool) -> list[int]:
-        """Random part sizes for `size` bytes over at most `servers` servers (the whole key in
-        at least two parts; what is left of it after a refusal in one or more)."""
+    def _split(self, size: int, servers: int, *, least: int, max_part: int) -> list[int]:
+        """Random part sizes for `size` bytes over at most `servers` servers, in at least
+        `least` parts (the whole key in at least two; what is left of it after a refusal in
+        one or more), none above `max_part` bytes."""
         choices = [self.rng.randrange(MAX_SIGNAL_PARTS) for _ in range(size)]
         try:
-            return split_sizes(
-                size, choices, max_parts=servers, min_parts=MIN_PARTS if whole else 1
-            )
+            return split_sizes(size, choices, max_parts=servers, min_parts=least, max_size=max_part)
         except RkeError:
             raise KeyExchangeFailed(
                 f"not enough key servers left for {size} bytes of the key ({servers} left)"

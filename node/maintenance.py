@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RETRIES_PER_SWEEP = 16
+_PROBE_INTERVAL = 300.0  # an auto node in client mode asks for dial-backs this often
+_PROBES = 3
 
 
 class Maintenance:
@@ -37,6 +39,7 @@ class Maintenance:
             (cfg.republish_interval, self.republish),
             (min(cfg.refresh_interval / 4, 600.0), self.refresh),
             (cfg.contacts_save_interval, node.save_contacts),
+            (_PROBE_INTERVAL, self.probe_reachability),
         ]
         now = loop.time()
         due = [now + interval * (0.5 + node.rng.random() / 2) for interval, _ in jobs]
@@ -90,6 +93,20 @@ class Maintenance:
     def random_id_in(self, bucket: Bucket) -> bytes:
         """A random 20-byte ID in `bucket`'s range (a lookup target that refreshes it)."""
         return (bucket.lo + self.node.rng.randrange(bucket.size)).to_bytes(20, "big")
+
+    async def probe_reachability(self) -> None:
+        """An ``auto`` node still in client mode asks a few contacts to have a third node
+        ping it (`probe`): if those pings get through, it is reachable and turns server."""
+        node = self.node
+        engine = node.engine
+        if node.config.mode != "auto" or engine is None or not engine.client:
+            return
+        protocol, table, _ = node._parts()
+        contacts = list(table)
+        node.rng.shuffle(contacts)
+        await asyncio.gather(
+            *(protocol.call(c.address, "probe", [node.id], c.id) for c in contacts[:_PROBES])
+        )
 
     async def sweep(self) -> None:
         """Drop expired records; retry originated records no node has acknowledged yet (a put

@@ -175,6 +175,11 @@ class EngineProtocol(asyncio.DatagramProtocol):
         """A store request of record bytes `data` at location `key`."""
         return self.call(address, "store", [self.engine.own_id, key, data], node_id)
 
+    def record_changed(self, loc: bytes) -> None:
+        """The record at `loc` changed in the store: the engine tells its subscribers."""
+        self.engine.record_changed(loc, self._loop.time())
+        self.flush()
+
     def send_datagram(self, data: bytes, addr: Address) -> None:
         """Send raw bytes from the node's port (services sharing it)."""
         self.engine.send(data, addr)

@@ -29,11 +29,20 @@ from node.engine import Engine, Limits, NodeStats, OnReply, RequestHandlers
 from node.engine.handlers import refused_for_good
 from node.errors import LookupFailed, NodeNotRunning, ProtocolError, PutFailed, StoreFull
 from node.keyfile import load_or_create_identity
-from node.lookup import ANSWERED, Agreement, Lookup, LookupResult, Peer, disjoint_lookup
+from node.lookup import (
+    ANSWERED,
+    Agreement,
+    Lookup,
+    LookupResult,
+    Peer,
+    disjoint_lookup,
+    parse_find_reply,
+)
 from node.maintenance import Maintenance
 from node.protocol import EngineProtocol
 from node.routing import Address, RoutingTables
 from node.storage import RecordBackend, RecordStore, SqliteBackend
+from node.subscriptions import OnChange, Subscription, Subscriptions
 from node.tasks import cancel_and_wait
 from records import (
     MAX_RECORD_SIZE,
@@ -126,6 +135,8 @@ class DHTNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._maintenance = Maintenance(self)
+        self.subscriptions = Subscriptions(self)
+        """The subscriptions this node holds at others (`subscribe`, `watch`)."""
         self._data_dir_lock: DataDirLock | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -211,6 +222,8 @@ class DHTNode:
         )
         self.store, self.table, self.engine = store, table, engine
         protocol = EngineProtocol(engine, receive_buffer=cfg.receive_buffer)
+        engine.on_notify = self.subscriptions.notified
+        store.on_change = protocol.record_changed
         attached: list[Service] = []
         try:
             for service in self.services:
@@ -232,6 +245,7 @@ class DHTNode:
             loaded,
         )
         self.spawn(self._maintenance.run())
+        self.spawn(self.subscriptions.run())
         saved = [address for _, address in self._saved_contacts()[:_REJOIN_THROUGH]]
         join = list(dict.fromkeys([*cfg.bootstrap, *saved]))
         if join:
@@ -365,8 +379,8 @@ class DHTNode:
         cost: Callable[[bytes], int] | None = None,
     ) -> None:
         """Route datagrams whose first byte is in `kinds` to `handle(data, addr, now)`, within
-        `limits` and the node's own budgets (see `Engine.register_service`)."""
-        self._engine().register_service(name, kinds, handle, limits=limits, cost=cost)
+        `limits` and the node's own budgets (see `node.engine.services`)."""
+        self._engine().services.register(name, kinds, handle, limits=limits, cost=cost)
 
     def register_validator(self, namespace: str, validator: Validator) -> None:
         """Check records of `namespace` with `validator` (replacing the default one)."""
@@ -648,14 +662,38 @@ class DHTNode:
             self.accept_quietly(loc, merged, now)
         return merged
 
-    async def watch(self, path: str, *, poll_interval: float = 5.0) -> AsyncIterator[Record]:
+    def subscribe(self, path: str, on_change: OnChange) -> Subscription:
+        """Listen to the record at `path` at its closest holders (see `node.subscriptions`):
+        `on_change(subscription, holder ID, holder address)` runs when one says it changed.
+        `Subscription.close()` ends it; the node ends every subscription when it stops."""
+        self._parts()
+        _check_known_namespace(self.validator, path)
+        return self.subscriptions.subscribe(path, on_change)
+
+    async def fetch_from(self, path: str, holder_id: bytes, address: Address) -> Record | None:
+        """The record at `path` as one holder has it (one find_value, validated): what a
+        notification from that holder says changed. None if it does not answer with a valid
+        copy (then `get` asks the others)."""
+        protocol = self._protocol()
+        ok, body = await protocol.call(address, "find_value", [self.id, location(path)], holder_id)
+        if not ok:
+            return None
+        try:
+            value, _ = parse_find_reply(body)
+        except ValueError:
+            return None
+        return self._valid_answer(path, value, Peer(holder_id, address, 0, 0))
+
+    async def watch(self, path: str, *, poll_interval: float = 300.0) -> AsyncIterator[Record]:
         """Every new version of the record at `path`: the current one first (if any), then each
-        newer one, whether it reaches this node in a store or shows up when the network is asked
-        again (every `poll_interval` seconds)."""
+        newer one, as soon as it reaches this node in a store or a holder pushes a notification
+        of it (a subscription at the closest holders); the network is also asked again every
+        `poll_interval` seconds, in case every push was lost."""
         _, _, store = self._parts()
         _check_known_namespace(self.validator, path)
         wake = asyncio.Event()
         stop_listening = store.listen(location(path), lambda _entry: wake.set())
+        subscription = self.subscribe(path, lambda *_: wake.set())
         last: bytes | None = None
         try:
             while True:
@@ -671,6 +709,7 @@ class DHTNode:
                 wake.clear()
         finally:
             stop_listening()
+            subscription.close()
 
     async def announce(self, message: bytes, client_signature: bytes) -> int:
         """Countersign a client's announcement that it is reachable through this node and put

@@ -238,6 +238,9 @@ class RecordStore:
         self._entries: dict[bytes, StoredRecord] = {}
         self._pruned: dict[bytes, None] = {}  # pruned in memory since the last sweep
         self._listeners: dict[bytes, list[Callable[[StoredRecord], None]]] = {}
+        self.on_change: Callable[[bytes], None] | None = None
+        """Called with the location whenever a record held changes (the node pushes it to
+        the record's subscribers)."""
         self.bytes_used = 0
 
     def __len__(self) -> int:
@@ -332,6 +335,8 @@ class RecordStore:
         entry = self._install(loc, held, merged, data, origin)
         if holder is not None:
             entry.holders.add(holder)
+        if self.on_change is not None:
+            self.on_change(loc)
         for callback in list(self._listeners.get(loc, ())):
             callback(entry)
         return Accepted(entry, True, self._save(loc, entry) if persist else None)

@@ -79,7 +79,7 @@ class Command(IntEnum):
 
 
 class Status(IntEnum):
-    """Seed 000's status codes, plus one of ours (`NOT_AUTHORIZED`)."""
+    """Seed 000's status codes, plus ours (`NOT_AUTHORIZED`, and 41-44 of the sealed frames)."""
 
     SUCCESS = 250  # seed 000: STATUS_SUCCESS
     FEW_COINS_IN_LOCKER = 153  # seed 000: ERROR_FEW_COINS_IN_LOCKER
@@ -88,6 +88,11 @@ class Status(IntEnum):
     DATABASE_RETURNED_ZERO_RECORDS = 9  # seed 000: ERROR_DATABASE_RETURNED_ZERO_RECORDS
     DATABASE_REPORTED_AN_ERROR = 10  # seed 000: ERROR_DATABASE_REPORTED_AN_ERROR
     NOT_AUTHORIZED = 40  # ours: bad ticket, unknown or expired session
+    # ours, the sealed-frame layer (`records.drd_channel`), answered in clear:
+    UNKNOWN_CHANNEL = 41  # no key for this channel (never agreed, expired): agree a new one
+    FRAME_NOT_AUTHENTIC = 42  # the frame does not decrypt under the channel's key
+    FRAME_REPLAYED = 43  # the frame's counter is not above the last one accepted
+    ENCRYPTION_REQUIRED = 44  # a clear-text request to a server that takes sealed frames only
 
 
 class UpdateKey(IntEnum):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17records/directory.proto\x12\x03\x64ht\"\xa0\x02\n\x0e\x44irectoryEntry\x12\x0f\n\x07mailbox\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x0e\n\x06\x66ields\x18\x04 \x01(\x0c\x12\x15\n\ravatar_sha256\x18\x05 \x01(\x0c\x12\x13\n\x0b\x61vatar_size\x18\x06 \x01(\r\x12\x0e\n\x06ticket\x18\x07 \x01(\x0c\x12\x17\n\x0fowner_signature\x18\x08 \x01(\x0c\x12\x12\n\nserver_key\x18\t \x01(\x0c\x12\x13\n\x0bserver_host\x18\n \x01(\t\x12\x13\n\x0bserver_port\x18\x0b \x01(\r\x12\x11\n\tpublished\x18\x0c \x01(\x03\x12\x12\n\nexpiration\x18\r \x01(\x03\x12\x11\n\towner_key\x18\x0e \x01(\x0c\"8\n\x14SignedDirectoryEntry\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"t\n\x1b\x44irectoryServerAnnouncement\x12\x12\n\nserver_key\x18\x01 \x01(\x0c\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x12\n\nexpiration\x18\x05 \x01(\x03\"L\n!SignedDirectoryServerAnnouncement\x12\x14\n\x0c\x61nnouncement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17records/directory.proto\x12\x03\x64ht\"\xa0\x02\n\x0e\x44irectoryEntry\x12\x0f\n\x07mailbox\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x0e\n\x06\x66ields\x18\x04 \x01(\x0c\x12\x15\n\ravatar_sha256\x18\x05 \x01(\x0c\x12\x13\n\x0b\x61vatar_size\x18\x06 \x01(\r\x12\x0e\n\x06ticket\x18\x07 \x01(\x0c\x12\x17\n\x0fowner_signature\x18\x08 \x01(\x0c\x12\x12\n\nserver_key\x18\t \x01(\x0c\x12\x13\n\x0bserver_host\x18\n \x01(\t\x12\x13\n\x0bserver_port\x18\x0b \x01(\r\x12\x11\n\tpublished\x18\x0c \x01(\x03\x12\x12\n\nexpiration\x18\r \x01(\x03\x12\x11\n\towner_key\x18\x0e \x01(\x0c\"8\n\x14SignedDirectoryEntry\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x87\x01\n\x1b\x44irectoryServerAnnouncement\x12\x12\n\nserver_key\x18\x01 \x01(\x0c\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x12\n\nexpiration\x18\x05 \x01(\x03\x12\x11\n\tnode_port\x18\x06 \x01(\r\"L\n!SignedDirectoryServerAnnouncement\x12\x14\n\x0c\x61nnouncement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIRECTORYENTRY']._serialized_end=321
   _globals['_SIGNEDDIRECTORYENTRY']._serialized_start=323
   _globals['_SIGNEDDIRECTORYENTRY']._serialized_end=379
-  _globals['_DIRECTORYSERVERANNOUNCEMENT']._serialized_start=381
-  _globals['_DIRECTORYSERVERANNOUNCEMENT']._serialized_end=497
-  _globals['_SIGNEDDIRECTORYSERVERANNOUNCEMENT']._serialized_start=499
-  _globals['_SIGNEDDIRECTORYSERVERANNOUNCEMENT']._serialized_end=575
+  _globals['_DIRECTORYSERVERANNOUNCEMENT']._serialized_start=382
+  _globals['_DIRECTORYSERVERANNOUNCEMENT']._serialized_end=517
+  _globals['_SIGNEDDIRECTORYSERVERANNOUNCEMENT']._serialized_start=519
+  _globals['_SIGNEDDIRECTORYSERVERANNOUNCEMENT']._serialized_end=595
 # @@protoc_insertion_point(module_scope)

@@ -126,6 +126,7 @@ class DirectoryServerAnnouncement(_message.Message):
     PORT_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
+    NODE_PORT_FIELD_NUMBER: _builtins.int
     server_key: _builtins.bytes
     """ed25519 public key (the value's id2 is its SHA-1, in hex)"""
     host: _builtins.str
@@ -135,6 +136,8 @@ class DirectoryServerAnnouncement(_message.Message):
     """Unix ms"""
     expiration: _builtins.int
     """Unix ms"""
+    node_port: _builtins.int
+    """UDP port of the server's node, where DRD clients send it their"""
     def __init__(
         self,
         *,
@@ -143,10 +146,11 @@ class DirectoryServerAnnouncement(_message.Message):
         port: _builtins.int = ...,
         timestamp: _builtins.int = ...,
         expiration: _builtins.int = ...,
+        node_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "host", b"host", "port", b"port", "server_key", b"server_key", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "host", b"host", "node_port", b"node_port", "port", b"port", "server_key", b"server_key", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -201,11 +201,24 @@ def make_drd_record(
 
 
 def make_drd_servers_record(
-    server: Identity, host: str, port: int, *, now: int, ttl_ms: int = DEFAULT_SERVER_TTL_MS
+    server: Identity,
+    host: str,
+    port: int,
+    *,
+    now: int,
+    ttl_ms: int = DEFAULT_SERVER_TTL_MS,
+    node_port: int = 0,
 ) -> Record:
-    """`server`'s announcement at ``/drd-servers/all/``: its directory listens at host:port."""
+    """`server`'s announcement at ``/drd-servers/all/``: its directory listens at host:port
+    (TCP), its node at host:`node_port` (UDP; 0: the same port number), where DRD clients send
+    it keys."""
     announcement = DirectoryServerAnnouncement(
-        server_key=server.public_key, host=host, port=port, timestamp=now, expiration=now + ttl_ms
+        server_key=server.public_key,
+        host=host,
+        port=port,
+        timestamp=now,
+        expiration=now + ttl_ms,
+        node_port=node_port,
     ).SerializeToString(deterministic=True)
     signed = SignedDirectoryServerAnnouncement(
         announcement=announcement,
@@ -405,6 +418,8 @@ class DrdServersValidator:
             )
             if not 0 < announcement.port < 1 << 16 or not announcement.host:
                 raise InvalidRecord("malformed_value", "an announcement names host and port")
+            if announcement.node_port >= 1 << 16:
+                raise InvalidRecord("malformed_value", "an announcement's node port is a port")
             if not verify_signature(
                 announcement.server_key,
                 signing_input(SERVER_CONTEXT, signed.announcement),
@@ -429,6 +444,17 @@ def servers_of(record: Record) -> list[tuple[bytes, str, int]]:
     for value in record.values:
         _, announcement = parse_server(value.value)
         out.append((announcement.server_key, announcement.host, announcement.port))
+    return out
+
+
+def node_addresses(record: Record) -> dict[tuple[str, int], tuple[str, int]]:
+    """For each directory (host, TCP port) announced in a validated ``/drd-servers/`` record,
+    the (host, UDP port) of its node, where its session keys are sent."""
+    out = {}
+    for value in record.values:
+        _, announcement = parse_server(value.value)
+        node_port = announcement.node_port or announcement.port
+        out[(announcement.host, announcement.port)] = (announcement.host, node_port)
     return out
 
 

@@ -198,3 +198,9 @@ class DirectoryRefused(DirectoryError, NetworkError):
 
 class TransportError(NetworkError):
     """A request could not be delivered or answered (refused, timed out, broken, too big)."""
+
+
+class FrameRefused(DirectoryError):
+    """A sealed DRD frame (`records.drd_channel`) that cannot be taken: unknown channel, not
+    authentic (tampered with, or sealed under another channel's key) or replayed; `status` is
+    the refusal to answer with (41, 42, 43)."""

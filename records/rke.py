@@ -325,29 +325,37 @@ def split_sizes(
     *,
     max_parts: int = MAX_SIGNAL_PARTS,
     min_parts: int = MIN_PARTS,
+    max_size: int = max(KEY_LENGTHS),
 ) -> list[int]:
     """Part sizes, each allowed by the seed, summing to `total`: between `min_parts` (by default
     two, so no part is the whole key) and `max_parts` of them (as many as there are key servers
     to take them), picked with the caller's random `choices` (indexes, consumed in order; cycled
     if short): the first picks how many parts, the others their sizes.
 
+    No part is longer than `max_size` (one of the allowed sizes), so that a key server holding
+    one part misses at least the rest of the key.
+
     `RkeError` if no such split exists (too few parts allowed for `total` bytes)."""
+    if max_size not in KEY_LENGTHS:
+        raise RkeError(f"a part size limit is one of {KEY_LENGTHS}, not {max_size}")
+    allowed = tuple(s for s in KEY_LENGTHS if s <= max_size)
     if total < 4 or total % 4:
         raise RkeError(f"a split needs a multiple of 4 bytes, not {total}")
-    if total > max(KEY_LENGTHS) * max_parts:
-        raise RkeError(f"{total} bytes do not fit in {max_parts} parts of at most 40 bytes")
-    fewest = _fewest_parts(total)  # by size in units of 4 bytes
+    if total > max_size * max_parts:
+        raise RkeError(f"{total} bytes do not fit in {max_parts} parts of at most {max_size} bytes")
+    fewest = _fewest_parts(total, allowed)  # by size in units of 4 bytes
     least = max(min_parts, fewest[-1])
     most = min(max_parts, total // 4)
     if least > most:
         raise RkeError(
             f"{total} bytes do not split into {min_parts} to {max_parts} parts of "
-            "4, 8, 16, 24, 32 or 40 bytes"
+            f"{', '.join(map(str, allowed))} bytes"
         )
 
     def splits(size: int, parts: int) -> bool:
         """`size` bytes split into exactly `parts` allowed sizes (every count from the fewest
-        to all 4-byte parts is possible: any part but a 4 splits into two smaller ones)."""
+        to all 4-byte parts is possible: any part but a 4 splits into two smaller ones, each
+        no longer than it: 8 = 4 + 4, 16 = 8 + 8, 24 = 16 + 8, 32 = 16 + 16, 40 = 24 + 16)."""
         if parts == 0:
             return size == 0
         return size > 0 and fewest[size // 4] <= parts <= size // 4
@@ -357,17 +365,17 @@ def split_sizes(
     sizes: list[int] = []
     remaining = total
     for left in range(count - 1, -1, -1):  # parts still to pick after this one
-        options = [s for s in KEY_LENGTHS if s <= remaining and splits(remaining - s, left)]
+        options = [s for s in allowed if s <= remaining and splits(remaining - s, left)]
         pick = options[next(picks) % len(options)]
         sizes.append(pick)
         remaining -= pick
     return sizes
 
 
-def _fewest_parts(total: int) -> list[int]:
+def _fewest_parts(total: int, sizes: tuple[int, ...] = KEY_LENGTHS) -> list[int]:
     """For every size from 0 to `total` bytes in steps of 4 (index: size // 4), the fewest
-    allowed part sizes summing to it."""
+    part sizes of `sizes` summing to it."""
     fewest = [0]
     for units in range(1, total // 4 + 1):
-        fewest.append(1 + min(fewest[units - s // 4] for s in KEY_LENGTHS if s // 4 <= units))
+        fewest.append(1 + min(fewest[units - s // 4] for s in sizes if s // 4 <= units))
     return fewest

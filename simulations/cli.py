@@ -39,6 +39,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "simulations.scenarios.adversarial",
         "a share of colluding malicious nodes; gets over one path vs. disjoint paths",
     ),
+    "chat-idle": (
+        "simulations.scenarios.chat_idle",
+        "idle chat devices: datagrams per device per hour, polling vs push; push delivery",
+    ),
     "fuzz": (
         "simulations.fuzz",
         "hostile datagrams at a live node: crashes (must be 0), memory, drops by reason",
@@ -46,6 +50,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "bench-loopback": (
         "simulations.bench_loopback",
         "our node vs. stock kademlia on real loopback UDP, before and after killing nodes",
+    ),
+    "bench-drd": (
+        "simulations.bench_drd",
+        "DRD updates per second over sealed sessions vs. clear text, real 127.0.0.1",
     ),
     "bench-validate": (
         "simulations.bench_validate",

@@ -97,8 +97,12 @@ class SimNetwork:
         self._positions: dict[str, complex] = {}
         self._groups: dict[str, int] | None = None
         self._down: set[str] = set()
+        # hosts behind a NAT: (their mapping lifetime, when each remote address was last sent to)
+        self._nat: dict[str, tuple[float, dict[Address, float]]] = {}
         self._hosts = 0
         self.counters: Counter[str] = Counter()
+        self.per_host: Counter[str] | None = None
+        """Datagrams sent or received, by host, when a scenario asks for it (`count_per_host`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         # Datagrams in flight by arrival tick (1 ms), each tick's in the order sent, and a heap
         # of the ticks: one heap push per tick rather than per datagram, and one loop timer for
@@ -156,6 +160,16 @@ class SimNetwork:
         """Hosts in different groups cannot reach each other (hosts in no group reach nobody)."""
         self._groups = {host: index for index, group in enumerate(groups) for host in group}
 
+    def count_per_host(self) -> None:
+        """From now on count the datagrams each host sends and receives (`per_host`)."""
+        self.per_host = Counter()
+
+    def behind_nat(self, host: str, mapping_lifetime: float = 60.0) -> None:
+        """Put `host` behind a NAT with endpoint-dependent filtering: a datagram from a remote
+        address reaches it only within `mapping_lifetime` seconds of the host sending to that
+        address (an unsolicited one is dropped: ``dropped_nat``)."""
+        self._nat[host] = (mapping_lifetime, {})
+
     def heal(self) -> None:
         """End the partition."""
         self._groups = None
@@ -180,6 +194,8 @@ class SimNetwork:
         counters["sent"] += 1
         src_host, dst_host = source.address[0], dest[0]
         down = self._down
+        if self.per_host is not None:
+            self.per_host[src_host] += 1
         if down and (src_host in down or dst_host in down):
             counters["dropped_down"] += 1
             return
@@ -193,6 +209,16 @@ class SimNetwork:
         if target is None or dst_host not in positions:
             counters["dropped_no_endpoint"] += 1
             return
+        loop = self._loop
+        assert loop is not None
+        if self._nat:
+            if (nat := self._nat.get(src_host)) is not None:
+                nat[1][dest] = loop.time()  # the mapping opens (or stays open) toward dest
+            if (nat := self._nat.get(dst_host)) is not None:
+                opened = nat[1].get(source.address)
+                if opened is None or loop.time() - opened > nat[0]:
+                    counters["dropped_nat"] += 1
+                    return
         rng = self._rng
         if self.loss and rng.random() < self.loss:
             counters["dropped_loss"] += 1
@@ -202,8 +228,6 @@ class SimNetwork:
             abs(positions[src_host] - positions[dst_host]) / _DIAGONAL
         )
         delay = rtt / 2 * (1.0 + self.jitter * (2 * rng.random() - 1))
-        loop = self._loop
-        assert loop is not None
         # Arrivals fall on 1 ms ticks, so one wake-up delivers every datagram due in that tick.
         arrival = math.ceil((loop.time() + delay) * 1000.0) / 1000.0
         batch = self._in_flight.get(arrival)
@@ -224,6 +248,7 @@ class SimNetwork:
         in_flight = self._in_flight
         down = self._down
         counters = self.counters
+        per_host = self.per_host
         while ticks and ticks[0] <= now:
             # taken out before delivering: a datagram sent meanwhile for this tick starts a new
             # batch, delivered after this one (as it was sent after)
@@ -234,6 +259,8 @@ class SimNetwork:
                     counters["dropped_down"] += 1
                     continue
                 delivered += 1
+                if per_host is not None:
+                    per_host[target.address[0]] += 1
                 target.deliver(data, source)
             counters["delivered"] += delivered
         if ticks:

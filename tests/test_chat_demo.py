@@ -48,8 +48,8 @@ async def test_two_users_chat_through_the_session_core() -> None:
         await bob_heard.wait()
 
     async with loopback_network(6) as nodes:
-        a = ChatClient(nodes[1], alice, name="alice", min_poll=0.05, max_poll=0.2)
-        b = ChatClient(nodes[2], bob, name="bob", min_poll=0.05, max_poll=0.2)
+        a = ChatClient(nodes[1], alice, name="alice", max_poll=0.2)
+        b = ChatClient(nodes[2], bob, name="bob", max_poll=0.2)
         async with a, b:
             try:
                 await asyncio.wait_for(

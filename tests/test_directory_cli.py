@@ -81,6 +81,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             "--no-api",
             "--directory",
             str(root),
+            "--directory-clear-text",  # the sealed frames: tests/test_drd_processes.py
             "--log-level",
             "WARNING",
         ],
@@ -107,6 +108,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                     "update",
                     "--server",
                     server,
+                    "--clear-text",
                     "--owner-key",
                     str(owner_key),
                     "--ticket",
@@ -131,6 +133,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                     "update",
                     "--server",
                     server,
+                    "--clear-text",
                     "--owner-key",
                     str(owner_key),
                     "--ticket",
@@ -148,6 +151,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                     "search",
                     "--server",
                     server,
+                    "--clear-text",
                     "--columns",
                     "mailbox,name,avatar,qmail0",
                     "--where",
@@ -176,6 +180,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                     "delete",
                     "--server",
                     server,
+                    "--clear-text",
                     "--owner-key",
                     str(owner_key),
                     "--ticket",
@@ -184,7 +189,7 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             )
             == 0
         )
-        assert main(["search", "--server", server]) == 3  # nothing found
+        assert main(["search", "--server", server, "--clear-text"]) == 3  # nothing found
         assert list((root / "users").iterdir()) == []
     finally:
         process.send_signal(signal.SIGTERM)

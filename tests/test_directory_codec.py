@@ -271,7 +271,7 @@ def test_frames() -> None:
     frame = response_frame(Command.SEARCH, Status.DATABASE_RETURNED_ZERO_RECORDS, CH)
     assert frame == b"\x84\x09" + CH + b"\xe3\xe3"
     assert parse_response(frame) == (4, 9, CH, b"\xe3\xe3")
-    assert [int(s) for s in Status] == [250, 153, 179, 198, 9, 10, 40]
+    assert [int(s) for s in Status] == [250, 153, 179, 198, 9, 10, 40, 41, 42, 43, 44]
 
 
 def test_ticket_and_session_signatures() -> None:

@@ -83,7 +83,9 @@ async def directory_net(tmp_path: Path, seed: int, **settings: Any) -> Directory
     sim = Simulation(seed=seed, config={"drd_authorities": trusted})
     hosts = await sim.grow(10)
     streams = SimStreams(sim.network)
-    net = DirectoryNet(sim, hosts, streams, [], DirectoryClient(streams.transport(hosts[9].host)))
+    # clear text: these tests read the frames servers exchange (sealed ones: test_drd_sealed.py)
+    client = DirectoryClient(streams.transport(hosts[9].host), clear_text=True)
+    net = DirectoryNet(sim, hosts, streams, [], client)
     net.client.clock = sim.clock
     streams.tap = lambda src, dst, request, answer: net.frames.append((request[0], request, answer))
     for index, host in enumerate(hosts[:3]):
@@ -94,6 +96,7 @@ async def directory_net(tmp_path: Path, seed: int, **settings: Any) -> Directory
             threshold=3,
             inline_database=True,
             sync_interval=SYNC,
+            clear_text=True,
             **settings,
         )
         server = DirectoryServer(config, host.node, transport=streams.transport(host.host))

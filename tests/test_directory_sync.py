@@ -74,7 +74,7 @@ async def pair(
         db = InlineDatabase.open(root / "db.sqlite3")
         await db.execute("PRAGMA synchronous=OFF")
         store = await DirectoryStore.open(db, root)
-        client = DirectoryClient(wire, clock=FixedClock())  # type: ignore[arg-type]
+        client = DirectoryClient(wire, clock=FixedClock(), clear_text=True)  # type: ignore[arg-type]
         servers.append(Server(store, DirectorySync(store, verifier, client)))
     wire.handlers[("b", 1)] = lambda frame, _: servers[1].sync.handle(frame)
     yield servers[0], servers[1], wire

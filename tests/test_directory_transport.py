@@ -53,6 +53,7 @@ def directory_config(root: Path, *, inline_database: bool = False) -> DirectoryC
         authorities=tuple(a.public_key for a in AUTHORITIES),
         threshold=2,
         inline_database=inline_database,
+        clear_text=True,  # these tests are of the stream transport; sealed frames: test_drd_*
     )
 
 
@@ -65,7 +66,7 @@ async def test_loopback_tcp_update_search_and_limits(tmp_path: Path) -> None:
         host, port = server.address
         assert host == "127.0.0.1"
         assert port == node.address[1]  # TCP at the node's (UDP) port number
-        client = DirectoryClient(clock=FixedClock(NOW), timeout=5.0)
+        client = DirectoryClient(clock=FixedClock(NOW), timeout=5.0, clear_text=True)
         session = await client.open_session(server.address, OWNER, ticket(NOW))
         avatar = bytes(range(256)) * 99  # 25,344 bytes: far more than a datagram
         profile = Profile(display_name="Tcp Ann", avatar_name="a.bin", avatar=avatar)
@@ -99,7 +100,9 @@ async def test_loopback_tcp_update_search_and_limits(tmp_path: Path) -> None:
         writer.close()
         await writer.wait_closed()
         # the client refuses to send an oversized frame
-        small = DirectoryClient(TcpStreamTransport(max_frame_size=1000), clock=FixedClock(NOW))
+        small = DirectoryClient(
+            TcpStreamTransport(max_frame_size=1000), clock=FixedClock(NOW), clear_text=True
+        )
         with pytest.raises(TransportError):
             await small.update(session, profile)
     finally:
@@ -122,7 +125,9 @@ def test_simulated_streams_follow_latency_and_partitions(tmp_path: Path) -> None
             transport=streams.transport(hosts[0].host),
         )
         await server.start()
-        client = DirectoryClient(streams.transport(hosts[1].host), clock=sim.clock, timeout=5.0)
+        client = DirectoryClient(
+            streams.transport(hosts[1].host), clock=sim.clock, timeout=5.0, clear_text=True
+        )
         loop = asyncio.get_running_loop()
         try:
             now = sim.now_ms()

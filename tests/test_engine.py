@@ -13,7 +13,7 @@ import pytest
 
 from node import NodeConfig
 from node.engine import Engine
-from node.engine.proofs import PROVE
+from node.engine.proofs import CHALLENGES, PROVE
 from node.keyexchange import REQUEST_LIMITS, request_cost
 from node.routing import Address, RoutingTables
 from node.storage import RecordStore
@@ -71,6 +71,9 @@ class Peer:
     def out(self) -> list[tuple[bytes, Address]]:
         return self.engine.datagrams_to_send()
 
+    def listeners_of(self, loc: bytes, now: float) -> list[Address]:
+        return [listener.address for listener in self.engine.listeners.of(loc, now)]
+
 
 def deliver(src: Peer, dst: Peer, now: float, *, source: Address | None = None) -> int:
     """Hand every datagram `src` wants to send to `dst` (others are dropped); returns how many."""
@@ -104,13 +107,19 @@ def test_a_call_and_its_answer() -> None:
     [(data, addr)] = a.out()
     request = decode(data)
     assert addr == b.address
-    assert request.body == ["ping", [a.id, PROVE]]
+    # a stranger proves its ID; we take a challenge in the answer
+    assert request.body == ["ping", [a.id, CHALLENGES, PROVE]]
     b.engine.datagram_received(data, a.address, 0.010)
-    answer, *ping_back = b.out()  # b answers, then asks a to prove its own ID
+    [answer] = b.out()  # b answers, with a challenge for a to prove its own ID
     assert answer[1] == a.address
-    assert len(ping_back) == 1
+    assert set(decode(answer[0]).body) == {"answer", "proof", "challenge"}
     a.engine.datagram_received(answer[0], b.address, 0.020)
     assert replies.got == [(True, b.id)]
+    [(proof, to)] = a.out()  # a answers the challenge: one datagram, and b knows a
+    assert to == b.address
+    assert decode(proof).kind == 1
+    b.engine.datagram_received(proof, a.address, 0.030)
+    assert b.table.get(a.id) is not None
     contact = a.table.get(b.id)
     assert contact is not None
     assert contact.srtt == pytest.approx(0.020)
@@ -188,7 +197,7 @@ def test_calls_over_the_in_flight_limit_wait_and_past_the_queue_fail_at_once() -
     first = a.engine.calls.in_flight[next(iter(a.engine.calls.in_flight))]
     a.engine.datagram_received(encode_response(first.msg_id, ["x", 1]), b.address, 0.3)
     [(data, _)] = a.out()
-    assert decode(data).body == ["stun", []]
+    assert decode(data).body == ["stun", [CHALLENGES]]
     assert a.engine.calls.in_flight[decode(data).msg_id].sent_at == 0.3
 
 
@@ -318,7 +327,7 @@ def test_service_datagrams_pay_their_cost_from_the_shared_budgets() -> None:
     down to what the sender's budget pays for, and every drop is counted."""
     a = Peer("a", ("127.0.0.1", 1001))
     handled: list[bytes] = []
-    a.engine.register_service(
+    a.engine.services.register(
         "rke",
         [SIGNAL],
         lambda data, addr, now: handled.append(data),
@@ -337,7 +346,7 @@ def test_service_datagrams_pay_their_cost_from_the_shared_budgets() -> None:
         a.engine.datagram_received(signal, ("127.0.0.1", 4444), 10.0)
     assert len(handled) <= 2 + int(10 * REQUEST_LIMITS.per_source_rate // per_signal) + 1
     # and its lookups share the same budget: the service's datagrams spent it
-    a.engine.register_service("flood", [0x70], lambda *_: None)
+    a.engine.services.register("flood", [0x70], lambda *_: None)
     for _ in range(a.config.lookup_burst):
         a.engine.datagram_received(b"\x70junk", ("127.0.0.1", 5555), 20.0)
     s = Peer("s", ("127.0.0.1", 5555))
@@ -439,7 +448,8 @@ def test_a_diverged_merge_is_returned_whole_but_never_written_back() -> None:
     assert merge.record is not None
     assert len(merge.record.values) == 2 * MAX_ENTRIES_PER_PAGE
     assert merge.data is None
-    assert merge.refused == "too_many_values"
+    # 12 values fit the 6 entries + 8 receipts a page may hold (issue 17), not its 6 entries
+    assert merge.refused == "inbox_full"
     same = merge_copies(validator, key, [first, first], NOW)
     assert same.data == encode_record(first)
     assert len(same.data) <= MAX_RECORD_SIZE
@@ -477,3 +487,81 @@ def test_unknown_and_malformed_datagrams_are_counted() -> None:
         a.engine.datagram_received(data, ("127.0.0.1", 9), 0.0)
     assert a.out() == []
     assert {reason: a.engine.stats.dropped[reason] for reason in junk} == dict.fromkeys(junk, 1)
+
+
+def listen(peer: Peer, holder: Peer, loc: bytes, cookie: bytes, now: float) -> Any:
+    return request_from(peer, holder, "listen", [peer.id, loc, cookie, 60], now)
+
+
+def test_a_subscription_needs_the_holders_cookie_and_is_pushed_changes() -> None:
+    holder = Peer("h", ("127.0.0.1", 1001))
+    sub = Peer("s", ("127.0.0.1", 2001))
+    record = meta()
+    loc = location(record.key)
+    first = listen(sub, holder, loc, b"", 0.0)
+    assert set(first) == {"cookie"}  # not subscribed yet: prove you receive at your address
+    assert len(holder.engine.listeners) == 0
+    assert listen(sub, holder, loc, b"\x00" * 16, 0.0) == first  # a made-up cookie: the same
+    answer = listen(sub, holder, loc, first["cookie"], 0.1)
+    assert answer == {"ok": 60, "summary": []}
+    # a change of the record: one notification, a summary and no values
+    holder.store.accept(loc, record, NOW)
+    holder.engine.record_changed(loc, 1.0)
+    [(data, addr)] = holder.out()
+    message = decode(data)
+    assert addr == sub.address
+    assert message.body[0] == "notify"
+    _, got_loc, summary = message.body[1][:3]
+    value = record.values[0]
+    assert (got_loc, summary) == (loc, [[value.id2, value.creationDate, value.expirationDate]])
+    assert len(data) < 200
+    # a subscriber that no longer listens says so, and the subscription ends
+    holder.engine.datagram_received(encode_response(message.msg_id, False), sub.address, 1.1)
+    assert len(holder.engine.listeners) == 0
+
+
+def test_subscriptions_are_capped_per_key_and_per_source_and_expire() -> None:
+    holder = Peer("h", ("127.0.0.1", 1001), max_listeners_per_key=2, max_listeners_per_source=3)
+    loc_a, loc_b = b"\x0a" * 20, b"\x0b" * 20
+    subs = [Peer(f"s{i}", ("10.0.0.1", 3000 + i)) for i in range(4)]  # one source: 10.0.0.1
+    refusals = []
+    for sub, loc in zip(subs, [loc_a, loc_a, loc_a, loc_b], strict=True):
+        cookie = listen(sub, holder, loc, b"", 0.0)["cookie"]
+        refusals.append(listen(sub, holder, loc, cookie, 0.0))
+    assert refusals[:2] == [{"ok": 60, "summary": []}] * 2
+    assert refusals[2] == [False, "listeners_full_key"]
+    assert refusals[3] == {"ok": 60, "summary": []}  # another key, third from this source
+    more = Peer("s9", ("10.0.0.1", 3999))
+    cookie = listen(more, holder, b"\x0c" * 20, b"", 0.0)["cookie"]
+    assert listen(more, holder, b"\x0c" * 20, cookie, 0.0) == [False, "listeners_full_source"]
+    dropped = holder.engine.stats.dropped
+    assert (dropped["listeners_full_key"], dropped["listeners_full_source"]) == (1, 1)
+    assert len(holder.listeners_of(loc_a, 30.0)) == 2
+    assert holder.listeners_of(loc_a, 61.0) == []  # not renewed: gone
+
+
+def test_a_client_answers_only_its_notifications_and_marks_its_requests() -> None:
+    client = Peer("c", ("127.0.0.1", 1001), mode="client")
+    server = Peer("s", ("127.0.0.1", 1002))
+    assert request_from(server, client, "ping", [server.id], 0.0) is None
+    assert client.engine.stats.dropped["client_mode"] == 1
+    client.engine.call(server.address, "find_node", [client.id, b"\x01" * 20], None, Replies(), 0)
+    [(data, _)] = client.out()
+    assert decode(data).body[1][-3:] == ["client", CHALLENGES, "prove"]
+    server.engine.datagram_received(data, client.address, 0.01)
+    answers = server.out()
+    assert [addr for _, addr in answers] == [client.address]  # answered, and no ping back
+    assert server.table.get(client.id) is None
+    client.engine.datagram_received(answers[0][0], server.address, 0.02)
+    assert client.table.get(server.id) is not None  # the client keeps its own contacts
+    # a notification of a location it listens to is the one request a client answers
+    heard: list[bytes] = []
+
+    def on_notify(loc: bytes, summary: list[list[Any]], node: bytes, addr: Address) -> bool:
+        heard.append(loc)
+        return True
+
+    client.engine.on_notify = on_notify
+    notified = request_from(server, client, "notify", [server.id, b"\x07" * 20, []], 1.0)
+    assert notified is True
+    assert heard == [b"\x07" * 20]

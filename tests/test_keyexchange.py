@@ -262,3 +262,41 @@ def test_keys_go_through_as_few_as_two_or_three_key_servers() -> None:
         "found 1 key server(s) among 1 nodes asked; a key exchange needs at least 2 besides "
         "the sender and the receiver"
     )
+
+
+def test_a_key_handler_has_the_key_before_send_key_returns_and_parts_keep_their_limits() -> None:
+    """What a directory server relies on: the key is in its handler's hands (not in the queue)
+    when the sender learns it arrived; and a sender can ask for at least three parts of at
+    most 16 bytes, so no key server holds more than half of the key."""
+
+    async def main() -> tuple[list[bytes], list[bytes], list[list[int]], int]:
+        sim = await network(16)
+        sender, receiver = exchange(sim.nodes[2]), exchange(sim.nodes[11])
+        handled: list[bytes] = []
+        receiver.add_key_handler(handled.append)
+        sizes: list[list[int]] = []
+        original = sender.post_part
+        current: list[int] = []
+
+        async def recording(part: bytes, server: Any) -> bytes:
+            current.append(len(part))
+            return await original(part, server)
+
+        sender.post_part = recording  # type: ignore[method-assign]
+        sent = []
+        for _ in range(20):
+            current.clear()
+            key = await sender.send_key(sim.nodes[11].address, min_parts=3, max_part=16)
+            assert handled[-1] == key  # already handed over
+            sent.append(key)
+            sizes.append(list(current))
+        receiver.remove_key_handler(handled.append)
+        await sender.send_key(sim.nodes[11].address)
+        queued = receiver.received.qsize()
+        await sim.stop_all()
+        return sent, handled, sizes, queued
+
+    sent, handled, sizes, queued = run_virtual(main())
+    assert handled == sent
+    assert all(len(parts) >= 3 and max(parts) <= 16 and sum(parts) == 32 for parts in sizes)
+    assert queued == 1  # without a handler, keys go to the queue again

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import socket
@@ -213,3 +214,45 @@ def test_the_start_up_lines_say_how_to_join_and_drive_the_node(tmp_path: Path) -
         assert status.stdout.startswith(f"node      {listening.group(1)}\n")
     finally:
         assert node.stop() == 0
+
+
+def test_ctl_listen_hears_a_record_announced_through_another_node_within_a_second(
+    tmp_path: Path,
+) -> None:
+    """Push across processes (issue 17): the listening node, not one of the record's holders,
+    subscribes at them, and they notify it when another node stores a new version; nothing
+    polls (the fallback read comes minutes later)."""
+    nodes: list[tuple[Process, str, int]] = []  # (process, API address, distance to the key)
+    listen: Process | None = None
+    try:
+        keygen = ctl("ctl", "keygen", str(tmp_path / "alice.key"))
+        assert keygen.returncode == 0, keygen.stderr
+        uid = keygen.stdout.split()[1]
+        path = f"/presence/{uid}/"
+        target = int.from_bytes(hashlib.sha1(path.encode()).digest(), "big")
+        bootstrap: list[str] = []
+        for i in range(8):
+            node, api = start_node(tmp_path / f"n{i}", *bootstrap)
+            found = LISTENING.search(node.lines["stdout"][0])
+            assert found is not None
+            nodes.append((node, api, int(found.group(1), 16) ^ target))
+            bootstrap = bootstrap or ["--bootstrap", f"127.0.0.1:{found.group(2)}"]
+        by_distance = sorted(nodes, key=lambda n: n[2])
+        listener_api, announcer_api = by_distance[-1][1], by_distance[0][1]  # far, and a holder
+        announce = ("ctl", "--api", announcer_api, "announce", "--key", str(tmp_path / "alice.key"))
+        assert ctl(*announce).returncode == 0
+        listen = Process("-m", "node", "ctl", "--api", listener_api, "--json", "listen", path)
+        listen.expect(r'"record"')  # the current version: the listener is subscribed by now
+        done = ctl(*announce)
+        assert done.returncode == 0, done.stderr
+        announced = time.monotonic()
+        listen.expect(r'"record"', timeout=5)  # the new version, pushed
+        elapsed = time.monotonic() - announced
+        assert elapsed < 1.0, f"heard {elapsed:.2f} s after the announce returned"
+    finally:
+        if listen is not None:
+            listen.close()
+        for node, _, _ in nodes:
+            node.terminate()
+        for node, _, _ in nodes:
+            node.stop()

@@ -12,7 +12,7 @@ import pytest
 
 from node import DHTNode
 from node.engine.handlers import RequestHandlers
-from node.engine.proofs import PROVE
+from node.engine.proofs import CHALLENGES, PROVE
 from node.wire import REQUEST, decode, encode_request, encode_response
 from records import Identity, location
 from records.identity import check_node_proof, prove_node
@@ -94,7 +94,7 @@ async def test_only_a_node_that_signs_for_its_id_enters_the_table() -> None:
         [body] = await answer_ping_backs(
             good, honest.id, lambda msg_id, asker: list(prove_node(honest, msg_id, asker))
         )
-        assert body == ["ping", [node.id, PROVE]]
+        assert body == ["ping", [node.id, CHALLENGES, PROVE]]
         # an impostor claims the victim's ID; it holds only its own key
         await ask(impostor, node.address, victim.id)
         await answer_ping_backs(

@@ -308,3 +308,42 @@ def test_decoders_never_crash(data: bytes) -> None:
     ):
         with contextlib.suppress(RkeError):
             strict()
+
+
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=0, max_value=12),
+    st.integers(min_value=1, max_value=4),
+    st.sampled_from(KEY_LENGTHS),
+    st.lists(st.integers(0, 50), max_size=20),
+)
+def test_split_sizes_keep_every_part_within_the_size_limit(
+    quarters: int, max_parts: int, min_parts: int, max_size: int, choices: list[int]
+) -> None:
+    total = 4 * quarters
+    allowed = [s for s in KEY_LENGTHS if s <= max_size]
+    try:
+        sizes = split_sizes(
+            total, choices, max_parts=max_parts, min_parts=min_parts, max_size=max_size
+        )
+    except RkeError:
+        assert not any(
+            sum(combo) == total
+            for count in range(min_parts, min(max_parts, quarters) + 1)
+            for combo in itertools.combinations_with_replacement(allowed, count)
+        )
+        return
+    assert sum(sizes) == total
+    assert all(s in allowed for s in sizes)
+    assert min_parts <= len(sizes) <= max_parts
+
+
+def test_a_32_byte_key_in_parts_of_at_most_16_bytes_leaves_each_server_half_of_it() -> None:
+    splits = [split_sizes(32, [pick, 1, 2, 0, 1], max_size=16) for pick in range(20)]
+    assert all(max(sizes) <= 16 for sizes in splits)
+    assert {len(sizes) for sizes in splits} == set(range(2, 9))
+    assert split_sizes(32, [0, 0], max_parts=2, max_size=16) == [16, 16]
+    with pytest.raises(RkeError, match="3 parts of at most 8 bytes"):
+        split_sizes(32, [], max_parts=3, max_size=8)
+    with pytest.raises(RkeError, match="part size limit"):
+        split_sizes(32, [], max_size=12)

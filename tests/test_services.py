@@ -83,7 +83,7 @@ async def test_a_directory_runs_as_a_plugin_of_its_node(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="made for"):
         DirectoryServer(directory_config(tmp_path), elsewhere).attach(node)
     async with node:
-        client = DirectoryClient(clock=FixedClock(NOW), timeout=5.0)
+        client = DirectoryClient(clock=FixedClock(NOW), timeout=5.0, clear_text=True)
         session = await client.open_session(directory.address, OWNER, ticket(NOW))
         assert session
     assert directory.store is None  # closed with the node

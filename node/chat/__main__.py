@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--to", metavar="UID", help="the uid of the user to talk to")
     parser.add_argument(
-        "--poll", type=float, default=1.0, help="seconds between inbox reads at first (1)"
+        "--poll",
+        type=float,
+        default=6 * 3600.0,
+        help="seconds between two reads of the whole inbox (21600); pushes bring messages "
+        "in between",
     )
     parser.add_argument("--verbose", action="store_true", help="log the node's work to stderr")
     return parser
@@ -123,7 +127,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         host, port = node.address
         print(f"{args.name}: uid {user.id_hex}", flush=True)
         print(f"node listening on {host}:{port} (others join with --bootstrap {host}:{port})")
-        client = ChatClient(node, user, name=args.name, state_dir=data_dir, min_poll=args.poll)
+        client = ChatClient(node, user, name=args.name, state_dir=data_dir, max_poll=args.poll)
         peer = parse_uid(args.to) if args.to else None
         session = ChatSession(client, lambda line: print(line, flush=True), peer)
         async with client:

@@ -10,12 +10,17 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.config import NodeConfig
 from node.directory.client import DirectoryClient
+from node.directory.keys import DEFAULT_KEY_PARTS, KeyExchangeAgreement
 from node.directory.server import AUTHORITIES_FILE, load_authorities
+from node.keyexchange import KeyExchange
 from node.keyfile import load_identity, load_or_create_identity, save_identity
+from node.server import DHTNode
 from records import Identity
 from records.directory import (
     QMAIL_KEYS,
@@ -31,7 +36,7 @@ from records.directory import (
     UpdateKey,
     mint_ticket,
 )
-from records.errors import DirectoryError, DirectoryRefused, KeyFileError, TransportError
+from records.errors import DirectoryError, DirectoryRefused, KeyFileError, NetworkError
 
 FIELDS: dict[str, int] = {
     "mailbox": UpdateKey.MAILBOX,
@@ -181,6 +186,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--owner-key", type=Path, required=True, metavar="FILE")
             p.add_argument("--ticket", type=Path, required=True, metavar="FILE")
         p.add_argument("--payment", type=_payment, metavar="COIN:LOCKER-HEX")
+        p.add_argument(
+            "--bootstrap",
+            type=_address,
+            action="append",
+            default=[],
+            metavar="HOST:PORT",
+            help="a DHT node to join through, to find key servers for the session key (default: "
+            "the server's own node, at the --server address)",
+        )
+        p.add_argument(
+            "--host",
+            default="0.0.0.0",
+            help="address the command's own node binds (any free UDP port; default 0.0.0.0)",
+        )
+        p.add_argument(
+            "--key-parts",
+            type=int,
+            default=DEFAULT_KEY_PARTS,
+            help=f"key servers the session key is split over, at least ({DEFAULT_KEY_PARTS})",
+        )
+        p.add_argument(
+            "--clear-text",
+            action="store_true",
+            help="talk to a server run with --directory-clear-text, in clear (tests only)",
+        )
 
     update = sub.add_parser(
         "update",
@@ -285,9 +315,59 @@ def _row_json(columns: Sequence[int], row: Sequence[bytes | None]) -> dict[str, 
     return out
 
 
-async def _remote(args: argparse.Namespace) -> int:
-    client = DirectoryClient(timeout=args.timeout)
+@dataclass(frozen=True)
+class _Change:
+    """What an update or delete needs, read from its files before any network work."""
+
+    owner: Identity
+    ticket: Ticket
+    profile: Profile | None
+
+
+def _change(args: argparse.Namespace) -> _Change | None:
     if args.command == "search":
+        return None
+    owner = load_identity(args.owner_key)
+    ticket = Ticket.from_bytes(args.ticket.read_bytes())
+    if args.command == "delete":
+        return _Change(owner, ticket, None)
+    avatar = args.avatar.read_bytes() if args.avatar is not None else None
+    profile = Profile(
+        display_name=args.name,
+        description=args.description,
+        sending_price=args.price,
+        avatar_name=args.avatar.name if args.avatar is not None else None,
+        avatar=avatar,
+        qmail=tuple(sorted(args.qmail)),
+    )
+    return _Change(owner, ticket, profile)
+
+
+async def _remote(args: argparse.Namespace) -> int:
+    """Run the request in clear (`--clear-text`), else through a node of our own that joins
+    the DHT, to send the server its session key by the key exchange (seed 000 steps 1-2)."""
+    change = _change(args)
+    if args.clear_text:
+        client = DirectoryClient(timeout=args.timeout, clear_text=True)
+        return await _request(args, client, change)
+    bootstrap = tuple(args.bootstrap) or (args.server,)
+    node = DHTNode(
+        NodeConfig(host=args.host, port=0, bootstrap=bootstrap, drd_authorities=None),
+        services=[KeyExchange()],
+    )
+    await node.start()
+    try:
+        keys = KeyExchangeAgreement(node, min_parts=args.key_parts)
+        client = DirectoryClient(timeout=args.timeout, keys=keys)
+        return await _request(args, client, change)
+    finally:
+        await node.stop()
+
+
+async def _request(
+    args: argparse.Namespace, client: DirectoryClient, change: _Change | None
+) -> int:
+    if change is None:
         columns = args.columns
         results = await client.search(
             args.server,
@@ -300,24 +380,13 @@ async def _remote(args: argparse.Namespace) -> int:
         for row in results.rows:
             print(json.dumps(_row_json(results.columns, row)))
         return 0 if results.rows else 3
-    owner = load_identity(args.owner_key)
-    ticket = Ticket.from_bytes(args.ticket.read_bytes())
-    session = await client.open_session(args.server, owner, ticket)
-    if args.command == "delete":
+    session = await client.open_session(args.server, change.owner, change.ticket)
+    if change.profile is None:
         await client.delete(session, payment=args.payment)
-        print(f"deleted {ticket.mailbox}")
+        print(f"deleted {change.ticket.mailbox}")
         return 0
-    avatar = args.avatar.read_bytes() if args.avatar is not None else None
-    profile = Profile(
-        display_name=args.name,
-        description=args.description,
-        sending_price=args.price,
-        avatar_name=args.avatar.name if args.avatar is not None else None,
-        avatar=avatar,
-        qmail=tuple(sorted(args.qmail)),
-    )
-    await client.update(session, profile, comment=args.comment, payment=args.payment)
-    print(f"updated {ticket.mailbox}")
+    await client.update(session, change.profile, comment=args.comment, payment=args.payment)
+    print(f"updated {change.ticket.mailbox}")
     return 0
 
 
@@ -333,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DirectoryRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    except (DirectoryError, TransportError, KeyFileError, ValueError, OSError) as exc:
+    except (DirectoryError, NetworkError, KeyFileError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,12 +1,28 @@
-"""A typed client of directory servers: open a session with a ticket, update, delete, search."""
+"""A typed client of directory servers: open a session with a ticket, update, delete, search.
+
+Every request and answer travels sealed (`records.drd_channel`) under a key agreed with the
+server through the key exchange (`node.directory.keys`), seed 000's workflow:
+
+1. the server's node takes keys from its `KeyExchange` (`DirectoryServer`);
+2. `KeyAgreement.agree` sends it a fresh 32-byte key in parts through key servers;
+3. and 4. the mailbox and its ticket (`records.directory.mint_ticket`, RAIDA's get_ticket);
+5. `open_session` opens a channel of its own with that key and sends the ticket over it
+   ("encryption type 6"); the session's updates and deletes use that channel, whose keys end
+   with the session. Searches (and sync between servers) use one channel per server.
+
+`clear_text=True` sends clear frames instead: for tests only (servers refuse them unless they
+run with `DirectoryConfig.clear_text`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from node.config import Clock, SystemClock
+from node.directory.keys import KeyAgreement
 from node.directory.transport import Address, StreamTransport, TcpStreamTransport
 from node.server import DHTNode
 from records import Identity
@@ -31,23 +47,36 @@ from records.directory import (
 )
 from records.directory_pb2 import DirectoryEntry
 from records.drd import DrdValidator, TicketCheck, drd_key, entry_of
-from records.errors import DirectoryError, DirectoryRefused
+from records.drd_channel import ChannelKeys, ClientChannel
+from records.errors import DirectoryError, DirectoryRefused, UsageError
 
 DEFAULT_TIMEOUT = 10.0
 
 
+class SealedChannel:
+    """A client's channel to one server: its end of the frames, one request at a time (the
+    server refuses a request numbered below one it took)."""
+
+    def __init__(self, key: bytes) -> None:
+        self.ends = ClientChannel(ChannelKeys.derive(key))
+        self.lock = asyncio.Lock()
+
+
 @dataclass(frozen=True)
 class ClientSession:
-    """A session opened on one server for one mailbox by its owner."""
+    """A session opened on one server for one mailbox by its owner (over `channel`, unless
+    in clear text)."""
 
     server: Address
     key: bytes
     owner: Identity
     mailbox: MailboxNumber
+    channel: SealedChannel | None = field(default=None, compare=False, repr=False)
 
 
 class DirectoryClient:
-    """Talks to directory servers over a `StreamTransport` (TCP by default)."""
+    """Talks to directory servers over a `StreamTransport` (TCP by default), sealed under keys
+    from `keys` (e.g. `KeyExchangeAgreement(node)`), or in clear with `clear_text` (tests)."""
 
     def __init__(
         self,
@@ -56,40 +85,100 @@ class DirectoryClient:
         clock: Clock | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         token: Callable[[int], bytes] = os.urandom,
+        keys: KeyAgreement | None = None,
+        clear_text: bool = False,
     ) -> None:
         self.transport: StreamTransport = transport or TcpStreamTransport()
         self.clock: Clock = clock or SystemClock()
         self.timeout = timeout
         self.token = token
+        self.keys = keys
+        self.clear_text = clear_text
+        self._channels: dict[Address, SealedChannel] = {}  # shared ones, by server
+
+    async def new_channel(self, server: Address) -> SealedChannel:
+        """A channel under a new key agreed with `server` (seed 000 step 2)."""
+        if self.keys is None:
+            raise UsageError(
+                "a DRD client needs a key agreement (keys=KeyExchangeAgreement(node)); "
+                "clear_text=True is for tests"
+            )
+        return SealedChannel(await self.keys.agree(server))
+
+    async def _shared(self, server: Address) -> SealedChannel:
+        channel = self._channels.get(server)
+        if channel is None:
+            channel = self._channels[server] = await self.new_channel(server)
+        return channel
+
+    async def _sealed(self, server: Address, channel: SealedChannel, frame: bytes) -> bytes:
+        async with channel.lock:
+            counter, sealed = channel.ends.seal(frame)
+            answer = await self.transport.request(server, sealed, within=self.timeout)
+            return channel.ends.open(counter, answer)
+
+    async def _exchange(
+        self, server: Address, frame: bytes, channel: SealedChannel | None
+    ) -> bytes:
+        """Send `frame` and return the clear answer: in clear, over `channel`, or over the
+        channel shared for `server` (agreed anew once if the server no longer knows it)."""
+        if self.clear_text:
+            return await self.transport.request(server, frame, within=self.timeout)
+        if channel is not None:
+            return await self._sealed(server, channel, frame)
+        shared = await self._shared(server)
+        try:
+            return await self._sealed(server, shared, frame)
+        except DirectoryRefused as exc:
+            if exc.code != Status.UNKNOWN_CHANNEL:
+                raise
+            if self._channels.get(server) is shared:  # expired, or the server restarted
+                del self._channels[server]
+            return await self._sealed(server, await self._shared(server), frame)
 
     def challenge(self) -> bytes:
         """A fresh 16-byte challenge."""
         return self.token(CHALLENGE_SIZE)
 
-    async def call(self, server: Address, command: Command, body: bytes) -> tuple[int, bytes]:
-        """Send one request; (status, response body). Raises `TransportError` if unanswered
-        and `DirectoryError` if the answer is not a response to it."""
-        answer = await self.transport.request(
-            server, request_frame(command, body), within=self.timeout
-        )
+    async def call(
+        self,
+        server: Address,
+        command: Command,
+        body: bytes,
+        *,
+        channel: SealedChannel | None = None,
+    ) -> tuple[int, bytes]:
+        """Send one request (over `channel`, or the channel shared for `server`); (status,
+        response body). Raises `TransportError` if unanswered, `KeyExchangeFailed` if no key
+        could be agreed, `DirectoryRefused` if the server refused the sealed frame (its status
+        is the `code`) and `DirectoryError` if the answer is not an authentic response to it."""
+        answer = await self._exchange(server, request_frame(command, body), channel)
         answered, status, challenge, rest = parse_response(answer)
         if answered != command or challenge != body[:CHALLENGE_SIZE]:
             raise DirectoryError("the answer does not match the request")
         return status, rest
 
-    async def _expect(self, server: Address, command: Command, body: bytes) -> bytes:
-        status, rest = await self.call(server, command, body)
+    async def _expect(
+        self,
+        server: Address,
+        command: Command,
+        body: bytes,
+        channel: SealedChannel | None = None,
+    ) -> bytes:
+        status, rest = await self.call(server, command, body, channel=channel)
         if status != Status.SUCCESS:
             raise refused(command, status)
         return rest
 
     async def open_session(self, server: Address, owner: Identity, ticket: Ticket) -> ClientSession:
-        """Present `ticket` (proving `owner` holds the key it names); returns the session."""
+        """Present `ticket` (proving `owner` holds the key it names) over a channel of its own,
+        under a key agreed for it (seed 000 step 5); returns the session."""
+        channel = None if self.clear_text else await self.new_channel(server)
         request = open_session_request(owner, ticket, self.challenge(), self.clock.now_ms())
-        rest = await self._expect(server, Command.OPEN_SESSION, request.encode())
+        rest = await self._expect(server, Command.OPEN_SESSION, request.encode(), channel)
         if len(rest) != 18:
             raise DirectoryError("an open-session answer is a 16-byte session and E3 E3")
-        return ClientSession(server, rest[:16], owner, ticket.mailbox)
+        return ClientSession(server, rest[:16], owner, ticket.mailbox, channel)
 
     async def update(
         self,
@@ -106,7 +195,7 @@ class DirectoryClient:
         version = self.clock.now_ms() if version is None else version
         approval = authorize_update(session.owner, session.mailbox, profile, version)
         request = UpdateRequest(self.challenge(), session.key, profile, payment, comment, approval)
-        await self._expect(session.server, Command.UPDATE, request.encode())
+        await self._expect(session.server, Command.UPDATE, request.encode(), session.channel)
 
     async def delete(
         self,
@@ -119,7 +208,7 @@ class DirectoryClient:
         version = self.clock.now_ms() if version is None else version
         approval = authorize_delete(session.owner, session.mailbox, version)
         request = DeleteRequest(self.challenge(), session.key, payment, approval)
-        await self._expect(session.server, Command.DELETE, request.encode())
+        await self._expect(session.server, Command.DELETE, request.encode(), session.channel)
 
     async def search(
         self,

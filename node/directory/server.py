@@ -3,12 +3,19 @@
 It owns the database and avatar folder under ``DIR``, the request handler, and a stream
 listener on the node's host at the node's port number (TCP beside the node's UDP). It is
 composed with a `DHTNode` rather than built into it: the node knows nothing of directories.
+
+Every request and answer is sealed (`records.drd_channel`) under a key a client sent the node
+by the key exchange: the server takes the keys its node's `KeyExchange` reassembles (seed 000
+step 1) into its `ChannelTable`; clear frames are answered 44 unless the server runs with
+`DirectoryConfig.clear_text` (tests). Sync with other servers goes through the same channels:
+this server is then the client, agreeing keys with its peers' nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +23,10 @@ from typing import Any
 
 from node.config import Clock
 from node.directory.avatars import in_thread, inline
+from node.directory.channels import DEFAULT_MAX_CHANNELS, Channel, ChannelTable
 from node.directory.client import DirectoryClient
 from node.directory.database import AiosqliteDatabase, Database, InlineDatabase
+from node.directory.keys import DEFAULT_KEY_PARTS, KeyAgreement, KeyExchangeAgreement
 from node.directory.ownership import OwnershipVerifier, PaymentVerifier, QuorumTicketVerifier
 from node.directory.peers import PeerTable
 from node.directory.service import DEFAULT_SESSION_MINUTES, DirectoryService
@@ -31,18 +40,21 @@ from node.directory.transport import (
     TcpStreamTransport,
 )
 from node.errors import NodeNotRunning, PutFailed
+from node.keyexchange import KeyExchange
 from node.server import DHTNode
 from node.tasks import cancel_and_wait
 from records import Identity, InvalidRecord, Record
-from records.directory import Command, MailboxNumber
+from records.directory import CHALLENGE_SIZE, Command, MailboxNumber, Status, response_frame
 from records.drd import (
     DRD_SERVERS_KEY,
     TicketAuthorities,
     make_drd_record,
     make_drd_servers_record,
+    node_addresses,
     servers_of,
 )
-from records.errors import DirectoryError, TransportError
+from records.drd_channel import SEALED
+from records.errors import DirectoryError, TransportError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,13 @@ class DirectoryConfig:
     """Seconds between re-signing every /drd/ entry (they live a day)."""
     request_timeout: float = 10.0
     """Seconds a sync request may take."""
+    clear_text: bool = False
+    """Serve and send DRD frames in clear instead of sealed: for tests only (profiles, tickets
+    and sessions then travel readable by anyone on the path)."""
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    """Sealed channels held at once (each from a key received by the key exchange)."""
+    key_parts: int = DEFAULT_KEY_PARTS
+    """Key servers the keys of this server's sync requests are split over, at least."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.root, Path):
@@ -115,6 +134,7 @@ class DirectoryServer:
         ownership: OwnershipVerifier | None = None,
         payments: PaymentVerifier | None = None,
         clock: Clock | None = None,
+        keys: KeyAgreement | None = None,
     ) -> None:
         trusted = node.config.drd_authorities
         if ownership is None and not config.authorities and trusted is not None:
@@ -134,6 +154,15 @@ class DirectoryServer:
         self.sync: DirectorySync | None = None
         self.peer_table = PeerTable()
         """The servers this one syncs with (at most 24, proven ones kept first)."""
+        self.channels = ChannelTable(
+            lifetime_ms=config.session_minutes * 60_000, max_channels=config.max_channels
+        )
+        """Sealed channels, by the keys the node received."""
+        self.keys: KeyAgreement = keys or KeyExchangeAgreement(node, min_parts=config.key_parts)
+        """How this server agrees keys with its peers for sync."""
+        self.stats: Counter[str] = self.channels.stats
+        """Sealed frames taken and refused (by status), clear ones refused, keys taken."""
+        self._exchange: KeyExchange | None = None
         self._listener: StreamServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -145,7 +174,15 @@ class DirectoryServer:
         return self._listener.address
 
     async def start(self) -> None:
-        """Open the database and listen; the node must be running."""
+        """Open the database and listen; the node must be running, with a `KeyExchange`
+        (unless in clear text)."""
+        if not self.config.clear_text:
+            self._exchange = self.node.service(KeyExchange)
+            if self._exchange is None:
+                raise UsageError(
+                    "a directory server takes its session keys from its node's KeyExchange: "
+                    "run the node with one (python -m node does), or clear_text for tests"
+                )
         self.config.root.mkdir(parents=True, exist_ok=True)
         path = self.config.root / DATABASE_FILE
         db: Database = (
@@ -174,10 +211,19 @@ class DirectoryServer:
         except BaseException:
             await self.store.close()
             raise
+        if self._exchange is not None:
+            self._exchange.add_key_handler(self._take_key)
+        client = DirectoryClient(
+            self.transport,
+            clock=self.clock,
+            timeout=self.config.request_timeout,
+            keys=self.keys,
+            clear_text=self.config.clear_text,
+        )
         self.sync = DirectorySync(
             self.store,
             self.ownership,
-            DirectoryClient(self.transport, clock=self.clock, timeout=self.config.request_timeout),
+            client,
             on_change=self._changed,
             max_answer_bytes=self.config.max_frame_size,
             on_verified=self.peer_table.prove,
@@ -188,6 +234,9 @@ class DirectoryServer:
     async def stop(self) -> None:
         """Stop listening, end owned tasks, close the database."""
         listener, self._listener = self._listener, None
+        if self._exchange is not None:
+            self._exchange.remove_key_handler(self._take_key)
+            self._exchange = None
         await cancel_and_wait(self._tasks)
         if listener is not None:
             await listener.close()
@@ -212,12 +261,26 @@ class DirectoryServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def _take_key(self, key: bytes) -> None:
+        """A key the node reassembled: the channel of a client (seed 000 step 2)."""
+        self.channels.add_key(key, self.clock.now_ms())
+
     async def _handle(self, frame: bytes, peer: Address) -> bytes:
+        if frame[:1] == bytes([SEALED]):
+            return await self.channels.answer(frame, self.clock.now_ms(), self._dispatch)
+        if not self.config.clear_text:
+            self.stats["clear_refused"] += 1
+            command = frame[0] & 0x7F if frame else 0
+            challenge = frame[1 : 1 + CHALLENGE_SIZE].ljust(CHALLENGE_SIZE, b"\x00")
+            return response_frame(command, Status.ENCRYPTION_REQUIRED, challenge)
+        return await self._dispatch(frame, None)
+
+    async def _dispatch(self, frame: bytes, channel: Channel | None) -> bytes:
         assert self.service is not None
         assert self.sync is not None
         if frame and frame[0] in (Command.SYNC_DIGEST, Command.SYNC_PULL):
             return await self.sync.handle(frame)
-        return await self.service.handle(frame)
+        return await self.service.handle(frame, channel)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         if self._listener is None:
@@ -293,7 +356,14 @@ class DirectoryServer:
     async def announce(self) -> bool:
         """Put this server's announcement at /drd-servers/all/."""
         host, port = self.public_address
-        record = make_drd_servers_record(self._identity(), host, port, now=self.clock.now_ms())
+        node_port = self.node.address[1]
+        record = make_drd_servers_record(
+            self._identity(),
+            host,
+            port,
+            now=self.clock.now_ms(),
+            node_port=0 if node_port == port else node_port,
+        )
         try:
             await self.node.put(record)
         except (PutFailed, InvalidRecord) as exc:
@@ -306,6 +376,8 @@ class DirectoryServer:
         record = await self.node.get(DRD_SERVERS_KEY)
         if record is None:
             return []
+        if isinstance(self.keys, KeyExchangeAgreement):
+            self.keys.learn(node_addresses(record))  # where to send their keys
         own = self._identity().public_key
         return [
             (host, port)

@@ -4,6 +4,9 @@ Order of checks, so that a refused request changes nothing: the layout (198), th
 (40, ours), then payment (153 / 179, seed 000), then the database (250, or 10 if it fails; a
 search that finds nothing is 9). A bad parameter is answered before any payment is taken.
 
+Over a sealed channel (`node.directory.channels`), a session opened over it is the only one
+usable over it, and the channel's keys end with that session.
+
 A change is paid for inside the store's change (`DirectoryStore.put`'s `charge`): once the store
 has found it newer than what it holds, with every other change waiting, so a newer change cannot
 slip in between payment and write; if the write still fails, the payment is given back, as for a
@@ -19,6 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 
 from node.config import Clock
+from node.directory.channels import Channel
 from node.directory.ownership import NoCharge, OwnershipVerifier, PaymentVerifier
 from node.directory.store import Charge, DirectoryStore, Session
 from records.directory import (
@@ -81,19 +85,20 @@ class DirectoryService:
         self.stats: Counter[str] = Counter()
         self._seen: OrderedDict[bytes, int] = OrderedDict()  # open-session challenges, by expiry
 
-    async def handle(self, frame: bytes) -> bytes:
-        """Answer one request frame (command byte, then the body)."""
+    async def handle(self, frame: bytes, channel: Channel | None = None) -> bytes:
+        """Answer one request frame (command byte, then the body), which came over `channel`
+        (None: in clear, for tests)."""
         if not frame:
             return self._answer(0, Status.INVALID_PARAMETER, bytes(CHALLENGE_SIZE))
         command, body = frame[0], frame[1:]
         challenge = body[:CHALLENGE_SIZE].ljust(CHALLENGE_SIZE, b"\x00")
         try:
             if command == Command.OPEN_SESSION:
-                status, answer = await self._open_session(body)
+                status, answer = await self._open_session(body, channel)
             elif command == Command.UPDATE:
-                status, answer = await self._update(body), TRAILER
+                status, answer = await self._update(body, channel), TRAILER
             elif command == Command.DELETE:
-                status, answer = await self._delete(body), TRAILER
+                status, answer = await self._delete(body, channel), TRAILER
             elif command == Command.SEARCH:
                 status, answer = await self._search(body)
             else:
@@ -113,8 +118,10 @@ class DirectoryService:
         self.stats[f"answers.{command}.{int(status)}"] += 1
         return response_frame(command & 0x7F, status, challenge, body)
 
-    async def _session(self, key: bytes) -> Session:
+    async def _session(self, key: bytes, channel: Channel | None) -> Session:
         now = self.clock.now_ms()
+        if channel is not None and channel.session != key:
+            raise DirectoryError("a session opened over another channel", Status.NOT_AUTHORIZED)
         session = await self.store.session(key, now)
         if session is None:
             raise DirectoryError("unknown or expired session", Status.NOT_AUTHORIZED)
@@ -123,7 +130,7 @@ class DirectoryService:
             raise DirectoryError("the session's ticket expired", Status.NOT_AUTHORIZED)
         return session
 
-    async def _open_session(self, body: bytes) -> tuple[Status, bytes]:
+    async def _open_session(self, body: bytes, channel: Channel | None) -> tuple[Status, bytes]:
         request = OpenSession.decode(body)
         now = self.clock.now_ms()
         if abs(request.timestamp - now) > self.clock_skew_ms:
@@ -148,6 +155,8 @@ class DirectoryService:
             minutes=minutes,
             now=now,
         )
+        if channel is not None:  # seed 000 step 5: the key of the key exchange ends with it
+            channel.bind(key, now + minutes * 60_000)
         return Status.SUCCESS, key + TRAILER
 
     def _forget_challenges(self, now: int) -> None:
@@ -164,9 +173,9 @@ class DirectoryService:
             raise DirectoryError("the change's version is too far from now")
         return authorization
 
-    async def _update(self, body: bytes) -> Status:
+    async def _update(self, body: bytes, channel: Channel | None) -> Status:
         request = UpdateRequest.decode(body)
-        session = await self._session(request.session)
+        session = await self._session(request.session, channel)
         approval = self._authorized(request.authorization)
         digest = profile_digest(session.mailbox, request.profile)
         payload = update_payload(session.mailbox, approval.version, digest)
@@ -190,9 +199,9 @@ class DirectoryService:
         await self._changed(session.mailbox)
         return Status.SUCCESS
 
-    async def _delete(self, body: bytes) -> Status:
+    async def _delete(self, body: bytes, channel: Channel | None) -> Status:
         request = DeleteRequest.decode(body)
-        session = await self._session(request.session)
+        session = await self._session(request.session, channel)
         approval = self._authorized(request.authorization)
         payload = delete_payload(session.mailbox, approval.version)
         if not verify_signature(session.owner_key, payload, approval.signature):

@@ -13,25 +13,35 @@ message IDs from the injected `randbytes`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from node.config import Clock, NodeConfig
 from node.engine.bans import BanList
 from node.engine.calls import Call, CallTable, Expired, OnReply
 from node.engine.handlers import (
+    CLIENT,
     DEFERRED,
     NO_ANSWER,
     PendingWrite,
-    Request,
     RequestHandlers,
     answer_with_proof,
     encode_answer,
     parse_request,
     refusal,
+    summarize,
 )
 from node.engine.limits import Budget, Limits, source_of
-from node.engine.proofs import MAX_PING_BACKS, PROVABLE, PROVE, ProofBook
+from node.engine.listeners import Listeners
+from node.engine.proofs import (
+    CHALLENGES,
+    MAX_PING_BACKS,
+    PROVABLE,
+    PROVE,
+    ProofBook,
+    split_challenge,
+)
+from node.engine.reachability import Reachability
 from node.engine.services import ServiceRoutes
 from node.engine.stats import NodeStats
 from node.engine.timeouts import Timeouts
@@ -40,6 +50,7 @@ from node.storage import RecordStore
 from node.wire import MAX_DATAGRAM_SIZE, REQUEST, decode, encode_request, encode_response
 from records import Identity
 from records.errors import ProtocolError
+from records.identity import prove_node
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +101,22 @@ class Engine:
         self._writes_in_flight = 0
         self._closed = False
         self.timer_moved = False
+        self.client = config.mode != "server"
+        """In client mode (BEP 43) the node answers nothing but notifications of its own
+        subscriptions, and marks its requests so nobody puts it in a routing table."""
+        self.unasked = Reachability(config.auto_server_after)
+        """Who reached us without being asked first (auto mode turns server on evidence)."""
+        self.listeners = Listeners(
+            randbytes(32),
+            max_per_key=config.max_listeners_per_key,
+            max_per_source=config.max_listeners_per_source,
+            max_total=config.max_listeners,
+        )
+        """Subscriptions others hold at this node."""
+        self._listeners_swept = 0.0
+        self.on_notify: Callable[[bytes, list[list[Any]], bytes, Address], bool] | None = None
+        """Called with (location, summary, holder ID, holder address) when a holder pushes a
+        change; returns whether we listen to that location (set by the node)."""
         """Set when a deadline earlier than any before may have appeared (a call went out, a
         ban began); an adapter then asks `get_timer` again and clears it."""
 
@@ -141,7 +168,29 @@ class Engine:
                 on_stall, call.on_stall = call.on_stall, None
                 on_stall()
         self.bans.purge(now)
+        if now >= self._listeners_swept + 60.0:
+            self.listeners.expire_all(now)
+            self._listeners_swept = now
         self._send_queued(now)
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def record_changed(self, loc: bytes, now: float) -> None:
+        """The record held at `loc` changed: tell its listeners (a summary, no values). A
+        listener that does not answer, or says it no longer listens, is dropped."""
+        listeners = self.listeners.of(loc, now)
+        if not listeners:
+            return
+        entry = self.store.get(loc, self.clock.now_ms())
+        summary = summarize(entry.record.values) if entry is not None else []
+        for listener in listeners:
+            address = listener.address
+
+            def done(ok: bool, body: Any, address: Address = address) -> None:
+                if not ok or body is not True:
+                    self.listeners.remove(loc, address)
+
+            self.call(address, "notify", [self.own_id, loc, summary], listener.node_id, done, now)
 
     def write_finished(self, write: PendingWrite, ok: bool, now: float) -> None:
         """The disk write a store waited on is done (or failed): answer the store."""
@@ -195,7 +244,14 @@ class Engine:
             on_reply(False, None)
             return False
         msg_id = self.randbytes(20)
-        data = encode_request(msg_id, name, [*args, PROVE] if prove else args)
+        markers = [CLIENT] if self.client else []
+        if self.config.prove_ids:  # (without proofs, as stock kademlia: nothing extra)
+            markers.append(CHALLENGES)
+        if prove:
+            markers.append(PROVE)
+        data = encode_request(msg_id, name, [*args, *markers])
+        if self.client:
+            self.unasked.asked(address, now)
         call = Call(msg_id, name, data, address, node_id, prove, on_reply, on_stall)
         if self.calls.can_send() and not self.calls.queue:
             self._transmit(call, now)
@@ -211,19 +267,6 @@ class Engine:
             call.on_reply(False, None)
 
     # -- services --------------------------------------------------------------------------
-
-    def register_service(
-        self,
-        name: str,
-        kinds: Collection[int],
-        handle: Callable[[bytes, Address, float], None],
-        *,
-        limits: Limits | None = None,
-        cost: Callable[[bytes], int] | None = None,
-    ) -> None:
-        """Hand datagrams whose first byte is one of `kinds` to `handle(data, addr, now)`,
-        each paid for from `limits` and the node's budgets (see `node.engine.services`)."""
-        self.services.register(name, kinds, handle, limits=limits, cost=cost)
 
     def send(self, data: bytes, addr: Address) -> None:
         """Send raw bytes (a service's datagram) from the node's port."""
@@ -262,41 +305,64 @@ class Engine:
     # -- requests --------------------------------------------------------------------------
 
     def _handle_request(self, msg_id: bytes, body: Any, addr: Address, now: float) -> None:
-        parsed = parse_request(body)
-        if isinstance(parsed, str):
-            self.stats.dropped[parsed] += 1
+        request = parse_request(body)
+        if isinstance(request, str):
+            self.stats.dropped[request] += 1
             return
-        name, args, prove = parsed
+        name, args = request.name, request.args
+        if self.client and name != "notify" and not self._turns_server(addr, now):
+            self.stats.dropped["client_mode"] += 1  # a client answers nothing but its pushes
+            return
         if name != "store" and (reason := self.lookup_budget.allow(self.source_of(addr), now)):
             self.stats.dropped[reason] += 1
             return
         self.stats.requests_in[name] += 1
-        request = Request(msg_id, name, args, addr, now, prove)
+        request.msg_id, request.addr, request.now = msg_id, addr, now
         try:
             answer = self._table[name](request)
         except Exception:
             log.exception("error answering %s from %s", name, addr)
             self.stats.dropped["handler_error"] += 1
             answer = None
-        if answer is not NO_ANSWER and answer is not DEFERRED:
-            data = encode_answer(msg_id, answer, answer_with_proof(self, request))
+        answered = answer is not NO_ANSWER and answer is not DEFERRED
+        learn = name != "stun" and not request.client
+        challenge = None
+        if learn and answered and request.challenges:
+            challenge = self._heard(args[0], addr, now, challenge=True)  # carried by the answer
+            learn = False
+        if answered:
+            proof = answer_with_proof(self, request)
+            data = encode_answer(msg_id, answer, proof, challenge)
             if data is None:
                 self.stats.dropped["oversized_answer"] += 1
                 data = encode_response(msg_id, None)
             self._send(data, addr)
-        if name != "stun":
+        if learn:
             self._heard(args[0], addr, now)  # after answering: it may ping the sender back
 
-    def _heard(self, node_id: bytes, addr: Address, now: float) -> None:
+    def _turns_server(self, addr: Address, now: float) -> bool:
+        """In auto mode, a request from an address we never sent to is evidence that we are
+        reachable; enough of it and the node turns server (True: answer this one too)."""
+        if self.config.mode != "auto" or not self.unasked.heard(addr, now):
+            return False
+        self.client = False
+        log.info("reached unasked by %d peers: serving from now on", self.unasked.needed)
+        return True
+
+    def _heard(
+        self, node_id: bytes, addr: Address, now: float, challenge: bool = False
+    ) -> bytes | None:
         """A request came from `node_id` at `addr`: a known contact is fresh; an unproven node
-        whose bucket has room is pinged for a proof (it enters the table when that answers).
+        whose bucket has room is asked for a proof (it enters the table when that comes): with
+        `challenge`, by a challenge returned here for our answer to carry (the stranger
+        answers it in one datagram), else by a ping-back.
 
         Pinging back only strangers that would be among our k nearest halved the extra
         datagrams of joining, but among 20 % colluders gets succeeded less often (98.8 % instead
         of 99.1 % over three paths, 95.3 % instead of 97.1 % over one): learning honest
         newcomers from their requests keeps tables honest."""
         if node_id in self.bans or addr in self.bans:
-            return
+            return None
         if self.config.prove_ids and not self.proofs.proven(node_id, addr, self.table):
             ping_backs = self.proofs.ping_backs
             if (
@@ -305,18 +371,29 @@ class Engine:
                 and self.table.has_room_for(node_id, addr)
             ):
                 ping_backs.add(node_id)
-                self.call(
-                    addr,
-                    "ping",
-                    [self.own_id],
-                    node_id,
-                    lambda _ok, _body: ping_backs.discard(node_id),
-                    now,
-                )
-            return
+
+                def done(_ok: bool, _body: Any) -> None:
+                    ping_backs.discard(node_id)
+
+                if challenge:
+                    return self._challenge(node_id, addr, done, now)
+                self.call(addr, "ping", [self.own_id], node_id, done, now)
+            return None
         head = self.table.heard_from(node_id, addr, now, verified=False)
         if head is not None:
             self.call(head.address, "ping", [self.own_id], head.id, _ignore, now)
+        return None
+
+    def _challenge(self, node_id: bytes, addr: Address, on_reply: OnReply, now: float) -> bytes:
+        """A ping-back that sends nothing: a call waiting for the answer to a ping with a proof
+        request, under a message ID our answer carries as its challenge."""
+        msg_id = self.randbytes(20)
+        call = Call(msg_id, "ping", b"", addr, node_id, True, on_reply)
+        timeout, expected = self.estimates(node_id, addr)
+        self.calls.start(call, now, timeout, expected)
+        self.timer_moved = True
+        self.stats.requests_out["challenge"] += 1
+        return msg_id
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -334,9 +411,15 @@ class Engine:
             self.stats.late_answers += 1
         rtt = now - found.sent_at
         self.timeouts.answered(addr, rtt)
+        body, challenge = split_challenge(body)
         proven = self._answerer(msg_id, found, body, addr, now)
         if proven is not None and (node_id := proven[1]) is not None:
             self._answered_by(node_id, addr, rtt, found.prove, now)
+            if challenge is not None and not self.client:
+                # the node we asked wants our proof: answer as if it had pinged us for one
+                public_key, signature = prove_node(self.identity, challenge, node_id)
+                body_ = {"answer": self.own_id, "proof": [public_key, signature]}
+                self._send(encode_response(challenge, body_), addr)
         if call is not None:
             call.on_reply(*((True, proven[0]) if proven is not None else (False, None)))
         self._send_queued(now)

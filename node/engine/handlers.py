@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.engine.proofs import PROVABLE, PROVE, wrap_proof
+from node.engine.proofs import CHALLENGES, PROVABLE, PROVE, wrap_answer
 from node.routing import Address, family_of
 from node.wire import MAX_DATAGRAM_SIZE, encode_response
 from records import InvalidRecord, decode_record
@@ -21,10 +21,35 @@ from records.identity import prove_node
 if TYPE_CHECKING:
     from node.engine.core import Engine
 
-ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2, "stun": 0}
-"""Arguments each RPC takes (without the proof request)."""
-# Which arguments are 20-byte IDs: the sender's, and the target for find_*.
-_ID_ARGS = {"ping": 1, "store": 2, "find_node": 2, "find_value": 2, "stun": 0}
+ARITY = {
+    "ping": 1,
+    "store": 3,
+    "find_node": 2,
+    "find_value": 2,
+    "stun": 0,
+    "listen": 4,  # sender ID, location, cookie (b"" at first), seconds wanted
+    "notify": 3,  # sender ID, location, summary of the record held (see `summarize`)
+    "probe": 1,  # sender ID: have a third node ping me (am I reachable?)
+    "dial": 3,  # sender ID, host, port: ping that address (for the sender's probe)
+}
+"""Arguments each RPC takes (without the markers that may follow: `PROVE`, `CLIENT`)."""
+# Which arguments are 20-byte IDs: the sender's, and the target or location.
+_ID_ARGS = {
+    "ping": 1,
+    "store": 2,
+    "find_node": 2,
+    "find_value": 2,
+    "stun": 0,
+    "listen": 2,
+    "notify": 2,
+    "probe": 1,
+    "dial": 1,
+}
+CLIENT = "client"
+"""A request's last argument from a node in client mode (BEP 43's read-only nodes): answer
+it, but never put its sender in a routing table or ping it back."""
+MAX_SUMMARY = 32
+"""Values a notification or a listen answer describes at most (the newest first)."""
 
 DEFERRED: Any = object()
 """A handler's answer that comes later (`PendingWrite`): the engine sends nothing now."""
@@ -42,6 +67,8 @@ class Request:
     addr: Address
     now: float
     prove: bool
+    client: bool = False
+    challenges: bool = False
 
     @property
     def sender_id(self) -> bytes | None:
@@ -84,13 +111,18 @@ def refused_for_good(body: object) -> bool:
     return isinstance(body, list) and len(body) == 3 and body[0] is False and body[2] is True
 
 
-def encode_answer(msg_id: bytes, answer: Any, proof: tuple[bytes, bytes] | None) -> bytes | None:
-    """The response datagram for `answer` (wrapped with `proof` if given), within
-    `MAX_DATAGRAM_SIZE`: a `Contacts` answer loses its farthest nodes until it fits. None if
-    even that cannot fit (nothing we hold is that large: records are at most 8 KiB)."""
+def encode_answer(
+    msg_id: bytes,
+    answer: Any,
+    proof: tuple[bytes, bytes] | None,
+    challenge: bytes | None = None,
+) -> bytes | None:
+    """The response datagram for `answer` (wrapped with `proof` and `challenge` if given),
+    within `MAX_DATAGRAM_SIZE`: a `Contacts` answer loses its farthest nodes until it fits.
+    None if even that cannot fit (nothing we hold is that large: records are at most 8 KiB)."""
 
     def build(body: Any) -> bytes:
-        return encode_response(msg_id, wrap_proof(body, *proof) if proof else body)
+        return encode_response(msg_id, wrap_answer(body, proof, challenge))
 
     if not isinstance(answer, Contacts):
         data = build(answer)
@@ -105,20 +137,49 @@ def encode_answer(msg_id: bytes, answer: Any, proof: tuple[bytes, bytes] | None)
     return data if len(data) <= MAX_DATAGRAM_SIZE else None
 
 
-def parse_request(body: Any) -> tuple[str, list[Any], bool] | str:
-    """``(name, args, prove)`` of a request body, or the drop reason."""
+def parse_request(body: Any) -> Request | str:
+    """The request of a body (`msg_id`, `addr` and `now` left to fill in), or the drop reason.
+    Markers follow the arguments: `CLIENT`, then `CHALLENGES`, then `PROVE` (the last)."""
     if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
         return "malformed"
     name, args = body
     if not isinstance(name, str) or name not in ARITY:
         return "unknown_rpc"
-    prove = name in PROVABLE and len(args) == ARITY[name] + 1 and args[-1] == PROVE
-    if prove:
-        args = args[:-1]
-    ids = args[: _ID_ARGS[name]]
-    if len(args) != ARITY[name] or not all(isinstance(v, bytes) and len(v) == 20 for v in ids):
+    arity = ARITY[name]
+    markers = {"prove": False, "challenges": False, "client": False}
+    for key, marker in (("prove", PROVE), ("challenges", CHALLENGES), ("client", CLIENT)):
+        if len(args) > arity and args[-1] == marker:
+            markers[key] = True
+            args = args[:-1]
+    if markers["prove"] and name not in PROVABLE:
         return "bad_arguments"
-    return name, args, prove
+    ids = args[: _ID_ARGS[name]]
+    if len(args) != arity or not all(isinstance(v, bytes) and len(v) == 20 for v in ids):
+        return "bad_arguments"
+    return Request(b"", name, args, ("", 0), 0.0, **markers)
+
+
+def summarize(values: Any) -> list[list[Any]]:
+    """``[id2, creationDate, expirationDate]`` of the newest `MAX_SUMMARY` values of a record:
+    enough for a listener to tell whether it holds them already (no values travel)."""
+    newest = sorted(values, key=lambda v: (v.creationDate, v.id2), reverse=True)
+    return [[v.id2[:64], v.creationDate, v.expirationDate] for v in newest[:MAX_SUMMARY]]
+
+
+def valid_summary(summary: Any) -> bool:
+    """True if `summary` has the shape `summarize` gives."""
+    return (
+        isinstance(summary, list)
+        and len(summary) <= MAX_SUMMARY
+        and all(
+            isinstance(s, list)
+            and len(s) == 3
+            and isinstance(s[0], str)
+            and isinstance(s[1], int)
+            and isinstance(s[2], int)
+            for s in summary
+        )
+    )
 
 
 class RequestHandlers:
@@ -135,6 +196,10 @@ class RequestHandlers:
             "find_value": self.find_value,
             "stun": self.stun,
             "store": self.store,
+            "listen": self.listen,
+            "notify": self.notify,
+            "probe": self.probe,
+            "dial": self.dial,
         }
 
     def ping(self, request: Request) -> Any:
@@ -194,9 +259,76 @@ class RequestHandlers:
         engine.defer_write(PendingWrite(request, accepted.write))
         return DEFERRED
 
+    def listen(self, request: Request) -> Any:
+        """Subscribe the sender to changes of the record at a location: first a cookie, then
+        (with it) ``{"ok": seconds, "summary": [...]}`` of what is held now, or a refusal."""
+        engine = self.engine
+        _, loc, cookie, seconds = request.args
+        if not isinstance(cookie, bytes) or not isinstance(seconds, int | float):
+            engine.stats.dropped["bad_arguments"] += 1
+            return NO_ANSWER
+        listeners = engine.listeners
+        if not listeners.cookie_ok(cookie, request.addr, loc, request.now):
+            return {"cookie": listeners.cookie(request.addr, loc, request.now)}
+        ttl = min(float(seconds), engine.config.max_listen_ttl)
+        if ttl <= 0:
+            listeners.remove(loc, request.addr)
+            return {"ok": 0, "summary": []}
+        refused = listeners.add(loc, request.args[0], request.addr, ttl, request.now)
+        if refused is not None:
+            engine.stats.dropped[refused] += 1
+            return refusal(refused)
+        entry = engine.store.get(loc, engine.clock.now_ms())
+        return {"ok": ttl, "summary": summarize(entry.record.values) if entry else []}
+
+    def probe(self, request: Request) -> Any:
+        """Have one of our contacts (not the asker) ping the asker's address, as we see it: a
+        datagram from a node it never wrote to reaches it only if it is reachable."""
+        engine = self.engine
+        contacts = [c for c in engine.table if c.id != request.args[0]]
+        if not contacts:
+            return False
+        pick = contacts[int.from_bytes(engine.randbytes(4), "big") % len(contacts)]
+        host, port = request.addr
+        engine.call(
+            pick.address, "dial", [engine.own_id, host, port], pick.id, _ignore, request.now
+        )
+        return True
+
+    def dial(self, request: Request) -> Any:
+        """Ping the address a proven node asks us to (for its asker's probe): one ping for one
+        request, so nobody can use us to flood an address."""
+        engine = self.engine
+        sender, host, port = request.args
+        proven = engine.proofs.proven(sender, request.addr, engine.table)
+        if not (proven and isinstance(host, str) and isinstance(port, int) and 0 < port < 65536):
+            engine.stats.dropped["dial_refused"] += 1
+            return False
+        if not engine.table.reachable((host, port)):
+            return False
+        engine.call((host, port), "ping", [engine.own_id], None, _ignore, request.now)
+        return True
+
+    def notify(self, request: Request) -> Any:
+        """A holder tells us the record at a location changed: True if we listen to it (the
+        node then fetches what it lacks), False to end the subscription."""
+        engine = self.engine
+        _, loc, summary = request.args
+        if not valid_summary(summary):
+            engine.stats.dropped["bad_arguments"] += 1
+            return NO_ANSWER
+        on_notify = engine.on_notify
+        return bool(
+            on_notify is not None and on_notify(loc, summary, request.args[0], request.addr)
+        )
+
 
 def answer_with_proof(engine: Engine, request: Request) -> tuple[bytes, bytes] | None:
     """The proof of our ID for `request`, if it asked for one."""
     if not request.prove:
         return None
     return prove_node(engine.identity, request.msg_id, request.args[0])
+
+
+def _ignore(_ok: bool, _body: Any) -> None:
+    """An answer nobody waits for."""

@@ -17,6 +17,12 @@ from records.identity import check_node_proof
 
 PROVE = "prove"
 PROVABLE = frozenset({"ping", "find_node", "find_value"})
+CHALLENGES = "ch"
+"""A request's argument (before `PROVE`) saying the sender takes a challenge in the answer:
+a stranger's first request is then answered with ``"challenge"``, a random message ID the
+stranger answers, in one datagram, as if it had been pinged for a proof (the ping-back's
+request saved)."""
+_WRAPPER_KEYS = frozenset({"answer", "proof", "challenge"})
 # After an address proved to be one node's, a lookup does not ask it for another ID for this
 # long (a liar's made-up IDs cost one request, not twenty); then a restarted node with a new
 # key may sit there.
@@ -26,7 +32,7 @@ MAX_PING_BACKS = 256
 
 def proof_parts(body: Any) -> tuple[Any, bytes, bytes] | None:
     """``(answer, public key, signature)`` of an answer wrapped with a proof, if well formed."""
-    if not (isinstance(body, dict) and body.keys() == {"answer", "proof"}):
+    if not (isinstance(body, dict) and "proof" in body and body.keys() <= _WRAPPER_KEYS):
         return None
     proof = body["proof"]
     if not (
@@ -39,6 +45,32 @@ def proof_parts(body: Any) -> tuple[Any, bytes, bytes] | None:
 def wrap_proof(answer: Any, public_key: bytes, signature: bytes) -> dict[str, Any]:
     """The answer to a request that asked for a proof."""
     return {"answer": answer, "proof": [public_key, signature]}
+
+
+def wrap_answer(answer: Any, proof: tuple[bytes, bytes] | None, challenge: bytes | None) -> Any:
+    """`answer`, with our proof if the request asked for one and a challenge for the asker
+    if we want its proof (`CHALLENGES`); a bare answer (stock framing) if neither."""
+    if proof is None and challenge is None:
+        return answer
+    wrapped: dict[str, Any] = {"answer": answer}
+    if proof is not None:
+        wrapped["proof"] = [proof[0], proof[1]]
+    if challenge is not None:
+        wrapped["challenge"] = challenge
+    return wrapped
+
+
+def split_challenge(body: Any) -> tuple[Any, bytes | None]:
+    """``(answer as if unchallenged, challenge)`` of an answer that carries a challenge;
+    ``(body, None)`` for any other answer."""
+    if not (isinstance(body, dict) and "challenge" in body and body.keys() <= _WRAPPER_KEYS):
+        return body, None
+    challenge = body["challenge"]
+    if not (isinstance(challenge, bytes) and len(challenge) == 20 and "answer" in body):
+        return body, None
+    if "proof" in body:
+        return {"answer": body["answer"], "proof": body["proof"]}, challenge
+    return body["answer"], challenge
 
 
 class ProofBook:

@@ -1,0 +1,114 @@
+"""`python -m weshare` as real subprocesses: the two-user flow of the README, help, bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weshare.cli import main
+
+COMMANDS = ["init", "public", "add-exchange", "invite", "join", "sync", "status", "log", "forks",
+            "choose"]  # fmt: skip
+
+
+def weshare(cwd: Path, *args: str, code: int = 0) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "weshare", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def test_two_users_share_through_a_folder_exchange(tmp_path: Path) -> None:
+    weshare(tmp_path, "--state", "alice", "init", "demo", "--folder", "alice-files",
+            "--name", "alice")  # fmt: skip
+    weshare(tmp_path, "--state", "alice", "add-exchange", "demo",
+            '{"kind": "folder", "path": "exchange"}')  # fmt: skip
+    bob_key = weshare(tmp_path, "--state", "bob", "public").strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", bob_key)
+    weshare(tmp_path, "--state", "alice", "invite", "demo", bob_key, "--name", "bob",
+            "--out", "invite.txt")  # fmt: skip
+    weshare(tmp_path, "--state", "bob", "join", "invite.txt", "--folder", "bob-files")
+
+    (tmp_path / "alice-files" / "hello.txt").write_text("hello from alice\n")
+    weshare(tmp_path, "--state", "alice", "sync")
+    out = weshare(tmp_path, "--state", "bob", "sync", "demo")
+    assert "wrote 1" in out
+    assert (tmp_path / "bob-files" / "hello.txt").read_text() == "hello from alice\n"
+
+    (tmp_path / "alice-files" / "hello.txt").write_text("alice's version\n")
+    (tmp_path / "bob-files" / "hello.txt").write_text("bob's version\n")
+    weshare(tmp_path, "--state", "alice", "sync")
+    weshare(tmp_path, "--state", "bob", "sync")
+    forks = weshare(tmp_path, "--state", "bob", "forks", "demo")
+    refs = re.findall(r"(C\.\d{19}/\d+) .*alice", forks)
+    assert forks.startswith("hello.txt:"), forks
+    assert len(refs) == 1, forks
+    weshare(tmp_path, "--state", "bob", "choose", "demo", refs[0])
+    weshare(tmp_path, "--state", "alice", "sync")
+    for side in ("alice-files", "bob-files"):
+        assert [p.name for p in (tmp_path / side).iterdir()] == ["hello.txt"]
+        assert (tmp_path / side / "hello.txt").read_text() == "alice's version\n"
+    assert "no forks" in weshare(tmp_path, "--state", "alice", "forks", "demo")
+    log = weshare(tmp_path, "--state", "alice", "log", "demo")
+    assert len(log.splitlines()) == 4
+    assert "bob" in log.splitlines()[-1]
+    status = weshare(tmp_path, "--state", "alice", "status", "demo")
+    assert "user bob" in status
+    assert "admin" in status
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"python -m weshare {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sync", "no.such.domain"],
+        ["init", "Bad_Domain!", "--folder", "x"],
+        ["add-exchange", "demo", "{not json"],
+        ["invite", "demo", "abcd", "--name", "x"],
+        ["join", "missing-invite.txt", "--folder", "x"],
+        ["choose"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_input_exits_2_with_one_error_line(
+    tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    if args[0] in ("add-exchange", "invite"):
+        assert main(["--state", str(tmp_path / "s"), "init", "demo", "--folder",
+                     str(tmp_path / "f")]) == 0  # fmt: skip
+        capsys.readouterr()
+    try:
+        code = main(["--state", str(tmp_path / "s"), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, err
+
+
+def test_a_bad_invite_file_exits_2_as_a_subprocess(tmp_path: Path) -> None:
+    (tmp_path / "invite.txt").write_text("weshare-invite-v1:AAAA\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "weshare", "--state", "s", "join", "invite.txt", "--folder", "f"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")

@@ -1,0 +1,271 @@
+"""Two users sharing a domain through one folder exchange: changes propagate, concurrent edits
+fork until one is chosen, a killed sync is finished by the next one."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
+from weshare import UsageError, Weshare
+from weshare.discovery import discover
+from weshare.ids import EPOCH_MS, SnowflakeIds
+from weshare.parts import split_bytes
+from weshare.sync import apply, current_resolution
+from weshare.transfer import LISTING_WINDOW_MS, listing_floor, pull
+
+__all__ = ["pair"]  # the fixture, used by name
+
+
+async def test_create_edit_rename_delete_propagate(pair: Pair) -> None:
+    (pair.a / "notes.txt").write_text("first")
+    (pair.a / "docs").mkdir()
+    big = os.urandom(700_000)  # above the inline limit: travels as parts
+    (pair.a / "docs" / "big.bin").write_bytes(big)
+    await pair.sync_both()
+    assert tree(pair.b) == {"notes.txt": b"first", "docs/big.bin": big}
+
+    (pair.b / "notes.txt").write_text("second, by bob")
+    await pair.bob.sync(DOMAIN)
+    await pair.alice.sync(DOMAIN)
+    assert (pair.a / "notes.txt").read_text() == "second, by bob"
+
+    (pair.a / "docs" / "big.bin").rename(pair.a / "moved.bin")
+    (pair.a / "notes.txt").unlink()
+    report = await pair.alice.sync(DOMAIN)
+    assert (report.discovered.renamed, report.discovered.deleted) == (1, 1)
+    assert report.uploaded < 2_000  # a rename uploads no content
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"moved.bin": big}
+    assert not (pair.b / "docs").exists()  # emptied folders go too
+    assert tree(pair.a) == tree(pair.b)
+    assert pair.alice.forks(DOMAIN) == ()
+    assert pair.bob.forks(DOMAIN) == ()
+
+
+async def test_an_edit_uploads_only_the_parts_it_touched(pair: Pair) -> None:
+    data = bytearray(os.urandom(6 * 1024 * 1024))
+    (pair.a / "video.bin").write_bytes(data)
+    first = await pair.alice.sync(DOMAIN)
+    await pair.bob.sync(DOMAIN)
+    data[3_000_000:3_000_000] = b"x" * 100  # a 100-byte insertion
+    (pair.a / "video.bin").write_bytes(data)
+    second = await pair.alice.sync(DOMAIN)
+    pulled = await pair.bob.sync(DOMAIN)
+    assert (pair.b / "video.bin").read_bytes() == bytes(data)
+    assert first.uploaded > len(data)
+    assert second.uploaded < len(data) * 0.4  # 1-3 parts of ~12 (512 KiB average)
+    assert pulled.downloaded < len(data) * 0.4  # bob reuses the parts his copy holds
+
+
+async def test_a_writer_records_its_change_without_reading_it_back(pair: Pair) -> None:
+    big = os.urandom(3 * 1024 * 1024)
+    (pair.a / "big.bin").write_bytes(big)
+    (pair.a / "note.txt").write_text("hello")
+    report = await pair.alice.sync(DOMAIN)
+    assert report.pushed == 2
+    assert report.downloaded == 0  # its own C.x and parts are not fetched again
+    assert sorted(row.version.path or "" for row in pair.alice.log(DOMAIN)) == [
+        "big.bin",
+        "note.txt",
+    ]
+    assert (await pair.alice.sync(DOMAIN)).pushed == 0  # and not pushed again
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"big.bin": big, "note.txt": b"hello"}
+
+
+async def test_concurrent_edits_fork_until_one_is_chosen(pair: Pair) -> None:
+    (pair.a / "plan.md").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "plan.md").write_text("alice's plan")
+    (pair.b / "plan.md").write_text("bob's plan")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+
+    for client, folder in ((pair.alice, pair.a), (pair.bob, pair.b)):
+        forks = client.forks(DOMAIN)
+        assert len(forks) == 1
+        assert forks[0].path == "plan.md"
+        contents = sorted(tree(folder).values())
+        assert contents == [b"alice's plan", b"bob's plan"]  # both versions survive
+    assert tree(pair.a) == tree(pair.b)  # and both sides lay them out alike
+    assert any(".sync-conflict-" in name for name in tree(pair.a))
+
+    fork = pair.bob.forks(DOMAIN)[0]
+    alice_head = next(h for h in fork.heads if h.writer == pair.alice.identity.public_key)
+    await pair.bob.choose(DOMAIN, alice_head.ref, "alice's is better")
+    await pair.alice.sync(DOMAIN)
+    assert tree(pair.a) == tree(pair.b) == {"plan.md": b"alice's plan"}
+    assert pair.alice.forks(DOMAIN) == ()
+    assert pair.bob.forks(DOMAIN) == ()
+    choice = pair.alice.log(DOMAIN)[-1]
+    assert choice.version.writer == pair.bob.identity.public_key  # a signed change of bob's
+    assert set(choice.version.origin) == {h.ref for h in fork.heads}
+    assert choice.message == "alice's is better"
+
+
+async def test_a_modify_beats_a_concurrent_delete_but_stays_a_fork(pair: Pair) -> None:
+    (pair.a / "f.txt").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "f.txt").unlink()
+    (pair.b / "f.txt").write_text("bob kept editing")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+    assert (pair.a / "f.txt").read_text() == "bob kept editing"
+    assert len(pair.alice.forks(DOMAIN)) == 1
+
+
+async def test_same_new_name_on_both_sides_keeps_both(pair: Pair) -> None:
+    (pair.a / "todo.txt").write_text("alice")
+    (pair.b / "todo.txt").write_text("bob")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+    assert sorted(tree(pair.a).values()) == [b"alice", b"bob"]
+    assert tree(pair.a) == tree(pair.b)
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"before_put": "/C."},  # parts are up, the committing change file is not
+        {"after_put": "/C."},  # the change file is up, the local record of it is not
+        {"before_put": ".mrk"},  # nothing is up yet
+    ],
+    ids=["between-parts-and-commit", "after-commit", "before-parts"],
+)
+async def test_a_killed_push_is_finished_by_the_next_sync(
+    pair: Pair, faults: dict[str, str]
+) -> None:
+    big = os.urandom(900_000)
+    (pair.a / "big.bin").write_bytes(big)
+    (pair.a / "small.txt").write_text("small")
+    crashing = Weshare(pair.tmp / "alice-state", kinds=faulty_kinds(**faults))
+    await pair.alice.close()
+    async with crashing:
+        with pytest.raises(Killed):
+            await crashing.sync(DOMAIN)
+    async with Weshare(pair.tmp / "alice-state") as restarted:
+        await restarted.sync(DOMAIN)
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"big.bin": big, "small.txt": b"small"}
+        versions = [row.version.path or "" for row in pair.bob.log(DOMAIN)]
+        assert sorted(versions) == ["big.bin", "small.txt"]  # each pushed once: no self-fork
+        assert pair.bob.forks(DOMAIN) == ()
+        assert restarted.forks(DOMAIN) == ()
+        assert restarted.status(DOMAIN).pending == 0
+
+
+async def test_a_killed_download_is_finished_by_the_next_sync(pair: Pair) -> None:
+    big = random.Random(1).randbytes(2_000_000)  # os.urandom made 2 parts 7 % of the time
+    assert len(split_bytes(big, b"k" * 32)) == 4  # the kill comes at the third of four
+    (pair.a / "big.bin").write_bytes(big)
+    await pair.alice.sync(DOMAIN)
+    crashing = Weshare(pair.tmp / "bob-state", kinds=faulty_kinds(fail_get=3))
+    await pair.bob.close()
+    async with crashing:
+        with pytest.raises(Killed):
+            await crashing.sync(DOMAIN)
+    assert not (pair.b / "big.bin").exists()  # never half a file under its name
+    async with Weshare(pair.tmp / "bob-state") as restarted:
+        report = await restarted.sync(DOMAIN)
+        assert report.written == 1
+        assert report.pushed == 0
+        assert tree(pair.b) == {"big.bin": big}
+
+
+async def test_a_file_written_but_not_recorded_is_adopted_not_pushed_back(pair: Pair) -> None:
+    (pair.a / "a.txt").write_text("from alice")
+    await pair.alice.sync(DOMAIN)
+    await pair.bob.sync(DOMAIN)
+    # as if bob's sync died after writing the file, before recording it
+    with pair.bob.state.transaction():
+        pair.bob.state.drop_file(DOMAIN, "a.txt")
+    report = await pair.bob.sync(DOMAIN)
+    assert report.discovered.adopted == 1
+    assert report.pushed == 0
+    assert len(pair.bob.log(DOMAIN)) == 1
+
+
+async def test_only_an_admin_invites(pair: Pair, tmp_path: Path) -> None:
+    async with Weshare(tmp_path / "carol-state") as carol:
+        await pair.bob.sync(DOMAIN)
+        with pytest.raises(UsageError, match="only an admin"):
+            await pair.bob.invite(DOMAIN, carol.get_public(), "carol")
+
+
+async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair: Pair) -> None:
+
+    (pair.a / "f.txt").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "f.txt").write_text("alice v2")
+    await pair.alice.sync(DOMAIN)
+    (pair.b / "f.txt").write_text("bob's edit, discovered but not pushed yet")
+    async with pair.bob._session(DOMAIN) as session:
+        resolution = current_resolution(session)
+        found = discover(
+            session.state, DOMAIN, pair.b, session.id_key, lambda: resolution.placements
+        )
+        assert found.updated == 1
+        assert await pull(session) == 1  # alice's v2 is known...
+        written, _ = await apply(session, current_resolution(session))
+    assert written == 0  # ...but not written over bob's edit
+    assert (pair.b / "f.txt").read_text() == "bob's edit, discovered but not pushed yet"
+    await pair.bob.sync(DOMAIN)  # now pushed: a fork, both kept
+    assert sorted(tree(pair.b).values()) == [
+        b"alice v2",
+        b"bob's edit, discovered but not pushed yet",
+    ]
+
+
+async def test_a_change_from_a_writer_whose_clock_lags_is_still_found(pair: Pair) -> None:
+    (pair.a / "a.txt").write_text("now")
+    await pair.sync_both()
+    late = Weshare(pair.tmp / "bob-state", clock=lambda: time.time_ns() // 1_000_000 - 300_000)
+    await pair.bob.close()
+    async with late:  # bob's clock is five minutes behind, and he saw nothing newer yet
+        late._ids = SnowflakeIds(1)
+        (pair.b / "b.txt").write_text("from the past")
+        with late.state.transaction():
+            late.state._db.execute("DELETE FROM Objects WHERE domain = ?", (DOMAIN,))
+        await late.sync(DOMAIN)
+    await pair.alice.sync(DOMAIN)
+    assert (pair.a / "b.txt").read_text() == "from the past"
+
+
+def test_listing_starts_a_window_below_the_newest_change_but_never_in_the_future() -> None:
+
+    def at(ms: int) -> int:
+        return (ms - EPOCH_MS) << 22
+
+    now = EPOCH_MS + 10**9
+    assert listing_floor(at(now - 1000), now) == at(now - 1000 - LISTING_WINDOW_MS)
+    far_future = at(now + 10**9)
+    assert listing_floor(far_future, now) == at(now)  # capped: now + window - window
+
+
+async def test_add_domain_takes_just_a_name_as_the_seed_api_does(tmp_path: Path) -> None:
+    async with Weshare(tmp_path / "state") as client:
+        await client.add_domain("solo.weshare.test")
+        assert client.status("solo.weshare.test").folder == tmp_path / "state" / "files" / (
+            "solo.weshare.test"
+        )
+        with pytest.raises(UsageError, match="exists already"):
+            await client.add_domain("solo.weshare.test")
+        with pytest.raises(UsageError, match="not a domain name"):
+            await client.add_domain("Not A Domain")
+        with pytest.raises(UsageError, match="no exchange yet"):
+            await client.sync("solo.weshare.test")
+
+
+async def test_a_second_exchange_is_refused_until_several_are_supported(pair: Pair) -> None:
+    same = {"kind": "folder", "path": str(pair.exchange)}
+    await pair.alice.add_exchange(DOMAIN, same)  # adding the same one again changes nothing
+    with pytest.raises(UsageError, match="already has an exchange"):
+        await pair.alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(pair.tmp / "other")})
+    (pair.a / "still.txt").write_text("works")
+    await pair.sync_both()
+    assert (pair.b / "still.txt").read_text() == "works"

@@ -1,0 +1,111 @@
+"""Two weshare users on one folder exchange, for tests: the `pair` fixture and helpers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weshare import Exchange, FolderExchange, Weshare
+from weshare.exchange import ExchangeFactory
+
+DOMAIN = "team.weshare.test"
+
+
+class Killed(Exception):
+    """Stands for the process dying at that point."""
+
+
+class FaultyExchange:
+    """A folder exchange that 'dies' once at a chosen point: before putting an object whose name
+    contains `before_put`, after putting one containing `after_put`, or on the `fail_get`th get
+    of a part."""
+
+    def __init__(
+        self,
+        inner: Exchange,
+        *,
+        before_put: str = "",
+        after_put: str = "",
+        fail_get: int = 0,
+    ) -> None:
+        self.inner = inner
+        self.before_put, self.after_put, self.fail_get = before_put, after_put, fail_get
+        self.part_gets = 0
+        self.puts: list[str] = []
+
+    async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
+        if self.before_put and self.before_put in name:
+            raise Killed(f"before {name}")
+        created = await self.inner.put_if_absent(name, data)
+        self.puts.append(name)
+        if self.after_put and self.after_put in name:
+            raise Killed(f"after {name}")
+        return created
+
+    async def get(self, name: str) -> bytes:
+        if name.endswith(".mrk"):
+            self.part_gets += 1
+            if self.part_gets == self.fail_get:
+                raise Killed(f"reading {name}")
+        return await self.inner.get(name)
+
+    async def list(self, prefix: str, after: str = "") -> list[str]:
+        return await self.inner.list(prefix, after)
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def faulty_kinds(**faults: Any) -> dict[str, ExchangeFactory]:
+    def factory(config: Mapping[str, Any]) -> Exchange:
+        return FaultyExchange(FolderExchange(Path(config["path"])), **faults)
+
+    return {"folder": factory}
+
+
+@dataclass
+class Pair:
+    alice: Weshare
+    bob: Weshare
+    a: Path  # alice's folder
+    b: Path  # bob's folder
+    exchange: Path
+    tmp: Path
+
+    async def sync_both(self) -> None:
+        await self.alice.sync(DOMAIN)
+        await self.bob.sync(DOMAIN)
+        await self.alice.sync(DOMAIN)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    alice, bob = Weshare(tmp_path / "alice-state"), Weshare(tmp_path / "bob-state")
+    await alice.start()
+    await bob.start()
+    try:
+        await alice.add_domain(DOMAIN, tmp_path / "alice", "alice")
+        await alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(tmp_path / "exchange")})
+        invite = await alice.invite(DOMAIN, bob.get_public(), "bob")
+        assert await bob.join(invite, tmp_path / "bob", "bob") == DOMAIN
+        yield Pair(
+            alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path
+        )
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }

@@ -1,0 +1,7 @@
+"""``python -m weshare``."""
+
+import sys
+
+from weshare.cli import main
+
+sys.exit(main())

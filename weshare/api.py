@@ -1,0 +1,331 @@
+"""`Weshare`: the library API (seed 004: start, AddDomain, AddExchange, GetPublic; plus invite,
+join, sync, status, log, forks and choose)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from records.identity import Identity
+from weshare.crypto import new_key
+from weshare.errors import InvalidFile, UsageError
+from weshare.exchange import (
+    Exchange,
+    ExchangeFactory,
+    default_kinds,
+    normalize_config,
+    open_exchange,
+)
+from weshare.formats import Keyring
+from weshare.ids import SnowflakeIds, instance_of, parse_object_name
+from weshare.lineage import Fork, Resolution, resolve
+from weshare.membership import (
+    add_user,
+    create_domain_on,
+    make_invite,
+    open_invite,
+    read_anchor,
+    refresh_members,
+)
+from weshare.state import LogRow, State
+from weshare.sync import SyncReport, choose, sync_session
+from weshare.transfer import NoProgress, Progress, Session
+
+_DOMAIN = re.compile(
+    r"^(?=.{1,128}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
+)
+DATABASE = "weshare.db"
+
+
+def system_clock() -> int:
+    """Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    """What `status` shows for one domain."""
+
+    domain: str
+    folder: Path
+    members: dict[bytes, tuple[int, str, str]]
+    files: int
+    pending: int  # local changes waiting to be pushed
+    forks: int
+    refused: list[tuple[str, str]]
+    writers: dict[bytes, int]  # highest change id seen per writer
+    exchanges: list[dict[str, Any]]
+
+
+class Weshare:
+    """A weshare client whose state (identity, domains, files seen) lives in `state_dir`.
+
+    Use ``async with Weshare(path) as client`` or call `start` and `close`. One operation at a
+    time runs per client (a lock); exchanges are opened for each operation and closed after."""
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        kinds: Mapping[str, ExchangeFactory] | None = None,
+        clock: Callable[[], int] = system_clock,
+        progress: Progress | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self._kinds = dict(default_kinds() if kinds is None else kinds)
+        self._clock = clock
+        self._progress = progress or NoProgress()
+        self._state: State | None = None
+        self._identity: Identity | None = None
+        self._ids: SnowflakeIds | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> str:
+        """Open the state (creating it and an identity the first time); the public key, hex."""
+        state = State(self.state_dir / DATABASE)
+        private = state.get_config(None, "identity.private")  # seed 004 Config keys
+        if private is None:
+            identity = Identity.generate()
+            with state.transaction():
+                state.set_config(None, "identity.private", identity.to_bytes().decode())
+                state.set_config(None, "identity.public", identity.public_key.hex())
+        else:
+            identity = Identity.from_bytes(private.encode())
+        self._state, self._identity = state, identity
+        self._ids = SnowflakeIds(instance_of(identity.public_key))
+        return self.get_public()
+
+    async def close(self) -> None:
+        """Close the state."""
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+
+    async def __aenter__(self) -> Weshare:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def state(self) -> State:
+        """The open state (after `start`)."""
+        if self._state is None:
+            raise UsageError("Weshare is not started")
+        return self._state
+
+    @property
+    def identity(self) -> Identity:
+        """This client's identity (after `start`)."""
+        if self._identity is None:
+            raise UsageError("Weshare is not started")
+        return self._identity
+
+    def get_public(self) -> str:
+        """seed 004 GetPublic: this user's ed25519 public key, hex."""
+        return self.identity.public_key.hex()
+
+    def domains(self) -> list[str]:
+        """The domains this client belongs to."""
+        return self.state.domains()
+
+    def _require(self, domain: str) -> Path:
+        folder = self.state.get_config(domain, "folder")
+        if folder is None:
+            raise UsageError(f"unknown domain {domain!r}")
+        return Path(folder)
+
+    def _exchanges(self, domain: str) -> list[dict[str, Any]]:
+        configs: list[dict[str, Any]] = json.loads(
+            self.state.get_config(domain, "exchanges") or "[]"
+        )
+        return configs
+
+    def _next_id(self, floor: int = 0) -> int:
+        assert self._ids is not None
+        return self._ids.next(self._clock(), floor)
+
+    async def add_domain(
+        self, name: str, folder: Path | str | None = None, user_name: str = "admin"
+    ) -> None:
+        """seed 004 AddDomain: a new domain whose founding admin is this user, shared from the
+        local `folder` (default ``<state_dir>/files/<name>``). It reaches others once an exchange
+        is added."""
+        if not _DOMAIN.match(name):
+            raise UsageError(f"{name!r} is not a domain name (like public.weshare.zone)")
+        if self.state.get_config(name, "folder") is not None:
+            raise UsageError(f"domain {name} exists already")
+        path = await asyncio.to_thread(_prepare_folder, folder or self.state_dir / "files" / name)
+        first = self._next_id()
+        keyring = Keyring({first: new_key()})
+        with self.state.transaction():
+            self.state.set_config(name, "folder", str(path))
+            self.state.set_config(name, "admins", json.dumps([self.get_public()]))
+            self.state.set_config(name, "founding", str(first))
+            self.state.set_config(name, "name", user_name)
+            self.state.set_config(name, "keyring", keyring.encode().hex())
+
+    async def add_exchange(self, domain: str, config: Mapping[str, Any]) -> None:
+        """seed 004 AddExchange: share `domain` through the exchange `config` describes
+        (``{"kind": "folder", "path": DIR}``). The founding admin lays out the domain there."""
+        self._require(domain)
+        normalized = normalize_config(config)
+        known = self._exchanges(domain)
+        if known and normalized not in known:
+            # several exchanges per domain (write to each, read the nearest) are issue 16's
+            raise UsageError(f"{domain} already has an exchange; this version uses one")
+        configs = [normalized]
+        async with self._lock, self._open(normalized) as exchange:
+            founding = self.state.get_config(domain, "founding")
+            if founding is not None and self._admins(domain) == {self.identity.public_key}:
+                keyring = _keyring(self.state, domain)
+                await create_domain_on(
+                    exchange, domain, self.identity, self.state.get_config(domain, "name") or "",
+                    keyring, int(founding), configs,
+                )  # fmt: skip
+            else:
+                await read_anchor(exchange, domain, self._admins(domain))
+        self.state.set_config(domain, "exchanges", json.dumps(configs))
+
+    def _admins(self, domain: str) -> set[bytes]:
+        """The founding admins we trust for `domain` (ourselves, or those our invite named)."""
+        admins = self.state.get_config(domain, "admins")
+        if admins is None:
+            raise UsageError(f"unknown domain {domain!r}")
+        return {bytes.fromhex(key) for key in json.loads(admins)}
+
+    async def _refresh(self, exchange: Exchange, domain: str) -> Keyring | None:
+        anchor = await read_anchor(exchange, domain, self._admins(domain))
+        return await refresh_members(exchange, self.state, domain, self.identity, anchor)
+
+    @asynccontextmanager
+    async def _open(self, config: Mapping[str, Any]) -> AsyncIterator[Exchange]:
+        exchange = open_exchange(config, self._kinds)
+        try:
+            yield exchange
+        finally:
+            await exchange.close()
+
+    @asynccontextmanager
+    async def _session(self, domain: str) -> AsyncIterator[Session]:
+        folder = self._require(domain)
+        configs = self._exchanges(domain)
+        if not configs:
+            raise UsageError(f"domain {domain} has no exchange yet (add-exchange)")
+        async with self._lock, self._open(configs[0]) as exchange:
+            keyring = await self._refresh(exchange, domain)
+            if keyring is None or self.identity.public_key not in self.state.members(domain):
+                raise UsageError(f"not a user of {domain} yet: no U.x on the exchange lists us")
+            assert self._ids is not None
+            yield Session(
+                domain, folder, self.identity, self.state, exchange, keyring, self._ids,
+                self._clock, self._progress,
+            )  # fmt: skip
+
+    async def invite(self, domain: str, public: str, name: str, name2: str = "") -> bytes:
+        """Add the user with ed25519 key `public` (hex) to `domain` (a new `U.x`) and return
+        their invite: the admin's key and the exchanges, sealed to them (seed 004 Invite)."""
+        try:
+            key = bytes.fromhex(public)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise UsageError("a public key is 64 hex digits")
+        async with self._session(domain) as session:
+            current = parse_object_name("U", self.state.get_config(domain, "users") or "") or 0
+            await add_user(
+                session.exchange, self.state, domain, self.identity, session.keyring,
+                self._next_id(current), key, name, name2,
+            )  # fmt: skip
+            await self._refresh(session.exchange, domain)
+        admins = sorted(admin.hex() for admin in self._admins(domain))
+        # seed 004 Invite: the exchanges and the administrators of the group
+        config = {"domain": domain, "exchanges": self._exchanges(domain), "admins": admins}
+        return make_invite(self.identity, key, config)
+
+    async def join(self, invite: bytes, folder: Path | str, user_name: str = "") -> str:
+        """Join the domain an invite sealed to us names, shared from local `folder`; returns the
+        domain. Sync to fetch its files."""
+        opened = open_invite(self.identity, invite)
+        domain = opened.config.get("domain")
+        exchanges = opened.config.get("exchanges")
+        if not isinstance(domain, str) or not _DOMAIN.match(domain):
+            raise InvalidFile("invite: no valid domain")
+        admins = opened.config.get("admins")
+        if not isinstance(exchanges, list) or not exchanges:
+            raise InvalidFile("invite: no exchange")
+        if not isinstance(admins, list) or not admins or not all(_is_key(a) for a in admins):
+            raise InvalidFile("invite: no valid admins")
+        if self.state.get_config(domain, "folder") is not None:
+            raise UsageError(f"already a member of {domain}")
+        path = await asyncio.to_thread(_prepare_folder, folder)
+        with self.state.transaction():
+            self.state.set_config(domain, "folder", str(path))
+            self.state.set_config(domain, "admins", json.dumps(admins))
+            self.state.set_config(domain, "exchanges", json.dumps(exchanges))
+            self.state.set_config(domain, "name", user_name)
+        return domain
+
+    async def sync(self, domain: str) -> SyncReport:
+        """Synchronize `domain` once: push local changes, pull remote ones, apply."""
+        async with self._session(domain) as session:
+            return await sync_session(session)
+
+    async def choose(self, domain: str, ref: str, message: str = "") -> SyncReport:
+        """End a fork by keeping head `ref` (see `forks`), then sync."""
+        async with self._session(domain) as session:
+            await choose(session, ref, message)
+            return await sync_session(session)
+
+    def forks(self, domain: str) -> tuple[Fork, ...]:
+        """Open forks, as of the last sync."""
+        self._require(domain)
+        return self._resolution(domain).forks
+
+    def _resolution(self, domain: str) -> Resolution:
+        return resolve(self.state.versions(domain))
+
+    def log(self, domain: str) -> list[LogRow]:
+        """Every version seen, oldest first."""
+        self._require(domain)
+        return list(self.state.log(domain).values())
+
+    def status(self, domain: str) -> DomainStatus:
+        """Members, files, pending pushes, forks, refused remote files, writers seen."""
+        folder = self._require(domain)
+        files = self.state.files(domain)
+        return DomainStatus(
+            domain, folder, self.state.members(domain), len(files),
+            sum(1 for row in files.values() if row.push), len(self.forks(domain)),
+            self.state.refused(domain), self.state.writers(domain), self._exchanges(domain),
+        )  # fmt: skip
+
+
+def _keyring(state: State, domain: str) -> Keyring:
+    value = state.get_config(domain, "keyring")
+    if value is None:
+        raise UsageError(f"no key for {domain}")
+    return Keyring.decode(bytes.fromhex(value))
+
+
+def _is_key(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _prepare_folder(folder: Path | str) -> Path:
+    path = Path(folder).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

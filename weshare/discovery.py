@@ -1,0 +1,140 @@
+"""Phase 1 of a sync (seed 004 "Local discovery"): what changed in the local folder.
+
+Blocking (walks the folder, hashes files, writes SQLite): run it with `asyncio.to_thread`.
+
+A file whose size and modification time match its Files row is taken as unchanged. Otherwise
+it is split into parts and hashed; a new path whose hash equals a vanished tracked file is a
+rename (seed: "the hash is calculated so to check for rename cases"); a vanished file nobody
+renamed is a deletion. A file that already holds what the remote side wants at that path (a
+sync killed after writing it, before recording it) is adopted, not pushed back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from weshare.crypto import content_hash
+from weshare.formats import is_safe_path
+from weshare.lineage import Placement
+from weshare.parts import Part, encode_parts, split_file
+from weshare.state import CREATE, DELETE, FORK, SYNC, UPDATE, FileRow, State
+
+TEMP_PREFIX = ".weshare-tmp-"  # files being written by a sync; never shared
+
+
+def walk(folder: Path, *, clean: bool = False) -> dict[str, os.stat_result]:
+    """Regular files under `folder` by relative POSIX path (symlinks and temp files skipped;
+    symlinked folders are not followed; unreadable folders are skipped, as `os.walk` does).
+    With `clean`, temp files a killed sync left behind are removed."""
+    found: dict[str, os.stat_result] = {}
+    folders = [(os.fspath(folder), "")]
+    while folders:
+        directory, prefix = folders.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append((entry.path, f"{prefix}{entry.name}/"))
+            elif entry.name.startswith(TEMP_PREFIX):
+                if clean:
+                    os.unlink(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                relative = prefix + entry.name
+                if is_safe_path(relative):
+                    found[relative] = entry.stat(follow_symlinks=False)
+    return found
+
+
+def same_stat(row: FileRow, info: os.stat_result) -> bool:
+    """True when the file looks as it did when `row` was written."""
+    return row.modtime == str(info.st_mtime_ns) and row.size == info.st_size
+
+
+@dataclass
+class Discovered:
+    """Counts of what local discovery found."""
+
+    created: int = 0
+    updated: int = 0
+    renamed: int = 0
+    deleted: int = 0
+    adopted: int = 0
+
+
+def discover(
+    state: State,
+    domain: str,
+    folder: Path,
+    id_key: bytes,
+    placements: Callable[[], dict[str, Placement]],
+    split: Callable[[Path, int], list[Part]] | None = None,
+) -> Discovered:
+    """Compare the folder with Files and mark what must be pushed (Files.push). `placements()`
+    says where the remote side wants each version (asked only if a file changed). `split(path,
+    size)` cuts and hashes a new or changed file (by default `split_file`; a sync also puts a
+    large file's parts on the exchange as it goes)."""
+    rows = state.files(domain)
+    on_disk = walk(folder, clean=True)
+    found = Discovered()
+    updates: list[FileRow] = []
+    fresh: list[FileRow] = []
+    for path, info in sorted(on_disk.items()):
+        row = rows.get(path)
+        if row is not None and (row.status == FORK or same_stat(row, info)):
+            continue  # a fork's copy is not pushed; an unchanged file is not hashed
+        parts = split(folder / path, info.st_size) if split else split_file(folder / path, id_key)
+        digest = content_hash([part.id for part in parts])
+        seen = FileRow(path, digest, str(info.st_mtime_ns), info.st_size, CREATE, True,
+                       encode_parts(parts), None)  # fmt: skip
+        placement = placements().get(path)
+        if row is not None and row.hash == digest:
+            updates.append(replace(row, modtime=seen.modtime, size=seen.size))
+        elif placement is not None and placement.version.hash == digest:
+            status = FORK if placement.conflict else SYNC
+            updates.append(replace(seen, status=status, push=False, version=placement.version.ref))
+            found.adopted += 1
+        elif row is not None:
+            status = CREATE if row.status == CREATE else UPDATE
+            updates.append(replace(seen, status=status, version=row.version))
+            found.updated += 1
+        else:
+            fresh.append(seen)
+
+    vanished = {
+        name: row
+        for name, row in rows.items()
+        if name not in on_disk and row.status not in (FORK, DELETE)
+    }
+    by_hash: dict[str, list[FileRow]] = {}
+    for row in vanished.values():
+        if row.version is not None:
+            by_hash.setdefault(row.hash, []).append(row)
+    dropped: list[str] = []
+    for new in fresh:
+        olds = by_hash.get(new.hash)
+        if olds:
+            old = olds.pop()
+            del vanished[old.name]
+            dropped.append(old.name)
+            updates.append(replace(new, status=UPDATE, version=old.version))
+            found.renamed += 1
+        else:
+            updates.append(new)
+            found.created += 1
+    for row in vanished.values():
+        if row.version is None:
+            dropped.append(row.name)  # made and removed before it was ever pushed
+        else:
+            updates.append(replace(row, status=DELETE, push=True))
+            found.deleted += 1
+
+    with state.transaction():
+        for name in dropped:
+            state.drop_file(domain, name)
+        state.put_files(domain, updates)
+    return found

@@ -1,0 +1,137 @@
+"""Lineages and forks (seed 004 "Lineage", "Beauty Context"): pure functions over versions.
+
+Each file change is a *version* that names the versions it follows (`origin`). A version no
+other version follows is a *head*. Versions linked by origins form a file's lineage; heads of one
+lineage, or live heads of different lineages that claim the same path, form a *group*. A group
+with more than one head is a fork: two users changed the same file without seeing each other's
+change. Both versions are kept: the preferred head (live before deleted, then newest id) takes the
+path, every other live head is placed beside it as a Syncthing-style conflict copy
+``<stem>.sync-conflict-<date>-<time>-<writer>.<ext>``. A later version that follows all heads
+(`choose`) ends the fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from posixpath import splitext
+
+from weshare.ids import id_time_ms
+
+
+@dataclass(frozen=True)
+class Version:
+    """What resolution needs to know of one file change."""
+
+    ref: str  # "C.<x>/<entry index>"
+    change_id: int
+    writer: bytes
+    path: str | None  # None: this version deletes the file
+    origin: tuple[str, ...]
+    hash: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A version that should be on disk at `path`; `conflict` for a fork's losing copy."""
+
+    path: str
+    version: Version
+    conflict: bool
+
+
+@dataclass(frozen=True)
+class Fork:
+    """A group with several heads; `heads[0]` is the one placed at the path."""
+
+    heads: tuple[Version, ...]
+
+    @property
+    def path(self) -> str:
+        """The path the fork is about (its preferred live head's, or any head's)."""
+        for head in self.heads:
+            if head.path is not None:
+                return head.path
+        return ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The desired local tree and the open forks."""
+
+    placements: dict[str, Placement]
+    forks: tuple[Fork, ...]
+
+
+def ref_of(change_name: str, index: int) -> str:
+    """The reference of entry `index` in change file `change_name`."""
+    return f"{change_name}/{index}"
+
+
+def conflict_name(path: str, version: Version) -> str:
+    """Where a fork's losing live version is placed (Syncthing's conflict naming)."""
+    stem, ext = splitext(path)
+    when = datetime.fromtimestamp(id_time_ms(version.change_id) / 1000, UTC)
+    return f"{stem}.sync-conflict-{when:%Y%m%d-%H%M%S}-{version.writer.hex()[:7]}{ext}"
+
+
+class _Groups:
+    """Union-find over version refs."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def find(self, ref: str) -> str:
+        root = ref
+        while self._parent.get(root, root) != root:
+            root = self._parent[root]
+        while ref != root:  # path compression
+            self._parent[ref], ref = root, self._parent.get(ref, ref)
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        root_a, root_b = self.find(a), self.find(b)
+        if root_a != root_b:
+            self._parent[max(root_a, root_b)] = min(root_a, root_b)
+
+
+def _preference(version: Version) -> tuple[bool, int, str]:
+    # FIELD-NOTES (Syncthing): a modify beats a delete; then the newer change wins the path
+    return (version.path is not None, version.change_id, version.ref)
+
+
+def resolve(versions: Iterable[Version]) -> Resolution:
+    """The placements and forks that `versions` (every version seen) lead to."""
+    by_ref = {version.ref: version for version in versions}
+    groups = _Groups()
+    followed: set[str] = set()
+    for version in by_ref.values():
+        for origin in version.origin:
+            if origin in by_ref:
+                followed.add(origin)
+                groups.union(version.ref, origin)
+    heads = [version for ref, version in by_ref.items() if ref not in followed]
+    first_on_path: dict[str, str] = {}
+    for head in heads:
+        if head.path is not None:
+            groups.union(head.ref, first_on_path.setdefault(head.path, head.ref))
+    grouped: dict[str, list[Version]] = {}
+    for head in heads:
+        grouped.setdefault(groups.find(head.ref), []).append(head)
+
+    placements: dict[str, Placement] = {}
+    forks: list[Fork] = []
+    for members in sorted(grouped.values(), key=lambda m: min(v.ref for v in m)):
+        ordered = tuple(sorted(members, key=_preference, reverse=True))
+        if len(ordered) > 1:
+            forks.append(Fork(ordered))
+        winner, *others = ordered
+        if winner.path is None:
+            continue  # deleted (every head of the group is a deletion)
+        placements[winner.path] = Placement(winner.path, winner, conflict=False)
+        for other in others:
+            if other.path is not None:
+                name = conflict_name(other.path, other)
+                placements.setdefault(name, Placement(name, other, conflict=True))
+    return Resolution(placements, tuple(forks))

@@ -1,0 +1,324 @@
+"""A client's local state in SQLite (seed 004 "Local": tables Config, Log, Files, Merkle).
+
+Blocking: callers on an event loop run these methods through `asyncio.to_thread`; one sync at a
+time uses a `State` (the `Weshare` lock), so one connection serves every thread. Every method
+that changes several rows does it in one transaction, so a killed sync leaves either all of a
+step or none of it.
+
+Tables beyond the seed's: `Members` (users of the current `U.x`), `Objects` (remote files already
+read or refused), `Writers` (highest change seen per writer) and `Outbox` (a change file between
+"decided" and "on the exchange", so a rerun puts the very same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weshare.formats import HASH_SIZE
+from weshare.lineage import Version
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS Config (
+    domain VARCHAR(128), key VARCHAR(64) NOT NULL, value TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS config_key ON Config (ifnull(domain, ''), key);
+CREATE TABLE IF NOT EXISTS Log (
+    domain VARCHAR(128) NOT NULL, name VARCHAR(8192), hash CHAR(64) NOT NULL,
+    change VARCHAR(32) NOT NULL, change_id INTEGER NOT NULL, writer CHAR(64) NOT NULL,
+    origin TEXT NOT NULL, parts BLOB NOT NULL, data BLOB, message TEXT NOT NULL,
+    PRIMARY KEY (domain, change));
+CREATE TABLE IF NOT EXISTS Files (
+    domain VARCHAR(128) NOT NULL, name VARCHAR(8192) NOT NULL, hash CHAR(64) NOT NULL,
+    modtime TEXT NOT NULL, size INTEGER NOT NULL, status CHAR(16) NOT NULL,
+    push BOOL NOT NULL, merkle BLOB NOT NULL, version VARCHAR(32),
+    PRIMARY KEY (domain, name));
+CREATE TABLE IF NOT EXISTS Merkle (
+    domain VARCHAR(128) NOT NULL, part BLOB NOT NULL, PRIMARY KEY (domain, part));
+CREATE TABLE IF NOT EXISTS Members (
+    domain VARCHAR(128) NOT NULL, public CHAR(64) NOT NULL, flags INTEGER NOT NULL,
+    name TEXT NOT NULL, name2 TEXT NOT NULL, PRIMARY KEY (domain, public));
+CREATE TABLE IF NOT EXISTS Objects (
+    domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, refused TEXT,
+    PRIMARY KEY (domain, name));
+CREATE TABLE IF NOT EXISTS Writers (
+    domain VARCHAR(128) NOT NULL, writer CHAR(64) NOT NULL, last_change INTEGER NOT NULL,
+    PRIMARY KEY (domain, writer));
+CREATE TABLE IF NOT EXISTS Outbox (
+    domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (domain, name));
+"""
+
+# seed 004 Files.status; DELETE and FORK are ours: a deletion waiting to be pushed, a fork's copy
+CREATE, UPDATE, SYNC, DELETE, FORK = "CREATE", "UPDATE", "SYNC", "DELETE", "FORK"
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A row of Files: what we last knew of a local file."""
+
+    name: str
+    hash: str
+    modtime: str  # st_mtime_ns, as text
+    size: int
+    status: str
+    push: bool
+    merkle: bytes
+    version: str | None
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """A row of Log: one version of a file, as read from a change file."""
+
+    version: Version
+    parts: bytes  # the part ids, 32 bytes each
+    data: bytes | None  # the content, when it travelled inline
+    message: str
+
+    @property
+    def part_ids(self) -> list[bytes]:
+        """The part ids, in order."""
+        return [self.parts[i : i + HASH_SIZE] for i in range(0, len(self.parts), HASH_SIZE)]
+
+
+class State:
+    """The SQLite database of one client (all its domains)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)  # it holds the private key (seed: identity.private)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of work: the writes made inside it land together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- Config ---
+
+    def get_config(self, domain: str | None, key: str) -> str | None:
+        """A configuration value (global when `domain` is None)."""
+        row = self._db.execute(
+            "SELECT value FROM Config WHERE ifnull(domain, '') = ? AND key = ?", (domain or "", key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_config(self, domain: str | None, key: str, value: str) -> None:
+        """Set a configuration value."""
+        self._db.execute(
+            "INSERT INTO Config (domain, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (ifnull(domain, ''), key) DO UPDATE SET value = excluded.value",
+            (domain, key, value),
+        )
+
+    def domains(self) -> list[str]:
+        """Every domain this client belongs to."""
+        rows = self._db.execute("SELECT domain FROM Config WHERE key = 'folder' ORDER BY domain")
+        return [str(row[0]) for row in rows]
+
+    # --- Files ---
+
+    _FILE_COLUMNS = "name, hash, modtime, size, status, push, merkle, version"
+
+    def files(self, domain: str) -> dict[str, FileRow]:
+        """Every Files row of a domain, by name."""
+        rows = self._db.execute(
+            f"SELECT {self._FILE_COLUMNS} FROM Files WHERE domain = ?", (domain,)
+        )
+        return {
+            row[0]: FileRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7])
+            for row in rows
+        }
+
+    def pending_files(self, domain: str) -> list[FileRow]:
+        """The Files rows marked for push, by name."""
+        rows = self._db.execute(
+            f"SELECT {self._FILE_COLUMNS} FROM Files WHERE domain = ? AND push ORDER BY name",
+            (domain,),
+        )
+        return [FileRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
+
+    def put_files(self, domain: str, rows: Iterable[FileRow]) -> None:
+        """Insert or replace Files rows."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO Files (domain, name, hash, modtime, size, status, push, "
+            "merkle, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(domain, row.name, row.hash, row.modtime, row.size, row.status, row.push,
+              row.merkle, row.version) for row in rows],
+        )  # fmt: skip
+
+    def drop_file(self, domain: str, name: str) -> None:
+        """Forget a Files row."""
+        self._db.execute("DELETE FROM Files WHERE domain = ? AND name = ?", (domain, name))
+
+    # --- Log ---
+
+    _VERSION_COLUMNS = "change, change_id, writer, name, origin, hash"
+
+    @staticmethod
+    def _version(r: Sequence[Any]) -> Version:
+        origin = () if r[4] == "[]" else tuple(json.loads(r[4]))  # most versions: a new file
+        return Version(r[0], r[1], bytes.fromhex(r[2]), r[3], origin, r[5])
+
+    def versions(self, domain: str) -> list[Version]:
+        """Every version of the domain (without content), oldest change first."""
+        rows = self._db.execute(
+            f"SELECT {self._VERSION_COLUMNS} FROM Log WHERE domain = ? ORDER BY change_id, change",
+            (domain,),
+        )
+        return [self._version(r) for r in rows]
+
+    def log(self, domain: str, refs: Sequence[str] | None = None) -> dict[str, LogRow]:
+        """Versions with their content, by reference: those in `refs`, or all (oldest first)."""
+        query = f"SELECT {self._VERSION_COLUMNS}, parts, data, message FROM Log WHERE domain = ?"
+        if refs is None:
+            rows = list(self._db.execute(query + " ORDER BY change_id, change", (domain,)))
+        else:
+            rows = self._where_in(query + " AND change", domain, refs)
+        return {r[0]: LogRow(self._version(r), r[6], r[7], r[8]) for r in rows}
+
+    def add_log(self, domain: str, rows: Iterable[LogRow]) -> None:
+        """Record versions."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO Log (domain, name, hash, change, change_id, writer, origin, "
+            "parts, data, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(domain, r.version.path, r.version.hash, r.version.ref, r.version.change_id,
+              r.version.writer.hex(), json.dumps(r.version.origin), r.parts, r.data, r.message)
+             for r in rows],
+        )  # fmt: skip
+
+    # --- Merkle: parts known to be on the exchange ---
+
+    def _where_in(self, query: str, domain: str, values: Sequence[Any]) -> list[Any]:
+        """Rows of ``query + " IN (...)"`` (its parameters: the domain, then `values`), run in
+        batches that stay under SQLite's limit on parameters."""
+        rows: list[Any] = []
+        for start in range(0, len(values), 500):
+            batch = list(values[start : start + 500])
+            marks = ",".join("?" * len(batch))
+            rows += self._db.execute(f"{query} IN ({marks})", (domain, *batch))
+        return rows
+
+    def known_parts(self, domain: str, parts: Sequence[bytes]) -> set[bytes]:
+        """Which of `parts` are known to be on the exchange already."""
+        query = "SELECT part FROM Merkle WHERE domain = ? AND part"
+        return {bytes(row[0]) for row in self._where_in(query, domain, parts)}
+
+    def add_parts(self, domain: str, parts: Sequence[bytes]) -> None:
+        """Remember that `parts` are on the exchange."""
+        with self.transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO Merkle (domain, part) VALUES (?, ?)",
+                [(domain, part) for part in parts],
+            )
+
+    # --- Members, Objects, Writers, Outbox ---
+
+    def members(self, domain: str) -> dict[bytes, tuple[int, str, str]]:
+        """The current users: public key -> (flags, name, name2)."""
+        rows = self._db.execute(
+            "SELECT public, flags, name, name2 FROM Members WHERE domain = ?", (domain,)
+        )
+        return {bytes.fromhex(r[0]): (r[1], r[2], r[3]) for r in rows}
+
+    def set_members(self, domain: str, members: dict[bytes, tuple[int, str, str]]) -> None:
+        """Replace the users of a domain."""
+        self._db.execute("DELETE FROM Members WHERE domain = ?", (domain,))
+        self._db.executemany(
+            "INSERT INTO Members (domain, public, flags, name, name2) VALUES (?, ?, ?, ?, ?)",
+            [(domain, key.hex(), *info) for key, info in members.items()],
+        )
+
+    def seen(self, domain: str, names: Sequence[str]) -> set[str]:
+        """Which of the remote `names` were already read or refused."""
+        query = "SELECT name FROM Objects WHERE domain = ? AND name"
+        return {str(row[0]) for row in self._where_in(query, domain, names)}
+
+    def mark_object(self, domain: str, name: str, refused: str | None) -> None:
+        """Remember a remote file as read (`refused` None) or refused with a reason."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO Objects (domain, name, refused) VALUES (?, ?, ?)",
+            (domain, name, refused),
+        )
+
+    def newest_object(self, domain: str, prefix: str) -> str:
+        """The greatest remote name with `prefix` read and accepted ('' if none); refused ones
+        do not count, so junk with a huge id cannot move where listing starts."""
+        row = self._db.execute(
+            "SELECT max(name) FROM Objects WHERE domain = ? AND name LIKE ? AND refused IS NULL",
+            (domain, prefix + "%"),
+        ).fetchone()
+        return str(row[0]) if row and row[0] is not None else ""
+
+    def refused(self, domain: str) -> list[tuple[str, str]]:
+        """Remote files refused, with the reason."""
+        rows = self._db.execute(
+            "SELECT name, refused FROM Objects WHERE domain = ? AND refused IS NOT NULL "
+            "ORDER BY name",
+            (domain,),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def saw_writer(self, domain: str, writer: bytes, change_id: int) -> None:
+        """Raise a writer's highest change seen."""
+        self._db.execute(
+            "INSERT INTO Writers (domain, writer, last_change) VALUES (?, ?, ?) "
+            "ON CONFLICT (domain, writer) DO UPDATE SET "
+            "last_change = max(last_change, excluded.last_change)",
+            (domain, writer.hex(), change_id),
+        )
+
+    def writers(self, domain: str) -> dict[bytes, int]:
+        """Highest change id seen per writer."""
+        rows = self._db.execute(
+            "SELECT writer, last_change FROM Writers WHERE domain = ?", (domain,)
+        )
+        return {bytes.fromhex(r[0]): int(r[1]) for r in rows}
+
+    def outbox(self, domain: str) -> list[tuple[str, bytes]]:
+        """Change files decided but maybe not yet on the exchange."""
+        rows = self._db.execute(
+            "SELECT name, body FROM Outbox WHERE domain = ? ORDER BY name", (domain,)
+        )
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
+    def add_outbox(self, domain: str, name: str, body: bytes) -> None:
+        """Queue a change file."""
+        self._db.execute(
+            "INSERT INTO Outbox (domain, name, body) VALUES (?, ?, ?)", (domain, name, body)
+        )
+
+    def drop_outbox(self, domain: str, name: str) -> None:
+        """A queued change file is on the exchange."""
+        self._db.execute("DELETE FROM Outbox WHERE domain = ? AND name = ?", (domain, name))
+
+    def rename_change(self, domain: str, old: str, new: str) -> None:
+        """A queued change file must take another name (its id was taken by another writer):
+        move the outbox entry and the Files rows that point at its versions."""
+        with self.transaction():
+            self._db.execute(
+                "UPDATE Outbox SET name = ? WHERE domain = ? AND name = ?", (new, domain, old)
+            )
+            self._db.execute(
+                "UPDATE Files SET version = ? || substr(version, ?) "
+                "WHERE domain = ? AND version LIKE ?",
+                (new, len(old) + 1, domain, old + "/%"),
+            )

@@ -1,0 +1,394 @@
+"""One sync of one domain, in seed 004's phases.
+
+1. local discovery (`weshare.discovery`): what changed in the folder;
+2. push: the changed files' parts, then one `C.x` per batch (`weshare.transfer`);
+3. remote discovery: change files newer than those seen, into Log;
+4. lineage and apply: `weshare.lineage.resolve` says which version belongs at which path
+   (forks placed side by side), and the folder is brought to it.
+
+Local edits are pushed before remote ones are applied, so a remote change never overwrites an
+edit that is not safe on the exchange yet; a concurrent edit then shows up as a fork. Every
+step is recorded in SQLite as it completes, and every step can run again: a killed sync is
+finished by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from weshare.crypto import content_hash
+from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
+from weshare.errors import InvalidFile, UsageError
+from weshare.formats import ChangeFile, FileChange
+from weshare.lineage import Fork, Placement, Resolution, ref_of, resolve
+from weshare.parts import (
+    INLINE_LIMIT,
+    Part,
+    decode_parts,
+    diff_parts,
+    encode_parts,
+    split_bytes,
+    split_file,
+)
+from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
+from weshare.transfer import (
+    LocalParts,
+    Session,
+    flush_outbox,
+    next_change_name,
+    pull,
+    put_change,
+    split_and_put,
+    upload_parts,
+    write_version,
+)
+
+BATCH_INLINE_BYTES = 8 * 1024 * 1024  # inline data per change file
+BATCH_ENTRIES = 4096
+
+
+@dataclass
+class SyncReport:
+    """What one sync did."""
+
+    discovered: Discovered
+    pushed: int = 0  # file changes committed
+    pulled: int = 0  # versions read from the exchange
+    written: int = 0  # local files written
+    removed: int = 0  # local files removed
+    forks: int = 0  # forks open afterwards
+    uploaded: int = 0  # bytes put on the exchange
+    downloaded: int = 0  # bytes read from the exchange
+    problems: list[str] = field(default_factory=list)  # files that could not be written
+
+
+def current_resolution(session: Session) -> Resolution:
+    """Where each version belongs, from every version in Log."""
+    return resolve(session.state.versions(session.domain))
+
+
+def _small_entry(folder: Path, row: FileRow, id_key: bytes, old: list[bytes]) -> FileChange | None:
+    """Blocking: the change of a deleted or inline-sized file (its content read again, checked
+    against what discovery hashed); None if it changed since (the next discovery sees it)."""
+    origin = (row.version,) if row.version else ()
+    if row.status == DELETE:
+        return FileChange((), origin, (), changes=diff_parts(old, []))
+    path = folder / row.name
+    try:
+        data = path.read_bytes()
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    ids = [part.id for part in split_bytes(data, id_key)]
+    if not same_stat(row, info) or content_hash(ids) != row.hash:
+        return None
+    return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=data)
+
+
+async def _large_entry(session: Session, row: FileRow, old: list[bytes]) -> FileChange | None:
+    """Upload the parts of a large file, then its change; None if it changed meanwhile."""
+    path = session.folder / row.name
+    parts = decode_parts(row.merkle)
+    try:
+        complete = await upload_parts(session, path, parts)
+        info = await asyncio.to_thread(os.stat, path)
+    except FileNotFoundError:
+        return None
+    if not complete or not same_stat(row, info):
+        return None  # changed while we read it: the next discovery sees the new content
+    ids = [part.id for part in parts]
+    origin = (row.version,) if row.version else ()
+    return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids))
+
+
+def _small_entries(
+    folder: Path, rows: list[FileRow], id_key: bytes, old: dict[str, list[bytes]]
+) -> list[FileChange | None]:
+    return [_small_entry(folder, row, id_key, old.get(row.version or "", [])) for row in rows]
+
+
+def _is_small(row: FileRow) -> bool:
+    return row.status == DELETE or row.size <= INLINE_LIMIT
+
+
+async def push(session: Session) -> int:
+    """Commit every file marked for push; returns how many file changes were committed."""
+    await flush_outbox(session)
+    state, domain = session.state, session.domain
+    pending = state.pending_files(domain)
+    if not pending:
+        return 0
+    origins = state.log(domain, [row.version for row in pending if row.version])
+    old = {ref: row.part_ids for ref, row in origins.items()}
+    session.progress.begin(sum(r.size for r in pending if r.status != DELETE), "upload", "B")
+    made: list[tuple[FileChange, FileRow]] = []
+    try:
+        small = [row for row in pending if _is_small(row)]
+        for start in range(0, len(small), BATCH_ENTRIES):
+            rows = small[start : start + BATCH_ENTRIES]
+            entries = await asyncio.to_thread(
+                _small_entries, session.folder, rows, session.id_key, old
+            )
+            made += [(e, r) for e, r in zip(entries, rows, strict=True) if e is not None]
+            session.progress.advance(sum(r.size for r in rows if r.status != DELETE))
+        for row in pending:
+            if not _is_small(row):
+                entry = await _large_entry(session, row, old.get(row.version or "", []))
+                if entry is not None:
+                    made.append((entry, row))
+        batch: list[tuple[FileChange, FileRow | None]] = []
+        inline = 0
+        for entry, row in made:
+            batch.append((entry, row))
+            inline += len(entry.data)
+            if inline >= BATCH_INLINE_BYTES or len(batch) >= BATCH_ENTRIES:
+                await commit(session, batch)
+                batch, inline = [], 0
+        if batch:
+            await commit(session, batch)
+    finally:
+        session.progress.end()
+    return len(made)
+
+
+async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]]) -> str:
+    """Queue one change file holding `batch`, point the Files rows (if any) at its versions,
+    put it; returns its name."""
+    state, domain = session.state, session.domain
+    name = next_change_name(session)
+    plaintext = ChangeFile(tuple(entry for entry, _ in batch)).encode()
+    with state.transaction():
+        state.add_outbox(domain, name, plaintext)
+        updated = []
+        for index, (_, row) in enumerate(batch):
+            if row is not None and row.status == DELETE:
+                state.drop_file(domain, row.name)
+            elif row is not None:
+                updated.append(replace(row, push=False, version=ref_of(name, index)))
+        state.put_files(domain, updated)
+    await put_change(session, name, plaintext)
+    return name
+
+
+# --- apply ---------------------------------------------------------------------------------
+
+
+def _local_parts(folder: Path, rows: dict[str, FileRow]) -> LocalParts:
+    """Parts that local files hold as their rows say (checked again when read)."""
+    local: LocalParts = {}
+    on_disk = walk(folder)
+    for name, row in rows.items():
+        info = on_disk.get(name)
+        if info is None or not same_stat(row, info):
+            continue
+        for part in decode_parts(row.merkle):
+            local.setdefault(part.id, (folder / name, part.offset, part.length))
+    return local
+
+
+def _remove_empty_parents(folder: Path, path: Path) -> None:
+    parent = path.parent
+    while parent != folder and parent.is_relative_to(folder):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
+
+
+def _row_for(placement: Placement, target: Path, parts: list[Part]) -> FileRow:
+    info = target.stat()
+    status = FORK if placement.conflict else SYNC
+    return FileRow(placement.path, placement.version.hash, str(info.st_mtime_ns), info.st_size,
+                   status, False, encode_parts(parts), placement.version.ref)  # fmt: skip
+
+
+def _temp_beside(target: Path) -> Path:
+    return target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+
+
+def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogRow],
+                  id_key: bytes) -> list[FileRow | str]:  # fmt: skip
+    """Blocking: write small versions whose content travelled inline (temp file, then rename).
+    A row per file written, or the problem that stopped it. The parts are the version's own:
+    the pull checked that the data splits into them."""
+    done: list[FileRow | str] = []
+    folders: set[Path] = set()
+    for placement in placements:
+        row = log[placement.version.ref]
+        data = row.data or b""
+        ids = row.part_ids
+        parts = [Part(ids[0], 0, len(data))] if len(ids) == 1 else split_bytes(data, id_key)
+        target = folder / placement.path
+        temp = _temp_beside(target)
+        try:
+            if target.parent not in folders:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(target.parent)
+            temp.write_bytes(data)
+            os.replace(temp, target)
+            done.append(_row_for(placement, target, parts))
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            done.append(f"{placement.path}: {exc}")
+    return done
+
+
+async def _write_large(
+    session: Session, placement: Placement, row: LogRow, local: LocalParts
+) -> FileRow:
+    target = session.folder / placement.path
+    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+    temp = _temp_beside(target)
+    try:
+        parts = await write_version(session, row, temp, local)
+        await asyncio.to_thread(os.replace, temp, target)
+    finally:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+    return await asyncio.to_thread(_row_for, placement, target, parts)
+
+
+def _plan(
+    session: Session, resolution: Resolution, rows: dict[str, FileRow],
+    on_disk: dict[str, os.stat_result],
+) -> list[Placement]:  # fmt: skip
+    """The placements to write; rows already holding their version are brought up to date."""
+    state, domain = session.state, session.domain
+    to_write: list[Placement] = []
+    current: list[FileRow] = []
+    with state.transaction():
+        for path, placement in sorted(resolution.placements.items()):
+            row, info = rows.get(path), on_disk.get(path)
+            if row is not None and row.push:
+                continue  # a local change waits for the next push
+            if info is not None and (row is None or not same_stat(row, info)):
+                continue  # a local file we have not discovered yet: never clobber it
+            if row is not None and row.hash == placement.version.hash and info is not None:
+                status = FORK if placement.conflict else SYNC
+                if row.version != placement.version.ref or row.status != status:
+                    current.append(replace(row, version=placement.version.ref, status=status))
+                continue
+            to_write.append(placement)
+        state.put_files(domain, current)
+    return to_write
+
+
+async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
+    """Bring the folder to `resolution`: write what is missing or older, remove what no version
+    wants any more. Never overwrites a file with local changes not pushed yet. Returns
+    (written, removed)."""
+    state, domain, folder = session.state, session.domain, session.folder
+    rows = state.files(domain)
+    on_disk = await asyncio.to_thread(walk, folder)
+    to_write = _plan(session, resolution, rows, on_disk)
+    log = state.log(domain, [placement.version.ref for placement in to_write])
+    small = [p for p in to_write if log[p.version.ref].data is not None]
+    large = [p for p in to_write if log[p.version.ref].data is None]
+    session.progress.begin(len(small) + sum(_pieces(log[p.version.ref]) for p in large),
+                           "download", "part")  # fmt: skip
+    written: list[FileRow | str] = []
+    try:
+        for start in range(0, len(small), BATCH_ENTRIES):
+            chunk = small[start : start + BATCH_ENTRIES]
+            written += await asyncio.to_thread(_write_inline, folder, chunk, log, session.id_key)
+            session.progress.advance(len(chunk))
+        if large:
+            local = await asyncio.to_thread(_local_parts, folder, rows)
+        for placement in large:
+            try:
+                written.append(
+                    await _write_large(session, placement, log[placement.version.ref], local)
+                )
+            except (InvalidFile, OSError) as exc:
+                written.append(f"{placement.path}: {exc}")
+    finally:
+        session.progress.end()
+        with state.transaction():
+            state.put_files(domain, (done for done in written if isinstance(done, FileRow)))
+    session.problems += [done for done in written if isinstance(done, str)]
+    removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows, on_disk)
+    return sum(isinstance(done, FileRow) for done in written), removed
+
+
+def _pieces(row: LogRow) -> int:
+    return len(row.part_ids)
+
+
+def _remove_unwanted(
+    session: Session,
+    resolution: Resolution,
+    rows: dict[str, FileRow],
+    on_disk: dict[str, os.stat_result],
+) -> int:
+    state, domain, folder = session.state, session.domain, session.folder
+    removed = 0
+    for name, row in rows.items():
+        if name in resolution.placements or row.push or row.version is None:
+            continue
+        info = on_disk.get(name)
+        if info is not None and same_stat(row, info):
+            (folder / name).unlink(missing_ok=True)
+            _remove_empty_parents(folder, folder / name)
+            removed += 1
+        elif info is not None and row.status != FORK:
+            continue  # edited since discovery: the next sync pushes it, its lineage decides
+        with state.transaction():
+            state.drop_file(domain, name)  # an edited fork copy stays as a new local file
+    return removed
+
+
+async def sync_session(session: Session) -> SyncReport:
+    """Run the four phases once."""
+    loop = asyncio.get_running_loop()
+
+    @functools.cache
+    def placements() -> dict[str, Placement]:
+        return current_resolution(session).placements  # only when a local file changed
+
+    def split(path: Path, size: int) -> list[Part]:
+        # a large file's parts go up while it is hashed (one read); small ones travel inline
+        if size > INLINE_LIMIT:
+            return split_and_put(session, loop, path)
+        return split_file(path, session.id_key)
+
+    found = await asyncio.to_thread(
+        discover, session.state, session.domain, session.folder, session.id_key, placements, split
+    )
+    report = SyncReport(found)
+    report.pushed = await push(session)
+    report.pulled = await pull(session)
+    resolution = current_resolution(session)
+    report.written, report.removed = await apply(session, resolution)
+    report.forks = len(resolution.forks)
+    report.uploaded, report.downloaded = session.uploaded, session.downloaded
+    report.problems = list(session.problems)
+    return report
+
+
+def find_fork(resolution: Resolution, ref: str) -> Fork:
+    """The open fork that has `ref` among its heads."""
+    for fork in resolution.forks:
+        if any(head.ref == ref for head in fork.heads):
+            return fork
+    raise UsageError(f"{ref} is not a head of an open fork (see `forks`)")
+
+
+async def choose(session: Session, ref: str, message: str = "") -> str:
+    """End the fork that has head `ref`: a signed change that follows every head of the fork and
+    keeps `ref`'s content (seed 004 "Beauty Context": a user picks his favourite version).
+    Returns the new version's reference."""
+    fork = find_fork(current_resolution(session), ref)
+    chosen = session.state.log(session.domain, [ref])[ref]
+    names = (chosen.version.path,) if chosen.version.path is not None else ()
+    parts = chosen.part_ids
+    origin = tuple(sorted(head.ref for head in fork.heads))
+    entry = FileChange(
+        names, origin, tuple(parts), message or f"chose {ref}", diff_parts([], parts),
+        chosen.data or b"",
+    )  # fmt: skip
+    return ref_of(await commit(session, [(entry, None)]), 0)

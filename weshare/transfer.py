@@ -1,0 +1,539 @@
+"""Moving one domain's bytes to and from an exchange: push (parts, then the committing `C.x`),
+pull (new `C.x` into Log) and fetching a version's content.
+
+Write order (restic's rule): parts first, the `C.x` that refers to them last, so a reader never
+sees a change whose data is missing. A `C.x` is queued in Outbox (plaintext, with its name) in
+the same transaction that points the Files rows at it, then put; a rerun after a kill puts the
+queued file again, and finds it already there if the first put went through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import os
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from records.identity import Identity
+from weshare.crypto import (
+    ENCRYPTED_OVERHEAD,
+    content_hash,
+    decrypt,
+    decrypt_into,
+    encrypt,
+    encrypt_into,
+    open_signed,
+    part_id,
+    part_id_key,
+    sign_file,
+)
+from weshare.errors import InvalidFile, ObjectNotFound
+from weshare.exchange import Exchange
+from weshare.formats import ActionFile, ChangeFile, Keyring
+from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
+from weshare.lineage import Version, ref_of
+from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
+from weshare.state import LogRow, State
+
+_T = TypeVar("_T")
+LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
+PARALLEL_TRANSFERS = 4
+
+
+class Progress(Protocol):
+    """Where a long transfer reports how far it got (the CLI draws a bar)."""
+
+    def begin(self, total: int, what: str, unit: str) -> None:
+        """A transfer of `total` `unit`s (bytes "B", or parts) starts."""
+
+    def advance(self, amount: int) -> None:
+        """`amount` more units are done."""
+
+    def end(self) -> None:
+        """The transfer is over."""
+
+
+class NoProgress:
+    """Reports nothing."""
+
+    def begin(self, total: int, what: str, unit: str) -> None:
+        """Nothing."""
+
+    def advance(self, amount: int) -> None:
+        """Nothing."""
+
+    def end(self) -> None:
+        """Nothing."""
+
+
+@dataclass
+class Session:
+    """Everything one sync of one domain works with."""
+
+    domain: str
+    folder: Path
+    identity: Identity
+    state: State
+    exchange: Exchange
+    keyring: Keyring
+    ids: SnowflakeIds
+    clock: Callable[[], int]
+    progress: Progress = field(default_factory=NoProgress)
+    uploaded: int = 0
+    downloaded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @cached_property
+    def id_key(self) -> bytes:
+        """The part-id key: from the domain's first key, so ids stay the same across rekeys."""
+        return part_id_key(self.keyring.keys[min(self.keyring.keys)])
+
+    def full(self, name: str) -> str:
+        """The exchange object name of a domain file."""
+        return f"{self.domain}/{name}"
+
+
+async def run_all(work: list[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run coroutines together; if one fails, cancel the others and raise its error as is
+    (not wrapped in an ExceptionGroup, so callers catch `ExchangeError` and the like)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one) for one in work]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+class Buffers:
+    """Part-sized buffers, reused: allocating a fresh one per part costs more here (page
+    faults) than encrypting or hashing it. Used from the event loop only; a buffer whose
+    owner was cancelled while a thread may still use it is never handed back."""
+
+    def __init__(self, size: int = MAX_PART + ENCRYPTED_OVERHEAD) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least `size` bytes (a one-off one if `size` is above the pool's)."""
+        if size > self.size:
+            return bytearray(size)
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, *buffers: bytearray) -> None:
+        """Buffers no one uses any more."""
+        self._free += (b for b in buffers if len(b) == self.size)
+
+
+def part_name(part: bytes) -> str:
+    """seed 004: parts live in the domain's `merkle/` folder, named by their 256-bit id."""
+    return f"merkle/{part.hex()}.mrk"
+
+
+# --- push ---------------------------------------------------------------------------------
+
+
+def _read_part(path: Path, part: Part, id_key: bytes, out: bytearray) -> memoryview | None:
+    """Blocking: part `part` of the file at `path`, read into `out`; None if those bytes are not
+    the part any more (the file changed since it was split) or the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        view = memoryview(out)[: part.length]
+        if os.preadv(fd, [view], part.offset) != part.length:
+            return None
+    finally:
+        os.close(fd)
+    return view if part_id(id_key, view) == part.id else None
+
+
+def _seal_part(
+    session: Session, path: Path, part: Part, plain: bytearray, sealed: bytearray
+) -> memoryview | None:
+    """Blocking: the encrypted object of part `part` of `path`, in `sealed` (None as for
+    `_read_part`). The bytes encrypted are the bytes whose id was just checked, so an object
+    never holds other content than its name says, even if the file is being written."""
+    view = _read_part(path, part, session.id_key, plain)
+    if view is None:
+        return None
+    key_id, key = session.keyring.current
+    return encrypt_into(key_id, key, session.full(part_name(part.id)), view, sealed)
+
+
+async def upload_parts(session: Session, path: Path, parts: list[Part]) -> bool:
+    """Put the parts of `path` that the exchange may lack (not in Merkle), a few at a time.
+    False if the file no longer holds `parts` (changed since discovery; nothing wrong is put)."""
+    state, domain = session.state, session.domain
+    unique = {part.id: part for part in parts}
+    missing = [unique[i] for i in unique.keys() - state.known_parts(domain, list(unique))]
+    session.progress.advance(sum(part.length for part in parts) - sum(p.length for p in missing))
+    if not missing:
+        return True
+    gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
+    buffers = Buffers()
+    put: list[bytes] = []
+
+    async def one(part: Part) -> None:
+        async with gate:
+            plain = buffers.take(part.length)
+            sealed = buffers.take(part.length + ENCRYPTED_OVERHEAD)
+            body = await asyncio.to_thread(_seal_part, session, path, part, plain, sealed)
+            if body is not None:
+                if await session.exchange.put_if_absent(session.full(part_name(part.id)), body):
+                    session.uploaded += len(body)
+                put.append(part.id)
+            buffers.give(plain, sealed)
+        session.progress.advance(part.length)
+
+    try:
+        await run_all([one(part) for part in missing])
+    finally:
+        state.add_parts(domain, put)
+    return len(put) == len(missing)
+
+
+def split_and_put(session: Session, loop: asyncio.AbstractEventLoop, path: Path) -> list[Part]:
+    """Blocking (discovery's thread; `loop` runs the exchange): the parts of the file at `path`,
+    each put on the exchange as soon as it is cut and hashed, unless Merkle knows it. The file
+    is read once and each byte hashed once; what is encrypted is the very buffer that was
+    hashed, so an object never holds other bytes than its id says even if the file is being
+    written. Objects are written on other threads meanwhile; the push then finds every part
+    on the exchange already (parts before the change file that lists them, as ever)."""
+    state, domain = session.state, session.domain
+    key_id, key = session.keyring.current
+    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(PARALLEL_TRANSFERS * 2):  # at most this many objects waiting to be written
+        free.put(bytearray(MAX_PART + ENCRYPTED_OVERHEAD))
+    parts: list[Part] = []
+    queued: set[bytes] = set()
+    put: list[bytes] = []
+    pending: list[concurrent.futures.Future[None]] = []
+    failed = threading.Event()
+
+    async def write(name: str, body: memoryview, sealed: bytearray, part: bytes) -> None:
+        try:
+            if await session.exchange.put_if_absent(name, body):
+                session.uploaded += len(body)
+            put.append(part)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            free.put(sealed)
+
+    try:
+        with path.open("rb") as handle:
+            for offset, data in cut_stream(handle):
+                part = Part(part_id(session.id_key, data), offset, len(data))
+                parts.append(part)
+                if part.id in queued or state.known_parts(domain, [part.id]):
+                    continue
+                queued.add(part.id)
+                sealed = free.get()
+                if failed.is_set():
+                    break  # that write's error is raised below
+                name = session.full(part_name(part.id))
+                body = encrypt_into(key_id, key, name, data, sealed)  # FastCDC cuts <= MAX_PART
+                work = write(name, body, sealed, part.id)
+                pending.append(asyncio.run_coroutine_threadsafe(work, loop))
+    finally:
+        concurrent.futures.wait(pending)
+        state.add_parts(domain, put)
+    for future in pending:
+        future.result()
+    return parts
+
+
+async def put_change(session: Session, name: str, plaintext: bytes) -> None:
+    """Put a queued change file under `name` (or find it there from an earlier attempt), then
+    take it off the Outbox. If another writer took the name, move to a fresh id."""
+    for _ in range(8):  # bounded: each retry takes a strictly higher id
+        full = session.full(name)
+        key_id, key = session.keyring.current
+        body = sign_file(session.identity, full, encrypt(key_id, key, full, plaintext))
+        if await session.exchange.put_if_absent(full, body):
+            session.uploaded += len(body)
+            break
+        try:
+            _, signer = open_signed(full, await session.exchange.get(full))
+        except InvalidFile:
+            signer = b""
+        if signer == session.identity.public_key:
+            break  # our own earlier attempt went through before a kill
+        fresh = object_name(
+            "C", session.ids.next(session.clock(), parse_object_name("C", name) or 0)
+        )
+        session.state.rename_change(session.domain, name, fresh)
+        name = fresh
+    else:
+        raise InvalidFile("could not find a free change id")
+    # We wrote it: record it as read, as the pull would (reading it back checks our own
+    # signature and hashes again). A kill before this transaction leaves it queued: the rerun
+    # finds it ours on the exchange and records it then. Not a user any more: the pull reads
+    # it back and refuses it, as everyone else does.
+    state, domain, public = session.state, session.domain, session.identity.public_key
+    with state.transaction():
+        if public in state.members(domain):
+            rows = change_rows(name, ChangeFile.decode(plaintext), public)
+            state.add_log(domain, rows)
+            state.mark_object(domain, name, None)
+            if rows:
+                state.saw_writer(domain, public, rows[0].version.change_id)
+        state.drop_outbox(domain, name)
+
+
+async def flush_outbox(session: Session) -> None:
+    """Put change files that a killed sync queued but may not have put."""
+    for name, plaintext in session.state.outbox(session.domain):
+        await put_change(session, name, plaintext)
+
+
+def next_change_name(session: Session) -> str:
+    """A name for a new change file, above every change seen on the exchange."""
+    newest = parse_object_name("C", session.state.newest_object(session.domain, "C.")) or 0
+    return object_name("C", session.ids.next(session.clock(), newest))
+
+
+# --- pull ---------------------------------------------------------------------------------
+
+
+def _open_from_user(
+    session: Session, name: str, data: bytes, members: set[bytes]
+) -> tuple[bytes, bytes]:
+    """``(plaintext, signer)`` of a signed, encrypted domain file: signed for this name by a
+    user of the domain, decrypted with a domain key."""
+    full = session.full(name)
+    content, signer = open_signed(full, data)
+    if signer not in members:
+        raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
+    return decrypt(session.keyring.keys, full, content), signer
+
+
+def change_rows(name: str, change: ChangeFile, signer: bytes) -> list[LogRow]:
+    """The Log rows of change file `name` (not checked: see `read_change`)."""
+    change_id = parse_object_name("C", name) or 0
+    rows = []
+    for index, entry in enumerate(change.entries):
+        inline = bool(entry.data) or not entry.hashes
+        version = Version(
+            ref_of(name, index), change_id, signer, entry.path, entry.origin,
+            content_hash(entry.hashes),
+        )  # fmt: skip
+        rows.append(
+            LogRow(version, b"".join(entry.hashes), entry.data if inline else None, entry.message)
+        )
+    return rows
+
+
+def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -> list[LogRow]:
+    """The versions in change file `name`, checked: from a user (`_open_from_user`), well
+    formed, inline data matching its part hashes."""
+    plaintext, signer = _open_from_user(session, name, data, members)
+    change = ChangeFile.decode(plaintext)
+    for entry in change.entries:
+        inline = bool(entry.data) or not entry.hashes
+        if inline and tuple(p.id for p in split_bytes(entry.data, session.id_key)) != entry.hashes:
+            raise InvalidFile(f"{name}: inline data does not match its part hashes")
+    return change_rows(name, change, signer)
+
+
+def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -> ActionFile:
+    """An action file, checked like a change file. Acting on it is issue 16's (truncate)."""
+    return ActionFile.decode(_open_from_user(session, name, data, members)[0])
+
+
+def listing_floor(newest: int, now_ms: int) -> int:
+    """Where to start listing change files: `LISTING_WINDOW_MS` below the newest one read, so a
+    writer whose clock is a little behind is still found; a newest id stamped in the future (a
+    writer's clock far ahead) counts as now, so it cannot hide everyone else's changes."""
+    ceiling = max(0, now_ms + LISTING_WINDOW_MS - EPOCH_MS) << 22  # ids carry ms in top bits
+    return max(0, min(newest, ceiling) - (LISTING_WINDOW_MS << 22))
+
+
+async def _new_names(session: Session, prefix: str) -> list[str]:
+    state, domain = session.state, session.domain
+    newest = parse_object_name(prefix, state.newest_object(domain, f"{prefix}.")) or 0
+    floor = listing_floor(newest, session.clock())
+    after = session.full(object_name(prefix, floor)) if newest else ""
+    listed = await session.exchange.list(session.full(f"{prefix}."), after=after)
+    names = [n.rpartition("/")[2] for n in listed]
+    names = [n for n in names if parse_object_name(prefix, n) is not None]
+    seen = state.seen(domain, names)
+    return [n for n in names if n not in seen]
+
+
+async def pull(session: Session) -> int:
+    """Read every change file not read yet into Log; refuse (and remember) bad ones. Returns
+    the number of versions recorded."""
+    state, domain = session.state, session.domain
+    members = set(state.members(domain))
+    recorded = 0
+    for name in await _new_names(session, "C"):
+        try:
+            data = await session.exchange.get(session.full(name))
+        except ObjectNotFound:
+            continue  # removed since the listing (truncation): nothing to read
+        session.downloaded += len(data)
+        try:
+            rows = await asyncio.to_thread(read_change, session, name, data, members)
+        except InvalidFile as exc:
+            with state.transaction():
+                state.mark_object(domain, name, exc.reason)
+            continue
+        with state.transaction():
+            state.add_log(domain, rows)
+            state.mark_object(domain, name, None)
+            if rows:
+                state.saw_writer(domain, rows[0].version.writer, rows[0].version.change_id)
+        recorded += len(rows)
+    for name in await _new_names(session, "A"):
+        try:
+            data = await session.exchange.get(session.full(name))
+        except ObjectNotFound:
+            continue
+        try:
+            await asyncio.to_thread(read_action, session, name, data, members)
+            reason = None
+        except InvalidFile as exc:
+            reason = exc.reason
+        with state.transaction():
+            state.mark_object(domain, name, reason)
+    return recorded
+
+
+# --- fetching a version's content ----------------------------------------------------------
+
+
+LocalParts = dict[bytes, tuple[Path, int, int]]  # part id -> (file, offset, length)
+
+
+def _read_local(
+    id_key: bytes, source: tuple[Path, int, int], part: bytes, out: bytearray
+) -> memoryview | None:
+    path, offset, length = source
+    try:  # checked by its id: the file may have changed since
+        return _read_part(path, Part(part, offset, length), id_key, out)
+    except OSError:
+        return None
+
+
+def _open_part(session: Session, part: bytes, data: bytes, out: bytearray) -> memoryview:
+    name = session.full(part_name(part))
+    plain = decrypt_into(session.keyring.keys, name, data, out)
+    if part_id(session.id_key, plain) != part:
+        raise InvalidFile(f"{name}: content does not match its id")
+    return plain
+
+
+def _write_at(path: Path, offset: int, data: memoryview) -> None:
+    """Blocking: write `data` at `offset` of the file at `path` (opened for this write only, so
+    a write whose task was cancelled can never land in another file through a reused fd)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        while data:
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Fetched:
+    """A part on its way into a file: its length, and either a local source or its object."""
+
+    length: int
+    source: tuple[Path, int, int] | None = None
+    body: bytes | None = None
+
+
+def _place(session: Session, part: bytes, fetched: _Fetched, out: bytearray, temp: Path,
+           offset: int) -> bool:  # fmt: skip
+    """Blocking: check part `part` (a local copy by its id; an object decrypted, then by its
+    id) and write it at `offset` of `temp`. False if the local copy is not the part any more."""
+    if fetched.body is not None:
+        plain = _open_part(session, part, fetched.body, out)
+    elif fetched.source is not None:
+        found = _read_local(session.id_key, fetched.source, part, out)
+        if found is None:
+            return False
+        plain = found
+    else:
+        return False
+    _write_at(temp, offset, plain)
+    return True
+
+
+async def _get_part(session: Session, part: bytes) -> _Fetched:
+    name = session.full(part_name(part))
+    try:
+        body = await session.exchange.get(name)
+    except ObjectNotFound as exc:
+        raise InvalidFile(f"part {part.hex()} is missing on the exchange") from exc
+    session.downloaded += len(body)
+    if len(body) < ENCRYPTED_OVERHEAD:
+        raise InvalidFile(f"{name}: too short")
+    return _Fetched(len(body) - ENCRYPTED_OVERHEAD, body=body)
+
+
+async def _fetch_part(session: Session, part: bytes, local: LocalParts) -> _Fetched:
+    """Where `part`'s bytes come from: a local file that holds it (checked when read), else
+    its object on the exchange."""
+    source = local.get(part)
+    if source is not None:
+        return _Fetched(source[2], source=source)
+    return await _get_part(session, part)
+
+
+async def write_version(session: Session, row: LogRow, temp: Path, local: LocalParts) -> list[Part]:
+    """Write version `row`, whose content is in parts, to `temp` (the caller renames it into
+    place); returns its parts. Parts come from local files that hold them when possible (checked
+    by their id), else from the exchange. Objects are fetched a few ahead, in order (a part's
+    offset is the sum of the lengths before it); each is decrypted, checked and written at its
+    offset on a thread of its own while the next ones arrive."""
+    ids = row.part_ids
+    parts: list[Part] = []
+    offset = 0
+    buffers = Buffers()
+    gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
+    fd = await asyncio.to_thread(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.close(fd)
+
+    async def place(part: bytes, fetched: _Fetched, at: int) -> None:
+        try:
+            out = buffers.take(fetched.length)
+            if not await asyncio.to_thread(_place, session, part, fetched, out, temp, at):
+                remote = await _get_part(session, part)  # the local copy changed meanwhile
+                if remote.length != fetched.length:  # the same id is the same bytes
+                    raise InvalidFile(f"part {part.hex()}: not the length its id had here")
+                await asyncio.to_thread(_place, session, part, remote, out, temp, at)
+            buffers.give(out)
+        finally:
+            gate.release()
+        session.progress.advance(1)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            ahead = collections.deque(
+                group.create_task(_fetch_part(session, part, local))
+                for part in ids[: PARALLEL_TRANSFERS * 2]
+            )
+            for index, part in enumerate(ids):
+                fetched = await ahead.popleft()
+                if index + len(ahead) + 1 < len(ids):
+                    following = ids[index + len(ahead) + 1]
+                    ahead.append(group.create_task(_fetch_part(session, following, local)))
+                await gate.acquire()
+                group.create_task(place(part, fetched, offset))
+                parts.append(Part(part, offset, fetched.length))
+                offset += fetched.length
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return parts
