@@ -607,7 +607,7 @@ class ChatClient:
         """Write the merged page to every node that answered with another version, not just the
         `replicas` closest a get repairs: nodes that held the page while closer ones were away
         would keep acknowledged entries until they expire."""
-        record, result = await self.node.get_with_lookup(key)
+        record, result = await self.node.get_with_lookup(key, thorough=True)
         protocol = self.node.protocol
         if record is None or protocol is None:
             return
