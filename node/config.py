@@ -180,6 +180,18 @@ class NodeConfig:
     malicious nodes. Each path hears from its share of the k closest; 1 is a plain lookup
     (about 40 % fewer messages, measurably less robust)."""
 
+    proximity: bool = True
+    """Proximity routing and neighbour selection: a lookup asks, among candidates in the same
+    XOR bucket as seen from the target, the one with the lowest round trip first; a full bucket
+    takes a newcomer that answers in at most half the round trip of its slowest member (who is
+    parked as a replacement). False: XOR order only, oldest contacts kept (stock Kademlia)."""
+    get_quorum: int = 3
+    """A get ends as soon as this many of the `replicas` nearest peers it met hold the same
+    valid copy, none of those that answered holds another or none, and every path has reached
+    its nearest peers (`node.lookup.copies_agree`). With the default 3 of 5, any write stored
+    on a majority of the 5 is among them, so a newer version shows as disagreement and the get
+    waits for every path as before. 0: a get always waits for every path's window."""
+
     seed: int | None = None
     """Seed for the node's random choices (timer jitter, refresh targets; simulations);
     None: unpredictable. Message IDs come from `randbytes`."""
@@ -230,6 +242,8 @@ class NodeConfig:
                 problems.append(f"{name} must be at least 1")
         if self.replicas > self.k:
             problems.append(f"replicas ({self.replicas}) cannot exceed k ({self.k})")
+        if not 0 <= self.get_quorum <= self.replicas:
+            problems.append(f"get_quorum must be in 0..replicas ({self.replicas})")
         if not 0 < self.min_timeout <= self.initial_timeout <= self.max_timeout:
             problems.append("need 0 < min_timeout <= initial_timeout <= max_timeout")
         if not 0 < self.min_expected_rtt <= self.min_timeout:

@@ -8,12 +8,19 @@ still used if it comes) and gives up its place among the closest to the next can
 lookup ends once the `count` closest peers it knows (not counting failed or stalled ones) have
 answered; when the closest peer known has answered, the rest of those `count` are asked at once
 (the paper's final round).
+
+Proximity routing: before that final round, among the candidates equally useful in XOR terms
+(in the same bucket as seen from the target: their distances have the same bit length) the
+one with the lowest expected round trip is asked first. A get can also end before every path's
+window has answered: as soon as enough of the nearest peers hold the same valid copy
+(`Agreement`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,18 +34,23 @@ OnReply = Callable[[bool, Any], None]
 # answered or timed out, on_stall() if the answer is later than the peer's expected round trip.
 # Sends a request to a peer; returns False if nothing was sent (its failure already reported).
 Query = Callable[["Peer", OnReply, Callable[[], None]], bool | None]
+# rtt_of(node_id): the round trip (seconds) to expect from that node, measured or typical.
+RttOf = Callable[[bytes], float]
 
 
 class Peer:
     """A node met during a lookup."""
 
-    __slots__ = ("address", "depth", "distance", "id", "state", "value")
+    __slots__ = ("address", "depth", "distance", "id", "rtt", "state", "value")
 
-    def __init__(self, node_id: bytes, address: Address, distance: int, depth: int) -> None:
+    def __init__(
+        self, node_id: bytes, address: Address, distance: int, depth: int, rtt: float = 0.0
+    ) -> None:
         self.id = node_id
         self.address = address
         self.distance = distance
         self.depth = depth  # 1 for a seed, n+1 for a peer learned from a depth-n peer
+        self.rtt = rtt  # the round trip expected (0.0: not considered)
         self.state = NEW
         self.value: bytes | None = None
 
@@ -67,6 +79,70 @@ class LookupResult:
     """Peers whose value failed validation (their answers were dropped)."""
     unanswered: list[Peer] = field(default_factory=list)
     """Peers asked that never gave a usable answer (timed out, stalled to the end, lied)."""
+    agreed: bool = False
+    """The lookup ended early because enough of the nearest peers held the same valid copy
+    (`Agreement`); peers still being asked then are in neither `closest` nor `unanswered`."""
+
+
+def proximity_order(candidates: list[Peer]) -> list[Peer]:
+    """`candidates` (nearest the target first) in the order to ask them: by XOR bucket as seen
+    from the target (the bit length of the distance: peers in one bucket are equally useful
+    in XOR terms), then by expected round trip, then by distance."""
+    return sorted(candidates, key=lambda p: (p.distance.bit_length(), p.rtt))
+
+
+def copies_agree(peers: Iterable[Peer], replicas: int, quorum: int) -> bool:
+    """True if a get may stop: among the `replicas` nearest `peers` (given nearest first) that
+    have not failed, at least `quorum` answered, each with a valid copy, all byte-identical,
+    and none answered without one.
+
+    A write acknowledged by a majority of the `replicas` nearest and a quorum of
+    ``replicas // 2 + 1`` of them always share a node, so a newer version or a value they lack
+    shows as disagreement; the get then waits for every path, as it would without this rule.
+    Failed peers (timed out, or whose copy did not validate) are skipped; peers still being
+    asked or late count among the nearest, so the quorum cannot be made of farther nodes."""
+    copy: bytes | None = None
+    agreeing = 0
+    nearest = 0
+    for peer in peers:
+        state = peer.state
+        if state == FAILED:
+            continue
+        if state == ANSWERED:
+            value = peer.value
+            if value is None or (copy is not None and value != copy):
+                return False
+            copy = value
+            agreeing += 1
+        nearest += 1
+        if nearest >= replicas:
+            break
+    return agreeing >= quorum
+
+
+class Agreement:
+    """Ends every path of a get once `copies_agree` over the peers all paths met, and each
+    path has converged (the nearest peer it knows, not failed or late, has answered): a path
+    still walking in might yet meet nearer nodes."""
+
+    def __init__(self, replicas: int, quorum: int) -> None:
+        self.replicas = replicas
+        self.quorum = quorum
+        self.lookups: list[Lookup] = []
+
+    def check(self) -> None:
+        """Stop every path if the rule holds (a lookup calls this after each answer)."""
+        lookups = self.lookups
+        if not all(lookup.converged for lookup in lookups):
+            return
+        peers = heapq.merge(*(lookup.peers for lookup in lookups), key=_distance)
+        if copies_agree(peers, self.replicas, self.quorum):
+            for lookup in lookups:
+                lookup.stop(agreed=True)
+
+
+def _distance(peer: Peer) -> int:
+    return peer.distance
 
 
 def _node_entry(item: Any) -> tuple[bytes, Address] | None:
@@ -100,6 +176,8 @@ async def disjoint_lookup(
     max_nodes_per_reply: int = 20,
     accept_value: Callable[[Peer, bytes], bool] | None = None,
     exclude: Container[bytes] = (),
+    rtt_of: RttOf | None = None,
+    agreement: Agreement | None = None,
 ) -> LookupResult:
     """S/Kademlia's disjoint lookup: the seeds are dealt round-robin to `paths` lookups that run
     side by side and never ask the same peer, so one path's answers cannot be poisoned by peers
@@ -118,6 +196,8 @@ async def disjoint_lookup(
             claimed=claimed,
             accept_value=accept_value,
             exclude=exclude,
+            rtt_of=rtt_of,
+            agreement=agreement,
         )
         for i in range(paths)
     ]
@@ -131,6 +211,7 @@ async def disjoint_lookup(
         failures=sum(r.failures for r in results),
         liars=sum(r.liars for r in results),
         unanswered=[p for r in results for p in r.unanswered],
+        agreed=any(r.agreed for r in results),
     )
 
 
@@ -168,6 +249,8 @@ class Lookup:
         claimed: dict[bytes, Peer] | None = None,
         accept_value: Callable[[Peer, bytes], bool] | None = None,
         exclude: Container[bytes] = (),
+        rtt_of: RttOf | None = None,
+        agreement: Agreement | None = None,
     ) -> None:
         self.target = target
         self._target_long = int.from_bytes(target, "big")
@@ -184,7 +267,13 @@ class Lookup:
         # closest (S/Kademlia: results are accepted on validated records only).
         self._accept_value = accept_value
         self._exclude = exclude  # never asked (e.g. nodes caught lying)
+        # Expected round trips: None asks in XOR order only (no proximity routing).
+        self._rtt_of = rtt_of
+        self._agreement = agreement
+        if agreement is not None:
+            agreement.lookups.append(self)
         self._sorted: list[Peer] = []
+        self._distances: list[int] = []  # each of `_sorted`'s distances, for bisect in C
         self._active = 0
         self._result = LookupResult(closest=[])
         self._done: asyncio.Future[LookupResult] = asyncio.get_running_loop().create_future()
@@ -199,12 +288,36 @@ class Lookup:
         finally:
             self._finish()
 
+    @property
+    def peers(self) -> list[Peer]:
+        """Every peer this lookup met, nearest the target first."""
+        return self._sorted
+
+    @property
+    def converged(self) -> bool:
+        """True once the nearest peer known (not failed, not late) has answered."""
+        for peer in self._sorted:
+            state = peer.state
+            if state != FAILED and state != STALLED:
+                return state == ANSWERED
+        return True
+
+    def stop(self, *, agreed: bool = False) -> None:
+        """End the lookup now with what it found (answers still to come are ignored)."""
+        if not self._done.done():
+            self._result.agreed = agreed
+            self._done.set_result(self._result)
+
     def _add(self, node_id: bytes, address: Address, depth: int) -> None:
         if node_id == self._own_id or node_id in self._peers or node_id in self._exclude:
             return
-        peer = Peer(node_id, address, int.from_bytes(node_id, "big") ^ self._target_long, depth)
+        distance = int.from_bytes(node_id, "big") ^ self._target_long
+        rtt_of = self._rtt_of
+        peer = Peer(node_id, address, distance, depth, rtt_of(node_id) if rtt_of else 0.0)
         self._peers[node_id] = peer
-        bisect.insort(self._sorted, peer)
+        at = bisect.bisect_right(self._distances, distance)
+        self._distances.insert(at, distance)
+        self._sorted.insert(at, peer)
 
     def _pump(self) -> None:
         if self._done.done():
@@ -215,6 +328,7 @@ class Lookup:
         # rest of the window at once instead of `alpha` at a time (paper §2.3's final round).
         converged = False
         stalled = False
+        candidates: list[Peer] = []  # not asked yet, in the window, nearest first
         for peer in self._sorted:
             state = peer.state
             # A stalled peer (later than its expected round trip) is passed over here: the next
@@ -228,14 +342,25 @@ class Lookup:
             if live == 0 and state == ANSWERED:
                 converged = True
             if state == NEW:
-                if converged or self._active < self._alpha:
-                    self._launch(peer)
+                candidates.append(peer)
                 pending = True
             elif state == WAITING:
                 pending = True
             live += 1
             if live >= self._count:
                 break
+        if candidates:
+            if not converged:
+                free = self._alpha - self._active
+                if self._rtt_of is not None and 1 <= free < len(candidates):
+                    candidates = proximity_order(candidates)
+                candidates = candidates[: max(0, free)]
+            for peer in candidates:
+                # asking may fail at once and pump again (which may ask this peer, or end)
+                if self._done.done():
+                    return
+                if peer.state == NEW and (converged or self._active < self._alpha):
+                    self._launch(peer)
         # Done when the window is full of answers, or when nothing is left to wait for; while
         # the window is short, stalled peers may still answer and fill it.
         if not pending and (live >= self._count or not stalled):
@@ -280,13 +405,15 @@ class Lookup:
                 peer.value = value
                 self._result.holders.append(peer)
             self._add_entries(nodes[: self._limit], peer.depth + 1)
+        if self._agreement is not None:
+            self._agreement.check()  # may end this lookup and the other paths
         self._pump()
 
     def _add_entries(self, entries: list[Any], depth: int) -> None:
         peers = self._peers
         # Peers far beyond the window can only matter if many closer ones fail; skip them.
         horizon = 2 * self._count
-        cutoff = self._sorted[horizon - 1].distance if len(self._sorted) >= horizon else None
+        cutoff = self._distances[horizon - 1] if len(self._distances) >= horizon else None
         for item in entries:
             try:
                 if item[0] in peers:  # most entries name peers met already: check that first

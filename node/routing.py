@@ -5,6 +5,10 @@ contacts are replaced only after repeated failures, with ping-before-evict and a
 cache for full buckets; the replacement cache is not mistaken for membership; finding the closest
 contacts visits buckets in XOR order instead of walking the whole table; and time comes from the
 caller (the event loop's clock), never from `time.monotonic()`.
+
+Proximity neighbour selection: a full bucket that cannot split takes a newcomer that answered
+much faster than its slowest member (`faster_than`), and parks that member in the replacement
+cache instead; liveness is still kept by ping-before-evict and the failure counts.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ import bisect
 from collections.abc import Iterator
 
 ID_BITS = 160
+_ALL_IDS = (1 << ID_BITS) - 1
 Address = tuple[str, int]
+PNS_FACTOR = 0.5
+"""A newcomer displaces a member of a full bucket only if its round trip is at most this share
+of the member's (a clear gain, not jitter)."""
 
 
 class RttEstimator:
@@ -102,12 +110,13 @@ class Bucket:
 
     Buckets order by their lowest ID (`lo`), which also breaks ties when sorting."""
 
-    __slots__ = ("contacts", "depth", "last_lookup", "lo", "replacements", "size")
+    __slots__ = ("contacts", "depth", "last_lookup", "lo", "mask", "replacements", "size")
 
     def __init__(self, lo: int, depth: int, now: float) -> None:
         self.lo = lo
         self.depth = depth
         self.size = 1 << (ID_BITS - depth)
+        self.mask = _ALL_IDS - (self.size - 1)  # keeps the `depth` bits of the prefix
         self.contacts: dict[bytes, Contact] = {}
         self.replacements: dict[bytes, Contact] = {}
         self.last_lookup = now
@@ -121,8 +130,7 @@ class Bucket:
 
     def distance_floor(self, target: int) -> int:
         """The smallest XOR distance from `target` to any ID in this bucket's range."""
-        shift = ID_BITS - self.depth
-        return ((self.lo ^ target) >> shift) << shift
+        return (self.lo ^ target) & self.mask
 
 
 class RoutingTable:
@@ -137,6 +145,7 @@ class RoutingTable:
         drop_after: int = 5,
         ping_interval: float = 60.0,
         now: float = 0.0,
+        proximity: bool = False,
     ) -> None:
         self.own_id = own_id
         self.own_long_id = int.from_bytes(own_id, "big")
@@ -144,6 +153,8 @@ class RoutingTable:
         self.stale_after = stale_after
         self.drop_after = drop_after
         self.ping_interval = ping_interval
+        self.proximity = proximity
+        """Proximity neighbour selection (module docstring)."""
         self.buckets: list[Bucket] = [Bucket(0, 0, now)]
         self._los: list[int] = [0]  # each bucket's lowest ID, for bisect
 
@@ -156,7 +167,7 @@ class RoutingTable:
 
     def bucket_for(self, long_id: int) -> Bucket:
         """The bucket whose range holds `long_id`."""
-        if not 0 <= long_id < 1 << ID_BITS:
+        if not 0 <= long_id <= _ALL_IDS:
             raise ValueError(f"ID {long_id:#x} is outside the 160-bit space")
         return self.buckets[bisect.bisect_right(self._los, long_id) - 1]
 
@@ -165,14 +176,21 @@ class RoutingTable:
         return self.bucket_for(int.from_bytes(node_id, "big")).contacts.get(node_id)
 
     def heard_from(
-        self, node_id: bytes, address: Address, now: float, *, verified: bool
+        self,
+        node_id: bytes,
+        address: Address,
+        now: float,
+        *,
+        verified: bool,
+        rtt: float | None = None,
     ) -> Contact | None:
         """Record that `node_id` at `address` is alive; maybe add it.
 
         `verified` means the message answered one of our requests sent to `address`; unverified
-        (a request's source address) never moves a known contact to a new address. Returns a
-        contact to ping when the bucket is full and its least recently seen member has been quiet
-        for `ping_interval` (ping-before-evict); the caller reports the outcome with
+        (a request's source address) never moves a known contact to a new address. `rtt` is
+        the round trip that answer took (contacts and replacements keep an estimate). Returns
+        a contact to ping when the bucket is full and its least recently seen member has been
+        quiet for `ping_interval` (ping-before-evict); the caller reports the outcome with
         `heard_from` or `failed`.
         """
         if node_id == self.own_id:
@@ -191,6 +209,8 @@ class RoutingTable:
             known.failures = 0
             known.last_seen = now
             known.pinging = False
+            if rtt is not None:
+                known.observe_rtt(rtt)
             del bucket.contacts[node_id]  # move to the tail: most recently seen
             bucket.contacts[node_id] = known
             return None
@@ -200,6 +220,8 @@ class RoutingTable:
         elif verified:
             contact.address = address
         contact.last_seen = now
+        if rtt is not None and contact.address == address:
+            contact.observe_rtt(rtt)
         while len(bucket.contacts) >= self.k and bucket.covers(self.own_long_id):
             if bucket.depth >= ID_BITS:
                 break
@@ -213,6 +235,12 @@ class RoutingTable:
             del bucket.contacts[stale.id]
             bucket.contacts[node_id] = contact
             return None
+        slow = self.faster_than(bucket, contact) if verified and self.proximity else None
+        if slow is not None:
+            del bucket.contacts[slow.id]
+            bucket.contacts[node_id] = contact
+            contact = slow  # parked: it takes a place again if a member fails
+            node_id = slow.id
         bucket.replacements[node_id] = contact
         while len(bucket.replacements) > self.k:
             del bucket.replacements[next(iter(bucket.replacements))]
@@ -220,6 +248,25 @@ class RoutingTable:
         if not head.pinging and now - head.last_seen >= self.ping_interval:
             head.pinging = True
             return head
+        return None
+
+    @staticmethod
+    def faster_than(bucket: Bucket, newcomer: Contact) -> Contact | None:
+        """The member of `bucket` that `newcomer` should displace (proximity neighbour
+        selection): the one with the longest measured round trip, if the newcomer's is at most
+        `PNS_FACTOR` of it. Members not measured yet, or being pinged, are left alone."""
+        if not newcomer.srtt:
+            return None
+        slowest: Contact | None = None
+        for member in bucket.contacts.values():
+            if (
+                member.srtt
+                and not member.pinging
+                and (slowest is None or member.srtt > slowest.srtt)
+            ):
+                slowest = member
+        if slowest is not None and newcomer.srtt <= PNS_FACTOR * slowest.srtt:
+            return slowest
         return None
 
     def known_at(self, node_id: bytes, address: Address) -> bool:
@@ -280,15 +327,16 @@ class RoutingTable:
         last request failed.
         """
         found: list[Contact] = []
-        for _, bucket in sorted((b.distance_floor(target), b) for b in self.buckets if b.contacts):
-            # (distance, seq, contact) tuples sort in C; seq keeps contacts from being compared
-            members = [
-                (c.long_id ^ target, i, c)
-                for i, c in enumerate(bucket.contacts.values())
+        # `distance_floor`, inlined (this runs for every find answered and every lookup)
+        ordered = sorted([((b.lo ^ target) & b.mask, b) for b in self.buckets if b.contacts])
+        for _, bucket in ordered:
+            # keyed by distance, which is unique (IDs are): the keys sort in C
+            members = {
+                c.long_id ^ target: c
+                for c in bucket.contacts.values()
                 if c.id != exclude and not (good_only and c.failures)
-            ]
-            members.sort()
-            found.extend(c for _, _, c in members)
+            }
+            found.extend([members[d] for d in sorted(members)])
             if len(found) >= count:
                 return found[:count]
         return found
@@ -344,13 +392,19 @@ class RoutingTables:
         stale_after: int = 3,
         drop_after: int = 5,
         now: float = 0.0,
+        proximity: bool = False,
     ) -> None:
         self.own_id = own_id
         self.own_long_id = int.from_bytes(own_id, "big")
         self.k = k
         self.by_family = {
             family: RoutingTable(
-                own_id, k=k, stale_after=stale_after, drop_after=drop_after, now=now
+                own_id,
+                k=k,
+                stale_after=stale_after,
+                drop_after=drop_after,
+                now=now,
+                proximity=proximity,
             )
             for family in (4, 6)
         }
@@ -380,18 +434,24 @@ class RoutingTables:
         return self.by_family[4].get(node_id) or self.by_family[6].get(node_id)
 
     def heard_from(
-        self, node_id: bytes, address: Address, now: float, *, verified: bool
+        self,
+        node_id: bytes,
+        address: Address,
+        now: float,
+        *,
+        verified: bool,
+        rtt: float | None = None,
     ) -> Contact | None:
         """`RoutingTable.heard_from` in `address`'s family's table (nothing if unreachable)."""
         if not self.reachable(address):
             return None
         return self.by_family[family_of(address)].heard_from(
-            node_id, address, now, verified=verified
+            node_id, address, now, verified=verified, rtt=rtt
         )
 
     def known_at(self, node_id: bytes, address: Address) -> bool:
         """True if `node_id` is a contact or a replacement at `address`."""
-        return self.by_family[family_of(address)].known_at(node_id, address)
+        return self.by_family[6 if ":" in address[0] else 4].known_at(node_id, address)
 
     def has_room_for(self, node_id: bytes, address: Address) -> bool:
         """True if `node_id`, met at `address`, would be a contact now (not a replacement)."""
@@ -420,13 +480,22 @@ class RoutingTables:
         """The `count` contacts nearest `target`: from `family`'s table, or from every table
         this node can reach (a node in both appears once, at its IPv4 address)."""
         families = [family] if family is not None else sorted(self.families)
-        found: dict[bytes, Contact] = {}
-        for f in families:
-            for contact in self.by_family[f].closest(
-                target, count, exclude=exclude, good_only=good_only
-            ):
-                found.setdefault(contact.id, contact)
-        return sorted(found.values(), key=lambda c: c.long_id ^ target)[:count]
+        results = [
+            found
+            for f in families
+            if (
+                found := self.by_family[f].closest(
+                    target, count, exclude=exclude, good_only=good_only
+                )
+            )
+        ]
+        if len(results) <= 1:  # one family holds contacts (the usual case): sorted already
+            return results[0] if results else []
+        merged: dict[bytes, Contact] = {}
+        for found in results:
+            for contact in found:
+                merged.setdefault(contact.id, contact)
+        return sorted(merged.values(), key=lambda c: c.long_id ^ target)[:count]
 
     def mark_lookup(self, target: int, now: float) -> None:
         """Note a lookup into `target`'s buckets."""

@@ -29,7 +29,15 @@ from node.engine import Engine, Limits, NodeStats, OnReply, RequestHandlers
 from node.engine.handlers import refused_for_good
 from node.errors import LookupFailed, NodeNotRunning, ProtocolError, PutFailed, StoreFull
 from node.keyfile import load_or_create_identity
-from node.lookup import ANSWERED, Lookup, LookupResult, Peer, disjoint_lookup, parse_find_reply
+from node.lookup import (
+    ANSWERED,
+    Agreement,
+    Lookup,
+    LookupResult,
+    Peer,
+    disjoint_lookup,
+    parse_find_reply,
+)
 from node.maintenance import Maintenance
 from node.protocol import EngineProtocol
 from node.routing import Address, RoutingTables
@@ -201,6 +209,7 @@ class DHTNode:
             stale_after=cfg.stale_after,
             drop_after=cfg.drop_after,
             now=loop.time(),
+            proximity=cfg.proximity,
         )
         engine = Engine(
             identity=self.identity,
@@ -432,6 +441,7 @@ class DHTNode:
         count: int,
         paths: int = 1,
         accept_value: Callable[[Peer, bytes], bool] | None = None,
+        quorum: int = 0,
     ) -> LookupResult:
         protocol, table, _ = self._parts()
         engine = self._engine()
@@ -445,6 +455,17 @@ class DHTNode:
 
         def query(peer: Peer, on_reply: OnReply, on_stall: Callable[[], None]) -> bool:
             return protocol.request(peer.address, rpc, args, peer.id, on_reply, on_stall)
+
+        rtt_of = None
+        if self.config.proximity:
+            spread = engine.timeouts.spread
+            typical = spread.typical if spread.known else 0.0
+
+            def rtt_of(node_id: bytes) -> float:
+                contact = table.get(node_id)
+                return contact.srtt if contact is not None and contact.srtt else typical
+
+        agreement = Agreement(self.config.replicas, quorum) if quorum else None
 
         started = loop.time()
         try:
@@ -465,6 +486,8 @@ class DHTNode:
                     max_nodes_per_reply=self.config.k,
                     accept_value=accept_value,
                     exclude=engine.bans,
+                    rtt_of=rtt_of,
+                    agreement=agreement,
                 )
             lookup = Lookup(
                 target,
@@ -476,6 +499,8 @@ class DHTNode:
                 max_nodes_per_reply=self.config.k,
                 accept_value=accept_value,
                 exclude=engine.bans,
+                rtt_of=rtt_of,
+                agreement=agreement,
             )
             return await lookup.run()
         finally:
@@ -564,14 +589,21 @@ class DHTNode:
             )
         return result.record
 
-    async def get_with_lookup(self, path: str) -> tuple[Record | None, LookupResult]:
-        """`get`, and the lookup behind it (messages, rounds, holders) for measurements."""
-        result = await self.get_result(path)
+    async def get_with_lookup(
+        self, path: str, *, thorough: bool = False
+    ) -> tuple[Record | None, LookupResult]:
+        """`get`, and the lookup behind it (messages, rounds, holders) for measurements;
+        `thorough` as in `get_result`."""
+        result = await self.get_result(path, thorough=thorough)
         return result.record, result.lookup
 
-    async def get_result(self, path: str) -> GetResult:
+    async def get_result(self, path: str, *, thorough: bool = False) -> GetResult:
         """`get` with the lookup behind it and whether it was complete; never raises for
-        what peers sent (invalid copies are dropped and counted, forgers banned)."""
+        what peers sent (invalid copies are dropped and counted, forgers banned).
+
+        A get ends as soon as enough of the nearest holders agree (`NodeConfig.get_quorum`);
+        `thorough` waits for every path's whole window instead, to meet every holder that
+        might keep a stale copy (to repair them all)."""
         self._parts()
         _check_known_namespace(self.validator, path)
         loc = location(path)
@@ -586,7 +618,12 @@ class DHTNode:
             return True
 
         result = await self._lookup(
-            loc, "find_value", self.config.k, self.config.get_paths, accept_value=accept
+            loc,
+            "find_value",
+            self.config.k,
+            self.config.get_paths,
+            accept_value=accept,
+            quorum=0 if thorough else self.config.get_quorum,
         )
         record = self._merge_answers(path, loc, result, list(valid.values()))
         complete = answered_most(result, self.config.replicas)
@@ -612,6 +649,10 @@ class DHTNode:
                 self._engine().stats.dropped[f"merge_not_written.{merge.refused}"] += 1
             return merged
         for peer in result.closest[: self.config.replicas]:
+            # A get that ended on agreement has not heard all of the nearest: the farther
+            # peers among those that answered are no holders; write back only to copies.
+            if result.agreed and peer.value is None:
+                continue
             if peer.value != best:
                 try:
                     protocol.store_at(peer.address, peer.id, loc, best)

@@ -13,6 +13,7 @@ from records.chat import (
     make_handshake,
     make_message,
     make_receipts,
+    make_sent_copy,
 )
 from records.directory import MailboxNumber, Profile
 from records.drd import (
@@ -97,6 +98,7 @@ __all__ = [
     "make_presence_record",
     "make_put_record",
     "make_receipts",
+    "make_sent_copy",
     "meta_key",
     "presence_key",
 ]

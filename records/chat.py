@@ -4,31 +4,50 @@ A user's inbox is `INBOX_PAGES` records ``/chat/<uid>/<page>/``: one DHT record 
 8 KiB, so the inbox is split into pages and an entry lives on the page its id picks
 (`page_of`). Each page is multi-valued, one `Value` per id (`Value.id2`):
 
-- a **handshake** or a **message**, signed by its sender; the id is derived from the sender's uid
-  and a random nonce (`entry_id`), so nobody can take another sender's id; `id2` is it in hex;
+- a **handshake** or a **message**, signed by its sender; the id is derived from the sender's uid,
+  a random nonce and the recipient's devices it names (`entry_id`), so nobody can take another
+  sender's id; `id2` is it in hex;
 - a **receipt**, signed by the inbox's owner, that acknowledges a batch of up to
   `MAX_RECEIPT_IDS` entries of its page, each listed with its expiration; `id2` is
   ``receipt-`` and a hash of the signed receipt (`receipt_id2`), so it never names an entry and
-  only the owner can make one. Merging drops every entry a receipt lists (on every holder), and
-  a listed id is kept until its entry would have expired, so a replayed copy is refused
-  (``acknowledged``).
+  only the owner can make one.
+
+**Many devices** (seed 003's "Message Syncing", which the seed leaves empty). Every device of a
+user holds the user's identity, so every device can read and sign for the user; a device is
+named by its *tag*, the first 8 bytes of the id of the node it announces itself through
+(`device_tag`; a user's devices are the values of ``/presence/<uid>/``). A sender lists the tags
+of the recipient's devices announced when it sends (`recipient_devices`, at most
+`MAX_ENTRY_DEVICES`, bound into the entry id). A receipt acknowledges ids *for every device*
+(`Receipt.entry_ids`: what the last device to read an entry writes, and all a one-device user
+ever writes) or *for one device* (`Receipt.device` and `device_entry_ids`). An entry is
+acknowledged, and merging drops it on every holder, once a receipt lists it for every device,
+or each device it names has listed it (an entry naming none: once any receipt lists it). A
+listed id is kept until its entry would have expired, so a replayed copy of an acknowledged
+entry is refused (``acknowledged``); an entry only some of its devices read is kept. What one
+device sends goes, besides, as an encrypted copy (`make_sent_copy`) into the user's own inbox
+for the user's other devices.
 
 Merging keeps, per id2, the newest value (then the canonical bytes); drops what expired; drops
-each receipt *dominated* by another one (newer, and listing every id of it that has not yet
-expired), and drops each entry a remaining receipt lists. Dominance is a strict partial order, so
-"the maximal receipts of the union" is idempotent, commutative and associative, and the ids the
-maximal receipts list are those all the receipts list. A device acknowledges by writing one new
-receipt per page listing the ids of the receipts it sees there plus the new ones
-(`make_receipts`): it dominates them, so a page holds about one receipt per device.
+each receipt *dominated* by another one (newer, and making every acknowledgement of it that
+has not yet expired: each id it lists for every device listed so too, each id it lists for its
+device listed for every device or for the same device), and drops each acknowledged entry.
+Dominance is a strict partial order, so "the maximal receipts of the union" is idempotent,
+commutative and associative, and the maximal receipts acknowledge all that the receipts do. A
+device acknowledges by writing one new receipt per page (`make_receipts`) that lists for every
+device the ids the page's receipts list so and those it is the last to read, and for itself
+the rest of what it has read: it dominates its older receipts (and those of devices whose reads
+are all complete), so a page holds about one receipt per device.
 
 Bounds are enforced when a holder admits a new copy (`ChatValidator.admit`): a page holds
 `MAX_ENTRIES_PER_PAGE` entries and `MAX_RECEIPTS_PER_PAGE` receipts of at most
 `RECEIPT_BYTES_PER_PAGE` bytes together; a full page refuses more (``inbox_full``,
-``receipts_full``) and never evicts. A page so acknowledges up to `MAX_RECEIPT_IDS` (84) entries
-within their lifetime of 3 to 7 days, 1344 for the 16 pages of an inbox (the 10 one-entry
-receipts a page held before blocked an inbox after about 160 messages in 3 days). Measured: a
-receipt listing 84 ids is 2023 bytes, and a page with 6 of the largest messages (995 bytes each)
-and that receipt is 8114 bytes of the 8192 a record may have.
+``receipts_full``) and never evicts. One receipt lists up to `MAX_RECEIPT_IDS` (84) ids, so a
+page acknowledges that many entries within their lifetime of 3 to 7 days when each is listed
+once (one device; or several, the last to read each entry listing it for all), 1344 for the 16
+pages of an inbox; an id listed by several devices for themselves (read while another device
+was away) costs 22 bytes in each of their receipts. Measured: a receipt listing 84 ids is 2023
+bytes (2039 with some listed for one device), and a page with 6 of the largest messages (1000
+bytes each) and that receipt is at most 8160 bytes of the 8192 a record may have.
 
 Messages are encrypted with XChaCha20-Poly1305 under a key both users derive by X25519 from
 their identities (`conversation_key`): every device of a user holds the user's identity, so
@@ -47,7 +66,14 @@ import nacl.bindings
 import nacl.exceptions
 from google.protobuf.message import DecodeError
 
-from records.chat_pb2 import ChatContent, ChatMessage, Handshake, Receipt, SignedInboxEntry
+from records.chat_pb2 import (
+    ChatContent,
+    ChatMessage,
+    Handshake,
+    Receipt,
+    SentCopy,
+    SignedInboxEntry,
+)
 from records.errors import DecryptionFailed, InvalidRecord, RecordTooLarge
 from records.identity import (
     ID_SIZE,
@@ -92,14 +118,21 @@ MAX_ENTRIES_PER_PAGE = 6
 """Handshakes and messages a page holds before it refuses more (``inbox_full``)."""
 MAX_ENTRY_VALUE_SIZE = 1000
 """Serialized size of one handshake or message `Value` (about 690 bytes of content)."""
-MAX_RECEIPTS_PER_PAGE = 4
-"""Receipts a page holds (about one per device acknowledging at once) before ``receipts_full``."""
+MAX_RECEIPTS_PER_PAGE = 8
+"""Receipts a page holds (about one per device acknowledging at once) before ``receipts_full``;
+the page's receipt bytes (`RECEIPT_BYTES_PER_PAGE`) bound them as well."""
+DEVICE_TAG_SIZE = 8
+"""Bytes of a device tag (`device_tag`)."""
+MAX_ENTRY_DEVICES = 16
+"""Recipient devices an entry names: as many as a presence record holds (16)."""
 _RECORD_OVERHEAD = 128  # key, id1, updateDate and framing of a page record
 RECEIPT_BYTES_PER_PAGE = (
     MAX_RECORD_SIZE - _RECORD_OVERHEAD - MAX_ENTRIES_PER_PAGE * (MAX_ENTRY_VALUE_SIZE + 3)
 )
 """Serialized size of a page's receipt values together (3 bytes of framing each included)."""
-_RECEIPT_BASE_SIZE = 180  # a receipt Value but its ids: id2, dates, key, signature (172 measured)
+# a receipt Value but its ids: id2, dates, key, signature (172 measured), and a device tag with
+# the framing of a second list (16 more measured, with both lists long)
+_RECEIPT_BASE_SIZE = 188
 _RECEIPT_ID_SIZE = 22  # one more listed id: 16 bytes and a packed 6-byte expiration
 MAX_RECEIPT_IDS = (RECEIPT_BYTES_PER_PAGE - 3 - _RECEIPT_BASE_SIZE) // _RECEIPT_ID_SIZE
 """Entry ids one receipt lists: as many as fit the page's receipt bytes."""
@@ -122,10 +155,31 @@ _CONTEXTS: dict[str, bytes] = {
 # -- paths and ids ----------------------------------------------------------------------------
 
 
-def entry_id(sender_uid: bytes, nonce: bytes) -> bytes:
-    """The 16-byte id of a handshake or message: a hash of its sender's uid and its nonce, so a
-    sender cannot reuse (and so replace) another sender's entry."""
-    return hashlib.sha256(_ENTRY_ID_CONTEXT + b"\x00" + sender_uid + nonce).digest()[:ENTRY_ID_SIZE]
+def entry_id(sender_uid: bytes, nonce: bytes, recipient_devices: bytes = b"") -> bytes:
+    """The 16-byte id of a handshake or message: a hash of its sender's uid, its nonce and the
+    recipient's devices it names (concatenated tags; none: the id entries had before devices),
+    so a sender cannot reuse (and so replace) another sender's entry, and every version of an
+    entry names the same devices (which keeps merging order-independent)."""
+    data = _ENTRY_ID_CONTEXT + b"\x00" + sender_uid + nonce + recipient_devices
+    return hashlib.sha256(data).digest()[:ENTRY_ID_SIZE]
+
+
+def device_tag(node_id: bytes) -> bytes:
+    """The 8-byte tag naming a device of a user: the start of the id of the node the device
+    announces itself through (its ``/presence/<uid>/`` value's `id2`)."""
+    if len(node_id) != ID_SIZE:
+        raise ValueError(f"a node id is {ID_SIZE} bytes")
+    return node_id[:DEVICE_TAG_SIZE]
+
+
+def _device_list(devices: Iterable[bytes]) -> bytes:
+    """Tags as an entry carries them: distinct, ascending, concatenated."""
+    tags = sorted(set(devices))
+    if any(len(tag) != DEVICE_TAG_SIZE for tag in tags):
+        raise ValueError(f"a device tag is {DEVICE_TAG_SIZE} bytes")
+    if len(tags) > MAX_ENTRY_DEVICES:
+        raise ValueError(f"an entry names at most {MAX_ENTRY_DEVICES} devices")
+    return b"".join(tags)
 
 
 def page_of(entry: bytes) -> int:
@@ -255,14 +309,18 @@ def make_handshake(
     nonce: bytes,
     now: int,
     ttl_ms: int = DEFAULT_ENTRY_TTL_MS,
+    recipient_devices: Iterable[bytes] = (),
 ) -> Record:
     """A record putting `sender`'s signed handshake into `recipient_uid`'s inbox.
 
-    `nonce` is 24 random bytes (the caller draws them: this module does no I/O)."""
+    `nonce` is 24 random bytes (the caller draws them: this module does no I/O).
+    `recipient_devices` are the tags of the recipient's devices that must each acknowledge it
+    before holders drop it (none: the first acknowledgement does)."""
     _check_ttl(ttl_ms)
     if len(nonce) != NONCE_SIZE or len(recipient_uid) != ID_SIZE:
         raise ValueError("a nonce is 24 bytes and a uid 20")
-    hid = entry_id(sender.id, nonce)
+    devices = _device_list(recipient_devices)
+    hid = entry_id(sender.id, nonce, devices)
     body = Handshake(
         sender_uid=sender.id,
         sender_public_key=sender.public_key,
@@ -272,6 +330,7 @@ def make_handshake(
         nonce=nonce,
         timestamp=now,
         expiration=now + ttl_ms,
+        recipient_devices=devices,
     ).SerializeToString(deterministic=True)
     signed = _sign(sender, "handshake", body)
     return _page_record(recipient_uid, [(hid, now, now + ttl_ms, signed)], now)
@@ -286,11 +345,70 @@ def make_message(
     nonce: bytes,
     now: int,
     ttl_ms: int = DEFAULT_ENTRY_TTL_MS,
+    recipient_devices: Iterable[bytes] = (),
 ) -> Record:
     """A record putting an encrypted message from `sender` into the inbox of the user whose
-    ed25519 key is `recipient_public_key`, signed by `sender`.
+    ed25519 key is `recipient_public_key`, signed by `sender`. `recipient_devices` as for
+    `make_handshake`.
 
     Raises `RecordTooLarge` (``value_too_large``) if the message does not fit one inbox entry."""
+    content = ChatContent(mime_type=mime_type, data=data)
+    return _message_record(
+        sender, recipient_public_key, content, nonce, now, ttl_ms, _device_list(recipient_devices)
+    )
+
+
+def make_sent_copy(
+    sender: Identity,
+    original: Record,
+    recipient_public_key: bytes,
+    *,
+    device: bytes,
+    other_devices: Iterable[bytes],
+    nonce: bytes,
+    now: int,
+) -> Record:
+    """Seed 003 "Message Syncing": a record putting into `sender`'s own inbox an encrypted copy
+    of `original` (a handshake or message `make_handshake` / `make_message` made, to the user
+    whose key is `recipient_public_key`), for `sender`'s `other_devices`; `device` is the tag of
+    the device that sent it. It lives as long as the original.
+
+    Raises `RecordTooLarge` if the copy does not fit one inbox entry."""
+    value = original.values[0]
+    parsed = parse_inbox_value(value.value)
+    body = parsed.body
+    if isinstance(body, Receipt) or len(original.values) != 1:
+        raise ValueError("a sent copy is of one handshake or message")
+    if body.recipient_uid != identity_id(recipient_public_key):
+        raise ValueError("the original went to another user")
+    if len(device) != DEVICE_TAG_SIZE:
+        raise ValueError(f"a device tag is {DEVICE_TAG_SIZE} bytes")
+    if isinstance(body, ChatMessage):
+        content = decrypt_message(body, conversation_key(sender, recipient_public_key))
+    else:
+        content = ChatContent()
+    content.sent.CopyFrom(
+        SentCopy(
+            recipient_public_key=recipient_public_key,
+            entry_id=parsed.entry_id,
+            handshake=isinstance(body, Handshake),
+            device=device,
+        )
+    )
+    ttl_ms = parsed.expiration - parsed.timestamp
+    others = _device_list(other_devices)
+    return _message_record(sender, sender.public_key, content, nonce, now, ttl_ms, others)
+
+
+def _message_record(
+    sender: Identity,
+    recipient_public_key: bytes,
+    content: ChatContent,
+    nonce: bytes,
+    now: int,
+    ttl_ms: int,
+    devices: bytes,
+) -> Record:
     _check_ttl(ttl_ms)
     if len(nonce) != NONCE_SIZE or len(recipient_public_key) != PUBLIC_KEY_SIZE:
         raise ValueError("a nonce is 24 bytes and a public key 32")
@@ -299,12 +417,13 @@ def make_message(
         sender_uid=sender.id,
         sender_public_key=sender.public_key,
         recipient_uid=recipient_uid,
-        message_id=entry_id(sender.id, nonce),
+        message_id=entry_id(sender.id, nonce, devices),
         nonce=nonce,
         timestamp=now,
         expiration=now + ttl_ms,
+        recipient_devices=devices,
     )
-    plain = ChatContent(mime_type=mime_type, data=data).SerializeToString(deterministic=True)
+    plain = content.SerializeToString(deterministic=True)
     key = conversation_key(sender, recipient_public_key)
     message.ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plain, _associated_data(message), nonce, key
@@ -326,31 +445,49 @@ def receipt_id2(receipt_bytes: bytes) -> str:
     return RECEIPT_ID2_PREFIX + digest[:ENTRY_ID_SIZE].hex()
 
 
-def make_receipts(
-    recipient: Identity, acknowledged: Iterable[tuple[bytes, int]], now: int
-) -> Record:
-    """A page record of `recipient`'s own inbox holding ONE signed receipt for every (entry id,
-    entry expiration) in `acknowledged`; every id must live on the same page, and there are at
-    most `MAX_RECEIPT_IDS` of them. To replace the receipts a page holds, list their unexpired
-    ids too and use a `now` newer than theirs (see `ChatClient.acknowledge`)."""
+def _id_list(acknowledged: Iterable[tuple[bytes, int]]) -> dict[bytes, int]:
     expirations: dict[bytes, int] = {}
     for eid, expiration in acknowledged:
         if len(eid) != ENTRY_ID_SIZE:
             raise ValueError("an entry id is 16 bytes")
         expirations[eid] = max(expiration, expirations.get(eid, expiration))
-    if not 1 <= len(expirations) <= MAX_RECEIPT_IDS:
+    return expirations
+
+
+def make_receipts(
+    recipient: Identity,
+    acknowledged: Iterable[tuple[bytes, int]],
+    now: int,
+    *,
+    device: bytes = b"",
+    device_acknowledged: Iterable[tuple[bytes, int]] = (),
+) -> Record:
+    """A page record of `recipient`'s own inbox holding ONE signed receipt: for every device,
+    of every (entry id, entry expiration) in `acknowledged`; for the device tagged `device`
+    alone, of those in `device_acknowledged` (an id in both counts for every device). Every id
+    must live on the same page, and there are 1 to `MAX_RECEIPT_IDS` of them. To replace the
+    receipts a page holds, list their unexpired ids too and use a `now` newer than theirs (see
+    `ChatClient.acknowledge`)."""
+    everyone = _id_list(acknowledged)
+    own = {eid: exp for eid, exp in _id_list(device_acknowledged).items() if eid not in everyone}
+    if own and len(device) != DEVICE_TAG_SIZE:
+        raise ValueError(f"ids acknowledged by one device need its {DEVICE_TAG_SIZE}-byte tag")
+    if not 1 <= len(everyone) + len(own) <= MAX_RECEIPT_IDS:
         raise ValueError(f"a receipt lists 1 to {MAX_RECEIPT_IDS} entry ids")
-    pages = {page_of(eid) for eid in expirations}
+    pages = {page_of(eid) for eid in [*everyone, *own]}
     if len(pages) != 1:
         raise ValueError("a receipt lists entries of exactly one page")
-    ids = sorted(expirations)
+    ids, own_ids = sorted(everyone), sorted(own)
     body = Receipt(
         recipient_public_key=recipient.public_key,
         timestamp=now,
         entry_ids=b"".join(ids),
-        expirations=[expirations[eid] for eid in ids],
+        expirations=[everyone[eid] for eid in ids],
+        device=device if own else b"",
+        device_entry_ids=b"".join(own_ids),
+        device_expirations=[own[eid] for eid in own_ids],
     ).SerializeToString(deterministic=True)
-    expires = max(expirations.values())
+    expires = max([*everyone.values(), *own.values()])
     record = Record(key=chat_key(recipient.id, pages.pop()), updateDate=now, id1=recipient.id.hex())
     record.values.append(
         Value(
@@ -361,6 +498,72 @@ def make_receipts(
         )
     )
     return record
+
+
+@dataclass(frozen=True, slots=True)
+class NextReceipt:
+    """What a device writes to acknowledge entries of one page (`next_receipt`)."""
+
+    record: Record | None
+    """The receipt to put (None when there is nothing new to list, or no room)."""
+    already: frozenset[bytes]
+    """Ids the page's receipts already acknowledge for this device (or for every device)."""
+    fresh: frozenset[bytes]
+    """Ids `record` acknowledges anew."""
+
+
+def next_receipt(
+    recipient: Identity,
+    page: Record | None,
+    device: bytes,
+    read: Iterable[tuple[bytes, int, Sequence[bytes]]],
+    now: int,
+) -> NextReceipt:
+    """The receipt `recipient`'s device tagged `device` writes after reading `read` ((entry id,
+    expiration, the devices the entry names)) on `page` (the page as just got).
+
+    Seed 003 "Message Syncing": it lists for every device the unexpired ids the page's receipts
+    list so, and each entry read that every device it names has now read (or naming none);
+    and for `device` alone the unexpired ids its own receipts list and the other entries read.
+    It is newer than every receipt on the page, so it replaces its device's older receipts and
+    those of other devices whose every read is complete. Ids beyond `MAX_RECEIPT_IDS` are left
+    for a later receipt."""
+    everyone: dict[bytes, int] = {}
+    own: dict[bytes, int] = {}
+    readers: dict[bytes, set[bytes]] = {}
+    newest = now - 1
+    for value in page.values if page is not None else ():
+        parsed = _parsed(value)
+        if parsed is None or parsed.kind != "receipt":
+            continue
+        newest = max(newest, parsed.timestamp)
+        everyone.update((eid, exp) for eid, exp in parsed.acknowledged if exp > now)
+        for eid, exp in parsed.device_acknowledged:
+            if exp > now:
+                readers.setdefault(eid, set()).add(parsed.device)
+                if parsed.device == device:
+                    own[eid] = exp
+    known = everyone.keys() | own.keys()
+    already = frozenset(eid for eid, _, _ in read if eid in known)
+    fresh: dict[bytes, tuple[int, Sequence[bytes]]] = {}
+    for eid, expiration, devices in read:
+        if eid not in known and len(known) + len(fresh) < MAX_RECEIPT_IDS:
+            fresh[eid] = (expiration, devices)
+    if not fresh:
+        return NextReceipt(None, already, frozenset())
+    for eid, (expiration, devices) in fresh.items():
+        if set(devices) <= readers.get(eid, set()) | {device}:
+            everyone[eid] = expiration  # the last of its devices to read it: done for all
+        else:
+            own[eid] = expiration
+    record = make_receipts(
+        recipient,
+        everyone.items(),
+        max(now, newest + 1),  # newer than every receipt it replaces, even if our clock is behind
+        device=device,
+        device_acknowledged=[(eid, exp) for eid, exp in own.items() if eid not in everyone],
+    )
+    return NextReceipt(record, already, frozenset(fresh))
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -380,7 +583,15 @@ class InboxValue:
     signed_bytes: bytes
     signature: bytes
     acknowledged: tuple[tuple[bytes, int], ...] = ()
-    """For a receipt: the (entry id, entry expiration) it lists, ids ascending."""
+    """For a receipt: the (entry id, entry expiration) it lists for every device, ids
+    ascending."""
+    devices: tuple[bytes, ...] = ()
+    """For a handshake or message: the tags of the recipient's devices that must acknowledge it
+    (none: any one)."""
+    device: bytes = b""
+    """For a receipt: the tag of the device `device_acknowledged` is for."""
+    device_acknowledged: tuple[tuple[bytes, int], ...] = ()
+    """For a receipt: the (entry id, entry expiration) it lists for `device` alone."""
 
     @property
     def id2(self) -> str:
@@ -389,11 +600,65 @@ class InboxValue:
             return receipt_id2(self.signed_bytes)
         return self.entry_id.hex()
 
+    @property
+    def listed(self) -> tuple[tuple[bytes, int], ...]:
+        """For a receipt: every (entry id, expiration) it lists, for every device or its own."""
+        return self.acknowledged + self.device_acknowledged
+
+
+def _split_ids(data: bytes, expirations: Sequence[int]) -> tuple[tuple[bytes, int], ...]:
+    """(id, expiration) pairs of a receipt list: ascending 16-byte ids, one expiration each."""
+    ids = [data[i : i + ENTRY_ID_SIZE] for i in range(0, len(data), ENTRY_ID_SIZE)]
+    if (
+        len(data) % ENTRY_ID_SIZE
+        or len(ids) != len(expirations)
+        or any(a >= b for a, b in itertools.pairwise(ids))
+    ):
+        raise InvalidRecord(
+            "malformed_value", "a receipt lists ascending 16-byte ids, one expiration each"
+        )
+    return tuple(zip(ids, expirations, strict=True))
+
+
+def _split_devices(data: bytes) -> tuple[bytes, ...]:
+    """The tags an entry names: ascending 8-byte tags, at most `MAX_ENTRY_DEVICES`."""
+    tags = [data[i : i + DEVICE_TAG_SIZE] for i in range(0, len(data), DEVICE_TAG_SIZE)]
+    if (
+        len(data) % DEVICE_TAG_SIZE
+        or len(tags) > MAX_ENTRY_DEVICES
+        or any(a >= b for a, b in itertools.pairwise(tags))
+    ):
+        raise InvalidRecord(
+            "malformed_value",
+            f"an entry names at most {MAX_ENTRY_DEVICES} ascending {DEVICE_TAG_SIZE}-byte devices",
+        )
+    return tuple(tags)
+
+
+def _parse_receipt(envelope: SignedInboxEntry) -> InboxValue:
+    body = Receipt.FromString(envelope.receipt)
+    everyone = _split_ids(body.entry_ids, body.expirations)
+    own = _split_ids(body.device_entry_ids, body.device_expirations)
+    if not everyone and not own:
+        raise InvalidRecord("malformed_value", "a receipt lists at least one id")
+    if {eid for eid, _ in everyone} & {eid for eid, _ in own}:
+        raise InvalidRecord("malformed_value", "a receipt lists an id for every device and one")
+    if len(body.device) != (DEVICE_TAG_SIZE if own else 0):
+        raise InvalidRecord(
+            "malformed_value", "a receipt names a device exactly when it lists ids for one"
+        )
+    digest = hashlib.sha256(_RECEIPT_ID_CONTEXT + b"\x00" + envelope.receipt).digest()
+    return InboxValue(
+        "receipt", digest[:ENTRY_ID_SIZE], body.recipient_public_key, body.timestamp,
+        max(exp for _, exp in everyone + own), body, envelope.receipt, envelope.signature,
+        everyone, (), body.device, own,
+    )  # fmt: skip
+
 
 def parse_inbox_value(data: bytes) -> InboxValue:
     """Parse a `SignedInboxEntry`; `InvalidRecord("malformed_value")` if it is not one."""
     envelope = SignedInboxEntry()
-    body: Handshake | ChatMessage | Receipt
+    body: Handshake | ChatMessage
     try:
         envelope.ParseFromString(data)
         kind = envelope.WhichOneof("entry")
@@ -402,6 +667,7 @@ def parse_inbox_value(data: bytes) -> InboxValue:
             parsed = InboxValue(
                 "handshake", body.handshake_id, body.sender_public_key, body.timestamp,
                 body.expiration, body, envelope.handshake, envelope.signature,
+                devices=_split_devices(body.recipient_devices),
             )  # fmt: skip
             sizes = {
                 "sender_uid": (len(body.sender_uid), ID_SIZE),
@@ -414,6 +680,7 @@ def parse_inbox_value(data: bytes) -> InboxValue:
             parsed = InboxValue(
                 "message", body.message_id, body.sender_public_key, body.timestamp,
                 body.expiration, body, envelope.message, envelope.signature,
+                devices=_split_devices(body.recipient_devices),
             )  # fmt: skip
             sizes = {
                 "sender_uid": (len(body.sender_uid), ID_SIZE),
@@ -421,27 +688,7 @@ def parse_inbox_value(data: bytes) -> InboxValue:
                 "nonce": (len(body.nonce), NONCE_SIZE),
             }
         elif kind == "receipt":
-            body = Receipt.FromString(envelope.receipt)
-            ids = [
-                body.entry_ids[i : i + ENTRY_ID_SIZE]
-                for i in range(0, len(body.entry_ids), ENTRY_ID_SIZE)
-            ]
-            if (
-                len(body.entry_ids) % ENTRY_ID_SIZE
-                or len(ids) != len(body.expirations)
-                or not ids
-                or any(a >= b for a, b in itertools.pairwise(ids))
-            ):
-                raise InvalidRecord(
-                    "malformed_value",
-                    "a receipt lists ascending 16-byte ids, one expiration each, at least one",
-                )
-            acknowledged = tuple(zip(ids, body.expirations, strict=True))
-            digest = hashlib.sha256(_RECEIPT_ID_CONTEXT + b"\x00" + envelope.receipt).digest()
-            parsed = InboxValue(
-                "receipt", digest[:ENTRY_ID_SIZE], body.recipient_public_key, body.timestamp,
-                max(body.expirations), body, envelope.receipt, envelope.signature, acknowledged,
-            )  # fmt: skip
+            parsed = _parse_receipt(envelope)
             sizes = {}
         else:
             raise InvalidRecord("malformed_value", "the inbox entry is empty")
@@ -456,33 +703,68 @@ def parse_inbox_value(data: bytes) -> InboxValue:
     return parsed
 
 
-def _receipt_ids(value: Value) -> tuple[tuple[bytes, int], ...] | None:
-    """The (entry id, expiration) pairs a receipt value lists; None if it is no receipt."""
+def _parsed(value: Value) -> InboxValue | None:
+    """`value` parsed, or None if it does not parse (merging keeps such a value as an entry
+    naming no device; validation refuses it)."""
     try:
-        parsed = parse_inbox_value(value.value)
+        return parse_inbox_value(value.value)
     except InvalidRecord:
         return None
-    return parsed.acknowledged if parsed.kind == "receipt" else None
 
 
-def _acknowledged_ids(values: Iterable[Value], now: int | None) -> set[str]:
-    """Hex ids of the entries the receipts among `values` list and that are live at `now`."""
-    ids: set[str] = set()
-    for value in values:
-        for eid, expiration in _receipt_ids(value) or ():
-            if now is None or expiration > now:
-                ids.add(eid.hex())
-    return ids
+@dataclass(frozen=True, slots=True)
+class _Acknowledgements:
+    """What one receipt acknowledges (hex ids, live ones only when merging at a `now`)."""
+
+    everyone: frozenset[str]
+    """Ids acknowledged for every device."""
+    device: bytes
+    own: frozenset[str]
+    """Ids acknowledged by `device` alone."""
+
+    @classmethod
+    def of(cls, receipt: InboxValue, now: int | None) -> _Acknowledgements:
+        def live(pairs: Iterable[tuple[bytes, int]]) -> frozenset[str]:
+            return frozenset(eid.hex() for eid, exp in pairs if now is None or exp > now)
+
+        return cls(live(receipt.acknowledged), receipt.device, live(receipt.device_acknowledged))
+
+    def implied_by(self, other: _Acknowledgements) -> bool:
+        """True if `other` makes every acknowledgement this one makes: an id this one lists for
+        every device, `other` lists so; one it lists for its device, `other` lists for every
+        device or for the same device."""
+        if not self.everyone <= other.everyone:
+            return False
+        rest = self.own - other.everyone
+        return not rest or (other.device == self.device and rest <= other.own)
 
 
-def _merge(values: Iterable[Value], now: int | None) -> list[Value]:
-    """The newest value per id2 (then the canonical bytes), expired values dropped; then the
-    receipts dominated by another one dropped, and the entries a receipt lists; sorted by id2.
+class _Coverage:
+    """The acknowledgements of a page's receipts together, and the rule for dropping an entry."""
 
-    Receipt `a` is dominated by `b` when `b` is newer (creation date, then canonical bytes) and
-    lists every id of `a` live at `now`: a strict partial order, so keeping the maximal
-    receipts of the union is idempotent, commutative and associative, and the live ids they
-    list are those every receipt lists (each dropped one is dominated by a kept one)."""
+    def __init__(self, receipts: Iterable[_Acknowledgements]) -> None:
+        self.everyone: set[str] = set()
+        self.by_device: dict[bytes, set[str]] = {}
+        for acks in receipts:
+            self.everyone |= acks.everyone
+            if acks.own:
+                self.by_device.setdefault(acks.device, set()).update(acks.own)
+        self.listed = self.everyone.union(*self.by_device.values())
+
+    def acknowledged(self, id2: str, devices: Sequence[bytes]) -> bool:
+        """Seed 003 "Message Syncing": an entry is acknowledged (holders drop it and refuse it
+        back) once a receipt lists it for every device, or each device it names has listed it
+        (naming none, once any receipt lists it)."""
+        # seed 003 "Message Syncing" (issue 17): every device named, or a receipt for all
+        if id2 in self.everyone:
+            return True
+        if not devices:
+            return id2 in self.listed
+        return all(id2 in self.by_device.get(tag, ()) for tag in devices)
+
+
+def _merge_parts(values: Iterable[Value], now: int | None) -> tuple[list[Value], set[str]]:
+    """The merged values (see `_merge`) and the id2s of the entries dropped as acknowledged."""
     best: dict[str, tuple[tuple[int, bytes], Value]] = {}
     for value in values:
         if now is not None and value.expirationDate <= now:
@@ -491,30 +773,49 @@ def _merge(values: Iterable[Value], now: int | None) -> list[Value]:
         held = best.get(value.id2)
         if held is None or rank > held[0]:
             best[value.id2] = (rank, value)
-    receipts: list[tuple[tuple[int, bytes], frozenset[bytes], Value]] = []
-    entries: list[Value] = []
+    receipts: list[tuple[tuple[int, bytes], _Acknowledgements, Value]] = []
+    entries: list[tuple[Value, tuple[bytes, ...]]] = []
     for rank, value in best.values():
-        listed = _receipt_ids(value)
-        if listed is None:
-            entries.append(value)
+        parsed = _parsed(value)
+        if parsed is not None and parsed.kind == "receipt":
+            receipts.append((rank, _Acknowledgements.of(parsed, now), value))
         else:
-            live = frozenset(eid for eid, exp in listed if now is None or exp > now)
-            receipts.append((rank, live, value))
-    kept = [
-        value
-        for rank, live, value in receipts
-        if not any(other > rank and live <= ids for other, ids, _ in receipts)
+            entries.append((value, parsed.devices if parsed is not None else ()))
+    maximal = [
+        (acks, value)
+        for rank, acks, value in receipts
+        if not any(other > rank and acks.implied_by(by) for other, by, _ in receipts)
     ]
-    acknowledged = _acknowledged_ids(kept, now)
-    kept.extend(value for value in entries if value.id2 not in acknowledged)
-    return sorted(kept, key=lambda value: value.id2)
+    coverage = _Coverage(acks for acks, _ in maximal)
+    kept = [value for _, value in maximal]
+    dropped: set[str] = set()
+    for value, devices in entries:
+        if coverage.acknowledged(value.id2, devices):
+            dropped.add(value.id2)
+        else:
+            kept.append(value)
+    return sorted(kept, key=lambda value: value.id2), dropped
+
+
+def _merge(values: Iterable[Value], now: int | None) -> list[Value]:
+    """The newest value per id2 (then the canonical bytes), expired values dropped; then the
+    receipts dominated by another one dropped, and the acknowledged entries; sorted by id2.
+
+    Receipt `a` is dominated by `b` when `b` is newer (creation date, then canonical bytes) and
+    makes every acknowledgement of `a` live at `now` (`_Acknowledgements.implied_by`): a strict
+    partial order, so keeping the maximal receipts of the union is idempotent, commutative and
+    associative, and the kept receipts acknowledge all that every receipt does (each dropped
+    one is dominated by a kept one). An entry's devices are part of its id, so whether it is
+    acknowledged does not depend on which version of it is kept."""
+    return _merge_parts(values, now)[0]
 
 
 def _counts(values: Iterable[Value]) -> tuple[int, int, int]:
     """(handshakes and messages, receipts, serialized bytes of the receipts) among `values`."""
     receipts = entries = receipt_bytes = 0
     for value in values:
-        if _receipt_ids(value) is None:
+        parsed = _parsed(value)
+        if parsed is None or parsed.kind != "receipt":
             entries += 1
         else:
             receipts += 1
@@ -539,8 +840,10 @@ def _check_entry(
             "the sender uid is not SHA-1 of the sender's key",
             forgery=True,
         )
-    if entry_id(body.sender_uid, body.nonce) != parsed.entry_id:
-        raise InvalidRecord("bad_entry_id", "the id is not derived from sender and nonce")
+    if entry_id(body.sender_uid, body.nonce, body.recipient_devices) != parsed.entry_id:
+        raise InvalidRecord(
+            "bad_entry_id", "the id is not derived from sender, nonce and recipient devices"
+        )
     if isinstance(body, Handshake) and body.x25519_key != _x25519_of(body.sender_public_key):
         raise InvalidRecord(
             "x25519_key_mismatch",
@@ -553,8 +856,9 @@ class ChatValidator:
     """Validator of the ``chat`` namespace (``/chat/<uid>/<page>/``).
 
     A handshake or message must be signed by its sender, whose uid is the SHA-1 of the key that
-    signed, addressed to the path's uid, on the page its id picks, and live 3 to 7 days; a
-    receipt must be signed by the path's uid and list only ids of the path's page. A page holds
+    signed, addressed to the path's uid, on the page its id picks (its id derived from sender,
+    nonce and the recipient devices it names), and live 3 to 7 days; a receipt must be signed
+    by the path's uid and list only ids of the path's page. A page holds
     at most `max_entries` handshakes and messages and `max_receipts` receipts of at most
     `RECEIPT_BYTES_PER_PAGE` bytes together; `admit` refuses what would overflow it and copies
     of acknowledged entries.
@@ -639,12 +943,12 @@ class ChatValidator:
             raise RecordTooLarge(size, limit, "value")
         if value.id2 != parsed.id2:
             raise InvalidRecord("id_mismatch", "id2 is not the entry's (or the receipt's) id")
-        for eid in [eid for eid, _ in parsed.acknowledged] or [parsed.entry_id]:
+        for eid in [eid for eid, _ in parsed.listed] or [parsed.entry_id]:
             if page_of(eid) != page:
                 raise InvalidRecord(
                     "wrong_page", f"entry {eid.hex()} belongs on page {page_of(eid)}"
                 )
-        if len(parsed.acknowledged) > MAX_RECEIPT_IDS:
+        if len(parsed.listed) > MAX_RECEIPT_IDS:
             raise InvalidRecord(
                 "receipts_full", f"a receipt lists at most {MAX_RECEIPT_IDS} entry ids"
             )
@@ -659,23 +963,23 @@ class ChatValidator:
 
     def consolidate(self, key: str, records: Sequence[Record], now: int | None = None) -> Record:
         """One value per id2 (the newest), expired values dropped, receipts dominated by a newer
-        one listing all their live ids dropped, and the entries a receipt lists dropped. Bounds
-        are not applied here (that would make the merge depend on order); `admit` keeps every
-        held page within them."""
+        one making all their live acknowledgements dropped, and the acknowledged entries (by
+        each device they name) dropped. Bounds are not applied here (that would make the merge
+        depend on order); `admit` keeps every held page within them."""
         return merged_record(key, records, _merge((v for r in records for v in r.values), now))
 
     def admit(self, key: str, held: Record, incoming: Record, now: int) -> None:
         """Refuse `incoming` (valid on its own) if it only brings back entries acknowledged on
-        the `held` page (``acknowledged``: a replay, or a stale copy of the page) or if merging
-        it would overflow the page (``inbox_full``, ``receipts_full``): a full page keeps what
-        it holds.
+        the `held` page (``acknowledged``, final: a replay, or a stale copy of the page) or if
+        merging it would overflow the page (``inbox_full``, ``receipts_full``): a full page
+        keeps what it holds. An entry some of its devices have not acknowledged yet is not
+        refused: the page keeps it for them.
 
         A copy that also carries something new is merged: the receipts still win over the
         acknowledged entries in it. (A sender's node holds all it sent to one page as one
         record, so refusing that whole copy would lose a new message next to a read one.)"""
-        receipts = _acknowledged_ids(held.values, now)
-        replayed = [v.id2 for v in incoming.values if v.id2 in receipts and _receipt_ids(v) is None]
-        merged = _merge([*held.values, *incoming.values], now)
+        merged, dropped = _merge_parts([*held.values, *incoming.values], now)
+        replayed = [v.id2 for v in incoming.values if v.id2 in dropped]
         if replayed and merged == _merge(held.values, now):
             raise InvalidRecord(
                 "acknowledged", f"entry {replayed[0]} was acknowledged by its recipient", final=True

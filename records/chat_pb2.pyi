@@ -34,6 +34,7 @@ class Handshake(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICES_FIELD_NUMBER: _builtins.int
     sender_uid: _builtins.bytes
     """SHA-1 of sender_public_key (20 B)"""
     sender_public_key: _builtins.bytes
@@ -50,6 +51,8 @@ class Handshake(_message.Message):
     """Unix ms when made"""
     expiration: _builtins.int
     """Unix ms; 3 to 7 days after timestamp (seed 003)"""
+    recipient_devices: _builtins.bytes
+    """the recipient's devices announced when sent (see below)"""
     def __init__(
         self,
         *,
@@ -61,10 +64,11 @@ class Handshake(_message.Message):
         nonce: _builtins.bytes = ...,
         timestamp: _builtins.int = ...,
         expiration: _builtins.int = ...,
+        recipient_devices: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "handshake_id", b"handshake_id", "nonce", b"nonce", "recipient_uid", b"recipient_uid", "sender_public_key", b"sender_public_key", "sender_uid", b"sender_uid", "timestamp", b"timestamp", "x25519_key", b"x25519_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "handshake_id", b"handshake_id", "nonce", b"nonce", "recipient_devices", b"recipient_devices", "recipient_uid", b"recipient_uid", "sender_public_key", b"sender_public_key", "sender_uid", b"sender_uid", "timestamp", b"timestamp", "x25519_key", b"x25519_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -84,6 +88,7 @@ class ChatMessage(_message.Message):
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     EXPIRATION_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICES_FIELD_NUMBER: _builtins.int
     sender_uid: _builtins.bytes
     """SHA-1 of sender_public_key (20 B)"""
     sender_public_key: _builtins.bytes
@@ -100,6 +105,11 @@ class ChatMessage(_message.Message):
     """Unix ms when sent"""
     expiration: _builtins.int
     """Unix ms; 3 to 7 days after timestamp (seed 003)"""
+    recipient_devices: _builtins.bytes
+    """Seed 003 "Message Syncing": the 8-byte tags (records.chat.device_tag) of the recipient's
+    devices announced when it was sent, ascending, at most 16; holders keep the entry until each
+    of them has acknowledged it (none listed: until any device does). Part of the entry id.
+    """
     def __init__(
         self,
         *,
@@ -111,10 +121,11 @@ class ChatMessage(_message.Message):
         ciphertext: _builtins.bytes = ...,
         timestamp: _builtins.int = ...,
         expiration: _builtins.int = ...,
+        recipient_devices: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "expiration", b"expiration", "message_id", b"message_id", "nonce", b"nonce", "recipient_uid", b"recipient_uid", "sender_public_key", b"sender_public_key", "sender_uid", b"sender_uid", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "expiration", b"expiration", "message_id", b"message_id", "nonce", b"nonce", "recipient_devices", b"recipient_devices", "recipient_uid", b"recipient_uid", "sender_public_key", b"sender_public_key", "sender_uid", b"sender_uid", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,29 +139,75 @@ class ChatContent(_message.Message):
 
     MIME_TYPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
     mime_type: _builtins.str
     data: _builtins.bytes
+    @_builtins.property
+    def sent(self) -> Global___SentCopy:
+        """set on a copy, in the sender's own inbox, of what one of its devices sent"""
+
     def __init__(
         self,
         *,
         mime_type: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        sent: Global___SentCopy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sent", b"sent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type", "sent", b"sent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatContent: _TypeAlias = ChatContent  # noqa: Y015
 
 @_typing.final
+class SentCopy(_message.Message):
+    """Seed 003 "Message Syncing": what one device of a user sent, for the user's other devices. It
+    travels encrypted (a ChatMessage from the user to the user), so holders never see to whom.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    HANDSHAKE_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    recipient_public_key: _builtins.bytes
+    """whom the original went to: their ed25519 key (32 B; the uid"""
+    entry_id: _builtins.bytes
+    """is its SHA-1), so a sibling device can also write to them
+    the original's id in the recipient's inbox (16 B)
+    """
+    handshake: _builtins.bool
+    """the original was a handshake (mime_type and data empty)"""
+    device: _builtins.bytes
+    """the tag of the device that sent it (8 B)"""
+    def __init__(
+        self,
+        *,
+        recipient_public_key: _builtins.bytes = ...,
+        entry_id: _builtins.bytes = ...,
+        handshake: _builtins.bool = ...,
+        device: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "entry_id", b"entry_id", "handshake", b"handshake", "recipient_public_key", b"recipient_public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SentCopy: _TypeAlias = SentCopy  # noqa: Y015
+
+@_typing.final
 class Receipt(_message.Message):
     """"I have read these": the inbox owner's receipt for a batch of entries of one inbox page. Its
     Value.id2 is "receipt-" and a hash of these bytes (see records/chat.py), never an entry's id.
-    Holders drop every listed entry and refuse it back until its expiration; a receipt that is
-    older than another one on the page and lists a subset of its unexpired ids is dropped, so a
-    device's newest receipt (the union of what it saw plus new ids) replaces its older ones.
+    entry_ids are acknowledged for every device: holders drop them and refuse them back until
+    their expiration. device_entry_ids are acknowledged by `device` alone: holders drop an entry
+    once each device it lists (ChatMessage.recipient_devices) acknowledged it. A receipt older
+    than another one on the page whose every acknowledgement the other makes too is dropped, so
+    a device's newest receipt (what it saw plus new ids) replaces its older ones.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -159,15 +216,26 @@ class Receipt(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     ENTRY_IDS_FIELD_NUMBER: _builtins.int
     EXPIRATIONS_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    DEVICE_ENTRY_IDS_FIELD_NUMBER: _builtins.int
+    DEVICE_EXPIRATIONS_FIELD_NUMBER: _builtins.int
     recipient_public_key: _builtins.bytes
     """ed25519 public key of the inbox's owner (32 B)"""
     timestamp: _builtins.int
     """Unix ms when acknowledged"""
     entry_ids: _builtins.bytes
-    """the acknowledged ids, 16 B each, ascending, all on one page"""
+    """ids acknowledged for every device, 16 B each, ascending"""
+    device: _builtins.bytes
+    """tag of the device acknowledging device_entry_ids (8 B)"""
+    device_entry_ids: _builtins.bytes
+    """ids `device` acknowledged, ascending, none in entry_ids"""
     @_builtins.property
     def expirations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """each listed entry's expiration (Unix ms), in the same order"""
+
+    @_builtins.property
+    def device_expirations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """their expirations, in the same order"""
 
     def __init__(
         self,
@@ -176,10 +244,13 @@ class Receipt(_message.Message):
         timestamp: _builtins.int = ...,
         entry_ids: _builtins.bytes = ...,
         expirations: _abc.Iterable[_builtins.int] | None = ...,
+        device: _builtins.bytes = ...,
+        device_entry_ids: _builtins.bytes = ...,
+        device_expirations: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_ids", b"entry_ids", "expirations", b"expirations", "recipient_public_key", b"recipient_public_key", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_entry_ids", b"device_entry_ids", "device_expirations", b"device_expirations", "entry_ids", b"entry_ids", "expirations", b"expirations", "recipient_public_key", b"recipient_public_key", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -148,7 +148,8 @@ class Simulation:
 
     def live(self) -> list[SimNode]:
         """Nodes currently running."""
-        return [n for n in self._running.values() if n.alive]
+        # `SimNode.alive`, inlined: scenarios pick a random live node per get and per lookup
+        return [n for n in self._running.values() if n.node is not None and n.node.running]
 
     def new_host(self) -> SimNode:
         """A new host with a deterministic identity (not started)."""

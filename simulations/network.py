@@ -104,10 +104,11 @@ class SimNetwork:
         self.per_host: Counter[str] | None = None
         """Datagrams sent or received, by host, when a scenario asks for it (`count_per_host`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Datagrams in flight, (arrival, seq, target, data, source): one heap and one loop timer
-        # for the earliest, instead of an event-loop timer per datagram.
-        self._in_flight: list[tuple[float, int, SimTransport, bytes, Address]] = []
-        self._seq = 0
+        # Datagrams in flight by arrival tick (1 ms), each tick's in the order sent, and a heap
+        # of the ticks: one heap push per tick rather than per datagram, and one loop timer for
+        # the earliest instead of an event-loop timer per datagram.
+        self._in_flight: dict[float, list[tuple[SimTransport, bytes, Address]]] = {}
+        self._ticks: list[float] = []
         self._wakeup_at = math.inf
 
     # -- addresses and endpoints -----------------------------------------------------------
@@ -192,9 +193,10 @@ class SimNetwork:
         counters = self.counters
         counters["sent"] += 1
         src_host, dst_host = source.address[0], dest[0]
+        down = self._down
         if self.per_host is not None:
             self.per_host[src_host] += 1
-        if src_host in self._down or dst_host in self._down:
+        if down and (src_host in down or dst_host in down):
             counters["dropped_down"] += 1
             return
         if self._groups is not None and self._groups.get(src_host, -1) != self._groups.get(
@@ -203,7 +205,8 @@ class SimNetwork:
             counters["dropped_partition"] += 1
             return
         target = self._endpoints.get(dest)
-        if target is None or dst_host not in self._positions:
+        positions = self._positions
+        if target is None or dst_host not in positions:
             counters["dropped_no_endpoint"] += 1
             return
         loop = self._loop
@@ -220,11 +223,19 @@ class SimNetwork:
         if self.loss and rng.random() < self.loss:
             counters["dropped_loss"] += 1
             return
-        delay = self.rtt(src_host, dst_host) / 2 * (1.0 + self.jitter * (2 * rng.random() - 1))
+        # `rtt`, inlined: this runs once per datagram
+        rtt = self.rtt_min + (self.rtt_max - self.rtt_min) * (
+            abs(positions[src_host] - positions[dst_host]) / _DIAGONAL
+        )
+        delay = rtt / 2 * (1.0 + self.jitter * (2 * rng.random() - 1))
         # Arrivals fall on 1 ms ticks, so one wake-up delivers every datagram due in that tick.
         arrival = math.ceil((loop.time() + delay) * 1000.0) / 1000.0
-        self._seq += 1
-        heapq.heappush(self._in_flight, (arrival, self._seq, target, data, source.address))
+        batch = self._in_flight.get(arrival)
+        if batch is None:
+            self._in_flight[arrival] = [(target, data, source.address)]
+            heapq.heappush(self._ticks, arrival)
+        else:
+            batch.append((target, data, source.address))
         if arrival < self._wakeup_at:
             self._wakeup_at = arrival
             loop.call_at(arrival, self._deliver_due)
@@ -233,21 +244,28 @@ class SimNetwork:
         loop = self._loop
         assert loop is not None
         now = loop.time() + 1e-6
-        queue = self._in_flight
+        ticks = self._ticks
+        in_flight = self._in_flight
         down = self._down
         counters = self.counters
-        while queue and queue[0][0] <= now:
-            _, _, target, data, source = heapq.heappop(queue)
-            if target.address[0] in down:
-                counters["dropped_down"] += 1
-                continue
-            counters["delivered"] += 1
-            if self.per_host is not None:
-                self.per_host[target.address[0]] += 1
-            target.deliver(data, source)
-        if queue:
-            if queue[0][0] < self._wakeup_at or self._wakeup_at <= now:
-                self._wakeup_at = queue[0][0]
+        per_host = self.per_host
+        while ticks and ticks[0] <= now:
+            # taken out before delivering: a datagram sent meanwhile for this tick starts a new
+            # batch, delivered after this one (as it was sent after)
+            batch = in_flight.pop(heapq.heappop(ticks))
+            delivered = 0
+            for target, data, source in batch:
+                if down and target.address[0] in down:
+                    counters["dropped_down"] += 1
+                    continue
+                delivered += 1
+                if per_host is not None:
+                    per_host[target.address[0]] += 1
+                target.deliver(data, source)
+            counters["delivered"] += delivered
+        if ticks:
+            if ticks[0] < self._wakeup_at or self._wakeup_at <= now:
+                self._wakeup_at = ticks[0]
                 loop.call_at(self._wakeup_at, self._deliver_due)
         else:
             self._wakeup_at = math.inf

@@ -16,6 +16,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from hypothesis import settings
 
+# the testnet fixture and virtual-time async tests, as an app's suite would enable them
+pytest_plugins = ["simulations.pytest_plugin"]
+
 settings.register_profile("ci", deadline=None, max_examples=100, derandomize=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")

@@ -20,6 +20,7 @@ from records import (
     make_handshake,
     make_message,
     make_receipts,
+    make_sent_copy,
 )
 from records.chat import (
     DAY_MS,
@@ -34,6 +35,7 @@ from records.chat import (
     conversation_key,
     decrypt_message,
     entry_id,
+    next_receipt,
     page_of,
     parse_chat_key,
     parse_inbox_value,
@@ -524,3 +526,302 @@ def test_a_full_page_of_entries_and_receipts_fits_one_record() -> None:
     assert len(full.values) == MAX_ENTRIES_PER_PAGE + 1
     assert len(encode_record(full)) <= MAX_RECORD_SIZE
     assert MAX_RECEIPT_IDS >= 80
+
+
+# -- many devices (seed 003 "Message Syncing", issue 17) --------------------------------------
+
+PHONE, LAPTOP, TABLET = b"\x01" * 8, b"\x02" * 8, b"\x03" * 8
+
+
+def to_devices(
+    devices: list[bytes], page: int = 8, count: int = 1, sender: object = ALICE
+) -> list[Record]:
+    """`count` messages to Bob on `page` naming Bob's `devices`."""
+    out: list[Record] = []
+    i = 0
+    while len(out) < count:
+        n = nonce(f"dev{i}")
+        i += 1
+        record = make_message(
+            sender,  # type: ignore[arg-type]
+            BOB.public_key,
+            b"hi",
+            mime_type=TEXT,
+            nonce=n,
+            now=NOW,
+            recipient_devices=devices,
+        )
+        if page_of(bytes.fromhex(record.values[0].id2)) == page:
+            out.append(record)
+    return out
+
+
+def kinds(record: Record) -> list[str]:
+    return [parse_inbox_value(v.value).kind for v in record.values]
+
+
+def device_receipt(device: bytes, records: list[Record], now: int) -> Record:
+    """Bob's `device` acknowledging `records` for itself alone."""
+    acks = [e for r in records for e in acked(r)]
+    return make_receipts(BOB, [], now, device=device, device_acknowledged=acks)
+
+
+def test_a_message_stays_until_every_device_it_names_acknowledged_it() -> None:
+    v = ChatValidator()
+    (record,) = to_devices([PHONE, LAPTOP])
+    default_validator().validate(record.key, record, NOW)
+    assert parse_inbox_value(record.values[0].value).devices == (PHONE, LAPTOP)
+    # the phone reads it: the page keeps it for the laptop, and a copy of it is no replay
+    phone = device_receipt(PHONE, [record], NOW + 1000)
+    default_validator().validate(phone.key, phone, NOW + 1000)
+    held = v.consolidate(record.key, [record, phone], NOW + 1000)
+    assert sorted(kinds(held)) == ["message", "receipt"]
+    v.admit(held.key, held, record, NOW + 2000)
+    # a receipt of a device the message does not name changes nothing either
+    tablet = device_receipt(TABLET, [record], NOW + 1500)
+    assert "message" in kinds(v.consolidate(record.key, [held, tablet], NOW + 2000))
+    # the laptop reads it: every named device has, so every holder drops it for good
+    laptop = device_receipt(LAPTOP, [record], NOW + 3000)
+    for records in ([held, laptop], [laptop, record, phone]):
+        assert kinds(v.consolidate(record.key, records, NOW + 3000)) == ["receipt", "receipt"]
+    done = v.consolidate(record.key, [held, laptop], NOW + 3000)
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(done.key, done, record, NOW + 4000)
+    assert (info.value.reason, info.value.final) == ("acknowledged", True)
+    # as when the last device to read it lists it for every device
+    last = make_receipts(BOB, acked(record), NOW + 3000)
+    assert kinds(v.consolidate(record.key, [held, last], NOW + 3000)) == ["receipt"]
+
+
+def test_a_one_device_user_acknowledges_as_before() -> None:
+    v = ChatValidator()
+    (record,) = to_devices([PHONE])
+    receipt = make_receipts(BOB, acked(record), NOW + 1000)  # the last (only) device to read it
+    body = Receipt.FromString(SignedInboxEntry.FromString(receipt.values[0].value).receipt)
+    assert (body.device, body.device_entry_ids) == (b"", b"")  # the receipt format before
+    held = v.consolidate(record.key, [record, receipt], NOW + 1000)
+    assert kinds(held) == ["receipt"]
+    with pytest.raises(InvalidRecord) as info:
+        v.admit(held.key, held, record, NOW + 2000)
+    assert info.value.reason == "acknowledged"
+    # an entry naming no device (as every entry before devices) goes with any device's receipt
+    (legacy,) = to_devices([])
+    one = device_receipt(PHONE, [legacy], NOW + 1000)
+    assert kinds(v.consolidate(legacy.key, [legacy, one], NOW + 1000)) == ["receipt"]
+
+
+def test_entry_ids_bind_the_devices_an_entry_names() -> None:
+    (legacy,) = to_devices([])
+    body = ChatMessage.FromString(SignedInboxEntry.FromString(legacy.values[0].value).message)
+    # an entry naming no device has the id entries always had: sender and nonce
+    assert body.message_id == entry_id(ALICE.id, body.nonce)
+    (named,) = to_devices([LAPTOP, PHONE])  # given in any order, carried ascending
+    body = ChatMessage.FromString(SignedInboxEntry.FromString(named.values[0].value).message)
+    assert body.recipient_devices == PHONE + LAPTOP
+    assert body.message_id == entry_id(ALICE.id, body.nonce, PHONE + LAPTOP)
+    # the sender re-signs it naming fewer devices under the same id: refused
+    fewer = ChatMessage()
+    fewer.CopyFrom(body)
+    fewer.recipient_devices = PHONE
+    assert reason_of(resign_message(named, fewer, ALICE)) == "bad_entry_id"
+    for bad in (
+        LAPTOP + PHONE,
+        PHONE + PHONE,
+        PHONE[:7],
+        b"".join(bytes([k]) * 8 for k in range(17)),
+    ):
+        edit = ChatMessage()
+        edit.CopyFrom(body)
+        edit.recipient_devices = bad
+        assert reason_of(resign_message(named, edit, ALICE)) == "malformed_value"
+    with pytest.raises(ValueError, match="at most 16"):
+        to_devices([bytes([k]) * 8 for k in range(17)])
+    handshake = make_handshake(ALICE, BOB.id, nonce=nonce("h"), now=NOW, recipient_devices=[PHONE])
+    default_validator().validate(handshake.key, handshake, NOW)
+    assert parse_inbox_value(handshake.values[0].value).devices == (PHONE,)
+
+
+def test_receipts_list_ids_for_every_device_or_for_one() -> None:
+    records = to_devices([PHONE, LAPTOP], page=10, count=3)
+    ids = [acked(r)[0] for r in records]
+    mixed = make_receipts(BOB, ids[:1], NOW, device=PHONE, device_acknowledged=ids[1:])
+    default_validator().validate(mixed.key, mixed, NOW)
+    parsed = parse_inbox_value(mixed.values[0].value)
+    assert (parsed.acknowledged, parsed.device, parsed.device_acknowledged) == (
+        tuple(ids[:1]),
+        PHONE,
+        tuple(sorted(ids[1:])),
+    )
+    # an id listed both ways counts for every device
+    both = make_receipts(BOB, ids[:1], NOW, device=PHONE, device_acknowledged=ids[:1])
+    assert parse_inbox_value(both.values[0].value).device_acknowledged == ()
+    with pytest.raises(ValueError, match="tag"):
+        make_receipts(BOB, [], NOW, device=b"", device_acknowledged=ids)
+    # hand-made receipts that break the format are refused
+    base = Receipt(
+        recipient_public_key=BOB.public_key,
+        timestamp=NOW,
+        entry_ids=ids[0][0],
+        expirations=[ids[0][1]],
+        device=PHONE,
+        device_entry_ids=ids[1][0],
+        device_expirations=[ids[1][1]],
+    )
+    good = signed_receipt(BOB, base, 10)
+    default_validator().validate(good.key, good, NOW)
+    for field, value in (
+        ("device", b""),  # ids for one device but no device
+        ("device", PHONE[:4]),
+        ("device_entry_ids", ids[0][0]),  # the same id both ways
+        ("device_expirations", []),
+    ):
+        bad = Receipt()
+        bad.CopyFrom(base)
+        if field == "device_expirations":
+            del bad.device_expirations[:]
+        else:
+            setattr(bad, field, value)
+        assert reason_of(signed_receipt(BOB, bad, 10)) == "malformed_value", field
+    idle_device = Receipt()  # a device named, but no id listed for it
+    idle_device.CopyFrom(base)
+    idle_device.device_entry_ids = b""
+    del idle_device.device_expirations[:]
+    assert reason_of(signed_receipt(BOB, idle_device, 10)) == "malformed_value"
+
+
+def test_a_receipt_is_replaced_by_a_newer_one_making_all_its_acknowledgements() -> None:
+    v = ChatValidator()
+    records = to_devices([PHONE, LAPTOP], page=12, count=3)
+    a, b, c = (acked(r)[0] for r in records)
+    phone = make_receipts(BOB, [], NOW, device=PHONE, device_acknowledged=[a, b])
+    # the phone's newer receipt listing more replaces its older one
+    phone2 = make_receipts(BOB, [], NOW + 10, device=PHONE, device_acknowledged=[a, b, c])
+    assert v.consolidate(phone.key, [phone, phone2], NOW + 20).values == phone2.values
+    # the laptop's receipt listing a and b only for itself does not replace the phone's
+    laptop = make_receipts(BOB, [], NOW + 20, device=LAPTOP, device_acknowledged=[a, b])
+    assert len(v.consolidate(phone.key, [phone, laptop], NOW + 30).values) == 2
+    # listing them for every device (the laptop read them last) does
+    last = make_receipts(BOB, [a, b], NOW + 20, device=LAPTOP, device_acknowledged=[c])
+    assert v.consolidate(phone.key, [phone, last], NOW + 30).values == last.values
+    # but not a phone receipt with an id the laptop has not listed for every device
+    assert len(v.consolidate(phone.key, [phone2, last], NOW + 30).values) == 2
+    # an older receipt never replaces a newer one
+    early = make_receipts(BOB, [a, b, c], NOW - 10)
+    assert len(v.consolidate(phone.key, [phone2, early], NOW + 30).values) == 2
+
+
+def test_a_sent_copy_reaches_the_senders_other_devices_only() -> None:
+    original = make_message(
+        ALICE, BOB.public_key, b"hello", mime_type=TEXT, nonce=nonce("o"), now=NOW,
+        recipient_devices=[PHONE],
+    )  # fmt: skip
+    copy = make_sent_copy(
+        ALICE, original, BOB.public_key, device=LAPTOP, other_devices=[TABLET],
+        nonce=nonce("c"), now=NOW + 5,
+    )  # fmt: skip
+    assert copy.key.startswith(f"/chat/{ALICE.id_hex}/")  # in Alice's own inbox
+    default_validator().validate(copy.key, copy, NOW + 5)
+    parsed = parse_inbox_value(copy.values[0].value)
+    assert isinstance(parsed.body, ChatMessage)
+    assert parsed.devices == (TABLET,)
+    sent = original.values[0]
+    assert parsed.expiration - parsed.timestamp == sent.expirationDate - sent.creationDate
+    content = decrypt_message(parsed.body, conversation_key(ALICE, ALICE.public_key))
+    assert (content.mime_type, content.data) == (TEXT, b"hello")
+    assert content.sent.recipient_public_key == BOB.public_key
+    assert content.sent.entry_id.hex() == original.values[0].id2
+    assert (content.sent.device, content.sent.handshake) == (LAPTOP, False)
+    with pytest.raises(DecryptionFailed):  # nobody else reads to whom Alice wrote
+        decrypt_message(parsed.body, conversation_key(BOB, ALICE.public_key))
+    handshake = make_handshake(ALICE, BOB.id, nonce=nonce("hs"), now=NOW)
+    hcopy = make_sent_copy(
+        ALICE, handshake, BOB.public_key, device=LAPTOP, other_devices=[TABLET],
+        nonce=nonce("hc"), now=NOW,
+    )  # fmt: skip
+    hbody = parse_inbox_value(hcopy.values[0].value).body
+    assert isinstance(hbody, ChatMessage)
+    assert decrypt_message(hbody, conversation_key(ALICE, ALICE.public_key)).sent.handshake
+    with pytest.raises(ValueError, match="another user"):
+        make_sent_copy(
+            ALICE, original, MALLORY.public_key, device=LAPTOP, other_devices=[TABLET],
+            nonce=nonce("c"), now=NOW,
+        )  # fmt: skip
+
+
+def test_a_full_page_with_receipts_of_several_devices_fits_one_record() -> None:
+    v = ChatValidator()
+    devices = [bytes([k]) * 8 for k in range(1, 5)]
+    entries = to_devices(devices, page=2, count=MAX_ENTRIES_PER_PAGE)
+    held = v.consolidate(entries[0].key, entries, NOW)
+    # each device acknowledged ids for itself alone: as many as the page's receipt bytes allow
+    expiration = NOW + 3 * DAY_MS
+    read = [(i, expiration) for i in ids_on_page(2, MAX_RECEIPT_IDS)]
+    per_device = (RECEIPT_BYTES_PER_PAGE - len(devices) * 204) // 22 // len(devices)
+    for k, device in enumerate(devices):
+        receipt = make_receipts(
+            BOB, [], NOW + k, device=device, device_acknowledged=read[:per_device]
+        )
+        v.admit(held.key, held, receipt, NOW + k)
+        held = v.consolidate(held.key, [held, receipt], NOW + k)
+    default_validator().validate(held.key, held, NOW + 10)
+    assert kinds(held).count("receipt") == len(devices)
+    assert kinds(held).count("message") == MAX_ENTRIES_PER_PAGE
+    assert len(encode_record(held)) <= MAX_RECORD_SIZE
+    # one receipt of 84 ids, half for every device and half for one, fits the receipt bytes
+    half = MAX_RECEIPT_IDS // 2
+    split = make_receipts(BOB, read[:half], NOW, device=PHONE, device_acknowledged=read[half:])
+    assert len(parse_inbox_value(split.values[0].value).listed) == MAX_RECEIPT_IDS == 84
+    assert split.values[0].ByteSize() + 3 <= RECEIPT_BYTES_PER_PAGE
+
+
+def test_the_next_receipt_lists_for_every_device_what_the_last_device_read() -> None:
+    v = ChatValidator()
+    records = to_devices([PHONE, LAPTOP], page=14, count=2)
+    first, second = (acked(r)[0] for r in records)
+    read = [(eid, exp, (PHONE, LAPTOP)) for eid, exp in (first, second)]
+    page = v.consolidate(records[0].key, records, NOW)
+    # the phone reads both: it lists them for itself, and the page keeps them for the laptop
+    by_phone = next_receipt(BOB, page, PHONE, read, NOW + 10)
+    assert by_phone.record is not None
+    assert (by_phone.already, by_phone.fresh) == (frozenset(), frozenset({first[0], second[0]}))
+    receipt = parse_inbox_value(by_phone.record.values[0].value)
+    assert (receipt.acknowledged, receipt.device) == ((), PHONE)
+    page = v.consolidate(page.key, [page, by_phone.record], NOW + 10)
+    assert sorted(kinds(page)) == ["message", "message", "receipt"]
+    # reading them again writes nothing
+    again = next_receipt(BOB, page, PHONE, read, NOW + 20)
+    assert again.record is None
+    assert again.already == frozenset({first[0], second[0]})
+    # the laptop reads the first: it is the last to, so it lists it for every device, and
+    # carries nothing of the phone's (the second is still the phone's alone)
+    by_laptop = next_receipt(BOB, page, LAPTOP, read[:1], NOW + 5)
+    assert by_laptop.record is not None
+    laptops = parse_inbox_value(by_laptop.record.values[0].value)
+    assert laptops.acknowledged == (first,)
+    assert laptops.timestamp == NOW + 11  # newer than the phone's receipt, its clock behind
+    page = v.consolidate(page.key, [page, by_laptop.record], NOW + 30)
+    assert sorted(kinds(page)) == ["message", "receipt", "receipt"]
+    # then the second: its receipt lists both for every device and replaces the phone's
+    last = next_receipt(BOB, page, LAPTOP, read, NOW + 40)
+    assert last.record is not None
+    assert (last.already, last.fresh) == (frozenset({first[0]}), frozenset({second[0]}))
+    page = v.consolidate(page.key, [page, last.record], NOW + 40)
+    assert page.values == last.record.values
+    assert parse_inbox_value(page.values[0].value).acknowledged == tuple(sorted([first, second]))
+    # a one-device user (or an entry naming no device): listed for every device at once
+    alone = next_receipt(BOB, None, PHONE, [(first[0], first[1], ())], NOW)
+    assert alone.record is not None
+    assert parse_inbox_value(alone.record.values[0].value).acknowledged == (first,)
+
+
+def test_the_next_receipt_leaves_what_does_not_fit_for_later() -> None:
+    expiration = NOW + 3 * DAY_MS
+    ids = ids_on_page(6, MAX_RECEIPT_IDS + 5)
+    full = make_receipts(BOB, [(i, expiration) for i in ids[:MAX_RECEIPT_IDS]], NOW)
+    plan = next_receipt(BOB, full, PHONE, [(i, expiration, ()) for i in ids[-5:]], NOW + 1)
+    assert (plan.record, plan.already, plan.fresh) == (None, frozenset(), frozenset())
+    some = make_receipts(BOB, [(i, expiration) for i in ids[: MAX_RECEIPT_IDS - 2]], NOW)
+    plan = next_receipt(BOB, some, PHONE, [(i, expiration, ()) for i in ids[-5:]], NOW + 1)
+    assert plan.record is not None
+    assert plan.fresh == set(ids[-5:-3])
+    assert len(parse_inbox_value(plan.record.values[0].value).listed) == MAX_RECEIPT_IDS

@@ -13,6 +13,7 @@ import pytest
 
 from node import PutFailed
 from node.chat import ChatClient, InboxEntry, MessageTooLarge, NoHandshake, Sent, UnknownUser
+from node.config import NodeConfig
 from node.server import DHTNode
 from records import (
     DHTError,
@@ -23,18 +24,21 @@ from records import (
     location,
     make_message,
     make_receipts,
+    make_sent_copy,
     meta_key,
 )
 from records.chat import (
     MAX_ENTRIES_PER_PAGE,
     MAX_RECEIPT_IDS,
     MESSAGE_CONTEXT,
+    _message_record,
     chat_key,
+    device_tag,
     entry_id,
     page_of,
     parse_inbox_value,
 )
-from records.chat_pb2 import ChatMessage, SignedInboxEntry
+from records.chat_pb2 import ChatContent, ChatMessage, SentCopy, SignedInboxEntry
 from records.identity import signing_input
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
@@ -187,13 +191,23 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
                 # Bob replies without a handshake of his own: Alice's reached him
                 await b.send(alice.id, "hi Alice")
                 for device in (a1, a2):
-                    got = await device.inbox()
+                    got = [e for e in await device.inbox() if not e.copy_of]
                     assert [(e.sender, e.text) for e in got] == [(bob.id, "hi Alice")]
-                # and a device's iterator yields it
+                # what a1 sent reached a2 as copies (issue 17), and a1 is not shown its own
+                copies = [e for e in await a2.inbox() if e.copy_of]
+                assert [(e.kind, e.sender, e.recipient, e.text) for e in copies] == [
+                    ("handshake", alice.id, bob.id, ""),
+                    *(("message", alice.id, bob.id, f"message {i}") for i in range(3)),
+                ]
+                assert [e.copy_of for e in copies[1:]] == [s.entry_id for s in sent]
+                assert not [e for e in await a1.inbox() if e.copy_of]
+                # and a device's iterator yields it, after the copies
                 stream = a2.messages()
-                first: InboxEntry = await asyncio.wait_for(anext(stream), 60)
+                streamed: list[InboxEntry] = [
+                    await asyncio.wait_for(anext(stream), 60) for _ in range(len(copies) + 1)
+                ]
                 await stream.aclose()
-                assert first.text == "hi Alice"
+                assert [e.text for e in streamed if not e.copy_of] == ["hi Alice"]
         await sim.stop_all()
 
     run_virtual(main())
@@ -375,12 +389,13 @@ def test_a_message_to_a_page_with_read_messages_is_delivered() -> None:
         sim = Simulation(seed=65)
         await sim.grow(50)
         alice, bob = user_identity(65, 0), user_identity(65, 1)
+        bobs_device = device_tag(sim.nodes[2].identity.id)  # ids name Bob's one device
         # the handshake, then two messages whose ids land on the same page of Bob's inbox
         same_page: list[bytes] = []
         i = 0
         while len(same_page) < 2:
             n = hashlib.sha256(f"page-{i}".encode()).digest()[:24]
-            if page_of(entry_id(alice.id, n)) == 7:
+            if page_of(entry_id(alice.id, n, bobs_device)) == 7:
                 same_page.append(n)
             i += 1
         nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *same_page])
@@ -411,7 +426,8 @@ def test_an_acknowledged_message_is_not_republished_for_days() -> None:
         await sim.grow(50)
         alice, bob = user_identity(67, 0), user_identity(67, 1)
         sender = running(sim.nodes[9])
-        a = ChatClient(sender, alice, name="Alice", random_bytes=seeded(6))
+        # (nonces 16, not 6, since entry ids name Bob's device: issue 17)
+        a = ChatClient(sender, alice, name="Alice", random_bytes=seeded(16))
         b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(7))
         async with a, b:
             await a.handshake(bob.id)
@@ -448,12 +464,13 @@ def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
         sim = Simulation(seed=68)
         await sim.grow(50)
         alice, bob = user_identity(68, 0), user_identity(68, 1)
+        bobs_device = device_tag(sim.nodes[2].identity.id)  # ids name Bob's one device
         page = 11
         on_page: list[bytes] = []
         i = 0
         while len(on_page) < 2:
             n = hashlib.sha256(f"full-{i}".encode()).digest()[:24]
-            if page_of(entry_id(alice.id, n)) == page:
+            if page_of(entry_id(alice.id, n, bobs_device)) == page:
                 on_page.append(n)
             i += 1
         nonces = iter(on_page)
@@ -493,12 +510,13 @@ def test_a_page_acknowledges_far_more_than_ten_messages_within_their_lifetime() 
         sim = Simulation(seed=69, config=SLOW_MAINTENANCE)
         await sim.grow(50)
         alice, bob = user_identity(69, 0), user_identity(69, 1)
+        bobs_device = device_tag(sim.nodes[2].identity.id)  # ids name Bob's one device
         page, batches, per_batch = 5, 12, 5
         on_page: list[bytes] = []
         i = 0
         while len(on_page) < batches * per_batch:
             n = hashlib.sha256(f"many-{i}".encode()).digest()[:24]
-            if page_of(entry_id(alice.id, n)) == page:
+            if page_of(entry_id(alice.id, n, bobs_device)) == page:
                 on_page.append(n)
             i += 1
         nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *on_page])
@@ -546,3 +564,115 @@ def test_a_page_acknowledges_far_more_than_ten_messages_within_their_lifetime() 
         await sim.stop_all()
 
     run_virtual(main())
+
+
+def test_an_offline_device_gets_the_reply_another_read_and_sees_what_it_sent() -> None:
+    """Issue 17 item 4: Alice on a phone and a laptop. The laptop is offline while Bob replies
+    and the phone reads and acknowledges the reply: the page keeps it for the laptop, which gets
+    it when it returns; once the laptop acknowledges it too, every holder drops it for good.
+    What each device sent shows up on the other."""
+
+    async def main() -> None:
+        sim = Simulation(seed=71)
+        await sim.grow(50)
+        alice, bob = user_identity(71, 0), user_identity(71, 1)
+        laptop_host, bob_host = sim.nodes[4], sim.nodes[5]
+        phone = ChatClient(running(sim.nodes[3]), alice, name="Alice", random_bytes=seeded(21))
+        laptop = ChatClient(running(laptop_host), alice, name="Alice", random_bytes=seeded(22))
+        b = ChatClient(running(bob_host), bob, name="Bob", random_bytes=seeded(23))
+        async with phone, b:
+            await laptop.start()
+            await phone.handshake(bob.id)
+            hello = await phone.send(bob.id, "hello from the phone")
+            assert hello.devices == (device_tag(bob_host.identity.id),)  # Bob's one device
+            assert hello.copied > 0  # and a copy for the laptop
+            assert await b.acknowledge(await b.inbox()) == 2
+            # the laptop goes offline (its presence stays announced for a day)
+            laptop_tag = laptop.device
+            await laptop.close()
+            await sim.crash(laptop_host)
+
+            reply = await b.send(alice.id, "hi Alice")
+            assert set(reply.devices) == {phone.device, laptop_tag}
+            bobs_copy = await running(bob_host).get(reply.key)
+            assert bobs_copy is not None
+            original = Record(key=reply.key, updateDate=bobs_copy.updateDate, id1=bobs_copy.id1)
+            original.values.extend(v for v in bobs_copy.values if v.id2 == reply.entry_id.hex())
+
+            # the phone reads the reply and acknowledges it: gone from the phone's inbox only
+            stream = phone.messages()
+            read = await asyncio.wait_for(anext(stream), 60)
+            await stream.aclose()
+            assert (read.sender, read.text, read.copy_of) == (bob.id, "hi Alice", b"")
+            assert await phone.acknowledge([read]) == 1
+            assert [e for e in await phone.inbox() if not e.copy_of] == []
+            assert held_entries(sim, alice.id)[reply.entry_id.hex()] == "message"
+            assert await refused_by_holders(sim, original) == ["True"] * 5  # no replay yet
+            assert await b.delivered([reply]) == {reply.entry_id}  # read on a device
+            await asyncio.sleep(3600)
+
+            # the laptop returns: it gets the reply, and what the phone sent meanwhile
+            node = await sim.start(laptop_host, via=[sim.nodes[0]])
+            laptop = ChatClient(node, alice, name="Alice", random_bytes=seeded(24))
+            async with laptop:
+                assert laptop.device == laptop_tag
+                got = await laptop.inbox()
+                assert [(e.kind, e.sender, e.recipient, e.text) for e in got] == [
+                    ("handshake", alice.id, bob.id, ""),
+                    ("message", alice.id, bob.id, "hello from the phone"),
+                    ("message", bob.id, alice.id, "hi Alice"),
+                ]
+                assert got[1].copy_of == hello.entry_id
+                assert await laptop.acknowledge(got) == 3
+                # every device named has read the reply: every holder drops it, for good
+                assert held_entries(sim, alice.id)[reply.entry_id.hex()] == "receipt"
+                assert await refused_by_holders(sim, original) == ["acknowledged"] * 5
+                assert await laptop.inbox() == []
+
+                # the laptop writes to Bob with no handshake of its own (the copy taught it
+                # Bob's key); the phone sees it, Bob gets it
+                back = await laptop.send(bob.id, "back on the laptop")
+                assert back.copied > 0
+                on_phone = [e for e in await phone.inbox() if e.copy_of]
+                assert [(e.kind, e.recipient, e.text, e.copy_of) for e in on_phone] == [
+                    ("message", bob.id, "back on the laptop", back.entry_id)
+                ]
+                assert [e.text for e in await b.inbox()] == ["back on the laptop"]
+        await sim.stop_all()
+
+    run_virtual(main())
+
+
+def test_only_the_users_own_devices_make_sent_copies() -> None:
+    """A stranger's message whose content claims to be a copy of what Alice sent is shown as
+    the stranger's message, and teaches Alice's device no peer; Alice's own copy is a copy."""
+    alice, bob, mallory = (user_identity(72, i) for i in range(3))
+    client = ChatClient(DHTNode(NodeConfig(identity=user_identity(72, 9))), alice)
+    now = 1_767_225_600_000
+    claim = ChatContent(mime_type="text/plain", data=b"I owe Mallory 100")
+    claim.sent.CopyFrom(
+        SentCopy(recipient_public_key=bob.public_key, entry_id=bytes(16), device=b"\x01" * 8)
+    )
+    forged = _message_record(
+        mallory, alice.public_key, claim, bytes(24), now, 3 * 24 * 3600_000, client.device
+    )
+    entry = client._open(parse_inbox_value(forged.values[0].value))
+    assert entry is not None
+    assert (entry.sender, entry.recipient, entry.copy_of) == (mallory.id, alice.id, b"")
+    assert client._state.peer_key(bob.id) is None
+    original = make_message(alice, bob.public_key, b"hi", mime_type="t", nonce=bytes(24), now=now)
+    copy = make_sent_copy(
+        alice, original, bob.public_key, device=b"\x01" * 8, other_devices=[client.device],
+        nonce=b"\x01" * 24, now=now,
+    )  # fmt: skip
+    entry = client._open(parse_inbox_value(copy.values[0].value))
+    assert entry is not None
+    assert (entry.sender, entry.recipient, entry.text) == (alice.id, bob.id, "hi")
+    assert entry.copy_of.hex() == original.values[0].id2
+    assert client._state.peer_key(bob.id) == bob.public_key
+    # and the device that sent a copy does not show it to itself
+    mine = make_sent_copy(
+        alice, original, bob.public_key, device=client.device, other_devices=[b"\x01" * 8],
+        nonce=b"\x02" * 24, now=now,
+    )  # fmt: skip
+    assert client._open(parse_inbox_value(mine.values[0].value)) is None

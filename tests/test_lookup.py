@@ -190,3 +190,156 @@ def test_a_get_over_three_disjoint_paths_finds_the_record() -> None:
     found, holders = run_virtual(main())
     assert found
     assert holders >= 2
+
+
+# -- proximity routing and ending a get on agreement --------------------------------------
+
+
+def peer_at(distance: int, rtt: float = 0.0, state: int = 0, value: bytes | None = None) -> Peer:
+    peer = Peer(distance.to_bytes(20, "big"), ("127.0.0.1", 1000), distance, 1, rtt)
+    peer.state = state
+    peer.value = value
+    return peer
+
+
+def test_proximity_order_prefers_low_rtt_within_an_xor_bucket_only() -> None:
+    from node.lookup import proximity_order
+
+    near_slow = peer_at(0b1000, rtt=0.300)  # bit length 4
+    near_fast = peer_at(0b1111, rtt=0.020)  # bit length 4: as useful as near_slow
+    far_fast = peer_at(0b10000, rtt=0.001)  # bit length 5: a bucket farther, however fast
+    ordered = proximity_order([near_slow, near_fast, far_fast])
+    assert [p.distance for p in ordered] == [0b1111, 0b1000, 0b10000]
+    # equal round trips keep XOR order
+    a, b = peer_at(0b1000, rtt=0.1), peer_at(0b1001, rtt=0.1)
+    assert proximity_order([a, b]) == [a, b]
+
+
+async def test_lookup_asks_the_fastest_of_equally_close_seeds_first() -> None:
+    everyone = list(range(40))
+    net = ScriptedNetwork({n: everyone for n in everyone})
+    ranked = sorted(everyone, key=lambda n: int.from_bytes(nid(n), "big"))
+    # seeds far from the target: the closest of them by XOR is the slowest; all three sit in
+    # the same XOR bucket as seen from the target (same top bit)
+    far = [n for n in ranked if nid(n)[0] >> 7 == 1][:8]
+    rtts = {nid(n): 0.3 - 0.03 * i for i, n in enumerate(far)}  # farther by XOR, faster
+    lookup = Lookup(
+        TARGET,
+        [(nid(n), ("127.0.0.1", 1000 + n)) for n in far],
+        own_id=nid(-1),
+        count=20,
+        alpha=1,
+        query=net.query,
+        rtt_of=lambda node_id: rtts.get(node_id, 0.15),
+    )
+    await lookup.run()
+    assert net.asked[0] == far[-1]  # the fastest, not the XOR-closest far[0]
+    plain = ScriptedNetwork({n: everyone for n in everyone})
+    await run(plain, far, count=20, alpha=1)
+    assert plain.asked[0] == far[0]  # without round trips: XOR order
+
+
+def test_copies_agree_needs_a_quorum_of_the_nearest_with_one_copy() -> None:
+    from node.lookup import ANSWERED, FAILED, NEW, WAITING, copies_agree
+
+    v1, v2 = b"version 1", b"version 2"
+    three = [peer_at(d, state=ANSWERED, value=v1) for d in (1, 2, 3)]
+    assert copies_agree(three, replicas=5, quorum=3)
+    assert not copies_agree(three[:2], replicas=5, quorum=3)
+    # one of the nearest holds another version, or none: they disagree
+    other = peer_at(4, state=ANSWERED, value=v2)
+    assert not copies_agree([*three, other], replicas=5, quorum=3)
+    empty = peer_at(0, state=ANSWERED)
+    assert not copies_agree([empty, *three], replicas=5, quorum=3)
+    # failed peers (timed out, or lied) are skipped; peers still asked count among the nearest
+    failed = peer_at(0, state=FAILED, value=v2)
+    assert copies_agree([failed, *three], replicas=5, quorum=3)
+    waiting = [peer_at(d, state=s) for d, s in ((0, WAITING), (1, NEW), (2, WAITING))]
+    assert not copies_agree([*waiting, *three], replicas=5, quorum=3)  # 3 of the 5 nearest
+    assert copies_agree([*waiting[:2], *three], replicas=5, quorum=3)
+    # a copy beyond the `replicas` nearest says nothing either way
+    assert copies_agree([*three, *waiting[:2], other], replicas=5, quorum=3)
+
+
+class HoldingNetwork(ScriptedNetwork):
+    """find_value: peers in `values` answer with their copy and the nodes they know."""
+
+    def __init__(self, knows: dict[int, list[int]], values: dict[int, bytes], **kw: Any) -> None:
+        super().__init__(knows, **kw)
+        self.values = values
+        self.slow: dict[int, float] = {}
+
+    def query(
+        self, peer: Peer, on_reply: Callable[[bool, Any], None], on_stall: Callable[[], None]
+    ) -> None:
+        n = self.by_id[peer.id]
+        self.asked.append(n)
+        known = sorted(self.knows[n], key=lambda m: int.from_bytes(nid(m), "big"))[:20]
+        nodes = [[nid(m), "127.0.0.1", 1000 + m] for m in known]
+        body: Any = {"value": self.values[n], "nodes": nodes} if n in self.values else nodes
+        asyncio.get_running_loop().call_later(self.slow.get(n, self.delay), on_reply, True, body)
+
+
+async def get_like(net: HoldingNetwork, seeds: list[int], quorum: int) -> Any:
+    from node.lookup import Agreement, disjoint_lookup
+
+    return await disjoint_lookup(
+        TARGET,
+        [(nid(n), ("127.0.0.1", 1000 + n)) for n in seeds],
+        paths=3,
+        own_id=nid(-1),
+        count=7,
+        alpha=3,
+        query=net.query,
+        agreement=Agreement(5, quorum) if quorum else None,
+    )
+
+
+async def test_a_get_ends_when_the_nearest_agree_and_waits_when_they_differ() -> None:
+    everyone = list(range(80))
+    ranked = sorted(everyone, key=lambda n: int.from_bytes(nid(n), "big"))
+    seeds = ranked[-9:]
+    holders = {n: b"v1" for n in ranked[:5]}
+
+    def network() -> HoldingNetwork:
+        net = HoldingNetwork({n: everyone for n in everyone}, dict(holders))
+        for n in ranked[5:30]:
+            net.slow[n] = 0.4  # farther peers answer late: the wait a get need not pay
+        return net
+
+    loop = asyncio.get_running_loop()
+    net = network()
+    started = loop.time()
+    early = await get_like(net, seeds, quorum=3)
+    early_time = loop.time() - started
+    assert early.agreed
+    assert {p.value for p in early.holders} == {b"v1"}
+    full_net = network()
+    started = loop.time()
+    full = await get_like(full_net, seeds, quorum=0)
+    assert not full.agreed
+    assert early_time < loop.time() - started
+    assert early.messages <= full.messages
+
+    # the nearest holder has a newer version: no agreement, the get waits as before
+    net = network()
+    net.values[ranked[0]] = b"v2"
+    differ = await get_like(net, seeds, quorum=3)
+    assert not differ.agreed
+    assert b"v2" in {p.value for p in differ.holders}
+
+
+async def test_a_get_ends_on_agreement_only_once_every_path_has_converged() -> None:
+    everyone = list(range(80))
+    ranked = sorted(everyone, key=lambda n: int.from_bytes(nid(n), "big"))
+    hidden = ranked[:2]  # the two nearest, with the newest version, known to `scout` alone
+    scout = ranked[-1]
+    knows = {n: [m for m in everyone if m not in hidden] for n in everyone}
+    knows[scout] = everyone
+    values = {ranked[2]: b"v1", ranked[3]: b"v1", ranked[4]: b"v1"}
+    values.update({n: b"v2" for n in hidden})
+    net = HoldingNetwork(knows, values)
+    net.slow[scout] = 0.2  # its path is still walking in when the others have converged
+    result = await get_like(net, [ranked[-2], scout, ranked[-3]], quorum=3)
+    assert b"v2" in {p.value for p in result.holders}
+    assert not result.agreed

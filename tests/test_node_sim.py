@@ -217,3 +217,36 @@ def test_watch_yields_each_new_version_and_ends_when_cancelled() -> None:
         await sim.stop_all()
 
     run_virtual(main())
+
+
+def test_a_get_that_ends_on_agreement_writes_back_to_no_peer_without_a_copy() -> None:
+    from simulations.clock import run_virtual
+    from simulations.harness import Simulation
+    from simulations.scenarios.common import announce, user_identity
+
+    async def main() -> tuple[int, int]:
+        sim = Simulation(seed=43)
+        await sim.grow(80)
+        records = [
+            announce(sim, user_identity(43, i), sim.nodes[i], ttl_ms=3600_000) for i in range(20)
+        ]
+        for i, record in enumerate(records):
+            node = sim.nodes[i].node
+            assert node is not None
+            await node.put(record)
+        reader = sim.nodes[70].node
+        assert reader is not None
+        agreed = stores = 0
+        for record in records:
+            before = reader.stats.requests_out["store"]
+            got, lookup = await reader.get_with_lookup(record.key)
+            assert got == record
+            if lookup.agreed:
+                agreed += 1
+                stores += reader.stats.requests_out["store"] - before
+        await sim.stop_all()
+        return agreed, stores
+
+    agreed, stores = run_virtual(main())
+    assert agreed >= 10  # most gets end on agreement
+    assert stores == 0  # and write nothing: every copy they saw was the same

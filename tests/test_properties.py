@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from records import (
     make_receipts,
     presence_key,
 )
-from records.chat import MIN_ENTRY_TTL_MS, entry_id, page_of, parse_inbox_value
+from records.chat import MIN_ENTRY_TTL_MS, entry_id, next_receipt, page_of, parse_inbox_value
 from records.presence import parse_announcement
 from tests.records_factory import HOUR, NOW, identity, meta, presence
 
@@ -185,6 +186,58 @@ def chat_pool() -> list[Record]:
             pool.append(
                 make_receipts(bob, [(eid, NOW + MIN_ENTRY_TTL_MS + k * 1000)], NOW + 5000 + version)
             )
+    return pool + device_pool()
+
+
+PHONE, LAPTOP = b"\x01" * 8, b"\x02" * 8
+
+
+def device_pool() -> list[Record]:
+    """Issue 17: messages naming Bob's phone and laptop (two versions of one), and receipts of
+    each device for itself, older and newer, some listing ids for every device: which ones
+    replace which, and which entries go, depends on all of them together."""
+    alice, bob = identity("alice"), identity("bob")
+    devices = PHONE + LAPTOP
+    nonces: list[bytes] = []
+    i = 0
+    while len(nonces) < 3:
+        n = hashlib.sha256(f"device-law-{i}".encode()).digest()[:24]
+        if page_of(entry_id(alice.id, n, devices)) == 0:
+            nonces.append(n)
+        i += 1
+    ttl = [MIN_ENTRY_TTL_MS + k * 1000 for k in range(3)]
+    pool = [
+        make_message(
+            alice,
+            bob.public_key,
+            b"hi",
+            mime_type="text/plain",
+            nonce=n,
+            now=NOW + version * 1000,
+            ttl_ms=ttl[k],
+            recipient_devices=[PHONE, LAPTOP],
+        )
+        for k, n in enumerate(nonces)
+        for version in range(2 if k == 0 else 1)
+    ]
+    ids = [(entry_id(alice.id, n, devices), NOW + ttl[k]) for k, n in enumerate(nonces)]
+    receipts = [  # (for every device, device, for that device, at)
+        ([], PHONE, [0], 4100),
+        ([], PHONE, [0, 1], 6100),  # replaces the phone's first
+        ([], LAPTOP, [1], 5600),
+        ([0], LAPTOP, [1, 2], 7100),  # replaces the laptop's first, and the phone's first
+        ([2], PHONE, [0, 1], 6600),
+    ]
+    for everyone, device, own, at in receipts:
+        pool.append(
+            make_receipts(
+                bob,
+                [ids[k] for k in everyone],
+                NOW + at,
+                device=device,
+                device_acknowledged=[ids[k] for k in own],
+            )
+        )
     return pool
 
 
@@ -246,10 +299,122 @@ def test_chat_consolidated_records_stay_valid_and_acknowledged_entries_stay_gone
         }
 
     acknowledged = listed([v for r in records for v in r.values])
-    # every live id any receipt lists is still listed, and no such entry is held
+    # every live id any receipt lists for every device is still listed, and no such entry held
     assert acknowledged <= listed(list(merged.values))
     assert not acknowledged & {
         parse_inbox_value(v.value).entry_id
         for v in merged.values
         if parse_inbox_value(v.value).kind != "receipt"
     }
+
+
+def acknowledgements(values: list[Value], at: int) -> set[tuple[bytes, bytes]]:
+    """(entry id, device) pairs the receipts among `values` acknowledge at `at` (b"*": every
+    device)."""
+    pairs: set[tuple[bytes, bytes]] = set()
+    for value in values:
+        parsed = parse_inbox_value(value.value)
+        pairs |= {(eid, b"*") for eid, exp in parsed.acknowledged if exp > at}
+        pairs |= {(eid, parsed.device) for eid, exp in parsed.device_acknowledged if exp > at}
+    return pairs
+
+
+@settings(max_examples=50)
+@given(chat_lists, st.integers(min_value=NOW + 8000, max_value=NOW + MIN_ENTRY_TTL_MS + 3000))
+def test_chat_consolidate_keeps_an_entry_until_each_of_its_devices_acknowledged_it(
+    records: list[Record], at: int
+) -> None:
+    """Issue 17: merging drops exactly the entries a receipt lists for every device, or each
+    device they name listed (naming none: any receipt lists), and keeps every acknowledgement
+    any receipt made."""
+    key = records[0].key
+    merged = default_validator().consolidate(key, records, at)
+    if merged.values:  # (at `at`, everything may have expired)
+        default_validator().validate(key, merged, at)
+    given_values = [v for r in records for v in r.values]
+    made = acknowledgements(given_values, at)
+    kept = acknowledgements(list(merged.values), at)
+    for eid, device in made:
+        assert (eid, b"*") in kept or (eid, device) in kept
+
+    def done(eid: bytes, devices: tuple[bytes, ...]) -> bool:
+        if (eid, b"*") in made:
+            return True
+        if not devices:
+            return any(listed == eid for listed, _ in made)
+        return all((eid, device) in made for device in devices)
+
+    live = {
+        parse_inbox_value(v.value).entry_id: parse_inbox_value(v.value).devices
+        for v in given_values
+        if parse_inbox_value(v.value).kind != "receipt" and v.expirationDate > at
+    }
+    held = {
+        parse_inbox_value(v.value).entry_id
+        for v in merged.values
+        if parse_inbox_value(v.value).kind != "receipt"
+    }
+    assert held == {eid for eid, devices in live.items() if not done(eid, devices)}
+
+
+@functools.cache
+def device_messages() -> tuple[Record, ...]:
+    """Three messages on page 0 of Bob's inbox, each naming his phone and laptop."""
+    return tuple(
+        r for r in device_pool() if parse_inbox_value(r.values[0].value).kind == "message"
+    )[1:]  # (the pool holds two versions of the first)
+
+
+reads = st.lists(
+    st.tuples(
+        st.sampled_from([PHONE, LAPTOP]),  # which device reads
+        st.sets(st.integers(0, 2), min_size=1),  # which of the three messages
+        st.integers(0, 100),  # how stale the page it saw is (an index into what holders had)
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=60)
+@given(reads, st.randoms(use_true_random=False))
+def test_devices_reading_from_stale_pages_drop_exactly_what_both_read(
+    steps: list[tuple[bytes, set[int], int]], rng: random.Random
+) -> None:
+    """Issue 17: the phone and the laptop read messages from whatever version of the page they
+    got (a stale one, as concurrent devices do), each writing `next_receipt`; holders merge the
+    receipts in any order. A message goes exactly when both have read it, and stays for the one
+    that has not; nothing a device acknowledged is forgotten."""
+    bob = identity("bob")
+    v = ChatValidator()
+    messages = device_messages()
+    key = messages[0].key
+    versions = [v.consolidate(key, list(messages), NOW)]  # the page as holders had it, in turn
+    receipts: list[Record] = []
+    read_by: dict[bytes, set[bytes]] = {PHONE: set(), LAPTOP: set()}
+    for k, (device, chosen, stale) in enumerate(steps):
+        seen = versions[stale % len(versions)]
+        read = []
+        for i in sorted(chosen):
+            value = messages[i].values[0]
+            eid = bytes.fromhex(value.id2)
+            read.append((eid, value.expirationDate, (PHONE, LAPTOP)))
+            read_by[device].add(eid)
+        plan = next_receipt(bob, seen, device, read, NOW + 100 + k)
+        assert plan.record is not None or plan.already == {eid for eid, _, _ in read}
+        if plan.record is not None:
+            receipts.append(plan.record)
+            versions.append(v.consolidate(key, [versions[-1], plan.record], NOW + 100 + k))
+    shuffled = list(messages) + receipts
+    rng.shuffle(shuffled)
+    final = v.consolidate(key, shuffled, NOW + 1000)
+    assert final == versions[-1]  # the order receipts arrive in changes nothing
+    held = {
+        parse_inbox_value(x.value).entry_id
+        for x in final.values
+        if parse_inbox_value(x.value).kind == "message"
+    }
+    every = {bytes.fromhex(m.values[0].id2) for m in messages}
+    assert held == every - (read_by[PHONE] & read_by[LAPTOP])
+    mine = acknowledgements(list(final.values), NOW + 1000)
+    for device, ids in read_by.items():
+        assert all((eid, b"*") in mine or (eid, device) in mine for eid in ids)

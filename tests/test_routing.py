@@ -151,3 +151,41 @@ def test_room_and_known_addresses_decide_who_is_asked_for_a_proof() -> None:
     assert not table.has_room_for(OWN)
     assert table.known_at(at(2), ("127.0.0.1", 2000))
     assert not table.known_at(at(2), ("127.0.0.1", 2001))  # the same ID elsewhere is not proven
+
+
+def full_far_bucket(table: RoutingTable, rtts: list[float]) -> list[bytes]:
+    """Fill the far bucket (top bit unlike OWN's, never split) with members of those RTTs."""
+    far = fill_far_bucket(table, len(rtts) + 4)
+    for i, (node_id, rtt) in enumerate(zip(far, rtts, strict=False)):
+        table.heard_from(node_id, addr(i), 0.0, verified=True, rtt=rtt)
+    return far
+
+
+def test_a_much_faster_newcomer_takes_the_slowest_members_place() -> None:
+    table = RoutingTable(OWN, k=3, proximity=True)
+    far = full_far_bucket(table, [0.100, 0.250, 0.120])
+    # only a little faster than the slowest (not <= half of 250 ms): parked, as before
+    table.heard_from(far[3], addr(3), 1.0, verified=True, rtt=0.200)
+    assert table.get(far[3]) is None
+    # much faster: in, and the slowest member waits in the replacement cache
+    table.heard_from(far[4], addr(4), 2.0, verified=True, rtt=0.020)
+    assert table.get(far[4]) is not None
+    assert table.get(far[1]) is None
+    assert table.known_at(far[1], addr(1))  # parked, not forgotten
+    # so it comes back first if a member fails for good
+    for _ in range(table.stale_after):
+        table.failed(far[0])
+    assert table.get(far[1]) is not None
+    # a contact's estimate is kept from the answers it gave
+    newcomer = table.get(far[4])
+    assert newcomer is not None
+    assert newcomer.srtt == 0.020
+
+
+def test_proximity_never_replaces_on_unverified_or_unmeasured_contacts() -> None:
+    for proximity, verified, rtt in ((False, True, 0.001), (True, False, None), (True, True, None)):
+        table = RoutingTable(OWN, k=3, proximity=proximity)
+        far = full_far_bucket(table, [0.100, 0.250, 0.120])
+        table.heard_from(far[3], addr(3), 1.0, verified=verified, rtt=rtt)
+        assert table.get(far[3]) is None
+        assert all(table.get(node_id) is not None for node_id in far[:3])

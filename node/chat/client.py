@@ -2,13 +2,17 @@
 
 Every device of a user runs its own node (its own node identity) and a `ChatClient` with the
 same user `Identity`: the uid is SHA-1 of the user's ed25519 key, and the key that decrypts the
-user's messages is derived from that identity, so every device reads every message.
+user's messages is derived from that identity, so every device reads every message. A device is
+named by the tag of its node's id (`records.chat.device_tag`): what is sent to the user stays
+in the inbox until each device announced when it was sent has acknowledged it, and what one
+device sends reaches the user's other devices as a copy in the user's own inbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -36,25 +40,28 @@ from records import (
     make_handshake,
     make_message,
     make_meta_record,
-    make_receipts,
+    make_sent_copy,
     meta_key,
     presence_key,
 )
 from records.chat import (
     DEFAULT_ENTRY_TTL_MS,
+    MAX_ENTRY_DEVICES,
     MAX_ENTRY_TTL_MS,
-    MAX_RECEIPT_IDS,
     MIN_ENTRY_TTL_MS,
     NONCE_SIZE,
+    InboxValue,
     chat_key,
     conversation_key,
     decrypt_message,
+    device_tag,
+    next_receipt,
     page_of,
     parse_inbox_value,
 )
-from records.chat_pb2 import ChatMessage, Handshake
+from records.chat_pb2 import ChatMessage, Handshake, SentCopy
 from records.errors import DecryptionFailed, MessageTooLarge, NetworkError, NoHandshake, UnknownUser
-from records.identity import ID_SIZE
+from records.identity import ID_SIZE, PUBLIC_KEY_SIZE
 from records.meta import DEFAULT_META_TTL_MS, MAX_META_TTL_MS, parse_meta
 from records.presence import DEFAULT_PRESENCE_TTL_MS, parse_announcement
 
@@ -62,6 +69,7 @@ log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
 _RETRY_AFTER = 60.0  # seconds before a failed refresh of the meta or presence is tried again
+_DEVICES_MAX_AGE_MS = 60_000  # how long a user's announced devices are reused between sends
 
 
 def _require_uid(uid: bytes) -> None:
@@ -121,6 +129,15 @@ class InboxEntry:
     mime_type: str = ""
     data: bytes = b""
     """The decrypted content (empty for a handshake)."""
+    recipient: bytes = b""
+    """Whom it was sent to: this user, or for a copy of what another device of this user sent
+    (`copy_of` set) the user it went to."""
+    devices: tuple[bytes, ...] = ()
+    """Tags of this user's devices the sender named: it stays in the inbox until each of them
+    has acknowledged it (none named: until one device does)."""
+    copy_of: bytes = b""
+    """For a copy of what another device of this user sent: the original's id in `recipient`'s
+    inbox (`sender` is then this user)."""
 
     @property
     def text(self) -> str:
@@ -140,6 +157,10 @@ class Sent:
     stored: int
     """How many nodes acknowledged storing it (0 if the recipient had already read it and the
     holders refused the copy as ``acknowledged``)."""
+    devices: tuple[bytes, ...] = ()
+    """Tags of the recipient's devices announced when it was sent: each must acknowledge it."""
+    copied: int = 0
+    """How many nodes stored the copy for this user's other devices (0 if it has none)."""
 
 
 class ChatClient:
@@ -191,11 +212,17 @@ class ChatClient:
         """Inbox entries skipped because they did not decrypt or verify."""
         self._state = ChatState(state_dir / f"chat-{identity.id_hex}.json" if state_dir else None)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._devices: dict[bytes, tuple[int, tuple[bytes, ...]]] = {}
 
     @property
     def uid(self) -> bytes:
         """This user's 20-byte uid."""
         return self.identity.id
+
+    @property
+    def device(self) -> bytes:
+        """This device's 8-byte tag: the start of its node's id (the node must be started)."""
+        return device_tag(self.node.id)
 
     def _now(self) -> int:
         return self.node.clock.now_ms()
@@ -316,33 +343,42 @@ class ChatClient:
 
     async def handshake(self, uid: bytes) -> Sent:
         """Send a signed handshake to `uid` (seed 003), after looking the user up to learn the
-        key its messages are encrypted to. Raises `UnknownUser` if `uid` publishes nothing."""
+        key its messages are encrypted to. Raises `UnknownUser` if `uid` publishes nothing.
+        This user's other devices get a copy, so they can write to `uid` too."""
         _require_uid(uid)
         if self._state.peer_key(uid) is None:
             await self.lookup(uid)
-        if self._state.peer_key(uid) is None:
+        peer = self._state.peer_key(uid)
+        if peer is None:
             raise UnknownUser(f"uid {uid.hex()} publishes no public key")
+        devices, siblings = await self._devices_for(uid)
+        now = self._now()
         record = make_handshake(
             self.identity,
             uid,
             nonce=self._random_bytes(NONCE_SIZE),
-            now=self._now(),
+            now=now,
             ttl_ms=self.entry_ttl_ms,
+            recipient_devices=devices,
         )
-        sent = await self._put_entry(uid, record)
+        sent = await self._put_entry(uid, record, self._sent_copy(record, peer, siblings, now))
         self._state.add_handshake(uid)
         return sent
 
     async def send(self, uid: bytes, content: str | bytes, *, mime_type: str = TEXT) -> Sent:
         """Encrypt `content` for `uid` (every device of that user can read it), sign it and put
-        it into their inbox. Raises `NoHandshake` before any handshake with `uid`,
-        `MessageTooLarge` if it does not fit an inbox entry, and `PutFailed` (with the holders'
-        reasons, such as ``inbox_full``) if no node stored it."""
+        it into their inbox; it stays there until each of their devices announced now has
+        acknowledged it. This user's other devices get a copy in this user's own inbox. Raises
+        `NoHandshake` before any handshake with `uid`, `MessageTooLarge` if it (or the copy)
+        does not fit an inbox entry, and `PutFailed` (with the holders' reasons, such as
+        ``inbox_full``) if no node stored it."""
         _require_uid(uid)
         peer = self._state.peer_key(uid)
         if peer is None or not self._state.has_handshake(uid):
             raise NoHandshake(f"no handshake with {uid.hex()} yet")
         data = content.encode("utf-8") if isinstance(content, str) else content
+        devices, siblings = await self._devices_for(uid)
+        now = self._now()
         try:
             record = make_message(
                 self.identity,
@@ -350,14 +386,53 @@ class ChatClient:
                 data,
                 mime_type=mime_type,
                 nonce=self._random_bytes(NONCE_SIZE),
-                now=self._now(),
+                now=now,
                 ttl_ms=self.entry_ttl_ms,
+                recipient_devices=devices,
             )
+            copy = self._sent_copy(record, peer, siblings, now)
         except InvalidRecord as exc:  # RecordTooLarge
             raise MessageTooLarge(str(exc)) from exc
-        return await self._put_entry(uid, record)
+        return await self._put_entry(uid, record, copy)
 
-    async def _put_entry(self, uid: bytes, record: Record) -> Sent:
+    async def _devices_for(self, uid: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """(tags of `uid`'s announced devices, tags of this user's other announced devices)."""
+        devices, own = await asyncio.gather(self._devices_of(uid), self._devices_of(self.uid))
+        siblings = () if uid == self.uid else tuple(t for t in own if t != self.device)
+        return devices, siblings
+
+    async def _devices_of(self, uid: bytes) -> tuple[bytes, ...]:
+        """Tags of the devices `uid` has announced (``/presence/<uid>/``), at most
+        `MAX_ENTRY_DEVICES` (those announced longest), reused for a minute."""
+        now = self._now()
+        cached = self._devices.get(uid)
+        if cached is not None and now - cached[0] < _DEVICES_MAX_AGE_MS:
+            return cached[1]
+        record = await self.node.get(presence_key(uid))
+        values = sorted(
+            record.values if record is not None else (), key=lambda v: -v.expirationDate
+        )
+        tags = tuple(sorted({device_tag(bytes.fromhex(v.id2)) for v in values[:MAX_ENTRY_DEVICES]}))
+        self._devices[uid] = (now, tags)
+        return tags
+
+    def _sent_copy(
+        self, record: Record, peer: bytes, siblings: Sequence[bytes], now: int
+    ) -> Record | None:
+        """The copy of `record` for this user's other devices `siblings` (None if none)."""
+        if not siblings:
+            return None
+        return make_sent_copy(
+            self.identity,
+            record,
+            peer,
+            device=self.device,
+            other_devices=siblings,
+            nonce=self._random_bytes(NONCE_SIZE),
+            now=now,
+        )
+
+    async def _put_entry(self, uid: bytes, record: Record, copy: Record | None = None) -> Sent:
         try:
             stored = await self.node.put(record)
         except PutFailed as exc:
@@ -366,12 +441,22 @@ class ChatClient:
             if set(exc.reasons) != {"acknowledged"}:
                 raise
             stored = 0
+        copied = 0
+        if copy is not None:  # only once the original is out: never a copy of what failed
+            try:
+                copied = await self.node.put(copy)
+            except (PutFailed, InvalidRecord) as exc:
+                log.warning("the copy for this user's other devices was not stored: %s", exc)
         value = record.values[0]
-        return Sent(bytes.fromhex(value.id2), uid, record.key, value.expirationDate, stored)
+        devices = parse_inbox_value(value.value).devices
+        return Sent(
+            bytes.fromhex(value.id2), uid, record.key, value.expirationDate, stored, devices, copied
+        )
 
     async def delivered(self, sent: Iterable[Sent]) -> set[bytes]:
-        """Ids of the `sent` entries their recipient has acknowledged. Reading the pages also
-        replaces this node's own copy of an acknowledged entry with the receipt."""
+        """Ids of the `sent` entries their recipient has acknowledged (on at least one of their
+        devices). Reading the pages also replaces this node's own copy of an acknowledged entry
+        with the receipt."""
         by_key: dict[str, list[bytes]] = {}
         for item in sent:
             by_key.setdefault(item.key, []).append(item.entry_id)
@@ -381,7 +466,7 @@ class ChatClient:
             acknowledged = {
                 eid
                 for v in (record.values if record is not None else ())
-                for eid, _ in parse_inbox_value(v.value).acknowledged
+                for eid, _ in parse_inbox_value(v.value).listed
             }
             done.update(i for i in ids if i in acknowledged)
         return done
@@ -389,8 +474,9 @@ class ChatClient:
     # -- receiving ----------------------------------------------------------------------------
 
     async def inbox(self) -> list[InboxEntry]:
-        """Every handshake and message in this user's inbox not yet acknowledged, verified and
-        decrypted, oldest first (all pages are read at once).
+        """Every handshake and message in this user's inbox that this device has not yet
+        acknowledged, verified and decrypted, oldest first (all pages are read at once); with
+        the copies of what this user's other devices sent (`InboxEntry.copy_of`).
 
         Raises `LookupFailed` if a page found empty could not be asked of enough of its
         holders, even on a second try: an empty page is then not known to be empty."""
@@ -405,21 +491,25 @@ class ChatClient:
             if again.record is None and not again.complete:
                 raise LookupFailed(f"could not read inbox page {keys[i]}: too few holders answered")
             results[i] = again
-        records = [r.record for r in results]
-        entries = []
-        for record in records:
-            for value in record.values if record is not None else ():
-                entry = self._open(value.value)
-                if entry is not None:
-                    entries.append(entry)
+        entries = [e for r in results for e in self._page_entries(r.record)]
         # a handshake before the messages of the same millisecond
         entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
         return entries
 
-    def _open(self, data: bytes) -> InboxEntry | None:
-        """A verified inbox value as an entry (None for receipts and what does not decrypt)."""
-        parsed = parse_inbox_value(data)  # the node validated it: signature, uid, dates
-        body = parsed.body
+    def _page_entries(self, record: Record | None) -> list[InboxEntry]:
+        """The entries of one inbox page this device has not acknowledged, unsorted."""
+        values = record.values if record is not None else ()
+        parsed = [parse_inbox_value(value.value) for value in values]
+        mine = {  # what this device acknowledged: the page keeps it for the other devices
+            eid for p in parsed if p.device == self.device for eid, _ in p.device_acknowledged
+        }
+        opened = (self._open(value) for value in parsed if value.entry_id not in mine)
+        return [entry for entry in opened if entry is not None]
+
+    def _open(self, parsed: InboxValue) -> InboxEntry | None:
+        """A verified inbox value as an entry (None for receipts, what does not decrypt and
+        the copies this device sent)."""
+        body = parsed.body  # the node validated it: signature, uid, dates
         if isinstance(body, Handshake):
             if identity_id(body.sender_public_key) == body.sender_uid:
                 self._state.add_peer(body.sender_uid, body.sender_public_key)
@@ -431,6 +521,8 @@ class ChatClient:
                 body.sender_public_key,
                 body.timestamp,
                 body.expiration,
+                recipient=body.recipient_uid,
+                devices=parsed.devices,
             )
         if not isinstance(body, ChatMessage):
             return None
@@ -441,7 +533,7 @@ class ChatClient:
             self.undecryptable += 1
             log.info("skipping an inbox entry: %s", exc)
             return None
-        return InboxEntry(
+        entry = InboxEntry(
             "message",
             parsed.entry_id,
             body.sender_uid,
@@ -450,16 +542,37 @@ class ChatClient:
             body.expiration,
             content.mime_type,
             content.data,
+            recipient=body.recipient_uid,
+            devices=parsed.devices,
         )
+        # only this user's own devices can sign a message from this user to this user
+        if content.HasField("sent") and body.sender_uid == body.recipient_uid == self.uid:
+            return self._open_copy(entry, content.sent)
+        return entry
+
+    def _open_copy(self, entry: InboxEntry, sent: SentCopy) -> InboxEntry | None:
+        """A copy of what another device of this user sent, as the entry it stands for (None
+        if this device sent it, or it is malformed)."""
+        peer = sent.recipient_public_key
+        if sent.device == self.device or len(peer) != PUBLIC_KEY_SIZE:
+            return None
+        peer_uid = identity_id(peer)
+        self._state.add_peer(peer_uid, peer)  # another device wrote to them: so can this one
+        self._state.add_handshake(peer_uid)
+        kind: Literal["handshake", "message"] = "handshake" if sent.handshake else "message"
+        return dataclasses.replace(entry, kind=kind, recipient=peer_uid, copy_of=sent.entry_id)
 
     async def acknowledge(self, entries: Sequence[InboxEntry]) -> int:
-        """Store signed receipts for `entries`: every holder then drops them and refuses them
-        back. Returns how many entries were acknowledged (a page whose receipts already list
+        """Store signed receipts for `entries`, acknowledged by this device: once each device
+        an entry names has acknowledged it (this one being the last, or naming none), every
+        holder drops it and refuses it back; until then the page keeps it for the others.
+        Returns how many entries were acknowledged (a page whose receipts already list
         `MAX_RECEIPT_IDS` live entries, or no node reachable, leaves that page's entries for a
         later call).
 
-        One receipt per page lists the new ids and those of the receipts the page holds (not
-        yet expired), and is newer than them: holders then keep it in their place."""
+        One receipt per page (`records.chat.next_receipt`) lists the ids of the receipts the
+        page holds (not yet expired) and the new ones, and is newer than them: holders then
+        keep it in their place."""
         by_page: dict[int, list[InboxEntry]] = {}
         for entry in entries:
             by_page.setdefault(page_of(entry.entry_id), []).append(entry)
@@ -471,29 +584,18 @@ class ChatClient:
             except LookupFailed as exc:
                 log.warning("receipts for page %d not stored: %s", page, exc)
                 return []
-            listed: dict[bytes, int] = {}
-            newest = now - 1
-            for value in held.values if held is not None else ():
-                parsed = parse_inbox_value(value.value)
-                if parsed.kind != "receipt" or parsed.author_key != self.identity.public_key:
-                    continue
-                newest = max(newest, parsed.timestamp)
-                listed.update((eid, exp) for eid, exp in parsed.acknowledged if exp > now)
-            already = [e for e in items if e.entry_id in listed]
-            fresh = [e for e in items if e.entry_id not in listed]
-            fresh = fresh[: max(MAX_RECEIPT_IDS - len(listed), 0)]
-            if not fresh:
+            read = [(e.entry_id, e.expiration, e.devices) for e in items]
+            plan = next_receipt(self.identity, held, self.device, read, now)
+            already = [e for e in items if e.entry_id in plan.already]
+            if plan.record is None:
                 return already
-            acknowledged = [*listed.items(), *((e.entry_id, e.expiration) for e in fresh)]
-            # newer than every receipt it replaces, even if this device's clock is behind
-            record = make_receipts(self.identity, acknowledged, max(now, newest + 1))
             try:
-                await self.node.put(record)
+                await self.node.put(plan.record)
             except (PutFailed, InvalidRecord) as exc:
-                log.warning("receipts for %s not stored: %s", chat_key(self.uid, page), exc)
+                log.warning("receipts for %s not stored: %s", plan.record.key, exc)
                 return already
-            await self._repair(record.key)
-            return [*already, *fresh]
+            await self._repair(plan.record.key)
+            return [*already, *(e for e in items if e.entry_id in plan.fresh)]
 
         done = await asyncio.gather(*(one(p, items) for p, items in by_page.items()))
         # only what was acknowledged: `messages` still yields the rest (once)
@@ -505,7 +607,7 @@ class ChatClient:
         """Write the merged page to every node that answered with another version, not just the
         `replicas` closest a get repairs: nodes that held the page while closer ones were away
         would keep acknowledged entries until they expire."""
-        record, result = await self.node.get_with_lookup(key)
+        record, result = await self.node.get_with_lookup(key, thorough=True)
         protocol = self.node.protocol
         if record is None or protocol is None:
             return
@@ -608,9 +710,6 @@ class ChatClient:
             if record is None:
                 continue
             known[path] = {(v.id2, v.creationDate) for v in record.values}
-            for value in record.values:
-                entry = self._open(value.value)
-                if entry is not None:
-                    entries.append(entry)
+            entries.extend(self._page_entries(record))
         entries.sort(key=lambda e: (e.timestamp, e.kind != "handshake", e.entry_id))
         return entries

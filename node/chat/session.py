@@ -92,12 +92,19 @@ class ChatSession:
             await self._print(entry)
 
     async def _print(self, entry: InboxEntry) -> None:
-        if entry.sender not in self.names:
+        peer = entry.recipient if entry.copy_of else entry.sender
+        if peer not in self.names:
             with contextlib.suppress(DHTError):
-                contact = await self.client.lookup(entry.sender)
+                contact = await self.client.lookup(peer)
                 if contact.profile is not None:
-                    self.names[entry.sender] = contact.profile.name
-        who = self.names.get(entry.sender, entry.sender.hex()[:8])
+                    self.names[peer] = contact.profile.name
+        who = self.names.get(peer, peer.hex()[:8])
+        if entry.copy_of:  # what this user sent from another device
+            if entry.kind == "handshake":
+                self.out(f"* you wrote to {who} ({peer.hex()}) from another device")
+            else:
+                self.out(f"[you -> {who}] {entry.text}")
+            return
         if entry.kind == "handshake":
             self.out(f"* {who} ({entry.sender.hex()}) wants to talk")
         else:

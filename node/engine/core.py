@@ -452,10 +452,7 @@ class Engine:
             proven or not self.config.prove_ids or self.proofs.proven(node_id, addr, self.table)
         ):
             return
-        head = self.table.heard_from(node_id, addr, now, verified=True)
-        contact = self.table.get(node_id, family_of(addr))
-        if contact is not None:
-            contact.observe_rtt(rtt)
+        head = self.table.heard_from(node_id, addr, now, verified=True, rtt=rtt)
         if head is not None:
             self.call(head.address, "ping", [self.own_id], head.id, _ignore, now)
 

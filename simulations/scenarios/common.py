@@ -47,6 +47,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: i
         action="store_true",
         help="trust claimed node IDs, as stock kademlia does (for comparison)",
     )
+    parser.add_argument(
+        "--no-proximity",
+        action="store_true",
+        help="lookups and buckets in XOR order only, no round trips considered (comparison)",
+    )
+    parser.add_argument(
+        "--get-quorum",
+        type=int,
+        help="agreeing copies that end a get early; 0: never (default: the node's default)",
+    )
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -59,6 +69,8 @@ def check_common(args: argparse.Namespace) -> None:
         raise SystemExit("--loss must be in [0, 1)")
     if args.get_paths is not None and args.get_paths < 1:
         raise SystemExit("--get-paths must be at least 1")
+    if args.get_quorum is not None and args.get_quorum < 0:
+        raise SystemExit("--get-quorum must not be negative")
 
 
 @dataclass
@@ -69,6 +81,10 @@ class Tracked:
     origin: SimNode
     record: Record
     live: bool = True
+    put_ms: float | None = None
+    """Virtual milliseconds the last put took, if it stored the record anywhere."""
+    put_acks: int = 0
+    """Nodes that acknowledged the last put."""
 
 
 @dataclass
@@ -121,10 +137,27 @@ async def republish(item: Tracked) -> None:
     node = item.origin.node
     if node is None or not node.running:
         return
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    item.put_ms, item.put_acks = None, 0
     try:
-        await node.put(item.record)
+        item.put_acks = await node.put(item.record)
     except Exception:  # a put can fail under churn; the scenario measures gets, not puts
         return
+    item.put_ms = (loop.time() - started) * 1000
+
+
+def summarize_puts(items: Sequence[Tracked]) -> dict[str, float]:
+    """Latency of the puts that stored anywhere, and how many nodes acknowledged them."""
+    ms = Percentiles.of([t.put_ms for t in items if t.put_ms is not None])
+    acks = Percentiles.of([t.put_acks for t in items])
+    return {
+        "put_ok": round(sum(t.put_ms is not None for t in items) / len(items), 5) if items else 0,
+        "put_p50_ms": round(ms.p50, 1),
+        "put_p95_ms": round(ms.p95, 1),
+        "put_acks_p50": acks.p50,
+        "put_acks_min": acks.values[0] if acks.values else 0,
+    }
 
 
 async def measure_gets(
@@ -196,6 +229,10 @@ def run_scenario(
         sim_config["get_paths"] = args.get_paths
     if args.no_proofs:
         sim_config["prove_ids"] = False
+    if args.no_proximity:
+        sim_config["proximity"] = False
+    if args.get_quorum is not None:
+        sim_config["get_quorum"] = args.get_quorum
 
     node_settings: dict[str, Any] = {}
 

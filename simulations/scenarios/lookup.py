@@ -1,6 +1,7 @@
 """``lookup``: a steady network; get latency, rounds and messages per get, and the same for
 plain node lookups (find_node, what a put or a join does), reported as ``lookup_*``: a get may
-take several disjoint paths (``get_paths``), a node lookup takes one."""
+take several disjoint paths (``get_paths``), a node lookup takes one. Puts (a lookup, then
+stores on the `replicas` closest) are timed too (``put_*``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from simulations.scenarios.common import (
     put_records,
     run_scenario,
     summarize,
+    summarize_puts,
 )
 
 
@@ -46,6 +48,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         samples = await measure_gets(sim, items)
         progress.update(args.gets)
         metrics = summarize(samples)
+        metrics.update(summarize_puts(tracked))
         metrics.update(await measure_node_lookups(sim, args.gets))
         metrics["datagrams"] = sim.network.counters["sent"]
         return Outcome(
