@@ -11,8 +11,8 @@ import pytest
 
 from weshare.cli import main
 
-COMMANDS = ["init", "public", "add-exchange", "invite", "join", "sync", "status", "log", "forks",
-            "choose"]  # fmt: skip
+COMMANDS = ["init", "public", "add-exchange", "invite", "remove", "rekey", "truncate", "join",
+            "sync", "status", "log", "forks", "choose"]  # fmt: skip
 
 
 def weshare(cwd: Path, *args: str, code: int = 0) -> str:
@@ -112,3 +112,29 @@ def test_a_bad_invite_file_exits_2_as_a_subprocess(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("error: ")
+
+
+def test_membership_and_truncation_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(*args: str) -> str:
+        assert main(["--state", str(tmp_path / args[0]), *args[1:]]) == 0
+        return capsys.readouterr().out
+
+    run("alice", "init", "demo", "--folder", str(tmp_path / "alice-files"))
+    config = tmp_path / "exchange.json"  # from a file: no credential on the command line
+    config.write_text(f'{{"kind": "folder", "path": "{tmp_path / "exchange"}"}}')
+    run("alice", "add-exchange", "demo", f"@{config}")
+    bob = run("bob", "public").strip()
+    run("alice", "invite", "demo", bob, "--name", "bob", "--out", str(tmp_path / "invite.txt"))
+    run("bob", "join", str(tmp_path / "invite.txt"), "--folder", str(tmp_path / "bob-files"))
+    (tmp_path / "alice-files" / "a.txt").write_text("a")
+    run("alice", "sync")
+    assert "removed" in run("alice", "remove", "demo", bob)
+    assert "written again" in run("alice", "rekey", "demo", "--all", "--grace-hours", "0")
+    assert "merged" in run("alice", "truncate", "demo", "--grace-hours", "0")
+    assert "deleted" in run("alice", "sync")
+    status = run("alice", "status", "demo")
+    assert f"exchange folder: {tmp_path / 'exchange'}" in status
+    assert bob[:7] not in status
+    assert main(["--state", str(tmp_path / "bob"), "sync", "demo"]) == 2  # not a user any more

@@ -261,11 +261,21 @@ async def test_add_domain_takes_just_a_name_as_the_seed_api_does(tmp_path: Path)
             await client.sync("solo.weshare.test")
 
 
-async def test_a_second_exchange_is_refused_until_several_are_supported(pair: Pair) -> None:
+async def test_a_second_exchange_gets_a_copy_and_every_write(pair: Pair) -> None:
+    (pair.a / "before.txt").write_text("made before")
+    await pair.alice.sync(DOMAIN)
     same = {"kind": "folder", "path": str(pair.exchange)}
     await pair.alice.add_exchange(DOMAIN, same)  # adding the same one again changes nothing
-    with pytest.raises(UsageError, match="already has an exchange"):
-        await pair.alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(pair.tmp / "other")})
-    (pair.a / "still.txt").write_text("works")
-    await pair.sync_both()
-    assert (pair.b / "still.txt").read_text() == "works"
+    second = pair.tmp / "second"
+    await pair.alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(second)})
+    (pair.a / "after.txt").write_text("made after")
+    await pair.alice.sync(DOMAIN)
+    first_names = sorted(p.relative_to(pair.exchange) for p in pair.exchange.rglob("*.*"))
+    assert sorted(p.relative_to(second) for p in second.rglob("*.*")) == first_names
+    await pair.bob.add_exchange(DOMAIN, {"kind": "folder", "path": str(second)})
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"before.txt": b"made before", "after.txt": b"made after"}
+    assert [c["path"] for c in pair.bob.status(DOMAIN).exchanges] == [
+        str(pair.exchange),
+        str(second),
+    ]

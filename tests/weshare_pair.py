@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from weshare import Exchange, FolderExchange, Weshare
+from weshare.api import system_clock
 from weshare.exchange import ExchangeFactory
 
 DOMAIN = "team.weshare.test"
@@ -85,22 +86,40 @@ class Pair:
         await self.alice.sync(DOMAIN)
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    alice, bob = Weshare(tmp_path / "alice-state"), Weshare(tmp_path / "bob-state")
+async def open_pair(
+    tmp_path: Path,
+    configs: list[dict[str, Any]] | None = None,
+    clocks: tuple[Callable[[], int], Callable[[], int]] = (system_clock, system_clock),
+) -> Pair:
+    """Alice founds the domain on the exchanges `configs` (default: a folder exchange at
+    ``tmp_path/exchange``) and invites Bob, who joins. Close both clients after."""
+    if configs is None:
+        configs = [{"kind": "folder", "path": str(tmp_path / "exchange")}]
+    alice = Weshare(tmp_path / "alice-state", clock=clocks[0])
+    bob = Weshare(tmp_path / "bob-state", clock=clocks[1])
     await alice.start()
     await bob.start()
     try:
         await alice.add_domain(DOMAIN, tmp_path / "alice", "alice")
-        await alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(tmp_path / "exchange")})
+        for config in configs:
+            await alice.add_exchange(DOMAIN, config)
         invite = await alice.invite(DOMAIN, bob.get_public(), "bob")
         assert await bob.join(invite, tmp_path / "bob", "bob") == DOMAIN
-        yield Pair(
-            alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path
-        )
-    finally:
+    except BaseException:
         await alice.close()
         await bob.close()
+        raise
+    return Pair(alice, bob, tmp_path / "alice", tmp_path / "bob", tmp_path / "exchange", tmp_path)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    opened = await open_pair(tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.alice.close()
+        await opened.bob.close()
 
 
 def tree(folder: Path) -> dict[str, bytes]:

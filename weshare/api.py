@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from records.identity import Identity
+from weshare.credentials import open_local, redact, seal_local
 from weshare.crypto import new_key
 from weshare.errors import InvalidFile, UsageError
 from weshare.exchange import (
@@ -24,7 +25,7 @@ from weshare.exchange import (
     normalize_config,
     open_exchange,
 )
-from weshare.formats import Keyring
+from weshare.formats import Keyring, Truncation
 from weshare.ids import SnowflakeIds, instance_of, parse_object_name
 from weshare.lineage import Fork, Resolution, resolve
 from weshare.membership import (
@@ -34,10 +35,14 @@ from weshare.membership import (
     open_invite,
     read_anchor,
     refresh_members,
+    rekey,
+    remove_user,
 )
+from weshare.replicas import ExchangeSet, copy_domain
 from weshare.state import LogRow, State
 from weshare.sync import SyncReport, choose, sync_session
 from weshare.transfer import NoProgress, Progress, Session
+from weshare.truncate import DEFAULT_GRACE_MS, truncate
 
 _DOMAIN = re.compile(
     r"^(?=.{1,128}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
@@ -62,7 +67,7 @@ class DomainStatus:
     forks: int
     refused: list[tuple[str, str]]
     writers: dict[bytes, int]  # highest change id seen per writer
-    exchanges: list[dict[str, Any]]
+    exchanges: list[dict[str, Any]]  # with credentials redacted
 
 
 class Weshare:
@@ -87,6 +92,7 @@ class Weshare:
         self._identity: Identity | None = None
         self._ids: SnowflakeIds | None = None
         self._lock = asyncio.Lock()
+        self._latency: dict[str, list[float | None]] = {}  # per domain, per exchange
 
     async def start(self) -> str:
         """Open the state (creating it and an identity the first time); the public key, hex."""
@@ -147,10 +153,14 @@ class Weshare:
         return Path(folder)
 
     def _exchanges(self, domain: str) -> list[dict[str, Any]]:
-        configs: list[dict[str, Any]] = json.loads(
-            self.state.get_config(domain, "exchanges") or "[]"
-        )
+        """The domain's exchange configurations, credentials included (stored sealed)."""
+        stored = self.state.get_config(domain, "exchanges")
+        configs: list[dict[str, Any]] = [] if stored is None else open_local(self.identity, stored)
         return configs
+
+    def _store_exchanges(self, domain: str, configs: list[dict[str, Any]]) -> None:
+        # credentials never in clear on disk (issue 16): sealed under a key of our identity
+        self.state.set_config(domain, "exchanges", seal_local(self.identity, configs))
 
     def _next_id(self, floor: int = 0) -> int:
         assert self._ids is not None
@@ -178,25 +188,29 @@ class Weshare:
 
     async def add_exchange(self, domain: str, config: Mapping[str, Any]) -> None:
         """seed 004 AddExchange: share `domain` through the exchange `config` describes
-        (``{"kind": "folder", "path": DIR}``). The founding admin lays out the domain there."""
+        (``{"kind": "folder", "path": DIR}``, ``"s3"``, ``"azure"``, ``"sftp"``: see
+        `weshare.exchange.default_kinds`). The first exchange of a new domain is laid out by
+        its founding admin; a further one gets a copy of what the domain's exchanges hold, then
+        every write goes to each and reads to the nearest (`weshare.replicas`)."""
         self._require(domain)
         normalized = normalize_config(config)
         known = self._exchanges(domain)
-        if known and normalized not in known:
-            # several exchanges per domain (write to each, read the nearest) are issue 16's
-            raise UsageError(f"{domain} already has an exchange; this version uses one")
-        configs = [normalized]
+        if normalized in known:
+            return
+        configs = [*known, normalized]
         async with self._lock, self._open(normalized) as exchange:
             founding = self.state.get_config(domain, "founding")
-            if founding is not None and self._admins(domain) == {self.identity.public_key}:
+            if known:
+                async with self._open_set(domain, known) as existing:
+                    await copy_domain(existing, exchange, domain)
+            elif founding is not None and self._admins(domain) == {self.identity.public_key}:
                 keyring = _keyring(self.state, domain)
                 await create_domain_on(
                     exchange, domain, self.identity, self.state.get_config(domain, "name") or "",
                     keyring, int(founding), configs,
                 )  # fmt: skip
-            else:
-                await read_anchor(exchange, domain, self._admins(domain))
-        self.state.set_config(domain, "exchanges", json.dumps(configs))
+            await read_anchor(exchange, domain, self._admins(domain))
+        self._store_exchanges(domain, configs)
 
     def _admins(self, domain: str) -> set[bytes]:
         """The founding admins we trust for `domain` (ourselves, or those our invite named)."""
@@ -218,12 +232,32 @@ class Weshare:
             await exchange.close()
 
     @asynccontextmanager
+    async def _open_set(
+        self, domain: str, configs: list[dict[str, Any]]
+    ) -> AsyncIterator[ExchangeSet]:
+        """Every exchange of `domain` as one (`weshare.replicas`); the latencies measured are
+        kept for the next operation."""
+        opened: list[Exchange] = []
+        try:
+            for config in configs:
+                opened.append(open_exchange(config, self._kinds))
+            exchanges = ExchangeSet(opened)
+            latency = self._latency.get(domain)
+            if latency is not None and len(latency) == len(opened):
+                exchanges.latency = list(latency)
+            yield exchanges
+            self._latency[domain] = list(exchanges.latency)
+        finally:
+            for exchange in opened:
+                await exchange.close()
+
+    @asynccontextmanager
     async def _session(self, domain: str) -> AsyncIterator[Session]:
         folder = self._require(domain)
         configs = self._exchanges(domain)
         if not configs:
             raise UsageError(f"domain {domain} has no exchange yet (add-exchange)")
-        async with self._lock, self._open(configs[0]) as exchange:
+        async with self._lock, self._open_set(domain, configs) as exchange:
             keyring = await self._refresh(exchange, domain)
             if keyring is None or self.identity.public_key not in self.state.members(domain):
                 raise UsageError(f"not a user of {domain} yet: no U.x on the exchange lists us")
@@ -236,23 +270,66 @@ class Weshare:
     async def invite(self, domain: str, public: str, name: str, name2: str = "") -> bytes:
         """Add the user with ed25519 key `public` (hex) to `domain` (a new `U.x`) and return
         their invite: the admin's key and the exchanges, sealed to them (seed 004 Invite)."""
-        try:
-            key = bytes.fromhex(public)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise UsageError("a public key is 64 hex digits")
+        key = _parse_key(public)
         async with self._session(domain) as session:
-            current = parse_object_name("U", self.state.get_config(domain, "users") or "") or 0
             await add_user(
                 session.exchange, self.state, domain, self.identity, session.keyring,
-                self._next_id(current), key, name, name2,
+                self._users_id(domain), key, name, name2,
             )  # fmt: skip
             await self._refresh(session.exchange, domain)
         admins = sorted(admin.hex() for admin in self._admins(domain))
         # seed 004 Invite: the exchanges and the administrators of the group
         config = {"domain": domain, "exchanges": self._exchanges(domain), "admins": admins}
         return make_invite(self.identity, key, config)
+
+    def _users_id(self, domain: str) -> int:
+        """An id for a new `U.x`: above the current one and above every change read, so the
+        changes we accepted are judged by the users they were made under."""
+        current = parse_object_name("U", self.state.get_config(domain, "users") or "") or 0
+        newest = parse_object_name("C", self.state.newest_object(domain, "C.")) or 0
+        return self._next_id(max(current, newest))
+
+    async def remove_user(self, domain: str, public: str) -> None:
+        """Remove the user with key `public` (hex) from `domain`: a new `U.x` without them and
+        with a new domain key for the others (admins only). Changes made from then on use the
+        new key, so the removed user can read none of them, and changes they sign from then on
+        are refused by every reader. Old content keeps its old key (see `rekey`)."""
+        key = _parse_key(public)
+        async with self._session(domain) as session:
+            await remove_user(
+                session.exchange, self.state, domain, self.identity, session.keyring,
+                self._users_id(domain), key,
+            )  # fmt: skip
+            await self._refresh(session.exchange, domain)
+
+    async def rekey(
+        self, domain: str, *, everything: bool = False, grace_ms: int = DEFAULT_GRACE_MS
+    ) -> None:
+        """A new domain key for the same users (admins only): a new `U.x`; new changes use it.
+        With `everything` (``rekey --all``) every change read so far is also written again
+        under the new key, as a truncation's base, and the old change files go after
+        `grace_ms`. (Parts of large files keep the key they were written with: their names
+        are their ids, and an object is never rewritten.)"""
+        async with self._session(domain) as session:
+            if everything:
+                await sync_session(session)  # the base is to hold every change there is
+            await rekey(
+                session.exchange, self.state, domain, self.identity, session.keyring,
+                self._users_id(domain),
+            )  # fmt: skip
+            session.keyring = await self._refresh(session.exchange, domain) or session.keyring
+            if everything:
+                await truncate(session, grace_ms)
+
+    async def truncate(
+        self, domain: str, grace_ms: int = DEFAULT_GRACE_MS, before: int | None = None
+    ) -> Truncation:
+        """seed 004 `A.x` truncate: merge the changes read so far (those below change id
+        `before`, if given) into a new base and ask every client to delete them once
+        `grace_ms` have passed (`weshare.truncate`). Syncs first, so the base is current."""
+        async with self._session(domain) as session:
+            await sync_session(session)
+            return await truncate(session, grace_ms, before)
 
     async def join(self, invite: bytes, folder: Path | str, user_name: str = "") -> str:
         """Join the domain an invite sealed to us names, shared from local `folder`; returns the
@@ -273,7 +350,7 @@ class Weshare:
         with self.state.transaction():
             self.state.set_config(domain, "folder", str(path))
             self.state.set_config(domain, "admins", json.dumps(admins))
-            self.state.set_config(domain, "exchanges", json.dumps(exchanges))
+            self._store_exchanges(domain, exchanges)
             self.state.set_config(domain, "name", user_name)
         return domain
 
@@ -308,7 +385,8 @@ class Weshare:
         return DomainStatus(
             domain, folder, self.state.members(domain), len(files),
             sum(1 for row in files.values() if row.push), len(self.forks(domain)),
-            self.state.refused(domain), self.state.writers(domain), self._exchanges(domain),
+            self.state.refused(domain), self.state.writers(domain),
+            [redact(config) for config in self._exchanges(domain)],
         )  # fmt: skip
 
 
@@ -317,6 +395,16 @@ def _keyring(state: State, domain: str) -> Keyring:
     if value is None:
         raise UsageError(f"no key for {domain}")
     return Keyring.decode(bytes.fromhex(value))
+
+
+def _parse_key(public: str) -> bytes:
+    try:
+        key = bytes.fromhex(public)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise UsageError("a public key is 64 hex digits")
+    return key
 
 
 def _is_key(value: object) -> bool:

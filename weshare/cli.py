@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from weshare.api import Weshare
 from weshare.errors import ExchangeError, InvalidFile, UsageError, WeshareError
+from weshare.exchange import describe
 from weshare.formats import FLAG_ADMIN
 from weshare.ids import id_time_ms
 from weshare.lineage import conflict_name
@@ -87,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
 
     exchange = commands.add_parser("add-exchange", help="share a domain through an exchange")
     exchange.add_argument("domain")
-    exchange.add_argument("config", help='JSON, e.g. \'{"kind": "folder", "path": "exchange"}\'')
+    exchange.add_argument(
+        "config",
+        help='JSON, e.g. \'{"kind": "folder", "path": "exchange"}\'; "-" reads it from stdin '
+        'and "@FILE" from a file, so credentials stay out of the shell history and process list',
+    )
 
     invite = commands.add_parser("invite", help="add a user and print their invite")
     invite.add_argument("domain")
@@ -95,6 +100,33 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--name", required=True, help="the new user's name")
     invite.add_argument("--name2", default="", help="a second name, to tell equal names apart")
     invite.add_argument("--out", type=Path, help="write the invite to this file (default stdout)")
+
+    remove = commands.add_parser(
+        "remove", help="remove a user: a new U.x and a new domain key for the others (admins)"
+    )
+    remove.add_argument("domain")
+    remove.add_argument("public", help="the user's public key")
+
+    rekey = commands.add_parser("rekey", help="a new domain key for the same users (admins)")
+    rekey.add_argument("domain")
+    rekey.add_argument(
+        "--all",
+        action="store_true",
+        help="also write every change again under the new key (the old change files go after "
+        "the grace period; parts of large files keep their key)",
+    )
+    rekey.add_argument("--grace-hours", type=float, default=24.0, help="with --all (default 24)")
+
+    truncate = commands.add_parser(
+        "truncate", help="merge the changes so far into a base; old change files go later"
+    )
+    truncate.add_argument("domain")
+    truncate.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        help="how long the old change files stay for clients still reading them (default 24)",
+    )
 
     join = commands.add_parser("join", help="join a domain with an invite, then sync")
     join.add_argument("invite", type=Path, help="file holding the invite ('-' for stdin)")
@@ -137,6 +169,7 @@ def _print_report(domain: str, report: SyncReport) -> None:
         f"renamed {found.renamed}, deleted {found.deleted}), pulled {report.pulled}, "
         f"wrote {report.written}, removed {report.removed}, forks {report.forks}, "
         f"uploaded {report.uploaded} B, downloaded {report.downloaded} B"
+        + (f", deleted {report.deleted} old change files" if report.deleted else "")
     )
     for problem in report.problems:
         print(f"  problem: {problem}", file=sys.stderr)
@@ -172,8 +205,16 @@ async def _public(client: Weshare, args: argparse.Namespace) -> int:
 
 
 async def _add_exchange(client: Weshare, args: argparse.Namespace) -> int:
+    text = args.config
     try:
-        config = json.loads(args.config)
+        if text == "-":
+            text = sys.stdin.read()
+        elif text.startswith("@"):
+            text = await asyncio.to_thread(Path(text[1:]).read_text)
+    except OSError as exc:
+        raise UsageError(f"cannot read the configuration: {exc.strerror}") from exc
+    try:
+        config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"exchange configuration is not JSON: {exc.msg}") from exc
     if not isinstance(config, dict):
@@ -190,6 +231,34 @@ async def _invite(client: Weshare, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         args.out.write_text(text)
+    return 0
+
+
+async def _remove(client: Weshare, args: argparse.Namespace) -> int:
+    await client.remove_user(args.domain, args.public)
+    print(f"{args.domain}: user {args.public[:7]} removed; new changes use a new key")
+    return 0
+
+
+def _grace_ms(hours: float) -> int:
+    if hours < 0:
+        raise UsageError("the grace period cannot be negative")
+    return int(hours * 3600 * 1000)
+
+
+async def _rekey(client: Weshare, args: argparse.Namespace) -> int:
+    await client.rekey(args.domain, everything=args.all, grace_ms=_grace_ms(args.grace_hours))
+    what = "every change is written again with it" if args.all else "new changes use it"
+    print(f"{args.domain}: a new key; {what}")
+    return 0
+
+
+async def _truncate(client: Weshare, args: argparse.Namespace) -> int:
+    action = await client.truncate(args.domain, _grace_ms(args.grace_hours))
+    print(
+        f"{args.domain}: {len(action.fossils)} change files merged into {len(action.bases)}; "
+        f"they are deleted after {args.grace_hours:g} h"
+    )
     return 0
 
 
@@ -227,7 +296,7 @@ async def _status(client: Weshare, args: argparse.Namespace) -> int:
             last = f", last change {_when(seen)}" if seen else ""
             print(f"  user {_who(client, domain, key)}: {role}{last}")
         for config in status.exchanges:
-            print(f"  exchange {config.get('kind')}: {config.get('path', '')}")
+            print(f"  exchange {describe(config)}")
         for name, reason in status.refused:
             print(f"  refused {name}: {reason}")
     return 0
@@ -271,6 +340,9 @@ _COMMANDS = {
     "public": _public,
     "add-exchange": _add_exchange,
     "invite": _invite,
+    "remove": _remove,
+    "rekey": _rekey,
+    "truncate": _truncate,
     "join": _join,
     "sync": _sync,
     "status": _status,

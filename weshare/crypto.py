@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from records.identity import Identity, signing_input, verify_signature
-from weshare.errors import InvalidFile
+from weshare.errors import InvalidFile, KeyNotHeld
 from weshare.formats import PUBLIC_KEY_SIZE, VERSION
 
 SIGNATURE_SIZE = 64
@@ -105,7 +105,7 @@ def _key_for(keys: Mapping[int, bytes], name: str, data: bytes | memoryview) -> 
     key_id = encrypted_key_id(data)
     key = keys.get(key_id)
     if key is None:
-        raise InvalidFile(f"{name}: encrypted with unknown key {key_id}")
+        raise KeyNotHeld(f"{name}: encrypted with unknown key {key_id}")
     return key
 
 

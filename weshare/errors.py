@@ -16,6 +16,11 @@ class InvalidFile(WeshareError):
         self.reason = reason
 
 
+class KeyNotHeld(InvalidFile):
+    """A file encrypted with a domain key we do not hold (yet: a key that came with a `U.x` we
+    have not read, or one that was never sealed to us)."""
+
+
 class ExchangeError(WeshareError):
     """An exchange could not do what was asked (unreachable, refused, bad configuration)."""
 

@@ -4,9 +4,9 @@ An exchange stores named, write-once objects. Names are ``<domain>/<file>`` (``d
 ``demo/merkle/<id>.mrk``). Writers never overwrite (`put_if_absent`), so several users write to
 one exchange at once without a lock; an object is visible whole or not at all.
 
-This module has the local (or network-mounted) folder exchange. SFTP, S3 and Azure (issue 16)
-implement the same `Exchange` protocol and register a factory under their ``"kind"`` in the
-mapping passed to `open_exchange`; nothing else changes.
+This module has the interface, the local (or network-mounted) folder exchange and the mapping of
+kinds to factories. SFTP (`weshare.sftp`), S3 and Azure Blob (`weshare.objectstore`) implement
+the same protocol; `weshare.replicas` puts several exchanges of one domain behind it.
 """
 
 from __future__ import annotations
@@ -107,15 +107,16 @@ class FolderExchange:
         folder, _, start = prefix.rpartition("/")
         base = self.root / folder if folder else self.root
         try:
-            entries = os.listdir(base)
+            with os.scandir(base) as scan:
+                entries = [
+                    entry.name
+                    for entry in scan
+                    if entry.name.startswith(start) and not entry.is_dir(follow_symlinks=False)
+                ]  # objects only: a folder (``merkle/``) is a name prefix, not an object
         except FileNotFoundError:
             return []
         head = f"{folder}/" if folder else ""
-        names = (
-            head + entry
-            for entry in entries
-            if entry.startswith(start) and not entry.startswith(_TEMP_PREFIX)
-        )
+        names = (head + entry for entry in entries if not entry.startswith(_TEMP_PREFIX))
         return sorted(name for name in names if name > after)
 
     def _delete(self, name: str) -> None:
@@ -160,9 +161,28 @@ def _folder(config: Mapping[str, Any]) -> Exchange:
     return FolderExchange(Path(path), durable=bool(config.get("durable", False)))
 
 
+def _s3(config: Mapping[str, Any]) -> Exchange:
+    from weshare.objectstore import open_s3  # obstore is loaded only when used
+
+    return open_s3(config)
+
+
+def _azure(config: Mapping[str, Any]) -> Exchange:
+    from weshare.objectstore import open_azure
+
+    return open_azure(config)
+
+
+def _sftp(config: Mapping[str, Any]) -> Exchange:
+    from weshare.sftp import open_sftp  # asyncssh is loaded only when used
+
+    return open_sftp(config)
+
+
 def default_kinds() -> dict[str, ExchangeFactory]:
-    """The exchange kinds this version knows: ``{"kind": "folder", "path": DIR}``."""
-    return {"folder": _folder}
+    """The exchange kinds this version knows: ``folder`` (``{"kind": "folder", "path": DIR}``),
+    ``s3``, ``azure`` (`weshare.objectstore`) and ``sftp`` (`weshare.sftp`)."""
+    return {"folder": _folder, "s3": _s3, "azure": _azure, "sftp": _sftp}
 
 
 def open_exchange(
@@ -183,3 +203,24 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if normalized.get("kind") == "folder" and isinstance(normalized.get("path"), str):
         normalized["path"] = str(Path(normalized["path"]).resolve())
     return normalized
+
+
+def describe(config: Mapping[str, Any]) -> str:
+    """Where an exchange is, for people: its kind and location, never a credential."""
+    kind = config.get("kind")
+    if kind == "folder":
+        where = str(config.get("path", ""))
+    elif kind == "s3":
+        where = f"bucket {config.get('bucket')}" + (
+            f" at {config['endpoint']}" if config.get("endpoint") else ""
+        )
+    elif kind == "azure":
+        where = f"container {config.get('container')} of account {config.get('account')}"
+    elif kind == "sftp":
+        where = (
+            f"{config.get('username')}@{config.get('host')}:{config.get('port', 22)}"
+            f"{config.get('path', '')}"
+        )
+    else:
+        where = "?"
+    return f"{kind}: {where}"

@@ -18,6 +18,7 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 from weshare.errors import InvalidFile
+from weshare.ids import parse_object_name
 
 VERSION = 0x0100  # seed 004: "all files have a version id, which is 1.0" (major.minor in a u16)
 PUBLIC_KEY_SIZE = 32  # ed25519 (the seed's table says 128 bits; an ed25519 key is 256)
@@ -423,7 +424,7 @@ class ChangeFile:
 
 
 class ActionType(IntEnum):
-    """Kinds of `A.x` actions. Truncate is read and kept; acting on it is issue 16's work."""
+    """Kinds of `A.x` actions (seed 004: truncate; see `weshare.truncate`)."""
 
     TRUNCATE = 1
 
@@ -446,3 +447,49 @@ class ActionFile:
         action = cls(reader.u16(), reader.blob())
         reader.end()
         return action
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """The arguments of a truncate `A.x` (canonical JSON)."""
+
+    bases: tuple[str, ...]  # the base's change files
+    fossils: tuple[str, ...]  # the change files it replaces, deleted after `not_before`
+    not_before: int  # Unix ms
+
+    def encode(self) -> bytes:
+        """Canonical JSON."""
+        return canonical_json(
+            {
+                "bases": list(self.bases),
+                "fossils": list(self.fossils),
+                "not_before": self.not_before,
+            }
+        )
+
+    @classmethod
+    def decode(cls, action: ActionFile, action_id: int) -> Truncation:
+        """Checked: change file names only, every fossil older than every base, bases older
+        than the action."""
+        if action.kind != ActionType.TRUNCATE:
+            raise InvalidFile(f"A.x: unknown action {action.kind}")
+        value = _parse_json(action.arguments, "A.x")
+        if not isinstance(value, dict) or set(value) != {"bases", "fossils", "not_before"}:
+            raise InvalidFile("A.x: truncate needs bases, fossils and not_before")
+        bases, fossils, not_before = value["bases"], value["fossils"], value["not_before"]
+        if not isinstance(not_before, int) or not isinstance(bases, list) or not bases:
+            raise InvalidFile("A.x: truncate arguments of the wrong type")
+        if not isinstance(fossils, list):
+            raise InvalidFile("A.x: truncate arguments of the wrong type")
+        base_ids = [_change_id(name) for name in bases]
+        fossil_ids = [_change_id(name) for name in fossils]
+        if max(base_ids) >= action_id or (fossil_ids and max(fossil_ids) >= min(base_ids)):
+            raise InvalidFile("A.x: truncate may only delete changes older than its base")
+        return cls(tuple(bases), tuple(fossils), not_before)
+
+
+def _change_id(name: object) -> int:
+    found = parse_object_name("C", name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidFile("A.x: truncate names something that is not a change file")
+    return found

@@ -12,11 +12,13 @@ path, every other live head is placed beside it as a Syncthing-style conflict co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from posixpath import splitext
 
+from weshare.errors import InvalidFile
 from weshare.ids import id_time_ms
 
 
@@ -62,6 +64,30 @@ class Resolution:
 
     placements: dict[str, Placement]
     forks: tuple[Fork, ...]
+
+
+ALIAS_PREFIX = "="  # an origin that says "this entry is that version" (a truncation's base)
+_ALIAS = re.compile(r"^=(C\.(\d{19})/(\d{1,9}))/([0-9a-f]{64})$")
+
+
+def alias_of(version: Version) -> str:
+    """The origin of a base entry that stands for `version` (see `weshare.truncate`):
+    ``=C.<x>/<n>/<writer hex>``."""
+    return f"{ALIAS_PREFIX}{version.ref}/{version.writer.hex()}"
+
+
+def parse_alias(origin: tuple[str, ...], base_id: int) -> tuple[str, int, bytes] | None:
+    """``(ref, change id, writer)`` if `origin` is one alias, else None. `InvalidFile` for a
+    malformed alias or one that does not stand for an older change than its base."""
+    if len(origin) != 1 or not origin[0].startswith(ALIAS_PREFIX):
+        return None
+    match = _ALIAS.match(origin[0])
+    if match is None:
+        raise InvalidFile("C.x: malformed alias")
+    change_id = int(match.group(2))
+    if change_id >= base_id:
+        raise InvalidFile("C.x: an alias must stand for an older change than its base")
+    return match.group(1), change_id, bytes.fromhex(match.group(4))
 
 
 def ref_of(change_name: str, index: int) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from records.identity import Identity
-from weshare.crypto import decrypt, encrypt, open_sealed, open_signed, seal_to, sign_file
+from weshare.crypto import decrypt, encrypt, new_key, open_sealed, open_signed, seal_to, sign_file
 from weshare.errors import InvalidFile, ObjectNotFound, UsageError
 from weshare.exchange import Exchange
 from weshare.formats import (
@@ -111,6 +111,9 @@ async def refresh_members(
     current = state.get_config(domain, "users") or ""
     current_id = parse_object_name("U", current) or 0
     members = state.members(domain)
+    if current:  # a state kept by a version without Epochs: its current users start them
+        with state.transaction():
+            state.add_epoch(domain, current_id, members)
     admins = {key for key, (flags, _, _) in members.items() if flags & FLAG_ADMIN} or set(
         anchor.admins
     )
@@ -132,6 +135,10 @@ async def refresh_members(
                 ring = Keyring.decode(await asyncio.to_thread(open_sealed, identity, user.aes))
         with state.transaction():
             state.set_members(domain, _members(users))
+            state.add_epoch(domain, users_id, [user.public for user in users.users])
+            # changes read before this U.x was seen, made after it by someone it does not
+            # list, are dropped: every reader ends up ignoring them, whenever it read them
+            state.revoke_after(domain, users_id, {user.public for user in users.users})
             state.mark_object(domain, name, None)
             state.set_config(domain, "users", name)
             if ring is not None:
@@ -148,6 +155,35 @@ def _stored_keyring(state: State, domain: str) -> Keyring | None:
     return None if value is None else Keyring.decode(bytes.fromhex(value))
 
 
+def _require_admin(state: State, domain: str, admin: Identity) -> dict[bytes, tuple[int, str, str]]:
+    members = state.members(domain)
+    if admin.public_key not in members or not members[admin.public_key][0] & FLAG_ADMIN:
+        raise UsageError("only an admin of the domain can add or remove users")  # seed 004
+    return members
+
+
+async def _put_users(
+    exchange: Exchange,
+    state: State,
+    domain: str,
+    admin: Identity,
+    keyring: Keyring,
+    new_id: int,
+    members: Mapping[bytes, tuple[int, str, str]],
+) -> None:
+    """Write the `U.x` `new_id` listing `members`, each with `keyring` sealed to them. The
+    caller has refreshed the members just before, so `new_id` follows the current `U.x`."""
+    previous = parse_object_name("U", state.get_config(domain, "users") or "") or 0
+    entries = tuple(
+        UserEntry(key, flags, seal_to(key, keyring.encode()), first, second)
+        for key, (flags, first, second) in members.items()
+    )
+    users_name = f"{domain}/{object_name('U', new_id)}"
+    body = sign_file(admin, users_name, UsersFile(previous, entries).encode())
+    if not await exchange.put_if_absent(users_name, body):
+        raise UsageError("another U.x was written at the same moment; try again")
+
+
 async def add_user(
     exchange: Exchange,
     state: State,
@@ -159,23 +195,47 @@ async def add_user(
     name: str,
     name2: str,
 ) -> None:
-    """Write a `U.x` that adds `public` (as a follower) to the current users. The caller has
-    refreshed the members just before, so `new_id` follows the current `U.x`."""
-    members = state.members(domain)
-    if admin.public_key not in members or not members[admin.public_key][0] & FLAG_ADMIN:
-        raise UsageError("only an admin of the domain can invite")  # seed 004: admins add users
-    previous = parse_object_name("U", state.get_config(domain, "users") or "") or 0
-    sealed = {key: seal_to(key, keyring.encode()) for key in (*members, public)}
-    entries = [
-        UserEntry(key, flags, sealed[key], first, second)
-        for key, (flags, first, second) in members.items()
-        if key != public
-    ]
-    entries.append(UserEntry(public, 0, sealed[public], name, name2))
-    users_name = f"{domain}/{object_name('U', new_id)}"
-    body = sign_file(admin, users_name, UsersFile(previous, tuple(entries)).encode())
-    if not await exchange.put_if_absent(users_name, body):
-        raise UsageError("another U.x was written at the same moment; run invite again")
+    """Write a `U.x` that adds `public` (as a follower) to the current users."""
+    members = dict(_require_admin(state, domain, admin))
+    members.pop(public, None)
+    members[public] = (0, name, name2)
+    await _put_users(exchange, state, domain, admin, keyring, new_id, members)
+
+
+async def remove_user(
+    exchange: Exchange,
+    state: State,
+    domain: str,
+    admin: Identity,
+    keyring: Keyring,
+    new_id: int,
+    public: bytes,
+) -> None:
+    """Write a `U.x` without `public` whose keyring gains a new domain key (id `new_id`), sealed
+    to the remaining users only: changes made from then on use it, so the removed user reads
+    none of them (Keybase teams do the same; old content keeps its old key)."""
+    members = dict(_require_admin(state, domain, admin))
+    if public not in members:
+        raise UsageError("not a user of the domain")
+    if public == admin.public_key:
+        raise UsageError("an admin cannot remove themself")
+    del members[public]
+    rekeyed = Keyring({**keyring.keys, new_id: new_key()})
+    await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
+
+
+async def rekey(
+    exchange: Exchange,
+    state: State,
+    domain: str,
+    admin: Identity,
+    keyring: Keyring,
+    new_id: int,
+) -> None:
+    """Write a `U.x` with the same users and a new domain key (id `new_id`)."""
+    members = _require_admin(state, domain, admin)
+    rekeyed = Keyring({**keyring.keys, new_id: new_key()})
+    await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
 
 
 def make_invite(admin: Identity, receiver: bytes, config: Mapping[str, Any]) -> bytes:

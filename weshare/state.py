@@ -5,9 +5,10 @@ time uses a `State` (the `Weshare` lock), so one connection serves every thread.
 that changes several rows does it in one transaction, so a killed sync leaves either all of a
 step or none of it.
 
-Tables beyond the seed's: `Members` (users of the current `U.x`), `Objects` (remote files already
-read or refused), `Writers` (highest change seen per writer) and `Outbox` (a change file between
-"decided" and "on the exchange", so a rerun puts the very same bytes).
+Tables beyond the seed's: `Members` (users of the current `U.x`), `Epochs` (the users of every
+`U.x` accepted, to judge a change by who were users when it was made), `Objects` (remote files
+already read or refused), `Writers` (highest change seen per writer) and `Outbox` (a change file
+between "decided" and "on the exchange", so a rerun puts the very same bytes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weshare.formats import HASH_SIZE
+from weshare.formats import HASH_SIZE, ActionFile, ActionType, Truncation
 from weshare.lineage import Version
 
 _SCHEMA = """
@@ -48,10 +49,18 @@ CREATE TABLE IF NOT EXISTS Objects (
 CREATE TABLE IF NOT EXISTS Writers (
     domain VARCHAR(128) NOT NULL, writer CHAR(64) NOT NULL, last_change INTEGER NOT NULL,
     PRIMARY KEY (domain, writer));
+CREATE TABLE IF NOT EXISTS Epochs (
+    domain VARCHAR(128) NOT NULL, users_id INTEGER NOT NULL, public CHAR(64) NOT NULL,
+    PRIMARY KEY (domain, users_id, public));
+CREATE TABLE IF NOT EXISTS Truncations (
+    domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, arguments BLOB NOT NULL,
+    not_before INTEGER NOT NULL, done BOOL NOT NULL, PRIMARY KEY (domain, name));
 CREATE TABLE IF NOT EXISTS Outbox (
     domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (domain, name));
 """
+
+WAITING = "waiting for its key: "  # Objects.refused of a file whose key we do not hold yet
 
 # seed 004 Files.status; DELETE and FORK are ours: a deletion waiting to be pushed, a fork's copy
 CREATE, UPDATE, SYNC, DELETE, FORK = "CREATE", "UPDATE", "SYNC", "DELETE", "FORK"
@@ -247,6 +256,47 @@ class State:
             [(domain, key.hex(), *info) for key, info in members.items()],
         )
 
+    def add_epoch(self, domain: str, users_id: int, publics: Iterable[bytes]) -> None:
+        """Remember who the users were from `U.<users_id>` on."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO Epochs (domain, users_id, public) VALUES (?, ?, ?)",
+            [(domain, users_id, public.hex()) for public in publics],
+        )
+
+    def revoke_after(self, domain: str, users_id: int, users: set[bytes]) -> None:
+        """Drop the versions of changes made after `U.<users_id>` by someone it does not list
+        (read before it was seen); their change files count as refused."""
+        rows = self._db.execute(
+            "SELECT DISTINCT change_id, writer FROM Log WHERE domain = ? AND change_id > ?",
+            (domain, users_id),
+        ).fetchall()
+        for change_id, writer in rows:
+            if bytes.fromhex(writer) in users:
+                continue
+            name = f"C.{change_id:019d}"
+            self._db.execute(
+                "DELETE FROM Log WHERE domain = ? AND change_id = ? AND writer = ?",
+                (domain, change_id, writer),
+            )
+            self.mark_object(domain, name, "signed by someone who was not a user at that point")
+
+    def members_at(self, domain: str, snowflake_id: int) -> set[bytes]:
+        """The users when id `snowflake_id` was made: those of the newest `U.x` below it (the
+        current users if no history was kept, as by an older version)."""
+        row = self._db.execute(
+            "SELECT max(users_id) FROM Epochs WHERE domain = ? AND users_id < ?",
+            (domain, snowflake_id),
+        ).fetchone()
+        if row is None or row[0] is None:
+            any_epoch = self._db.execute(
+                "SELECT 1 FROM Epochs WHERE domain = ? LIMIT 1", (domain,)
+            ).fetchone()
+            return set() if any_epoch else set(self.members(domain))
+        rows = self._db.execute(
+            "SELECT public FROM Epochs WHERE domain = ? AND users_id = ?", (domain, row[0])
+        )
+        return {bytes.fromhex(r[0]) for r in rows}
+
     def seen(self, domain: str, names: Sequence[str]) -> set[str]:
         """Which of the remote `names` were already read or refused."""
         query = "SELECT name FROM Objects WHERE domain = ? AND name"
@@ -267,6 +317,52 @@ class State:
             (domain, prefix + "%"),
         ).fetchone()
         return str(row[0]) if row and row[0] is not None else ""
+
+    def waiting(self, domain: str, prefix: str) -> list[str]:
+        """Remote files with `prefix` put aside until we hold their key (see `WAITING`)."""
+        rows = self._db.execute(
+            "SELECT name FROM Objects WHERE domain = ? AND name LIKE ? AND refused LIKE ? "
+            "ORDER BY name",
+            (domain, prefix + "%", WAITING + "%"),
+        )
+        return [str(r[0]) for r in rows]
+
+    def accepted(self, domain: str, prefix: str, names: Sequence[str] | None = None) -> list[str]:
+        """Remote files with `prefix` read and accepted (those among `names`), in order."""
+        if names is not None:
+            query = "SELECT name FROM Objects WHERE domain = ? AND refused IS NULL AND name"
+            return sorted(str(r[0]) for r in self._where_in(query, domain, names))
+        rows = self._db.execute(
+            "SELECT name FROM Objects WHERE domain = ? AND name LIKE ? AND refused IS NULL "
+            "ORDER BY name",
+            (domain, prefix + "%"),
+        )
+        return [str(r[0]) for r in rows]
+
+    def add_truncation(self, domain: str, name: str, action: Truncation) -> None:
+        """Remember a truncate action (`A.x` `name`) whose fossils are to be deleted."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO Truncations (domain, name, arguments, not_before, done) "
+            "VALUES (?, ?, ?, ?, 0)",
+            (domain, name, action.encode(), action.not_before),
+        )
+
+    def truncations(self, domain: str) -> list[tuple[str, Truncation]]:
+        """Truncate actions whose fossils are not all deleted yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT name, arguments FROM Truncations WHERE domain = ? AND NOT done ORDER BY name",
+            (domain,),
+        )
+        return [
+            (str(r[0]), Truncation.decode(ActionFile(ActionType.TRUNCATE, bytes(r[1])), 1 << 63))
+            for r in rows
+        ]
+
+    def finish_truncation(self, domain: str, name: str) -> None:
+        """Every fossil of truncate action `name` is deleted."""
+        self._db.execute(
+            "UPDATE Truncations SET done = 1 WHERE domain = ? AND name = ?", (domain, name)
+        )
 
     def refused(self, domain: str) -> list[tuple[str, str]]:
         """Remote files refused, with the reason."""

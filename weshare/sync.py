@@ -47,6 +47,7 @@ from weshare.transfer import (
     upload_parts,
     write_version,
 )
+from weshare.truncate import collect_fossils
 
 BATCH_INLINE_BYTES = 8 * 1024 * 1024  # inline data per change file
 BATCH_ENTRIES = 4096
@@ -64,6 +65,7 @@ class SyncReport:
     forks: int = 0  # forks open afterwards
     uploaded: int = 0  # bytes put on the exchange
     downloaded: int = 0  # bytes read from the exchange
+    deleted: int = 0  # old change files deleted (a truncation's grace period over)
     problems: list[str] = field(default_factory=list)  # files that could not be written
 
 
@@ -362,6 +364,7 @@ async def sync_session(session: Session) -> SyncReport:
     report = SyncReport(found)
     report.pushed = await push(session)
     report.pulled = await pull(session)
+    report.deleted = await collect_fossils(session)
     resolution = current_resolution(session)
     report.written, report.removed = await apply(session, resolution)
     report.forks = len(resolution.forks)

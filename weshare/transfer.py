@@ -34,13 +34,13 @@ from weshare.crypto import (
     part_id_key,
     sign_file,
 )
-from weshare.errors import InvalidFile, ObjectNotFound
+from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
 from weshare.exchange import Exchange
-from weshare.formats import ActionFile, ChangeFile, Keyring
+from weshare.formats import ActionFile, ChangeFile, Keyring, Truncation
 from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
-from weshare.lineage import Version, ref_of
+from weshare.lineage import Version, parse_alias, ref_of
 from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
-from weshare.state import LogRow, State
+from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
@@ -255,7 +255,7 @@ def split_and_put(session: Session, loop: asyncio.AbstractEventLoop, path: Path)
 async def put_change(session: Session, name: str, plaintext: bytes) -> None:
     """Put a queued change file under `name` (or find it there from an earlier attempt), then
     take it off the Outbox. If another writer took the name, move to a fresh id."""
-    for _ in range(8):  # bounded: each retry takes a strictly higher id
+    for _ in range(32):  # bounded: each retry takes an id above every change listed
         full = session.full(name)
         key_id, key = session.keyring.current
         body = sign_file(session.identity, full, encrypt(key_id, key, full, plaintext))
@@ -268,9 +268,12 @@ async def put_change(session: Session, name: str, plaintext: bytes) -> None:
             signer = b""
         if signer == session.identity.public_key:
             break  # our own earlier attempt went through before a kill
-        fresh = object_name(
-            "C", session.ids.next(session.clock(), parse_object_name("C", name) or 0)
-        )
+        # another writer took the name: move above every change listed now (racing writers
+        # that lost together do not all try the next id, and lose again, one by one)
+        taken = await session.exchange.list(session.full("C."), after=full)
+        newest = max((parse_object_name("C", n.rpartition("/")[2]) or 0 for n in taken), default=0)
+        floor = max(parse_object_name("C", name) or 0, newest)
+        fresh = object_name("C", session.ids.next(session.clock(), floor))
         session.state.rename_change(session.domain, name, fresh)
         name = fresh
     else:
@@ -281,7 +284,7 @@ async def put_change(session: Session, name: str, plaintext: bytes) -> None:
     # it back and refuses it, as everyone else does.
     state, domain, public = session.state, session.domain, session.identity.public_key
     with state.transaction():
-        if public in state.members(domain):
+        if public in state.members_at(domain, parse_object_name("C", name) or 0):
             rows = change_rows(name, ChangeFile.decode(plaintext), public)
             state.add_log(domain, rows)
             state.mark_object(domain, name, None)
@@ -296,10 +299,13 @@ async def flush_outbox(session: Session) -> None:
         await put_change(session, name, plaintext)
 
 
-def next_change_name(session: Session) -> str:
-    """A name for a new change file, above every change seen on the exchange."""
-    newest = parse_object_name("C", session.state.newest_object(session.domain, "C.")) or 0
-    return object_name("C", session.ids.next(session.clock(), newest))
+def next_change_name(session: Session, prefix: str = "C") -> str:
+    """A name for a new change (or action) file, above every change seen on the exchange and
+    above the current `U.x`, so that it is judged by the users we know of."""
+    state, domain = session.state, session.domain
+    newest = parse_object_name("C", state.newest_object(domain, "C.")) or 0
+    users = parse_object_name("U", state.get_config(domain, "users") or "") or 0
+    return object_name(prefix, session.ids.next(session.clock(), max(newest, users)))
 
 
 # --- pull ---------------------------------------------------------------------------------
@@ -312,21 +318,27 @@ def _open_from_user(
     user of the domain, decrypted with a domain key."""
     full = session.full(name)
     content, signer = open_signed(full, data)
-    if signer not in members:
-        raise InvalidFile(f"{name}: signed by someone who is not a user of the domain")
+    if signer not in members:  # issue 16: judged by the users when its id was made
+        raise InvalidFile(f"{name}: signed by someone who was not a user at that point")
     return decrypt(session.keyring.keys, full, content), signer
 
 
 def change_rows(name: str, change: ChangeFile, signer: bytes) -> list[LogRow]:
-    """The Log rows of change file `name` (not checked: see `read_change`)."""
+    """The Log rows of change file `name` (checked by `read_change`; a malformed alias raises
+    `InvalidFile`)."""
     change_id = parse_object_name("C", name) or 0
     rows = []
     for index, entry in enumerate(change.entries):
         inline = bool(entry.data) or not entry.hashes
-        version = Version(
-            ref_of(name, index), change_id, signer, entry.path, entry.origin,
-            content_hash(entry.hashes),
-        )  # fmt: skip
+        alias = parse_alias(entry.origin, change_id)
+        if alias is not None:  # a truncation's base: the version it stands for, as it was
+            ref, version_id, writer = alias
+            version = Version(ref, version_id, writer, entry.path, (), content_hash(entry.hashes))
+        else:
+            version = Version(
+                ref_of(name, index), change_id, signer, entry.path, entry.origin,
+                content_hash(entry.hashes),
+            )  # fmt: skip
         rows.append(
             LogRow(version, b"".join(entry.hashes), entry.data if inline else None, entry.message)
         )
@@ -374,16 +386,20 @@ async def pull(session: Session) -> int:
     """Read every change file not read yet into Log; refuse (and remember) bad ones. Returns
     the number of versions recorded."""
     state, domain = session.state, session.domain
-    members = set(state.members(domain))
     recorded = 0
-    for name in await _new_names(session, "C"):
+    for name in await _new_names(session, "C") + state.waiting(domain, "C."):
         try:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
             continue  # removed since the listing (truncation): nothing to read
         session.downloaded += len(data)
         try:
+            members = state.members_at(domain, parse_object_name("C", name) or 0)
             rows = await asyncio.to_thread(read_change, session, name, data, members)
+        except KeyNotHeld as exc:  # tried again on every pull: a later U.x may bring the key
+            with state.transaction():
+                state.mark_object(domain, name, f"{WAITING}{exc.reason}")
+            continue
         except InvalidFile as exc:
             with state.transaction():
                 state.mark_object(domain, name, exc.reason)
@@ -399,13 +415,19 @@ async def pull(session: Session) -> int:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
             continue
+        truncation = None
         try:
-            await asyncio.to_thread(read_action, session, name, data, members)
+            action_id = parse_object_name("A", name) or 0
+            members = state.members_at(domain, action_id)
+            action = await asyncio.to_thread(read_action, session, name, data, members)
+            truncation = Truncation.decode(action, action_id)
             reason = None
         except InvalidFile as exc:
             reason = exc.reason
         with state.transaction():
             state.mark_object(domain, name, reason)
+            if truncation is not None:
+                state.add_truncation(domain, name, truncation)
     return recorded
 
 

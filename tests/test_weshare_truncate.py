@@ -1,0 +1,130 @@
+"""Truncation (issue 16, seed 004 `A.x`): old changes merged into a base; the old change files
+deleted only after a grace period and never one that the truncating user had not read (a
+concurrent writer's); every reader, old or new, sees the same files and no fork."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.weshare_pair import DOMAIN, open_pair, tree
+from tests.weshare_servers import KINDS, exchange_config, s3_server, sftp_server
+from weshare import FolderExchange, Weshare
+from weshare.crypto import encrypted_key_id, open_signed
+from weshare.exchange import open_exchange
+from weshare.formats import Keyring
+
+__all__ = ["exchange_config", "s3_server", "sftp_server"]  # fixtures, used by name
+
+GRACE_MS = 60_000
+
+
+@pytest.mark.parametrize("exchange_config", KINDS, indirect=True)
+@pytest.mark.timeout(60)
+async def test_truncate_merges_old_changes_and_deletes_them_after_a_grace_period(
+    exchange_config: dict[str, Any], tmp_path: Path
+) -> None:
+    now = [1_800_000_000_000]
+
+    def tick() -> None:
+        now[0] += 2_000
+
+    def alice_clock() -> int:
+        return now[0]
+
+    def bob_clock() -> int:  # a second behind: his change sorts below alice's base
+        return now[0] - 1_000
+
+    pair = await open_pair(tmp_path, [exchange_config], (alice_clock, bob_clock))
+    exchange = open_exchange(exchange_config)
+    carol: Weshare | None = None
+
+    async def changes() -> list[str]:
+        return [n.rpartition("/")[2] for n in await exchange.list(f"{DOMAIN}/C.")]
+
+    try:
+        big = os.urandom(300_000)
+        (pair.a / "a.txt").write_text("one")
+        (pair.a / "big.bin").write_bytes(big)
+        (pair.a / "gone.txt").write_text("deleted later")
+        await pair.alice.sync(DOMAIN)
+        tick()
+        await pair.bob.sync(DOMAIN)
+        (pair.b / "a.txt").write_text("two")
+        await pair.bob.sync(DOMAIN)
+        tick()
+        (pair.a / "gone.txt").unlink()
+        await pair.alice.sync(DOMAIN)
+        tick()
+        before = await changes()
+
+        action = await pair.alice.truncate(DOMAIN, grace_ms=GRACE_MS)
+        assert sorted(action.fossils) == before
+        # bob commits at the same moment, below alice's base, unseen by her truncation
+        (pair.b / "b.txt").write_text("bob, concurrent")
+        await pair.bob.sync(DOMAIN)
+        concurrent = [n for n in await changes() if n not in before and n not in action.bases]
+        assert len(concurrent) == 1
+        assert concurrent[0] < min(action.bases)
+
+        tick()  # within the grace period: nothing is deleted, whoever syncs
+        assert (await pair.bob.sync(DOMAIN)).deleted == 0
+        assert (await pair.alice.sync(DOMAIN)).deleted == 0
+        assert set(before) <= set(await changes())
+
+        now[0] += GRACE_MS
+        assert (await pair.alice.sync(DOMAIN)).deleted == len(before)
+        assert sorted(await changes()) == sorted([*action.bases, *concurrent])
+        await pair.bob.sync(DOMAIN)  # the fossils are gone already: nothing to do
+
+        carol = Weshare(tmp_path / "carol-state", clock=alice_clock)
+        await carol.start()
+        invite = await pair.alice.invite(DOMAIN, carol.get_public(), "carol")
+        await carol.join(invite, tmp_path / "carol")
+        await carol.sync(DOMAIN)  # reads only the base and what came after it
+        expected = {"a.txt": b"two", "big.bin": big, "b.txt": b"bob, concurrent"}
+        assert tree(pair.a) == tree(pair.b) == tree(tmp_path / "carol") == expected
+
+        # an edit that follows a version whose change file is gone still follows it
+        tick()
+        (pair.b / "a.txt").write_text("three")
+        await pair.bob.sync(DOMAIN)
+        for client in (pair.alice, carol):
+            await client.sync(DOMAIN)
+        assert (pair.a / "a.txt").read_text() == (tmp_path / "carol/a.txt").read_text() == "three"
+        for client in (pair.alice, pair.bob, carol):
+            assert client.forks(DOMAIN) == ()
+            assert client.status(DOMAIN).refused == []
+    finally:
+        await exchange.close()
+        await pair.alice.close()
+        await pair.bob.close()
+        if carol is not None:
+            await carol.close()
+
+
+@pytest.mark.timeout(30)
+async def test_rekey_all_writes_every_change_again_under_the_new_key(tmp_path: Path) -> None:
+    pair = await open_pair(tmp_path)
+    try:
+        (pair.a / "small.txt").write_text("small, inline")
+        await pair.sync_both()
+        (pair.b / "small.txt").write_text("edited by bob")
+        await pair.bob.sync(DOMAIN)
+        await pair.alice.rekey(DOMAIN, everything=True, grace_ms=0)
+        await pair.sync_both()  # the grace period is over at once: the old files go
+        exchange = FolderExchange(pair.exchange)
+        names = await exchange.list(f"{DOMAIN}/C.")
+        ring = Keyring.decode(bytes.fromhex(pair.bob.state.get_config(DOMAIN, "keyring") or ""))
+        newest_key = max(ring.keys)
+        for name in names:
+            content, _ = open_signed(name, await exchange.get(name))
+            assert encrypted_key_id(content) == newest_key
+        assert tree(pair.a) == tree(pair.b) == {"small.txt": b"edited by bob"}
+        assert pair.alice.forks(DOMAIN) == pair.bob.forks(DOMAIN) == ()
+    finally:
+        await pair.alice.close()
+        await pair.bob.close()

@@ -1,0 +1,113 @@
+"""Truncation (seed 004 `A.x` "Truncate: delete oldest change files ... merge of oldest files"):
+old change files merged into a new *base*, then deleted in two phases, without a lock.
+
+Phase 1 (the user who truncates): every version read so far from change files below a cutoff
+goes into its lineage's *heads* (the versions no other of them follows); each head is written
+again, content and all, into one or more new change files (the base), as an *alias*: its
+origin is ``=C.<x>/<n>/<writer hex>``, "this entry is version ``C.<x>/<n>`` by that writer".
+A reader records an alias under the version it stands for, so a reader that had read the old
+files sees nothing new and one that comes later reads the same versions from the base; later
+changes that name the old versions as their origin keep working for both. Then an `A.x`
+(truncate) names the base, the change files it replaces (the *fossils*: only files this user
+read and accepted, so a concurrent writer's change that it had not seen is never among them)
+and the time after which they may go (`not_before`, the grace period).
+
+Phase 2 (every client, on each sync): once `not_before` has passed and the base has been read
+and accepted here, the fossils are deleted from the exchange (deleting is idempotent, so
+several clients doing it is harmless). The grace period lets clients that were in the middle
+of a sync, or offline for less than it, read the base before the old files go, as Duplicacy's
+two-step "fossil" collection does. Parts are not deleted: a writer may reuse a part it knows
+is on the exchange at any moment, and no client can tell when none will.
+"""
+
+from __future__ import annotations
+
+from weshare.crypto import encrypt, sign_file
+from weshare.errors import UsageError
+from weshare.formats import ActionFile, ActionType, FileChange, Truncation
+from weshare.ids import parse_object_name
+from weshare.lineage import alias_of
+from weshare.parts import diff_parts
+from weshare.state import LogRow
+from weshare.transfer import Session, next_change_name
+
+DEFAULT_GRACE_MS = 24 * 3600 * 1000  # fossils stay a day after the base is written
+BASE_ENTRIES = 4096
+
+
+def base_entries(rows: dict[str, LogRow]) -> list[FileChange]:
+    """The base that stands for the versions `rows`: one alias entry per head among them."""
+    followed = {origin for row in rows.values() for origin in row.version.origin}
+    entries = []
+    for ref, row in rows.items():
+        if ref in followed:
+            continue
+        version = row.version
+        ids = row.part_ids
+        path = (version.path,) if version.path is not None else ()
+        entry = FileChange(
+            path,
+            (alias_of(version),),
+            tuple(ids),
+            row.message,
+            diff_parts([], ids),
+            row.data or b"",
+        )
+        entries.append(entry)
+    return entries
+
+
+async def truncate(session: Session, grace_ms: int, before: int | None = None) -> Truncation:
+    """Phase 1: write the base of every change read below `before` (default: all read), then
+    the `A.x` that names it and its fossils. Returns what the action says."""
+    from weshare.sync import commit  # sync imports this module's phase 2
+
+    state, domain = session.state, session.domain
+    cutoff = (1 << 63) if before is None else before
+    fossils = [
+        name
+        for name in state.accepted(domain, "C.")
+        if (parse_object_name("C", name) or 0) < cutoff
+    ]
+    if not fossils:
+        raise UsageError("nothing to truncate")
+    rows = {ref: row for ref, row in state.log(domain).items() if row.version.change_id < cutoff}
+    entries = base_entries(rows)
+    bases = []
+    for start in range(0, max(len(entries), 1), BASE_ENTRIES):
+        batch = entries[start : start + BASE_ENTRIES]
+        if not batch:
+            batch = [FileChange((), (), (), "truncated: nothing left")]
+        bases.append(await commit(session, [(entry, None) for entry in batch]))
+    action = Truncation(tuple(bases), tuple(fossils), session.clock() + grace_ms)
+    plaintext = ActionFile(ActionType.TRUNCATE, action.encode()).encode()
+    key_id, key = session.keyring.current
+    for _ in range(32):  # bounded: each try takes a higher id
+        name = next_change_name(session, "A")
+        full = session.full(name)
+        body = sign_file(session.identity, full, encrypt(key_id, key, full, plaintext))
+        if await session.exchange.put_if_absent(full, body):
+            with state.transaction():
+                state.add_truncation(domain, name, action)
+                state.mark_object(domain, name, None)
+            return action
+    raise UsageError("could not find a free action id")
+
+
+async def collect_fossils(session: Session) -> int:
+    """Phase 2: delete the fossils of truncations whose grace period is over and whose base
+    we read and accepted. Returns how many change files were deleted."""
+    state, domain = session.state, session.domain
+    deleted = 0
+    now = session.clock()
+    for name, action in state.truncations(domain):
+        if action.not_before > now:
+            continue  # the grace period: clients still reading the old files finish first
+        if set(action.bases) - set(state.accepted(domain, "C.", action.bases)):
+            continue  # not read here (yet): never delete what we cannot see replaced
+        for fossil in action.fossils:
+            await session.exchange.delete(session.full(fossil))
+            deleted += 1
+        with state.transaction():
+            state.finish_truncation(domain, name)
+    return deleted
