@@ -18,7 +18,15 @@ import logging
 import random
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Container,
+    Coroutine,
+    Iterable,
+)
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -608,13 +616,17 @@ class DHTNode:
         _check_known_namespace(self.validator, path)
         loc = location(path)
         valid: dict[bytes, Record] = {}
+        checked: dict[bytes, Record] = {}  # copies the validator passed, by their bytes
         engine = self._engine()
 
         def accept(peer: Peer, data: bytes) -> bool:
-            record = self._valid_answer(path, data, peer)
+            # holders that agree send the same bytes: check their signatures once
+            record = checked.get(data)
+            if record is None:
+                record = self._valid_answer(path, data, peer)
             if record is None:
                 return False
-            valid[peer.id] = record
+            checked[data] = valid[peer.id] = record
             return True
 
         result = await self._lookup(
@@ -625,23 +637,33 @@ class DHTNode:
             accept_value=accept,
             quorum=0 if thorough else self.config.get_quorum,
         )
-        record = self._merge_answers(path, loc, result, list(valid.values()))
+        record = self._merge_answers(path, loc, result, list(valid.values()), checked)
         complete = answered_most(result, self.config.replicas)
         if not complete:
             engine.stats.dropped["incomplete_get"] += 1
         return GetResult(record, complete, result)
 
     def _merge_answers(
-        self, path: str, loc: bytes, result: LookupResult, answers: list[Record]
+        self,
+        path: str,
+        loc: bytes,
+        result: LookupResult,
+        answers: list[Record],
+        checked: Container[bytes],
     ) -> Record | None:
         """Merge the valid answers with our copy; write the merge back where it is missing,
         if it is itself a valid record (holders that diverged may together hold more than one
-        record may: it is then returned, not spread)."""
+        record may: it is then returned, not spread). `checked`: the answers' bytes, which
+        the validator passed."""
         protocol, _, store = self._parts()
         now = self.clock.now_ms()
         local = store.get(loc, now)
         merge = merge_copies(
-            self.validator, path, [*answers, *([local.record] if local else [])], now
+            self.validator,
+            path,
+            [*answers, *([local.record] if local else [])],
+            now,
+            known_valid=checked,
         )
         merged, best = merge.record, merge.data
         if merged is None or best is None:
@@ -659,7 +681,7 @@ class DHTNode:
                 except ProtocolError:  # best effort; the record was checked to fit
                     log.debug("write-back of %s to %s did not fit", path, peer)
         if local is None or local.data != best:
-            self.accept_quietly(loc, merged, now)
+            self.accept_quietly(loc, merged, now, validated=True)
         return merged
 
     def subscribe(self, path: str, on_change: OnChange) -> Subscription:
@@ -738,11 +760,14 @@ class DHTNode:
             return None
         return record
 
-    def accept_quietly(self, loc: bytes, record: Record, now: int) -> None:
-        """Keep `record` if the store takes it (its write goes on in the background)."""
+    def accept_quietly(
+        self, loc: bytes, record: Record, now: int, *, validated: bool = False
+    ) -> None:
+        """Keep `record` if the store takes it (its write goes on in the background);
+        `validated` as for `RecordStore.accept`."""
         _, _, store = self._parts()
         try:
-            accepted = store.accept(loc, record, now)
+            accepted = store.accept(loc, record, now, validated=validated)
         except (InvalidRecord, StoreFull) as exc:
             log.debug("not keeping a fresher copy of %s: %s", record.key, exc)
             return

@@ -314,13 +314,16 @@ class RecordStore:
         origin: bool = False,
         source: bytes | None = None,
         persist: bool = True,
+        validated: bool = False,
     ) -> Accepted:
-        """Validate `record` and merge it into what is held at `loc`.
+        """Validate `record` and merge it into what is held at `loc`; `validated`: the caller
+        has just had the validator check this very record (its signatures are not checked
+        again; expiry, location and admission are).
 
         Raises `InvalidRecord` (with its reason) for a record the validator refuses or one sent
         to the wrong location, and `StoreFull` when the byte quota would be exceeded.
         """
-        record = self._validated(loc, record, now)
+        record = self._validated(loc, record, now, checked=validated)
         held = self._entries.get(loc)
         if held is not None:
             check_admission(self.validator, record.key, held.record, record, now)
@@ -341,12 +344,14 @@ class RecordStore:
             callback(entry)
         return Accepted(entry, True, self._save(loc, entry) if persist else None)
 
-    def _validated(self, loc: bytes, record: Record, now: int) -> Record:
-        """`record` without its expired values, checked by the validator and for `loc`."""
+    def _validated(self, loc: bytes, record: Record, now: int, *, checked: bool) -> Record:
+        """`record` without its expired values, checked by the validator (unless `checked`)
+        and for `loc`."""
         pruned = without_expired(record, now)
         if record.values and not pruned.values:
             raise InvalidRecord("expired", "every value has expired")
-        self.validator.validate(pruned.key, pruned, now)
+        if not checked:
+            self.validator.validate(pruned.key, pruned, now)
         if location(pruned.key) != loc:
             raise InvalidRecord(
                 "location_mismatch", "the record's key does not hash to this location"

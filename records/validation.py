@@ -6,7 +6,7 @@ Seed 001's Go interface is ``Validate`` / ``Select`` / ``Consolidate``; here tim
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -201,9 +201,18 @@ class Merge:
     """Why the merge is not written back."""
 
 
-def merge_copies(validator: Validator, key: str, copies: Sequence[Record], now: int) -> Merge:
+def merge_copies(
+    validator: Validator,
+    key: str,
+    copies: Sequence[Record],
+    now: int,
+    *,
+    known_valid: Container[bytes] = (),
+) -> Merge:
     """Consolidate valid `copies` of the record at `key` and check the result before anyone
-    writes it back: within `MAX_RECORD_SIZE` and valid on its own."""
+    writes it back: within `MAX_RECORD_SIZE` and valid on its own. A result whose encoding is
+    in `known_valid` (bytes the validator passed just now: the copies agreed) is not checked
+    again."""
     if not copies:
         return Merge(None, None)
     merged = validator.consolidate(key, copies, now)
@@ -213,7 +222,8 @@ def merge_copies(validator: Validator, key: str, copies: Sequence[Record], now: 
     try:
         if len(data) > MAX_RECORD_SIZE:
             raise RecordTooLarge(len(data), MAX_RECORD_SIZE)
-        validator.validate(key, merged, now)
+        if data not in known_valid:
+            validator.validate(key, merged, now)
     except InvalidRecord as exc:
         return Merge(merged, None, exc.reason)
     return Merge(merged, data)

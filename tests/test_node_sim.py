@@ -220,10 +220,6 @@ def test_watch_yields_each_new_version_and_ends_when_cancelled() -> None:
 
 
 def test_a_get_that_ends_on_agreement_writes_back_to_no_peer_without_a_copy() -> None:
-    from simulations.clock import run_virtual
-    from simulations.harness import Simulation
-    from simulations.scenarios.common import announce, user_identity
-
     async def main() -> tuple[int, int]:
         sim = Simulation(seed=43)
         await sim.grow(80)
@@ -250,3 +246,49 @@ def test_a_get_that_ends_on_agreement_writes_back_to_no_peer_without_a_copy() ->
     agreed, stores = run_virtual(main())
     assert agreed >= 10  # most gets end on agreement
     assert stores == 0  # and write nothing: every copy they saw was the same
+
+
+def test_a_get_checks_the_signatures_of_agreeing_copies_once() -> None:
+    """Holders that agree send the same bytes: the getter validates them once, and neither
+    the merge of those copies nor keeping it checks them again. A copy that differs is
+    validated on its own."""
+
+    async def main() -> tuple[list[int], Record | None]:
+        sim = Simulation(seed=44)
+        await sim.grow(40)
+        record = announce(sim, user_identity(44, 0), sim.nodes[1], ttl_ms=3600_000)
+        writer, reader = sim.nodes[1].node, sim.nodes[30].node
+        assert writer is not None
+        assert reader is not None
+        await writer.put(record)
+        validator = reader.validator
+        calls: list[str] = []
+        validate = validator.validate
+
+        def counting(key: str, value: Record, now: int) -> None:
+            calls.append(key)
+            validate(key, value, now)
+
+        validator.validate = counting  # type: ignore[method-assign]
+        counts = []
+        got, lookup = await reader.get_with_lookup(record.key)
+        copies = sum(1 for peer in lookup.closest if peer.value is not None)
+        counts += [copies, len(calls)]
+        # one holder also takes a value from another device: two distinct valid copies
+        newer = announce(sim, user_identity(44, 0), sim.nodes[2], ttl_ms=3600_000)
+        holder = next(p for p in lookup.closest if p.value is not None)
+        held_by = next(n.node for n in sim.live() if n.identity.id == holder.id)
+        assert held_by is not None
+        held_by.accept_quietly(location(newer.key), newer, sim.now_ms())
+        calls.clear()
+        await reader.get_with_lookup(record.key, thorough=True)
+        counts.append(len(calls))
+        await sim.stop_all()
+        return counts, got
+
+    (copies, first, second), got = run_virtual(main())
+    assert got is not None
+    assert copies >= 3
+    assert first == 1  # one check for every agreeing copy, the merge and the local keep
+    # the two distinct copies; their merge is the fuller one's bytes, checked already
+    assert second == 2
