@@ -35,7 +35,6 @@ from weshare.parts import (
     split_bytes,
     split_file,
 )
-from weshare.pipeline import PartPipeline
 from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
 from weshare.transfer import (
     LocalParts,
@@ -44,6 +43,7 @@ from weshare.transfer import (
     next_change_name,
     pull,
     put_change,
+    split_and_put,
     upload_parts,
     write_version,
 )
@@ -352,18 +352,15 @@ async def sync_session(session: Session) -> SyncReport:
     def placements() -> dict[str, Placement]:
         return current_resolution(session).placements  # only when a local file changed
 
-    with PartPipeline(session, loop) as pipeline:
+    def split(path: Path, size: int) -> list[Part]:
+        # a large file's parts go up while it is hashed (one read); small ones travel inline
+        if size > INLINE_LIMIT:
+            return split_and_put(session, loop, path)
+        return split_file(path, session.id_key)
 
-        def split(path: Path, size: int) -> list[Part]:
-            # a large file's parts go up while it is hashed (one read); small ones travel inline
-            if size > INLINE_LIMIT:
-                return pipeline.split(path)
-            return split_file(path, session.id_key)
-
-        found = await asyncio.to_thread(
-            discover, session.state, session.domain, session.folder, session.id_key, placements,
-            split,
-        )  # fmt: skip
+    found = await asyncio.to_thread(
+        discover, session.state, session.domain, session.folder, session.id_key, placements, split
+    )
     report = SyncReport(found)
     report.pushed = await push(session)
     report.pulled = await pull(session)

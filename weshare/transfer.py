@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import os
+import queue
+import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,7 +39,7 @@ from weshare.exchange import Exchange
 from weshare.formats import ActionFile, ChangeFile, Keyring, Truncation
 from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
 from weshare.lineage import Version, parse_alias, ref_of
-from weshare.parts import MAX_PART, Part, split_bytes
+from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
@@ -195,6 +198,58 @@ async def upload_parts(session: Session, path: Path, parts: list[Part]) -> bool:
     finally:
         state.add_parts(domain, put)
     return len(put) == len(missing)
+
+
+def split_and_put(session: Session, loop: asyncio.AbstractEventLoop, path: Path) -> list[Part]:
+    """Blocking (discovery's thread; `loop` runs the exchange): the parts of the file at `path`,
+    each put on the exchange as soon as it is cut and hashed, unless Merkle knows it. The file
+    is read once and each byte hashed once; what is encrypted is the very buffer that was
+    hashed, so an object never holds other bytes than its id says even if the file is being
+    written. Objects are written on other threads meanwhile; the push then finds every part
+    on the exchange already (parts before the change file that lists them, as ever)."""
+    state, domain = session.state, session.domain
+    key_id, key = session.keyring.current
+    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(PARALLEL_TRANSFERS * 2):  # at most this many objects waiting to be written
+        free.put(bytearray(MAX_PART + ENCRYPTED_OVERHEAD))
+    parts: list[Part] = []
+    queued: set[bytes] = set()
+    put: list[bytes] = []
+    pending: list[concurrent.futures.Future[None]] = []
+    failed = threading.Event()
+
+    async def write(name: str, body: memoryview, sealed: bytearray, part: bytes) -> None:
+        try:
+            if await session.exchange.put_if_absent(name, body):
+                session.uploaded += len(body)
+            put.append(part)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            free.put(sealed)
+
+    try:
+        with path.open("rb") as handle:
+            for offset, data in cut_stream(handle):
+                part = Part(part_id(session.id_key, data), offset, len(data))
+                parts.append(part)
+                if part.id in queued or state.known_parts(domain, [part.id]):
+                    continue
+                queued.add(part.id)
+                sealed = free.get()
+                if failed.is_set():
+                    break  # that write's error is raised below
+                name = session.full(part_name(part.id))
+                body = encrypt_into(key_id, key, name, data, sealed)  # FastCDC cuts <= MAX_PART
+                work = write(name, body, sealed, part.id)
+                pending.append(asyncio.run_coroutine_threadsafe(work, loop))
+    finally:
+        concurrent.futures.wait(pending)
+        state.add_parts(domain, put)
+    for future in pending:
+        future.result()
+    return parts
 
 
 async def put_change(session: Session, name: str, plaintext: bytes) -> None:
