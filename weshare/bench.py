@@ -7,7 +7,11 @@ and out of it to a second folder (`shutil.copyfile`, two hops, like the sync's u
 download). Then it inserts 100 bytes in the middle of the large file and counts what alice's
 next sync uploads. Prints one JSON object; everything lives in a temporary directory that is
 removed at the end. Each round also reports the CPU seconds (getrusage, every thread of this
-process) of the copy and of the sync: on a shared machine they vary less than wall time.
+process) of the copy and of the sync: on a shared machine they vary less than wall time. Each
+large-file round also reports `floor_s`: the CPU seconds, on one thread and in memory, of the
+work no sync of those bytes can skip (cut them, hash and encrypt each part as the writer does,
+decrypt and hash each again as the reader does); `copy_s / floor_s` bounds the ratio on one
+core, twice that on two.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from weshare.api import Weshare
+from weshare.crypto import ENCRYPTED_OVERHEAD, decrypt_into, encrypt_into, new_key, part_id
+from weshare.parts import MAX_PART, split_bytes
 
 DOMAIN = "bench.weshare.test"
 MIB = 1024 * 1024
@@ -47,6 +53,20 @@ def _plain_copy(source: Path, middle: Path, target: Path) -> float:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, destination)
     return time.perf_counter() - start
+
+
+def _floor_s(data: bytes | bytearray) -> float:
+    """CPU seconds to cut `data`, hash and encrypt each part, then decrypt and hash it again."""
+    key, id_key = new_key(), new_key()
+    sealed, plain = bytearray(MAX_PART + ENCRYPTED_OVERHEAD), bytearray(MAX_PART)
+    start = time.process_time()
+    view = memoryview(data)
+    for part in split_bytes(view, id_key):  # FastCDC and HMAC-SHA256, as a writer
+        name = f"{DOMAIN}/merkle/{part.id.hex()}.mrk"
+        body = encrypt_into(1, key, name, view[part.offset : part.offset + part.length], sealed)
+        if part_id(id_key, decrypt_into({1: key}, name, body, plain)) != part.id:  # a reader
+            raise RuntimeError("floor: a part did not survive its round trip")
+    return time.process_time() - start
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -100,6 +120,11 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "median_cpu_ratio": statistics.median(run["cpu_ratio"] for run in runs),
         "median_sync_cpu_s": statistics.median(run["sync_cpu_s"] for run in runs),
         "median_copy_cpu_s": statistics.median(run["copy_cpu_s"] for run in runs),
+        **(
+            {"median_floor_s": statistics.median(run["floor_s"] for run in runs)}
+            if runs and "floor_s" in runs[0]
+            else {}
+        ),
         "runs": runs,
     }
 
@@ -128,6 +153,7 @@ async def run(
         for index in range(repeat):
             big = bytearray(b"".join(rng.randbytes(MIB) for _ in range(big_mib)))
             big_runs.append(await _round(root, f"big-{index}", {"big.bin": bytes(big)}, alice, bob))
+            big_runs[-1]["floor_s"] = round(_floor_s(big), 3)
 
         middle = len(big) // 2
         big[middle:middle] = rng.randbytes(100)  # a 100-byte insertion

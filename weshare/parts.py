@@ -1,8 +1,8 @@
 """Content-defined parts (seed 004 "Hashsplit"): FastCDC cut points, keyed ids.
 
 An edit changes only the parts around it, so only those are uploaded again. An average part of
-512 KiB keeps a 256 MiB file to about 500 objects (each object costs a file creation or a
-request on the exchange) while a 100-byte insertion still uploads about 0.4 % of it (measured by
+512 KiB keeps a 256 MiB file to about 430 objects (each object costs a file creation or a
+request on the exchange) while a 100-byte insertion still uploads about 0.27 % of it (measured by
 `python -m weshare.bench`; FIELD-NOTES: one to three parts change per small edit).
 """
 
