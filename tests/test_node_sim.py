@@ -269,7 +269,7 @@ def test_a_get_checks_the_signatures_of_agreeing_copies_once() -> None:
             calls.append(key)
             validate(key, value, now)
 
-        validator.validate = counting  # type: ignore[method-assign]
+        validator.validate = counting  # type: ignore[method-assign,assignment]
         counts = []
         got, lookup = await reader.get_with_lookup(record.key)
         copies = sum(1 for peer in lookup.closest if peer.value is not None)
