@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.weshare_pair import DOMAIN, open_pair, tree
+from tests.weshare_pair import DOMAIN, PassThrough, open_pair, tree
 from tests.weshare_servers import (
     KINDS,
     S3_SECRET,
@@ -231,13 +231,14 @@ async def test_eight_writers_commit_at_the_same_moment(
 # --- a server that stops mid-sync -----------------------------------------------------------
 
 
-class StopsBeforePut:
+class StopsBeforePut(PassThrough):
     """Passes calls through; when the second object whose name holds `at` is about to be put
     (or the first change file), runs `stop` (which stops the server the first time), then lets
     the put meet whatever server there is."""
 
     def __init__(self, inner: Exchange, stop: Callable[[], Awaitable[None]], at: str) -> None:
-        self.inner, self.stop, self.at, self.seen = inner, stop, at, 0
+        super().__init__(inner)
+        self.stop, self.at, self.seen = stop, at, 0
 
     async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
         if self.at in name:
@@ -245,18 +246,6 @@ class StopsBeforePut:
             if self.seen == 2 or self.at == "/C.":
                 await self.stop()
         return await self.inner.put_if_absent(name, data)
-
-    async def get(self, name: str) -> bytes:
-        return await self.inner.get(name)
-
-    async def list(self, prefix: str, after: str = "") -> list[str]:
-        return await self.inner.list(prefix, after)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @pytest.mark.parametrize("at", ["/merkle/", "/C."], ids=["between-parts", "before-commit"])

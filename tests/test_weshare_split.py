@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.weshare_pair import DOMAIN, Pair, pair, tree
+from tests.weshare_pair import DOMAIN, Pair, PassThrough, pair, tree
 from weshare.crypto import decrypt, part_id
 from weshare.errors import ExchangeError
 from weshare.exchange import Exchange
@@ -22,12 +22,13 @@ from weshare.transfer import PARALLEL_TRANSFERS, Session, part_name, split_and_p
 __all__ = ["pair"]  # the fixture, used by name
 
 
-class UnevenExchange:
+class UnevenExchange(PassThrough):
     """Puts that finish out of order (a seeded random delay each), and optionally fail from
     the `fail_at`th part on."""
 
     def __init__(self, inner: Exchange, fail_at: int = 0) -> None:
-        self.inner, self.fail_at = inner, fail_at
+        super().__init__(inner)
+        self.fail_at = fail_at
         self.rng = random.Random(7)
         self.part_puts = 0
 
@@ -38,18 +39,6 @@ class UnevenExchange:
                 raise ExchangeError(f"the exchange went away at {name}")
             await asyncio.sleep(self.rng.random() / 100)
         return await self.inner.put_if_absent(name, data)
-
-    async def get(self, name: str) -> bytes:
-        return await self.inner.get(name)
-
-    async def list(self, prefix: str, after: str = "") -> list[str]:
-        return await self.inner.list(prefix, after)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 async def _split(session: Session, path: Path) -> list[Part]:

@@ -20,7 +20,29 @@ class Killed(Exception):
     """Stands for the process dying at that point."""
 
 
-class FaultyExchange:
+class PassThrough:
+    """An exchange that passes every call to `inner`: tests subclass it to fail or delay some."""
+
+    def __init__(self, inner: Exchange) -> None:
+        self.inner = inner
+
+    async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
+        return await self.inner.put_if_absent(name, data)
+
+    async def get(self, name: str) -> bytes:
+        return await self.inner.get(name)
+
+    async def list(self, prefix: str, after: str = "") -> list[str]:
+        return await self.inner.list(prefix, after)
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class FaultyExchange(PassThrough):
     """A folder exchange that 'dies' once at a chosen point: before putting an object whose name
     contains `before_put`, after putting one containing `after_put`, or on the `fail_get`th get
     of a part."""
@@ -33,7 +55,7 @@ class FaultyExchange:
         after_put: str = "",
         fail_get: int = 0,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.before_put, self.after_put, self.fail_get = before_put, after_put, fail_get
         self.part_gets = 0
         self.puts: list[str] = []
@@ -53,15 +75,6 @@ class FaultyExchange:
             if self.part_gets == self.fail_get:
                 raise Killed(f"reading {name}")
         return await self.inner.get(name)
-
-    async def list(self, prefix: str, after: str = "") -> list[str]:
-        return await self.inner.list(prefix, after)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def faulty_kinds(**faults: Any) -> dict[str, ExchangeFactory]:
