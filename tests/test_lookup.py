@@ -274,15 +274,26 @@ class HoldingNetwork(ScriptedNetwork):
     ) -> None:
         n = self.by_id[peer.id]
         self.asked.append(n)
+        loop = asyncio.get_running_loop()
+        if n in self.dead or self.slow.get(n, self.delay) > self.stall:
+            loop.call_later(self.stall, on_stall)
+        if n in self.dead:
+            loop.call_later(self.timeout, on_reply, False, None)
+            return
         known = sorted(self.knows[n], key=lambda m: int.from_bytes(nid(m), "big"))[:20]
         nodes = [[nid(m), "127.0.0.1", 1000 + m] for m in known]
         body: Any = {"value": self.values[n], "nodes": nodes} if n in self.values else nodes
-        asyncio.get_running_loop().call_later(self.slow.get(n, self.delay), on_reply, True, body)
+        loop.call_later(self.slow.get(n, self.delay), on_reply, True, body)
 
 
-async def get_like(net: HoldingNetwork, seeds: list[int], quorum: int) -> Any:
+async def get_like(
+    net: HoldingNetwork, seeds: list[int], quorum: int, *, whole_windows: bool = False
+) -> Any:
     from node.lookup import Agreement, disjoint_lookup
 
+    agreement = Agreement(5, quorum) if quorum else None
+    if agreement is not None and whole_windows:
+        agreement.disagreed = True  # as if the copies had disagreed from the start
     return await disjoint_lookup(
         TARGET,
         [(nid(n), ("127.0.0.1", 1000 + n)) for n in seeds],
@@ -291,7 +302,7 @@ async def get_like(net: HoldingNetwork, seeds: list[int], quorum: int) -> Any:
         count=7,
         alpha=3,
         query=net.query,
-        agreement=Agreement(5, quorum) if quorum else None,
+        agreement=agreement,
     )
 
 
@@ -327,6 +338,44 @@ async def test_a_get_ends_when_the_nearest_agree_and_waits_when_they_differ() ->
     differ = await get_like(net, seeds, quorum=3)
     assert not differ.agreed
     assert b"v2" in {p.value for p in differ.holders}
+
+
+async def test_a_get_asks_only_the_nearest_while_their_copies_may_agree() -> None:
+    everyone = list(range(80))
+    ranked = sorted(everyone, key=lambda n: int.from_bytes(nid(n), "big"))
+    seeds = ranked[-9:]
+    holders = {n: b"v1" for n in ranked[:7]}
+    net = HoldingNetwork({n: everyone for n in everyone}, dict(holders))
+    result = await get_like(net, seeds, quorum=3)
+    assert result.agreed
+    # the 5 nearest decide: the rest of a converged path's window is not asked
+    assert set(ranked[:5]) <= set(net.asked)
+    assert not set(ranked[5:7]) & set(net.asked)
+    whole = HoldingNetwork({n: everyone for n in everyone}, dict(holders))
+    before = await get_like(whole, seeds, quorum=3, whole_windows=True)
+    assert before.agreed
+    assert set(ranked[:7]) <= set(whole.asked)
+    assert result.messages < before.messages
+
+    # three of the nearest never answer: once they time out, the next nearest take their
+    # places and are asked (by whichever path met them)
+    dead = set(ranked[1:4])
+    net = HoldingNetwork({n: everyone for n in everyone}, dict(holders), dead=dead)
+    result = await get_like(net, seeds, quorum=3)
+    assert result.agreed
+    assert set(ranked[5:7]) <= set(net.asked)
+
+
+async def test_a_late_nearest_peer_does_not_hold_up_an_agreement() -> None:
+    everyone = list(range(80))
+    ranked = sorted(everyone, key=lambda n: int.from_bytes(nid(n), "big"))
+    net = HoldingNetwork({n: everyone for n in everyone}, {n: b"v1" for n in ranked[:7]})
+    net.slow[ranked[0]] = 2.0  # stalls after 0.05 s, answers after 2 s
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await get_like(net, ranked[-9:], quorum=3)
+    assert result.agreed
+    assert loop.time() - started < 1.0  # decided once it stalled, not when it answered
 
 
 async def test_a_get_ends_on_agreement_only_once_every_path_has_converged() -> None:
