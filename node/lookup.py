@@ -51,7 +51,7 @@ class Peer:
         self.address = address
         self.distance = distance
         self.depth = depth  # 1 for a seed, n+1 for a peer learned from a depth-n peer
-        self.rtt = rtt  # the round trip expected (0.0: not considered)
+        self.rtt = rtt  # the round trip expected (0.0: not considered; -1.0: not known yet)
         self.state = NEW
         self.value: bytes | None = None
 
@@ -361,8 +361,7 @@ class Lookup:
         if node_id == self._own_id or node_id in self._peers or node_id in self._exclude:
             return
         distance = int.from_bytes(node_id, "big") ^ self._target_long
-        rtt_of = self._rtt_of
-        peer = Peer(node_id, address, distance, depth, rtt_of(node_id) if rtt_of else 0.0)
+        peer = Peer(node_id, address, distance, depth, -1.0 if self._rtt_of else 0.0)
         self._peers[node_id] = peer
         at = bisect.bisect_right(self._distances, distance)
         self._distances.insert(at, distance)
@@ -405,7 +404,11 @@ class Lookup:
         if candidates:
             if not converged:
                 free = self._alpha - self._active
-                if self._rtt_of is not None and 1 <= free < len(candidates):
+                rtt_of = self._rtt_of
+                if rtt_of is not None and 1 <= free < len(candidates):
+                    for peer in candidates:
+                        if peer.rtt < 0.0:  # looked up when first needed: most never are
+                            peer.rtt = rtt_of(peer.id)
                     candidates = proximity_order(candidates)
                 candidates = candidates[: max(0, free)]
             elif self._agreement is not None and not self._agreement.disagreed:

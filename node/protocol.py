@@ -45,8 +45,11 @@ class EngineProtocol(asyncio.DatagramProtocol):
         families the socket reaches (an IPv4 socket IPv4, a dual-stack IPv6 socket both)."""
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is None:
-            return  # a simulated transport
+        if sock is None:  # a simulated transport: its address says its family
+            sockname = transport.get_extra_info("sockname")
+            if sockname:
+                self.engine.table.families = frozenset({6 if ":" in sockname[0] else 4})
+            return
         if self.receive_buffer:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)

@@ -431,7 +431,10 @@ class RoutingTables:
         """The contact with `node_id` in `family`'s table (by default: either, IPv4 first)."""
         if family is not None:
             return self.by_family[family].get(node_id)
-        return self.by_family[4].get(node_id) or self.by_family[6].get(node_id)
+        found = self.by_family[4].get(node_id)
+        if found is None and 6 in self.families:  # only a reachable family's table fills
+            found = self.by_family[6].get(node_id)
+        return found
 
     def heard_from(
         self,
