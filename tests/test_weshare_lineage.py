@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weshare.lineage import Version, conflict_name, resolve
+from weshare.lineage import Fork, Placement, Resolution, Version, conflict_name, resolve
 
 A, B = b"\xaa" * 32, b"\xbb" * 32
 
@@ -70,3 +70,73 @@ def test_renaming_one_of_two_same_named_files_ends_that_fork() -> None:
                         v("C.4/0", "h", writer=B), v("C.5/0", None, "C.4/0")]))  # fmt: skip
 def test_resolution_does_not_depend_on_order(versions: list[Version]) -> None:
     assert resolve(versions) == resolve(sorted(versions, key=lambda x: x.ref))
+
+
+def _reference_resolve(versions: list[Version]) -> Resolution:
+    """`resolve` written plainly (every group sorted, every head united with its path's first):
+    the oracle for the faster one."""
+    by_ref = {version.ref: version for version in versions}
+    parent: dict[str, str] = {}
+
+    def find(ref: str) -> str:
+        while parent.get(ref, ref) != ref:
+            ref = parent[ref]
+        return ref
+
+    def union(a: str, b: str) -> None:
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    followed = set()
+    for version in by_ref.values():
+        for origin in version.origin:
+            if origin in by_ref:
+                followed.add(origin)
+                union(version.ref, origin)
+    heads = [version for ref, version in by_ref.items() if ref not in followed]
+    first_on_path: dict[str, str] = {}
+    for head in heads:
+        if head.path is not None:
+            union(head.ref, first_on_path.setdefault(head.path, head.ref))
+    grouped: dict[str, list[Version]] = {}
+    for head in heads:
+        grouped.setdefault(find(head.ref), []).append(head)
+    placements: dict[str, Placement] = {}
+    forks = []
+    for members in sorted(grouped.values(), key=lambda m: min(v.ref for v in m)):
+        ordered = tuple(
+            sorted(members, key=lambda v: (v.path is not None, v.change_id, v.ref), reverse=True)
+        )
+        if len(ordered) > 1:
+            forks.append(Fork(ordered))
+        winner, *others = ordered
+        if winner.path is None:
+            continue
+        placements[winner.path] = Placement(winner.path, winner, conflict=False)
+        for other in others:
+            if other.path is not None:
+                name = conflict_name(other.path, other)
+                placements.setdefault(name, Placement(name, other, conflict=True))
+    return Resolution(placements, tuple(forks))
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> list[Version]:
+    """Versions of a few paths, each following none, one or several earlier ones (or a
+    version never seen), by two writers."""
+    versions: list[Version] = []
+    for index in range(draw(st.integers(0, 30))):
+        earlier = [version.ref for version in versions] + ["C.999/0"]
+        origin = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True))
+        path = draw(st.sampled_from(["f", "g", "d/h.txt", None]))
+        writer = draw(st.sampled_from([A, B]))
+        versions.append(v(f"C.{index + 1}/{draw(st.integers(0, 2))}", path, *origin, writer=writer))
+    return versions
+
+
+@given(_histories())
+def test_resolution_is_the_plain_one(versions: list[Version]) -> None:
+    fast, plain = resolve(versions), _reference_resolve(versions)
+    assert list(fast.placements.items()) == list(plain.placements.items())
+    assert fast.forks == plain.forks

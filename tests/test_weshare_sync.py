@@ -14,6 +14,7 @@ from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
 from weshare import UsageError, Weshare
 from weshare.discovery import discover
 from weshare.ids import EPOCH_MS, SnowflakeIds
+from weshare.lineage import Placement
 from weshare.parts import split_bytes
 from weshare.sync import apply, current_resolution
 from weshare.transfer import LISTING_WINDOW_MS, listing_floor, pull
@@ -188,6 +189,31 @@ async def test_a_file_written_but_not_recorded_is_adopted_not_pushed_back(pair: 
     assert report.discovered.adopted == 1
     assert report.pushed == 0
     assert len(pair.bob.log(DOMAIN)) == 1
+
+
+async def test_discovery_resolves_versions_only_for_content_a_version_has(pair: Pair) -> None:
+    (pair.a / "a.txt").write_text("from alice")
+    await pair.sync_both()
+    (pair.b / "new.txt").write_text("content no version has")
+    (pair.b / "copy.txt").write_text("from alice")  # a version's content, at another path
+    async with pair.bob._session(DOMAIN) as session:
+        asked: list[str] = []
+
+        def placements() -> dict[str, Placement]:
+            asked.append("placements")
+            return current_resolution(session).placements
+
+        found = discover(session.state, DOMAIN, pair.b, session.id_key, placements)
+        assert (found.created, found.adopted) == (2, 0)
+        assert asked == ["placements"]  # for copy.txt only
+        (pair.b / "copy.txt").unlink()
+        with session.state.transaction():
+            session.state.drop_file(DOMAIN, "a.txt")  # as if written, not recorded
+            session.state.drop_file(DOMAIN, "copy.txt")
+        asked.clear()
+        found = discover(session.state, DOMAIN, pair.b, session.id_key, placements)
+        assert found.adopted == 1
+        assert asked == ["placements"]
 
 
 async def test_only_an_admin_invites(pair: Pair, tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ def discover(
     split: Callable[[Path, int], list[Part]] | None = None,
 ) -> Discovered:
     """Compare the folder with Files and mark what must be pushed (Files.push). `placements()`
-    says where the remote side wants each version (asked only if a file changed). `split(path,
+    says where the remote side wants each version (asked only if a changed file's content is
+    that of a version in Log: only then can the remote side want it there). `split(path,
     size)` cuts and hashes a new or changed file (by default `split_file`; a sync also puts a
     large file's parts on the exchange as it goes)."""
     rows = state.files(domain)
@@ -83,6 +84,7 @@ def discover(
     found = Discovered()
     updates: list[FileRow] = []
     fresh: list[FileRow] = []
+    logged: set[str] | None = None  # the content hash of every version in Log, when needed
     for path, info in sorted(on_disk.items()):
         row = rows.get(path)
         if row is not None and (row.status == FORK or same_stat(row, info)):
@@ -91,10 +93,15 @@ def discover(
         digest = content_hash([part.id for part in parts])
         seen = FileRow(path, digest, str(info.st_mtime_ns), info.st_size, CREATE, True,
                        encode_parts(parts), None)  # fmt: skip
-        placement = placements().get(path)
         if row is not None and row.hash == digest:
             updates.append(replace(row, modtime=seen.modtime, size=seen.size))
-        elif placement is not None and placement.version.hash == digest:
+            continue
+        if logged is None:
+            logged = state.version_hashes(domain)
+        # a placement holds a version of Log: content no version has is in none of them, so
+        # a new file's content (the usual case) needs no resolution of every version
+        placement = placements().get(path) if digest in logged else None
+        if placement is not None and placement.version.hash == digest:
             status = FORK if placement.conflict else SYNC
             updates.append(replace(seen, status=status, push=False, version=placement.version.ref))
             found.adopted += 1

@@ -127,6 +127,10 @@ def _preference(version: Version) -> tuple[bool, int, str]:
     return (version.path is not None, version.change_id, version.ref)
 
 
+def _lowest_ref(members: list[Version]) -> str:
+    return members[0].ref if len(members) == 1 else min(v.ref for v in members)
+
+
 def resolve(versions: Iterable[Version]) -> Resolution:
     """The placements and forks that `versions` (every version seen) lead to."""
     by_ref = {version.ref: version for version in versions}
@@ -141,16 +145,21 @@ def resolve(versions: Iterable[Version]) -> Resolution:
     first_on_path: dict[str, str] = {}
     for head in heads:
         if head.path is not None:
-            groups.union(head.ref, first_on_path.setdefault(head.path, head.ref))
+            first = first_on_path.setdefault(head.path, head.ref)
+            if first != head.ref:
+                groups.union(head.ref, first)
     grouped: dict[str, list[Version]] = {}
     for head in heads:
         grouped.setdefault(groups.find(head.ref), []).append(head)
 
     placements: dict[str, Placement] = {}
     forks: list[Fork] = []
-    for members in sorted(grouped.values(), key=lambda m: min(v.ref for v in m)):
-        ordered = tuple(sorted(members, key=_preference, reverse=True))
-        if len(ordered) > 1:
+    # most groups are one head (a file nobody edited concurrently): no sorting for those
+    for members in sorted(grouped.values(), key=_lowest_ref):
+        if len(members) == 1:
+            ordered: tuple[Version, ...] = (members[0],)
+        else:
+            ordered = tuple(sorted(members, key=_preference, reverse=True))
             forks.append(Fork(ordered))
         winner, *others = ordered
         if winner.path is None:

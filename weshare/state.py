@@ -195,6 +195,11 @@ class State:
         )
         return [self._version(r) for r in rows]
 
+    def version_hashes(self, domain: str) -> set[str]:
+        """The content hash (Log.hash) of every version of the domain."""
+        rows = self._db.execute("SELECT DISTINCT hash FROM Log WHERE domain = ?", (domain,))
+        return {str(row[0]) for row in rows}
+
     def log(self, domain: str, refs: Sequence[str] | None = None) -> dict[str, LogRow]:
         """Versions with their content, by reference: those in `refs`, or all (oldest first)."""
         query = f"SELECT {self._VERSION_COLUMNS}, parts, data, message FROM Log WHERE domain = ?"

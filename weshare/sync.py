@@ -180,16 +180,19 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
 # --- apply ---------------------------------------------------------------------------------
 
 
-def _local_parts(folder: Path, rows: dict[str, FileRow]) -> LocalParts:
-    """Parts that local files hold as their rows say (checked again when read)."""
+def _local_parts(
+    folder: Path, rows: dict[str, FileRow], on_disk: dict[str, os.stat_result]
+) -> LocalParts:
+    """Parts that local files hold as their rows say, by the walk `on_disk` (checked again
+    when read: a file may have changed since)."""
     local: LocalParts = {}
-    on_disk = walk(folder)
     for name, row in rows.items():
         info = on_disk.get(name)
         if info is None or not same_stat(row, info):
             continue
+        path = folder / name
         for part in decode_parts(row.merkle):
-            local.setdefault(part.id, (folder / name, part.offset, part.length))
+            local.setdefault(part.id, (path, part.offset, part.length))
     return local
 
 
@@ -300,7 +303,7 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
             written += await asyncio.to_thread(_write_inline, folder, chunk, log, session.id_key)
             session.progress.advance(len(chunk))
         if large:
-            local = await asyncio.to_thread(_local_parts, folder, rows)
+            local = await asyncio.to_thread(_local_parts, folder, rows, on_disk)
         for placement in large:
             try:
                 written.append(
