@@ -13,6 +13,7 @@ import pytest
 
 from node import NodeConfig
 from node.engine import Engine
+from node.engine.limits import TokenBuckets
 from node.engine.proofs import CHALLENGES, PROVE
 from node.keyexchange import REQUEST_LIMITS, request_cost
 from node.routing import Address, RoutingTables
@@ -565,3 +566,22 @@ def test_a_client_answers_only_its_notifications_and_marks_its_requests() -> Non
     notified = request_from(server, client, "notify", [server.id, b"\x07" * 20, []], 1.0)
     assert notified is True
     assert heard == [b"\x07" * 20]
+
+
+# -- what the engine keeps per peer: what no longer changes anything is dropped ---------------
+
+
+def test_a_rate_limit_keeps_only_the_sources_whose_bucket_is_not_full() -> None:
+    """A source not seen has a full bucket: one that filled up again is forgotten, so the
+    limits take memory for the sources of the last seconds, not for every source ever."""
+    buckets = TokenBuckets(rate=10.0, burst=5)
+    for i in range(1000):  # each spends a token, refilled 0.1 s later
+        assert buckets.allow(f"10.0.{i // 256}.{i % 256}", i * 0.2)
+    assert len(buckets) == 1
+    # the limit holds all the same: a burst, then the rate
+    assert [buckets.allow("10.1.0.1", 300.0) for _ in range(6)] == [True] * 5 + [False]
+    assert buckets.allow("10.2.0.1", 300.05)  # another source: 10.1.0.1 is kept (not full)
+    assert not buckets.allow("10.1.0.1", 300.05)
+    assert buckets.allow("10.1.0.1", 300.1)
+    assert len(buckets) == 2
+
