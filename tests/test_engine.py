@@ -14,7 +14,7 @@ import pytest
 from node import NodeConfig
 from node.engine import Engine
 from node.engine.limits import TokenBuckets
-from node.engine.proofs import CHALLENGES, PROVE
+from node.engine.proofs import CHALLENGES, OWNER_TTL, PROVE
 from node.keyexchange import REQUEST_LIMITS, request_cost
 from node.routing import Address, RoutingTables
 from node.storage import RecordStore
@@ -585,3 +585,27 @@ def test_a_rate_limit_keeps_only_the_sources_whose_bucket_is_not_full() -> None:
     assert buckets.allow("10.1.0.1", 300.1)
     assert len(buckets) == 2
 
+
+def test_the_owner_of_an_address_is_dropped_once_it_no_longer_counts() -> None:
+    """For `OWNER_TTL` after a node proved an address is its own, nobody else is asked there
+    for a proof of another ID; then its entry is dropped, so a node keeps the owners of the
+    last minutes, not of every address that ever proved."""
+    a = Peer("a", ("127.0.0.1", 1001))
+    peers = [Peer(f"p{i}", ("127.0.0.1", 2000 + i)) for i in range(20)]
+
+    def prove(peer: Peer, now: float) -> None:
+        a.engine.call(peer.address, "ping", [a.id], peer.id, Replies(), now)
+        deliver(a, peer, now)
+        deliver(peer, a, now + 0.01)
+
+    for i, peer in enumerate(peers):
+        prove(peer, float(i))
+    assert a.engine.proofs.owners == 20
+    stranger = Identity.from_seed(b"\x03" * 32).id
+    first = peers[0].address
+    args = [a.id, b"\x00" * 20]
+    assert not a.engine.call(first, "find_node", args, stranger, Replies(), OWNER_TTL - 1)
+    assert a.engine.stats.dropped["address_of_another"] == 1
+    prove(Peer("late", ("127.0.0.1", 3000)), OWNER_TTL + 10.5)  # those of 0.01 .. 10.01 lapse
+    assert a.engine.proofs.owners == 10
+    assert a.engine.call(first, "find_node", args, stranger, Replies(), OWNER_TTL + 11)

@@ -81,10 +81,15 @@ class ProofBook:
         self.cache_size = cache_size
         # Nodes that proved their IDs lately, by ID: the address they proved it from.
         self._proven_at: OrderedDict[bytes, Address] = OrderedDict()
-        # Which node proved lately that it holds an address, and when.
+        # Which node proved within `OWNER_TTL` that it holds an address, and when; oldest first.
         self._owners: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         self.ping_backs: set[bytes] = set()
         """Unproven nodes that asked us something, being pinged for a proof."""
+
+    @property
+    def owners(self) -> int:
+        """How many addresses are kept with the node that proved it holds them."""
+        return len(self._owners)
 
     def proven(self, node_id: bytes, address: Address, table: RoutingTables) -> bool:
         """True if `node_id` has proved its ID from `address` (it is in the routing table or
@@ -98,12 +103,16 @@ class ProofBook:
         """`node_id` just proved its ID from `address`."""
         self._proven_at[node_id] = address
         self._proven_at.move_to_end(node_id)
-        self._owners[address] = (node_id, now)
-        self._owners.move_to_end(address)
+        owners = self._owners
+        owners[address] = (node_id, now)
+        owners.move_to_end(address)
         if len(self._proven_at) > self.cache_size:
             self._proven_at.popitem(last=False)
-        if len(self._owners) > self.cache_size:
-            self._owners.popitem(last=False)
+        while owners:  # oldest first; past `OWNER_TTL` an owner no longer counts
+            _, since = next(iter(owners.values()))
+            if len(owners) <= self.cache_size and now - since < OWNER_TTL:
+                break
+            owners.popitem(last=False)
 
     def held_by_another(self, address: Address, node_id: bytes | None, now: float) -> bool:
         """True if another node proved within `OWNER_TTL` that `address` is its own."""
