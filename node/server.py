@@ -513,6 +513,10 @@ class DHTNode:
             return await lookup.run()
         finally:
             engine.stats.lookup_seconds.observe(loop.time() - started)
+            if agreement is not None:
+                # its paths and it refer to each other: unlinked, a get's lookups (and every
+                # peer they met) are freed at once rather than by a full garbage collection
+                agreement.lookups.clear()
 
     async def lookup_nodes(self, target: bytes, count: int | None = None) -> LookupResult:
         """The `count` (default k) closest nodes to `target` that answered (find_node)."""
