@@ -609,3 +609,28 @@ def test_the_owner_of_an_address_is_dropped_once_it_no_longer_counts() -> None:
     prove(Peer("late", ("127.0.0.1", 3000)), OWNER_TTL + 10.5)  # those of 0.01 .. 10.01 lapse
     assert a.engine.proofs.owners == 10
     assert a.engine.call(first, "find_node", args, stranger, Replies(), OWNER_TTL + 11)
+
+
+def test_proofs_are_kept_for_the_nodes_used_most_recently() -> None:
+    """A node that proved its ID lately is asked without a proof; past `proven_cache_size`
+    the one used least recently must prove itself again."""
+    a = Peer("a", ("127.0.0.1", 1001), proven_cache_size=2)
+    peers = [Peer(f"q{i}", ("127.0.0.1", 2000 + i)) for i in range(3)]
+
+    def prove(peer: Peer, now: float) -> None:
+        a.engine.call(peer.address, "ping", [a.id], peer.id, Replies(), now)
+        deliver(a, peer, now)
+        deliver(peer, a, now + 0.01)
+        a.table.remove(peer.id)  # known by its proof alone, not as a contact
+        a.out()  # our answer to its challenge
+
+    def asked_for_a_proof(peer: Peer, now: float) -> bool:
+        a.engine.call(peer.address, "find_node", [a.id, b"\x00" * 20], peer.id, Replies(), now)
+        [(data, _)] = a.out()
+        return bool(decode(data).body[1][-1] == PROVE)
+
+    prove(peers[0], 0.0)
+    prove(peers[1], 1.0)
+    assert not asked_for_a_proof(peers[0], 2.0)  # used: now the most recent
+    prove(peers[2], 3.0)  # the third: peers[1], used least recently, is forgotten
+    assert [asked_for_a_proof(p, 4.0) for p in peers] == [False, True, False]
