@@ -174,6 +174,9 @@ class RoutingTable:
 
     def get(self, node_id: bytes) -> Contact | None:
         """The contact with `node_id`, if it is in a bucket (not the replacement cache)."""
+        buckets = self.buckets
+        if len(buckets) == 1:  # never split (an address family we hear nothing of): no search
+            return buckets[0].contacts.get(node_id)
         return self.bucket_for(int.from_bytes(node_id, "big")).contacts.get(node_id)
 
     def heard_from(
