@@ -63,11 +63,15 @@ class EngineProtocol(asyncio.DatagramProtocol):
             self.engine.table.families = frozenset({4})
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        """One datagram in: the engine handles it, then its output goes out."""
+        """One datagram in: the engine handles it, then its output goes out. A (host, port)
+        source is passed on as it came: contacts and proofs keep it, and a copy per datagram
+        was kept many times over (8 KB per node in a 2,000-node simulation)."""
         host = addr[0]
         if self._ipv6 and host.startswith("::ffff:") and "." in host:
-            host = host[7:]  # an IPv4 peer reaching a dual-stack socket: kept as IPv4
-        self.engine.datagram_received(data, (host, addr[1]), self._loop.time())
+            addr = (host[7:], addr[1])  # an IPv4 peer reaching a dual-stack socket: kept as IPv4
+        elif len(addr) != 2:
+            addr = (host, addr[1])  # an IPv6 socket's (host, port, flowinfo, scope_id)
+        self.engine.datagram_received(data, addr, self._loop.time())
         self.flush()
 
     def error_received(self, exc: Exception) -> None:

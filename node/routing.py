@@ -14,6 +14,7 @@ cache instead; liveness is still kept by ping-before-evict and the failure count
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Iterator
 
 ID_BITS = 160
@@ -54,7 +55,7 @@ class RttSpread:
 
     def __init__(self, size: int = 128) -> None:
         self.size = size
-        self._samples: list[float] = []
+        self._samples = array("d")  # 8 bytes a sample; a list of floats takes 32
         self._since = 0  # samples since the percentiles were computed
         self._p50 = self._p90 = 0.0
 
@@ -173,6 +174,9 @@ class RoutingTable:
 
     def get(self, node_id: bytes) -> Contact | None:
         """The contact with `node_id`, if it is in a bucket (not the replacement cache)."""
+        buckets = self.buckets
+        if len(buckets) == 1:  # never split (an address family we hear nothing of): no search
+            return buckets[0].contacts.get(node_id)
         return self.bucket_for(int.from_bytes(node_id, "big")).contacts.get(node_id)
 
     def heard_from(

@@ -75,6 +75,7 @@ _REJOIN_THROUGH = 32  # saved contacts (the closest to us) pinged on a restart
 RECORDS_FILE = "records.sqlite3"
 
 S = TypeVar("S", bound="Service")
+T = TypeVar("T")
 
 
 class Service(Protocol):
@@ -253,7 +254,7 @@ class DHTNode:
             loaded,
         )
         self.spawn(self._maintenance.run())
-        self.spawn(self.subscriptions.run())
+        self.subscriptions.start()
         saved = [address for _, address in self._saved_contacts()[:_REJOIN_THROUGH]]
         join = list(dict.fromkeys([*cfg.bootstrap, *saved]))
         if join:
@@ -338,14 +339,16 @@ class DHTNode:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `coro` as a task owned by the node (cancelled by `stop()`); not once stopped."""
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
+        """Run `coro` as a task owned by the node (cancelled by `stop()`); not once stopped
+        (None)."""
         if not self._running:
             coro.close()
-            return
+            return None
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -513,6 +516,10 @@ class DHTNode:
             return await lookup.run()
         finally:
             engine.stats.lookup_seconds.observe(loop.time() - started)
+            if agreement is not None:
+                # its paths and it refer to each other: unlinked, a get's lookups (and every
+                # peer they met) are freed at once rather than by a full garbage collection
+                agreement.lookups.clear()
 
     async def lookup_nodes(self, target: bytes, count: int | None = None) -> LookupResult:
         """The `count` (default k) closest nodes to `target` that answered (find_node)."""

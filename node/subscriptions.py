@@ -63,12 +63,15 @@ class Subscription:
 
 
 class Subscriptions:
-    """The subscriptions of one node, renewed by one task the node owns (`run`)."""
+    """The subscriptions of one node, renewed by one task the node owns (`run`), started with
+    the first subscription: a node that listens to nothing keeps no task waiting."""
 
     def __init__(self, node: DHTNode) -> None:
         self.node = node
         self._by_loc: dict[bytes, list[Subscription]] = {}
-        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        """Set to wake `run` (None until it runs)."""
 
     def __len__(self) -> int:
         return sum(len(subs) for subs in self._by_loc.values())
@@ -77,7 +80,9 @@ class Subscriptions:
         """Listen to the record at `path` (registered within moments by `run`)."""
         sub = Subscription(path, location(path), on_change, manager=self)
         self._by_loc.setdefault(sub.loc, []).append(sub)
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+        self.start()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -112,20 +117,32 @@ class Subscriptions:
         cfg = self.node.config
         return cfg.client_keepalive if engine is not None and engine.client else cfg.listen_refresh
 
+    def start(self) -> None:
+        """Start `run` as a task of the node if there are subscriptions to renew and it is not
+        running (the node calls this as it starts; `subscribe` when it has to)."""
+        if self._by_loc and (self._task is None or self._task.done()):
+            self._task = self.node.spawn(self.run())
+
     async def run(self) -> None:
         """Register new subscriptions and renew due ones, for as long as the node runs."""
         loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            due = [s for subs in self._by_loc.values() for s in subs if s.due <= now]
-            if due:
-                await asyncio.gather(*(self._renew(s) for s in due))
-                continue
-            soonest = min((s.due for subs in self._by_loc.values() for s in subs), default=math.inf)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(soonest - now, 3600.0)):
-                    await self._wake.wait()
+        wake = self._wake = asyncio.Event()
+        try:
+            while True:
+                now = loop.time()
+                due = [s for subs in self._by_loc.values() for s in subs if s.due <= now]
+                if due:
+                    await asyncio.gather(*(self._renew(s) for s in due))
+                    continue
+                soonest = min(
+                    (s.due for subs in self._by_loc.values() for s in subs), default=math.inf
+                )
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(soonest - now, 3600.0)):
+                        await wake.wait()
+        finally:
+            self._wake = None
 
     async def _renew(self, sub: Subscription) -> None:
         """Renew `sub` at its holders, after looking them up again if one failed (or every
@@ -153,7 +170,8 @@ class Subscriptions:
                 sub.holders.pop(holder.node_id, None)  # replaced at the next renewal
         if len(sub.holders) < node.config.listen_holders:
             sub.due = asyncio.get_running_loop().time() + min(interval, 5.0)  # look up again
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
 
     async def _listen(self, sub: Subscription, holder: _Holder, ttl: float) -> bool:
         """One renewal at `holder` (with a cookie round first if it has none for us)."""

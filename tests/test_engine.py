@@ -13,7 +13,8 @@ import pytest
 
 from node import NodeConfig
 from node.engine import Engine
-from node.engine.proofs import CHALLENGES, PROVE
+from node.engine.limits import TokenBuckets
+from node.engine.proofs import CHALLENGES, OWNER_TTL, PROVE
 from node.keyexchange import REQUEST_LIMITS, request_cost
 from node.routing import Address, RoutingTables
 from node.storage import RecordStore
@@ -565,3 +566,71 @@ def test_a_client_answers_only_its_notifications_and_marks_its_requests() -> Non
     notified = request_from(server, client, "notify", [server.id, b"\x07" * 20, []], 1.0)
     assert notified is True
     assert heard == [b"\x07" * 20]
+
+
+# -- what the engine keeps per peer: what no longer changes anything is dropped ---------------
+
+
+def test_a_rate_limit_keeps_only_the_sources_whose_bucket_is_not_full() -> None:
+    """A source not seen has a full bucket: one that filled up again is forgotten, so the
+    limits take memory for the sources of the last seconds, not for every source ever."""
+    buckets = TokenBuckets(rate=10.0, burst=5)
+    for i in range(1000):  # each spends a token, refilled 0.1 s later
+        assert buckets.allow(f"10.0.{i // 256}.{i % 256}", i * 0.2)
+    assert len(buckets) == 1
+    # the limit holds all the same: a burst, then the rate
+    assert [buckets.allow("10.1.0.1", 300.0) for _ in range(6)] == [True] * 5 + [False]
+    assert buckets.allow("10.2.0.1", 300.05)  # another source: 10.1.0.1 is kept (not full)
+    assert not buckets.allow("10.1.0.1", 300.05)
+    assert buckets.allow("10.1.0.1", 300.1)
+    assert len(buckets) == 2
+
+
+def test_the_owner_of_an_address_is_dropped_once_it_no_longer_counts() -> None:
+    """For `OWNER_TTL` after a node proved an address is its own, nobody else is asked there
+    for a proof of another ID; then its entry is dropped, so a node keeps the owners of the
+    last minutes, not of every address that ever proved."""
+    a = Peer("a", ("127.0.0.1", 1001))
+    peers = [Peer(f"p{i}", ("127.0.0.1", 2000 + i)) for i in range(20)]
+
+    def prove(peer: Peer, now: float) -> None:
+        a.engine.call(peer.address, "ping", [a.id], peer.id, Replies(), now)
+        deliver(a, peer, now)
+        deliver(peer, a, now + 0.01)
+
+    for i, peer in enumerate(peers):
+        prove(peer, float(i))
+    assert a.engine.proofs.owners == 20
+    stranger = Identity.from_seed(b"\x03" * 32).id
+    first = peers[0].address
+    args = [a.id, b"\x00" * 20]
+    assert not a.engine.call(first, "find_node", args, stranger, Replies(), OWNER_TTL - 1)
+    assert a.engine.stats.dropped["address_of_another"] == 1
+    prove(Peer("late", ("127.0.0.1", 3000)), OWNER_TTL + 10.5)  # those of 0.01 .. 10.01 lapse
+    assert a.engine.proofs.owners == 10
+    assert a.engine.call(first, "find_node", args, stranger, Replies(), OWNER_TTL + 11)
+
+
+def test_proofs_are_kept_for_the_nodes_used_most_recently() -> None:
+    """A node that proved its ID lately is asked without a proof; past `proven_cache_size`
+    the one used least recently must prove itself again."""
+    a = Peer("a", ("127.0.0.1", 1001), proven_cache_size=2)
+    peers = [Peer(f"q{i}", ("127.0.0.1", 2000 + i)) for i in range(3)]
+
+    def prove(peer: Peer, now: float) -> None:
+        a.engine.call(peer.address, "ping", [a.id], peer.id, Replies(), now)
+        deliver(a, peer, now)
+        deliver(peer, a, now + 0.01)
+        a.table.remove(peer.id)  # known by its proof alone, not as a contact
+        a.out()  # our answer to its challenge
+
+    def asked_for_a_proof(peer: Peer, now: float) -> bool:
+        a.engine.call(peer.address, "find_node", [a.id, b"\x00" * 20], peer.id, Replies(), now)
+        [(data, _)] = a.out()
+        return bool(decode(data).body[1][-1] == PROVE)
+
+    prove(peers[0], 0.0)
+    prove(peers[1], 1.0)
+    assert not asked_for_a_proof(peers[0], 2.0)  # used: now the most recent
+    prove(peers[2], 3.0)  # the third: peers[1], used least recently, is forgotten
+    assert [asked_for_a_proof(p, 4.0) for p in peers] == [False, True, False]

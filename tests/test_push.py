@@ -109,6 +109,41 @@ def test_a_change_reaches_a_subscriber_within_a_round_trip_and_survives_holder_c
     assert notified >= 3
 
 
+def renewing() -> int:
+    """How many nodes run a task renewing their subscriptions."""
+    return sum(1 for t in asyncio.all_tasks() if "Subscriptions.run" in repr(t.get_coro()))
+
+
+def test_only_a_node_with_subscriptions_keeps_a_task_renewing_them() -> None:
+    """A node that listens to nothing keeps no task waiting (a simulation runs thousands of
+    nodes); its first subscription starts the renewals, which a restart resumes."""
+
+    async def main() -> list[int]:
+        sim = Simulation(seed=172)
+        await sim.grow(30)
+        record = announce(sim, user_identity(172, 0), sim.nodes[3], ttl_ms=HOUR)
+        await running(sim.nodes[3]).put(record)
+        counts = [renewing()]
+        listener = running(sim.nodes[20])
+        heard = Heard()
+        listener.subscribe(record.key, heard)
+        listener.subscribe(record.key, Heard())
+        await asyncio.sleep(5)  # registered at the holders
+        counts.append(renewing())
+        await listener.stop()
+        counts.append(renewing())
+        await listener.start()
+        counts.append(renewing())
+        await asyncio.sleep(5)
+        fresh = announce(sim, user_identity(172, 0), sim.nodes[4], ttl_ms=HOUR)
+        await running(sim.nodes[3]).put(fresh)
+        await heard.after(0, within=10)  # the restarted node still hears of changes
+        await sim.stop_all()
+        return counts
+
+    assert run_virtual(main()) == [0, 1, 0, 1]
+
+
 def test_a_client_behind_a_nat_puts_gets_hears_pushes_and_is_in_no_routing_table() -> None:
     async def main() -> dict[str, Any]:
         sim = Simulation(seed=172)

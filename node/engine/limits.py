@@ -16,22 +16,39 @@ from node.routing import Address
 
 
 class TokenBuckets:
-    """Token buckets by key, with a bounded number of keys (least recently used evicted)."""
+    """Token buckets by key, with a bounded number of keys (least recently used evicted).
+
+    A bucket that has filled up again is forgotten (a source not seen has a full bucket):
+    only the sources heard from in the last ``burst / rate`` seconds take memory, not every
+    source ever heard from."""
 
     def __init__(self, rate: float, burst: float, max_sources: int = 4096) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.max_sources = max_sources
+        # (tokens, when) by source, least recently used first
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many sources have a bucket that is not full (or was not full when last seen)."""
+        return len(self._buckets)
 
     def allow(self, source: str, now: float, cost: float = 1.0) -> bool:
         """Take `cost` tokens from `source`'s bucket if it has them (True), else take none."""
-        tokens, last = self._buckets.pop(source, (self.burst, now))
+        buckets = self._buckets
+        tokens, last = buckets.pop(source, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
         allowed = tokens >= cost
-        self._buckets[source] = (tokens - cost if allowed else tokens, now)
-        if len(self._buckets) > self.max_sources:
-            self._buckets.popitem(last=False)
+        # The least recently used buckets that are full by now are as good as absent. Past
+        # the first that is not full, every bucket was used within `burst / rate` seconds.
+        while buckets:
+            oldest_tokens, oldest_last = next(iter(buckets.values()))
+            if oldest_tokens + max(0.0, now - oldest_last) * self.rate < self.burst:
+                break
+            buckets.popitem(last=False)
+        buckets[source] = (tokens - cost if allowed else tokens, now)
+        if len(buckets) > self.max_sources:
+            buckets.popitem(last=False)
         return allowed
 
 

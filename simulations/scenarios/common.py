@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,12 @@ from simulations.report import (
 
 MINUTE = 60.0
 HOUR = 3600.0
+GC_YOUNG = 50_000
+"""The cycle collector's young generation during a scenario (Python's default is 700). A
+lookup's objects outlived two young collections and were promoted, so full collections, each
+a scan of every node's objects (1.2 s at 5,000 nodes), ran 33 times in a lookup run: 13 % of
+its CPU, a share growing with the network. Nodes leave nothing cyclic behind, so collecting
+less often keeps no more memory."""
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: int) -> None:
@@ -244,9 +251,12 @@ def run_scenario(
         finally:
             await sim.stop_all()
 
+    thresholds = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, *thresholds[1:])
     try:
         outcome = run_virtual(main())
     finally:
+        gc.set_threshold(*thresholds)
         progress.close()
     wall = round(time.perf_counter() - started, 1)
     flat = {
