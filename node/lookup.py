@@ -172,9 +172,10 @@ class Agreement:
         return found
 
     def check(self, source: Lookup) -> None:
-        """After an answer to `source`: stop every path if the rule holds; if the copies
-        disagree, let every path ask its whole window; else let the other converged paths ask
-        what has become wanted (a failed peer makes room among the nearest)."""
+        """After an answer to `source` or a stall in it: stop every path if the rule holds;
+        if the copies disagree, let every path ask its whole window; else let the other
+        converged paths ask what has become wanted (a failed peer makes room among the
+        nearest)."""
         lookups = self.lookups
         if not all(lookup.converged for lookup in lookups):
             return
