@@ -156,6 +156,11 @@ class Agreement:
     def _nearest(self) -> Iterable[Peer]:
         return heapq.merge(*(lookup.peers for lookup in self.lookups), key=_distance)
 
+    @property
+    def running(self) -> bool:
+        """True while some path has not ended."""
+        return any(not lookup.ended for lookup in self.lookups)
+
     def wanted(self) -> set[Peer]:
         """Peers not asked yet among the `replicas` nearest (not failed) of every path."""
         found: set[Peer] = set()
@@ -352,6 +357,11 @@ class Lookup:
                 return state == ANSWERED
         return True
 
+    @property
+    def ended(self) -> bool:
+        """True once the lookup has its result."""
+        return self._done.done()
+
     def stop(self, *, agreed: bool = False) -> None:
         """End the lookup now with what it found (answers still to come are ignored)."""
         if not self._done.done():
@@ -437,16 +447,25 @@ class Lookup:
         if sent is not False:
             self._result.messages += 1
 
+    def _owes_agreement(self) -> bool:
+        """True if this path has ended but the other paths of its get still run: its peers
+        in flight count among the nearest for their `Agreement`, so how they end must still
+        reach it (ignored, a late peer stayed late forever, and the paths waiting on the
+        verdict waited for good: a get among 500 nodes on 127.0.0.1 hung so)."""
+        return self._agreement is not None and self._agreement.running
+
     def _on_stall(self, peer: Peer) -> None:
-        if peer.state == WAITING and not self._done.done():
-            peer.state = STALLED
-            self._active -= 1
-            if self._agreement is not None:
-                self._agreement.check(self)  # passing a late peer may make this path converged
-            self._pump()
+        if peer.state != WAITING or (self._done.done() and not self._owes_agreement()):
+            return
+        peer.state = STALLED
+        self._active -= 1
+        if self._agreement is not None:
+            self._agreement.check(self)  # passing a late peer may make this path converged
+        self._pump()
 
     def _on_reply(self, peer: Peer, ok: bool, body: Any) -> None:
-        if self._done.done():
+        ended = self._done.done()
+        if ended and not (peer.state in (WAITING, STALLED) and self._owes_agreement()):
             return
         if peer.state == WAITING:
             self._active -= 1
@@ -466,7 +485,8 @@ class Lookup:
             if value is not None:
                 peer.value = value
                 self._result.holders.append(peer)
-            self._add_entries(nodes[: self._limit], peer.depth + 1)
+            if not ended:
+                self._add_entries(nodes[: self._limit], peer.depth + 1)
         if self._agreement is not None:
             self._agreement.check(self)  # may end this lookup and the other paths
         self._pump()

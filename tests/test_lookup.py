@@ -392,3 +392,29 @@ async def test_a_get_ends_on_agreement_only_once_every_path_has_converged() -> N
     result = await get_like(net, [ranked[-2], scout, ranked[-3]], quorum=3)
     assert b"v2" in {p.value for p in result.holders}
     assert not result.agreed
+
+
+async def test_a_path_that_ended_still_tells_the_others_how_its_late_peers_end() -> None:
+    # Path A fills its window while its nearest peer (slow, not late) keeps it walking in;
+    # that peer then names the three nearest nodes, which are dead: A asks them, they stall,
+    # and A ends (its window is full). Their stalls hold the verdict at "wait" and the other
+    # paths, converged, wait on it: when the dead peers time out, A must still report it.
+    # (Before, A ignored it once ended and the get hung: seen among 500 nodes on 127.0.0.1.)
+    everyone = list(range(80))
+    ranked = sorted(everyone, key=lambda n: int.from_bytes(nid(n), "big"))
+    seeds = ranked[-9:]  # dealt round-robin: path i gets seeds[i::3]
+    knows: dict[int, list[int]] = {n: [] for n in everyone}
+    knows[seeds[0]] = ranked[3:10]
+    knows[seeds[1]] = ranked[10:30]
+    knows[seeds[2]] = ranked[30:50]
+    for group in (ranked[3:10], ranked[10:30], ranked[30:50]):
+        for n in group:
+            knows[n] = group
+    knows[ranked[3]] = ranked[:10]
+    net = HoldingNetwork(
+        knows, {n: b"v1" for n in ranked[3:10]}, dead=set(ranked[:3]), timeout=0.5
+    )
+    net.slow[ranked[3]] = 0.045  # later than the others, sooner than a stall
+    result = await asyncio.wait_for(get_like(net, seeds, quorum=3), 5)
+    assert result.agreed  # once the dead time out, the next nearest agree
+    assert {p.value for p in result.holders} == {b"v1"}
