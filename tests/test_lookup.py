@@ -357,11 +357,15 @@ async def test_a_get_asks_only_the_nearest_while_their_copies_may_agree() -> Non
     assert set(ranked[:7]) <= set(whole.asked)
     assert result.messages < before.messages
 
-    # three of the nearest never answer: once they time out, the next nearest take their
+    # three of the nearest never answer: once the get gives up on them (at twice the
+    # 0.05 s they stalled at, long before they time out), the next nearest take their
     # places and are asked (by whichever path met them)
     dead = set(ranked[1:4])
     net = HoldingNetwork({n: everyone for n in everyone}, dict(holders), dead=dead)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     result = await get_like(net, seeds, quorum=3)
+    assert loop.time() - started < net.timeout
     assert result.agreed
     assert set(ranked[5:7]) <= set(net.asked)
 
@@ -388,7 +392,9 @@ async def test_a_get_ends_on_agreement_only_once_every_path_has_converged() -> N
     values = {ranked[2]: b"v1", ranked[3]: b"v1", ranked[4]: b"v1"}
     values.update({n: b"v2" for n in hidden})
     net = HoldingNetwork(knows, values)
-    net.slow[scout] = 0.2  # its path is still walking in when the others have converged
+    # its path is still walking in when the others have converged: the scout is late (it
+    # stalls at 0.05 s) but answers before the get gives up on it (twice that)
+    net.slow[scout] = 0.08
     result = await get_like(net, [ranked[-2], scout, ranked[-3]], quorum=3)
     assert b"v2" in {p.value for p in result.holders}
     assert not result.agreed
@@ -411,9 +417,7 @@ async def test_a_path_that_ended_still_tells_the_others_how_its_late_peers_end()
         for n in group:
             knows[n] = group
     knows[ranked[3]] = ranked[:10]
-    net = HoldingNetwork(
-        knows, {n: b"v1" for n in ranked[3:10]}, dead=set(ranked[:3]), timeout=0.5
-    )
+    net = HoldingNetwork(knows, {n: b"v1" for n in ranked[3:10]}, dead=set(ranked[:3]), timeout=0.5)
     net.slow[ranked[3]] = 0.045  # later than the others, sooner than a stall
     result = await asyncio.wait_for(get_like(net, seeds, quorum=3), 5)
     assert result.agreed  # once the dead time out, the next nearest agree
