@@ -59,6 +59,13 @@ class SimNode:
         """Where the node listens."""
         return (self.host, SIM_PORT)
 
+    @property
+    def running_node(self) -> DHTNode:
+        """The node, which must have been started (and not crashed)."""
+        if self.node is None:
+            raise RuntimeError(f"simulated host {self.index} has no node running")
+        return self.node
+
 
 @dataclass
 class GetSample:

@@ -56,11 +56,6 @@ SLOW_MAINTENANCE = {
 }
 
 
-def running(sim_node: SimNode) -> DHTNode:
-    assert sim_node.node is not None
-    return sim_node.node
-
-
 def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
     """entry id (hex) -> kind of every inbox entry of `uid` held by any live node, or listed by
     a held receipt: "receipt" only when no live node holds the acknowledged handshake or
@@ -68,7 +63,7 @@ def held_entries(sim: Simulation, uid: bytes) -> dict[str, str]:
     now = sim.now_ms()
     found: dict[str, str] = {}
     for sim_node in sim.live():
-        store = running(sim_node).store
+        store = sim_node.running_node.store
         assert store is not None
         for key in inbox_keys(uid):
             entry = store.get(location(key), now)
@@ -98,7 +93,7 @@ async def refused_by_holders(sim: Simulation, record: Record) -> list[str]:
     """What each node storing `record`'s page answers when another node stores it there: the
     refusal reason, or "True" for a node that took it. A node that does not answer fails."""
     holders = holders_of(sim, record.key)
-    sender = running(next(n for n in sim.live() if n not in holders))
+    sender = next(n for n in sim.live() if n not in holders).running_node
     assert sender.protocol is not None
     data, loc = encode_record(record), location(record.key)
     replies = await asyncio.gather(
@@ -132,11 +127,11 @@ def test_two_devices_and_an_offline_recipient_chat_through_the_dht() -> None:
         sim = Simulation(seed=61)
         await sim.grow(50)
         alice, bob = user_identity(61, 0), user_identity(61, 1)
-        a1 = ChatClient(running(sim.nodes[3]), alice, name="Alice", random_bytes=seeded(1))
-        a2 = ChatClient(running(sim.nodes[4]), alice, name="Alice", random_bytes=seeded(2))
+        a1 = ChatClient(sim.nodes[3].running_node, alice, name="Alice", random_bytes=seeded(1))
+        a2 = ChatClient(sim.nodes[4].running_node, alice, name="Alice", random_bytes=seeded(2))
         bob_host = sim.nodes[5]
         b = ChatClient(
-            running(bob_host), bob, name="Bob", avatar=b"\x89PNG", random_bytes=seeded(3)
+            bob_host.running_node, bob, name="Bob", avatar=b"\x89PNG", random_bytes=seeded(3)
         )
         async with a1, a2:
             await b.start()
@@ -218,13 +213,13 @@ def test_storage_nodes_refuse_forged_and_replayed_messages_with_a_reason() -> No
         sim = Simulation(seed=66)
         await sim.grow(50)
         alice, bob = user_identity(66, 0), user_identity(66, 1)
-        a = ChatClient(running(sim.nodes[1]), alice, name="Alice", random_bytes=seeded(5))
-        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(6))
+        a = ChatClient(sim.nodes[1].running_node, alice, name="Alice", random_bytes=seeded(5))
+        b = ChatClient(sim.nodes[2].running_node, bob, name="Bob", random_bytes=seeded(6))
         async with a, b:
             await a.handshake(bob.id)
             sent = await a.send(bob.id, "original")
             page = Record()
-            page.CopyFrom(await running(sim.nodes[1]).get(sent.key) or Record())
+            page.CopyFrom(await sim.nodes[1].running_node.get(sent.key) or Record())
             original = Record(key=page.key, updateDate=page.updateDate, id1=page.id1)
             original.values.extend(v for v in page.values if v.id2 == sent.entry_id.hex())
             message = ChatMessage.FromString(
@@ -257,7 +252,7 @@ def test_storage_nodes_refuse_forged_and_replayed_messages_with_a_reason() -> No
             assert await b.acknowledge(entries) == len(entries) == 2
             assert await refused_by_holders(sim, original) == ["acknowledged"] * 5
             with pytest.raises(DHTError) as info:
-                await running(mallory).put(original)
+                await mallory.running_node.put(original)
             assert refusal_reasons(info.value) == {"acknowledged"}
             assert await b.inbox() == []
         await sim.stop_all()
@@ -270,16 +265,16 @@ def test_after_seven_days_only_refreshed_metas_remain() -> None:
         sim = Simulation(seed=62, config=SLOW_MAINTENANCE)
         await sim.grow(50)
         alice, carol, dave = (user_identity(62, i) for i in range(3))
-        a = ChatClient(running(sim.nodes[1]), alice, name="Alice", random_bytes=seeded(7))
-        c = ChatClient(running(sim.nodes[2]), carol, name="Carol", random_bytes=seeded(8))
-        d = ChatClient(running(sim.nodes[3]), dave, name="Dave", random_bytes=seeded(9))
+        a = ChatClient(sim.nodes[1].running_node, alice, name="Alice", random_bytes=seeded(7))
+        c = ChatClient(sim.nodes[2].running_node, carol, name="Carol", random_bytes=seeded(8))
+        d = ChatClient(sim.nodes[3].running_node, dave, name="Dave", random_bytes=seeded(9))
         async with a:
             async with c, d:
                 await a.handshake(carol.id)
                 sent = await a.send(carol.id, "unread")
                 # the longest lifetime allowed: 7 days
                 longest = ChatClient(
-                    running(sim.nodes[1]), alice, entry_ttl_ms=7 * 24 * 3600_000,
+                    sim.nodes[1].running_node, alice, entry_ttl_ms=7 * 24 * 3600_000,
                     random_bytes=seeded(15),
                 )  # fmt: skip
                 await longest.handshake(carol.id)
@@ -289,12 +284,12 @@ def test_after_seven_days_only_refreshed_metas_remain() -> None:
             assert held[sent.entry_id.hex()] == held[kept_longest.entry_id.hex()] == "message"
             await asyncio.sleep(7 * DAY + 3600)
             assert held_entries(sim, carol.id) == {}
-            reader = running(sim.nodes[20])
+            reader = sim.nodes[20].running_node
             for user in (carol, dave):
                 assert await reader.get(meta_key(user.id)) is None
                 now = sim.now_ms()
                 assert not any(
-                    running(n).store.get(location(meta_key(user.id)), now)  # type: ignore[union-attr]
+                    n.running_node.store.get(location(meta_key(user.id)), now)  # type: ignore[union-attr]
                     for n in sim.live()
                 )
             kept = await reader.get(meta_key(alice.id))
@@ -321,7 +316,7 @@ def test_a_flooded_page_refuses_more_and_keeps_what_it_holds() -> None:
             if page_of(entry_id(mallory.id, n)) == target:
                 nonces.append(n)
             i += 1
-        flooder = running(sim.nodes[9])
+        flooder = sim.nodes[9].running_node
         now = sim.now_ms()
         records = [
             make_message(
@@ -341,10 +336,10 @@ def test_a_flooded_page_refuses_more_and_keeps_what_it_holds() -> None:
                 await flooder.put(record)
             assert refusal_reasons(info.value) == {"inbox_full"}
             assert await refused_by_holders(sim, record) == ["inbox_full"] * 5
-        b = ChatClient(running(sim.nodes[11]), bob, random_bytes=seeded(11))
+        b = ChatClient(sim.nodes[11].running_node, bob, random_bytes=seeded(11))
         got = await b.inbox()
         assert sorted(e.text for e in got) == [f"spam {k}" for k in range(MAX_ENTRIES_PER_PAGE)]
-        page = await running(sim.nodes[12]).get(chat_key(bob.id, target))
+        page = await sim.nodes[12].running_node.get(chat_key(bob.id, target))
         assert page is not None
         assert len(page.values) == MAX_ENTRIES_PER_PAGE
         await sim.stop_all()
@@ -357,9 +352,9 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
         sim = Simulation(seed=64)
         await sim.grow(20)
         alice, bob = user_identity(64, 0), user_identity(64, 1)
-        a = ChatClient(running(sim.nodes[1]), alice, name="Alice", random_bytes=seeded(12))
+        a = ChatClient(sim.nodes[1].running_node, alice, name="Alice", random_bytes=seeded(12))
         b = ChatClient(
-            running(sim.nodes[2]),
+            sim.nodes[2].running_node,
             bob,
             name="Bob",
             state_dir=tmp_path,
@@ -372,7 +367,9 @@ def test_a_restarted_device_neither_repeats_nor_loses_entries(tmp_path: Path) ->
             first = [await asyncio.wait_for(anext(stream), 60) for _ in range(2)]
             await stream.aclose()
         assert [e.kind for e in first] == ["handshake", "message"]
-        again = ChatClient(running(sim.nodes[2]), bob, state_dir=tmp_path, random_bytes=seeded(14))
+        again = ChatClient(
+            sim.nodes[2].running_node, bob, state_dir=tmp_path, random_bytes=seeded(14)
+        )
         async with a:
             await a.send(bob.id, "two")
             stream = again.messages()
@@ -400,9 +397,9 @@ def test_a_message_to_a_page_with_read_messages_is_delivered() -> None:
             i += 1
         nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *same_page])
         a = ChatClient(
-            running(sim.nodes[1]), alice, name="Alice", random_bytes=lambda _n: next(nonces)
+            sim.nodes[1].running_node, alice, name="Alice", random_bytes=lambda _n: next(nonces)
         )
-        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(5))
+        b = ChatClient(sim.nodes[2].running_node, bob, name="Bob", random_bytes=seeded(5))
         async with a, b:
             await a.handshake(bob.id)
             first = await a.send(bob.id, "first")
@@ -425,10 +422,10 @@ def test_an_acknowledged_message_is_not_republished_for_days() -> None:
         sim = Simulation(seed=68, config=SLOW_MAINTENANCE)
         await sim.grow(50)
         alice, bob = user_identity(67, 0), user_identity(67, 1)
-        sender = running(sim.nodes[9])
+        sender = sim.nodes[9].running_node
         # (nonces 16, not 6, since entry ids name Bob's device: issue 17)
         a = ChatClient(sender, alice, name="Alice", random_bytes=seeded(16))
-        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(7))
+        b = ChatClient(sim.nodes[2].running_node, bob, name="Bob", random_bytes=seeded(7))
         async with a, b:
             await a.handshake(bob.id)
             sent = await a.send(bob.id, "read soon")
@@ -441,7 +438,7 @@ def test_an_acknowledged_message_is_not_republished_for_days() -> None:
         assert [parse_inbox_value(v.value).kind for v in held.record.values] == ["message"]
 
         def refusals() -> int:
-            return sum(running(n).stats.refused["acknowledged"] for n in sim.live())
+            return sum(n.running_node.stats.refused["acknowledged"] for n in sim.live())
 
         # within two republish intervals Alice's node learns that the holders refuse it for
         # good (and replaces its copy); from then on nobody pushes the read message again
@@ -475,9 +472,9 @@ def test_entries_whose_receipts_were_refused_are_still_yielded() -> None:
             i += 1
         nonces = iter(on_page)
         a = ChatClient(
-            running(sim.nodes[1]), alice, name="Alice", random_bytes=lambda _n: next(nonces)
+            sim.nodes[1].running_node, alice, name="Alice", random_bytes=lambda _n: next(nonces)
         )
-        bob_node = running(sim.nodes[2])
+        bob_node = sim.nodes[2].running_node
         b = ChatClient(bob_node, bob, name="Bob", random_bytes=seeded(8))
         async with a, b:
             await a.handshake(bob.id)
@@ -520,9 +517,9 @@ def test_a_page_acknowledges_far_more_than_ten_messages_within_their_lifetime() 
                 on_page.append(n)
             i += 1
         nonces = iter([hashlib.sha256(b"handshake").digest()[:24], *on_page])
-        alice_node = running(sim.nodes[1])
+        alice_node = sim.nodes[1].running_node
         a = ChatClient(alice_node, alice, name="Alice", random_bytes=lambda _n: next(nonces))
-        b = ChatClient(running(sim.nodes[2]), bob, name="Bob", random_bytes=seeded(9))
+        b = ChatClient(sim.nodes[2].running_node, bob, name="Bob", random_bytes=seeded(9))
         async with a, b:
             await a.handshake(bob.id)
             assert await b.acknowledge(await b.inbox()) == 1
@@ -552,7 +549,7 @@ def test_a_page_acknowledges_far_more_than_ten_messages_within_their_lifetime() 
             held_now = held_entries(sim, bob.id)
             assert all(held_now.get(s.entry_id.hex()) == "receipt" for s in sent)
             # the page holds one receipt, listing all 60
-            page_record = await running(sim.nodes[3]).get(chat_key(bob.id, page))
+            page_record = await sim.nodes[3].running_node.get(chat_key(bob.id, page))
             assert page_record is not None
             parsed = [parse_inbox_value(v.value) for v in page_record.values]
             assert [p.kind for p in parsed] == ["receipt"]
@@ -577,9 +574,9 @@ def test_an_offline_device_gets_the_reply_another_read_and_sees_what_it_sent() -
         await sim.grow(50)
         alice, bob = user_identity(71, 0), user_identity(71, 1)
         laptop_host, bob_host = sim.nodes[4], sim.nodes[5]
-        phone = ChatClient(running(sim.nodes[3]), alice, name="Alice", random_bytes=seeded(21))
-        laptop = ChatClient(running(laptop_host), alice, name="Alice", random_bytes=seeded(22))
-        b = ChatClient(running(bob_host), bob, name="Bob", random_bytes=seeded(23))
+        phone = ChatClient(sim.nodes[3].running_node, alice, name="Alice", random_bytes=seeded(21))
+        laptop = ChatClient(laptop_host.running_node, alice, name="Alice", random_bytes=seeded(22))
+        b = ChatClient(bob_host.running_node, bob, name="Bob", random_bytes=seeded(23))
         async with phone, b:
             await laptop.start()
             await phone.handshake(bob.id)
@@ -594,7 +591,7 @@ def test_an_offline_device_gets_the_reply_another_read_and_sees_what_it_sent() -
 
             reply = await b.send(alice.id, "hi Alice")
             assert set(reply.devices) == {phone.device, laptop_tag}
-            bobs_copy = await running(bob_host).get(reply.key)
+            bobs_copy = await bob_host.running_node.get(reply.key)
             assert bobs_copy is not None
             original = Record(key=reply.key, updateDate=bobs_copy.updateDate, id1=bobs_copy.id1)
             original.values.extend(v for v in bobs_copy.values if v.id2 == reply.entry_id.hex())

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from node import DHTNode
 from node.chat import ChatClient
 from node.subscriptions import Subscription
 from records import location
@@ -21,17 +20,12 @@ from tests.records_factory import HOUR
 pytestmark = pytest.mark.timeout(120)
 
 
-def running(sim_node: SimNode) -> DHTNode:
-    assert sim_node.node is not None
-    return sim_node.node
-
-
 def tables_holding(sim: Simulation, node_id: bytes, but: SimNode | None = None) -> int:
     """How many running nodes (other than `but`) have `node_id` in a routing table."""
     return sum(
         1
         for n in sim.live()
-        if n is not but and (table := running(n).table) is not None and table.get(node_id)
+        if n is not but and (table := n.running_node.table) is not None and table.get(node_id)
     )
 
 
@@ -73,9 +67,9 @@ def test_a_change_reaches_a_subscriber_within_a_round_trip_and_survives_holder_c
         await sim.grow(200)
         user = user_identity(171, 0)
         record = announce(sim, user, sim.nodes[3], ttl_ms=HOUR)
-        origin = running(sim.nodes[3])
+        origin = sim.nodes[3].running_node
         await origin.put(record)
-        listener = running(sim.nodes[150])
+        listener = sim.nodes[150].running_node
         heard = Heard()
         listener.subscribe(record.key, heard)
         await asyncio.sleep(5)  # registered at the holders
@@ -98,7 +92,7 @@ def test_a_change_reaches_a_subscriber_within_a_round_trip_and_survives_holder_c
             await origin.put(fresh)
             delays.append((await heard.after(count, within=10)) - sent)
         holders_known = len(next(iter(listener.subscriptions._by_loc.values()))[0].holders)
-        notified = sum(running(n).stats.requests_out["notify"] for n in sim.live())
+        notified = sum(n.running_node.stats.requests_out["notify"] for n in sim.live())
         await sim.stop_all()
         return delays, holders_known, notified
 
@@ -122,9 +116,9 @@ def test_only_a_node_with_subscriptions_keeps_a_task_renewing_them() -> None:
         sim = Simulation(seed=172)
         await sim.grow(30)
         record = announce(sim, user_identity(172, 0), sim.nodes[3], ttl_ms=HOUR)
-        await running(sim.nodes[3]).put(record)
+        await sim.nodes[3].running_node.put(record)
         counts = [renewing()]
-        listener = running(sim.nodes[20])
+        listener = sim.nodes[20].running_node
         heard = Heard()
         listener.subscribe(record.key, heard)
         listener.subscribe(record.key, Heard())
@@ -136,7 +130,7 @@ def test_only_a_node_with_subscriptions_keeps_a_task_renewing_them() -> None:
         counts.append(renewing())
         await asyncio.sleep(5)
         fresh = announce(sim, user_identity(172, 0), sim.nodes[4], ttl_ms=HOUR)
-        await running(sim.nodes[3]).put(fresh)
+        await sim.nodes[3].running_node.put(fresh)
         await heard.after(0, within=10)  # the restarted node still hears of changes
         await sim.stop_all()
         return counts
@@ -153,16 +147,16 @@ def test_a_client_behind_a_nat_puts_gets_hears_pushes_and_is_in_no_routing_table
         sim.config_overrides = {"mode": "client"}
         await sim.start(host, via=[sim.nodes[0]])
         sim.config_overrides = {}
-        client = running(host)
+        client = host.running_node
         record = announce(sim, user_identity(172, 0), sim.nodes[5], ttl_ms=HOUR)
         stored = await client.put(record)
-        got = await running(sim.nodes[40]).get(record.key)
+        got = await sim.nodes[40].running_node.get(record.key)
         heard = Heard()
         client.subscribe(record.key, heard)
         await asyncio.sleep(120)  # several keep-alives (25 s) past the NAT's 30 s
         fresh = announce(sim, user_identity(172, 0), sim.nodes[5], ttl_ms=HOUR)
         count = len(heard.times)
-        await running(sim.nodes[5]).put(fresh)
+        await sim.nodes[5].running_node.put(fresh)
         delay_ok = True
         try:
             await heard.after(count, within=5)
@@ -172,7 +166,7 @@ def test_a_client_behind_a_nat_puts_gets_hears_pushes_and_is_in_no_routing_table
         # chat: a user on the client receives a message through messages(), by push
         alice, bob = user_identity(172, 1), user_identity(172, 2)
         a = ChatClient(client, alice, name="Alice", random_bytes=random.Random(1).randbytes)
-        b = ChatClient(running(sim.nodes[9]), bob, name="Bob")
+        b = ChatClient(sim.nodes[9].running_node, bob, name="Bob")
         arrived: list[str] = []
         async with a, b:
 
@@ -226,10 +220,10 @@ def test_an_auto_node_turns_server_only_when_others_reach_it_unasked() -> None:
         await sim.start(hidden, via=[sim.nodes[0]])
         sim.config_overrides = {}
         await asyncio.sleep(30 * 60)
-        open_engine, hidden_engine = running(reachable).engine, running(hidden).engine
+        open_engine, hidden_engine = reachable.running_node.engine, hidden.running_node.engine
         assert open_engine is not None
         assert hidden_engine is not None
-        in_tables = tables_holding(sim, running(reachable).id)
+        in_tables = tables_holding(sim, reachable.running_node.id)
         await sim.stop_all()
         return open_engine.client, hidden_engine.client, in_tables
 
