@@ -98,6 +98,13 @@ def proximity_order(candidates: list[Peer]) -> list[Peer]:
 AGREE, WAIT, DISAGREE = range(3)
 
 
+def _left_out(peer: Peer) -> bool:
+    """True if a get's verdict goes without `peer`: it failed, or was late for so long that
+    the get gave up on it."""
+    state = peer.state
+    return state == FAILED or (state == STALLED and peer.given_up)
+
+
 def copies_verdict(peers: Iterable[Peer], replicas: int, quorum: int) -> int:
     """Whether a get may stop, judged on the `replicas` nearest `peers` (given nearest first)
     that have not failed: `AGREE` if at least `quorum` of them answered, each with a valid
@@ -116,10 +123,9 @@ def copies_verdict(peers: Iterable[Peer], replicas: int, quorum: int) -> int:
     agreeing = 0
     nearest = 0
     for peer in peers:
-        state = peer.state
-        if state == FAILED or (state == STALLED and peer.given_up):
+        if _left_out(peer):
             continue
-        if state == ANSWERED:
+        if peer.state == ANSWERED:
             value = peer.value
             if value is None or (copy is not None and value != copy):
                 return DISAGREE
@@ -172,10 +178,9 @@ class Agreement:
         found: set[Peer] = set()
         nearest = 0
         for peer in self._nearest():
-            state = peer.state
-            if state == FAILED or (state == STALLED and peer.given_up):
+            if _left_out(peer):
                 continue
-            if state == NEW:
+            if peer.state == NEW:
                 found.add(peer)
             nearest += 1
             if nearest >= self.replicas:
@@ -455,15 +460,18 @@ class Lookup:
         if sent is not False:
             self._result.messages += 1
 
-    def _owes_agreement(self) -> bool:
-        """True if this path has ended but the other paths of its get still run: its peers
-        in flight count among the nearest for their `Agreement`, so how they end must still
-        reach it (ignored, a late peer stayed late forever, and the paths waiting on the
-        verdict waited for good: a get among 500 nodes on 127.0.0.1 hung so)."""
-        return self._agreement is not None and self._agreement.running
+    def _closed(self) -> bool:
+        """True once how this path's peers in flight end no longer matters: it has ended and
+        no other path of its get still runs. While one does, they count among the nearest for
+        its `Agreement`, so how they end must still reach it (ignored, a late peer stayed
+        late forever, and the paths waiting on the verdict waited for good: a get among 500
+        nodes on 127.0.0.1 hung so)."""
+        if not self._done.done():
+            return False
+        return self._agreement is None or not self._agreement.running
 
     def _on_stall(self, peer: Peer, asked: float) -> None:
-        if peer.state != WAITING or (self._done.done() and not self._owes_agreement()):
+        if peer.state != WAITING or self._closed():
             return
         peer.state = STALLED
         self._active -= 1
@@ -483,7 +491,7 @@ class Lookup:
         """The get's verdict stops waiting for `peer`, still late (its path still waits for
         it if its window is short: under load everyone is late, and a get that gave up on
         them all would end with nothing)."""
-        if peer.state != STALLED or (self._done.done() and not self._owes_agreement()):
+        if peer.state != STALLED or self._closed():
             return
         peer.given_up = True
         if self._agreement is not None:
@@ -491,9 +499,9 @@ class Lookup:
         self._pump()
 
     def _on_reply(self, peer: Peer, ok: bool, body: Any) -> None:
-        ended = self._done.done()
-        if ended and not (peer.state in (WAITING, STALLED) and self._owes_agreement()):
+        if self._closed():
             return
+        ended = self._done.done()
         if peer.state == WAITING:
             self._active -= 1
         try:
