@@ -130,9 +130,9 @@ async def _fuzz(count: int, seed: int, sources: int, quiet: bool) -> dict[str, A
     sim = Simulation(seed=seed)
     await sim.grow(8)
     target, peer = sim.nodes[0], sim.nodes[1]
-    assert target.node is not None
-    assert target.node.protocol is not None
-    protocol = target.node.protocol
+    target_node = target.running_node
+    protocol = target_node.protocol
+    assert protocol is not None
     records = [
         encode_record(announce(sim, user_identity(seed, i), sim.nodes[i % 8], 3600_000))
         for i in range(20)
@@ -157,13 +157,11 @@ async def _fuzz(count: int, seed: int, sources: int, quiet: bool) -> dict[str, A
     bar.close()
     wall = time.perf_counter() - started
     # the node still works: a peer's ping is answered
-    assert peer.node is not None
-    assert peer.node.protocol is not None
-    ok, answer = await peer.node.protocol.call(
-        target.address, "ping", [peer.node.id], target.identity.id
-    )
-    table, store = target.node.table, target.node.store
-    stats = target.node.stats
+    node = peer.running_node
+    assert node.protocol is not None
+    ok, answer = await node.protocol.call(target.address, "ping", [node.id], target.identity.id)
+    table, store = target_node.table, target_node.store
+    stats = target_node.stats
     result = {
         "benchmark": "fuzz",
         "datagrams": count,

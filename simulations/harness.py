@@ -256,10 +256,10 @@ class Simulation:
 
     async def timed_get(self, via: SimNode, key: str, expect: Record | None) -> GetSample:
         """A get through `via`, its virtual latency and whether it returned `expect`'s values."""
-        assert via.node is not None
+        node = via.running_node
         loop = asyncio.get_running_loop()
         start = loop.time()
-        record, result = await via.node.get_with_lookup(key)
+        record, result = await node.get_with_lookup(key)
         elapsed_ms = (loop.time() - start) * 1000
         ok = record is not None if expect is None else _holds(record, expect)
         return GetSample(ok=ok, ms=elapsed_ms, messages=result.messages, rounds=result.rounds)

@@ -159,8 +159,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             latencies: dict[str, list[float]] = {}
             for paths, label in ((1, "1path_"), (args.paths, f"{args.paths}paths_")):
                 for n in sim.live():
-                    assert n.node is not None
-                    n.node.config = _with_paths(n.node, paths)
+                    node = n.running_node
+                    node.config = _with_paths(node, paths)
                 items = [sim.rng.choice(tracked) for _ in range(args.gets)]
                 samples, forged = await _gets(sim, honest, items)
                 metrics.update(summarize(samples, label))
@@ -197,9 +197,9 @@ async def _put_honestly(sim: Simulation, honest: list[SimNode], count: int) -> l
         tracked.append(Tracked(user, origin, announce(sim, user, origin, int(2 * HOUR * 1000))))
 
     async def put(item: Tracked) -> None:
-        assert item.origin.node is not None
+        node = item.origin.running_node
         with contextlib.suppress(DHTError):  # a failed put shows in the gets
-            await item.origin.node.put(item.record)
+            await node.put(item.record)
 
     await asyncio.gather(*(put(t) for t in tracked))
     return tracked
@@ -215,12 +215,11 @@ async def _gets(
 
     async def one(item: Tracked) -> GetSample:
         nonlocal forged
-        via = sim.rng.choice(honest)
-        assert via.node is not None
+        node = sim.rng.choice(honest).running_node
         async with semaphore:
             loop = asyncio.get_running_loop()
             start = loop.time()
-            record, lookup = await via.node.get_with_lookup(item.record.key)
+            record, lookup = await node.get_with_lookup(item.record.key)
             elapsed = (loop.time() - start) * 1000
         if record is not None:
             try:

@@ -72,8 +72,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sender_host = hosts[-1]
 
         def client(host: SimNode, n: int) -> ChatClient:
-            assert host.node is not None
-            return ChatClient(host.node, user_identity(args.seed, n), name=f"user{n}")
+            return ChatClient(host.running_node, user_identity(args.seed, n), name=f"user{n}")
 
         clients = [client(h, i) for i, h in enumerate(polling + pushing)]
         sender = client(sender_host, 10_000)
