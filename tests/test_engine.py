@@ -615,13 +615,13 @@ def test_proofs_are_kept_for_the_nodes_used_most_recently() -> None:
     """A node that proved its ID lately is asked without a proof; past `proven_cache_size`
     the one used least recently must prove itself again."""
     a = Peer("a", ("127.0.0.1", 1001), proven_cache_size=2)
+    a.table.heard_from = lambda *_, **__: None  # type: ignore[method-assign]
     peers = [Peer(f"q{i}", ("127.0.0.1", 2000 + i)) for i in range(3)]
 
     def prove(peer: Peer, now: float) -> None:
         a.engine.call(peer.address, "ping", [a.id], peer.id, Replies(), now)
         deliver(a, peer, now)
-        deliver(peer, a, now + 0.01)
-        a.table.remove(peer.id)  # known by its proof alone, not as a contact
+        deliver(peer, a, now + 0.01)  # the table keeps none: known by their proofs alone
         a.out()  # our answer to its challenge
 
     def asked_for_a_proof(peer: Peer, now: float) -> bool:
@@ -634,3 +634,25 @@ def test_proofs_are_kept_for_the_nodes_used_most_recently() -> None:
     assert not asked_for_a_proof(peers[0], 2.0)  # used: now the most recent
     prove(peers[2], 3.0)  # the third: peers[1], used least recently, is forgotten
     assert [asked_for_a_proof(p, 4.0) for p in peers] == [False, True, False]
+
+
+def test_a_proven_contact_is_kept_by_the_table_alone() -> None:
+    """A peer that proved its ID and entered the routing table is not kept in the proof book
+    too (the table says it is proven while it holds it there: most proven peers are contacts,
+    and both held each of them); once the table lets it go, it must prove itself again."""
+    a, b = pair()
+    a.engine.call(b.address, "ping", [a.id], b.id, Replies(), 0.0)
+    deliver(a, b, 0.0)
+    deliver(b, a, 0.01)
+    a.out()  # our answer to its challenge
+    assert a.table.get(b.id) is not None
+    assert a.engine.proofs.kept == 0
+
+    def asked_for_a_proof(now: float) -> bool:
+        a.engine.call(b.address, "find_node", [a.id, b"\x00" * 20], b.id, Replies(), now)
+        [(data, _)] = a.out()
+        return bool(decode(data).body[1][-1] == PROVE)
+
+    assert not asked_for_a_proof(1.0)
+    a.table.remove(b.id)
+    assert asked_for_a_proof(2.0)

@@ -78,7 +78,8 @@ class ProofBook:
     def __init__(self, own_id: bytes, cache_size: int) -> None:
         self.own_id = own_id
         self.cache_size = cache_size
-        # Nodes that proved their IDs lately, by ID: the address they proved it from.
+        # Nodes that proved their IDs lately and are not in the routing table (which answers
+        # for its own), by ID: the address they proved it from.
         self._proven_at: dict[bytes, Address] = {}
         # Which node proved within `OWNER_TTL` that it holds an address, and when.
         self._owners: dict[Address, tuple[bytes, float]] = {}
@@ -88,13 +89,19 @@ class ProofBook:
         """Unproven nodes that asked us something, being pinged for a proof."""
 
     @property
+    def kept(self) -> int:
+        """How many nodes are known as proven by this book alone (not by the table)."""
+        return len(self._proven_at)
+
+    @property
     def owners(self) -> int:
         """How many addresses are kept with the node that proved it holds them."""
         return len(self._owners)
 
     def proven(self, node_id: bytes, address: Address, table: RoutingTables) -> bool:
-        """True if `node_id` has proved its ID from `address` (it is in the routing table or
-        proved it lately)."""
+        """True if `node_id` has proved its ID from `address`: it is in the routing table at
+        that address, or proved it lately and has not entered the table since (a node that
+        leaves the table proves itself again)."""
         proven_at = self._proven_at
         if proven_at.get(node_id) == address:
             proven_at[node_id] = proven_at.pop(node_id)  # the most recently used
@@ -115,6 +122,13 @@ class ProofBook:
             if len(owners) <= self.cache_size and now - owners[oldest][1] < OWNER_TTL:
                 break
             del owners[oldest]
+
+    def leave_to_table(self, node_id: bytes, address: Address, table: RoutingTables) -> None:
+        """If the routing table holds `node_id` at `address`, drop it here: the table answers
+        `proven` for it while it holds it (most proven peers are contacts; both kept each of
+        them)."""
+        if node_id in self._proven_at and table.known_at(node_id, address):
+            del self._proven_at[node_id]
 
     def held_by_another(self, address: Address, node_id: bytes | None, now: float) -> bool:
         """True if another node proved within `OWNER_TTL` that `address` is its own."""
