@@ -656,3 +656,19 @@ def test_a_proven_contact_is_kept_by_the_table_alone() -> None:
     assert not asked_for_a_proof(1.0)
     a.table.remove(b.id)
     assert asked_for_a_proof(2.0)
+
+
+def test_a_proven_node_that_enters_the_table_by_asking_leaves_the_proof_book() -> None:
+    """The same when the table takes the node later, from a request it sends us."""
+    a, b = pair()
+    a.table.heard_from = lambda *_, **__: None  # type: ignore[method-assign]
+    a.engine.call(b.address, "ping", [a.id], b.id, Replies(), 0.0)
+    deliver(a, b, 0.0)
+    deliver(b, a, 0.01)  # proved, but the table kept it not
+    a.out()
+    assert a.engine.proofs.kept == 1
+    del a.table.heard_from  # the table takes nodes again
+    b.engine.call(a.address, "ping", [b.id], a.id, Replies(), 1.0)
+    deliver(b, a, 1.0)
+    assert a.table.get(b.id) is not None
+    assert a.engine.proofs.kept == 0
