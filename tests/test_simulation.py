@@ -199,6 +199,20 @@ def test_adversarial_scenario_never_returns_a_forged_record() -> None:
     assert result["flood_stores_throttled"] > 0  # type: ignore[operator]
     assert result["3paths_get_ok"] >= 0.8  # type: ignore[operator]
 
+    # every get counted once, from an eclipsed honest node or from another, and the two
+    # shares make up the whole
+    def number(key: str) -> float:
+        value = result[key]
+        assert isinstance(value, int | float), key
+        return value
+
+    counts = {part: number(f"3paths_gets_from_{part}") for part in ("eclipsed", "not_eclipsed")}
+    assert sum(counts.values()) == 60
+    assert 0 <= number("honest_nodes_eclipsed") < 120 - number("malicious_nodes")
+    assert 0 < number("honest_table_colluder_share") < 1
+    made = sum(n * number(f"3paths_get_ok_from_{part}") for part, n in counts.items() if n)
+    assert number("3paths_get_ok") == pytest.approx(made / 60, abs=1e-4)
+
 
 def test_results_record_the_node_config_and_when_things_were_done(tmp_path: Path) -> None:
     scenario(

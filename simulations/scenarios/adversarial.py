@@ -9,6 +9,12 @@ stores. With ``--spoof`` they go further and answer with made-up IDs right next 
 at colluders' addresses (choosing their positions; proofs of ID stop this, ``--no-proofs``
 shows what it does without them). The same network and workload run twice: gets over one
 lookup path, then over ``--paths`` disjoint paths (S/Kademlia).
+
+A joining node whose bootstrap node is malicious hears only of colluders, and so does one that
+joins through such a node in turn: no lookup of its own can leave that view. The result counts
+these *eclipsed* honest nodes (at least `ECLIPSED_SHARE` of their routing table colluders, when
+the gets start) and splits each round's success between gets they made and the rest, so that
+what the node's defences decide shows apart from what only more bootstrap nodes can.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ from simulations.scenarios.common import (
     summarize,
     user_identity,
 )
+
+ECLIPSED_SHARE = 0.9
+"""An honest node with at least this share of colluders in its routing table counts as eclipsed."""
 
 
 class Colluders:
@@ -156,14 +165,31 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "bootstrap_via": args.bootstrap,
                 "proofs": not args.no_proofs,
             }
+            evil_ids = {n.identity.id for n in sim.nodes if n.index in evil}
+            shares = {n.index: _colluder_share(n, evil_ids) for n in honest}
+            eclipsed = {index for index, share in shares.items() if share >= ECLIPSED_SHARE}
+            metrics["honest_nodes_eclipsed"] = len(eclipsed)
+            metrics["honest_table_colluder_share"] = round(
+                sum(shares.values()) / max(1, len(shares)), 3
+            )
             latencies: dict[str, list[float]] = {}
             for paths, label in ((1, "1path_"), (args.paths, f"{args.paths}paths_")):
                 for n in sim.live():
                     node = n.running_node
                     node.config = _with_paths(node, paths)
                 items = [sim.rng.choice(tracked) for _ in range(args.gets)]
-                samples, forged = await _gets(sim, honest, items)
+                samples, origins, forged = await _gets(sim, honest, items)
                 metrics.update(summarize(samples, label))
+                for part, inside in (("eclipsed", True), ("not_eclipsed", False)):
+                    ok = [
+                        s.ok
+                        for s, o in zip(samples, origins, strict=True)
+                        if (o in eclipsed) == inside
+                    ]
+                    metrics[f"{label}gets_from_{part}"] = len(ok)
+                    metrics[f"{label}get_ok_from_{part}"] = (
+                        round(sum(ok) / len(ok), 5) if ok else None
+                    )
                 metrics[f"{label}forged_returned"] = forged
                 latencies[f"{paths} path(s)"] = [s.ms for s in samples]
                 progress.update(args.gets)
@@ -205,17 +231,26 @@ async def _put_honestly(sim: Simulation, honest: list[SimNode], count: int) -> l
     return tracked
 
 
+def _colluder_share(sim_node: SimNode, evil_ids: set[bytes]) -> float:
+    """The share of colluders among the contacts of `sim_node`'s routing table (0 if empty)."""
+    table = sim_node.running_node.table
+    contacts = [c.id for c in table] if table is not None else []
+    return sum(c in evil_ids for c in contacts) / len(contacts) if contacts else 0.0
+
+
 async def _gets(
     sim: Simulation, honest: list[SimNode], items: list[Tracked]
-) -> tuple[list[GetSample], int]:
-    """Gets from honest nodes; also counts returned records that are not valid (forgeries)."""
+) -> tuple[list[GetSample], list[int], int]:
+    """Gets from honest nodes: the samples, the index of the node each was made from, and how
+    many returned records were not valid (forgeries)."""
     validator = default_validator()
     forged = 0
     semaphore = asyncio.Semaphore(64)
 
-    async def one(item: Tracked) -> GetSample:
+    async def one(item: Tracked) -> tuple[GetSample, int]:
         nonlocal forged
-        node = sim.rng.choice(honest).running_node
+        origin = sim.rng.choice(honest)
+        node = origin.running_node
         async with semaphore:
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -227,10 +262,11 @@ async def _gets(
             except InvalidRecord:
                 forged += 1
         ok = record is not None and _current(record, item.record)
-        return GetSample(ok=ok, ms=elapsed, messages=lookup.messages, rounds=lookup.rounds)
+        sample = GetSample(ok=ok, ms=elapsed, messages=lookup.messages, rounds=lookup.rounds)
+        return sample, origin.index
 
-    samples = list(await asyncio.gather(*(one(i) for i in items)))
-    return samples, forged
+    done = await asyncio.gather(*(one(i) for i in items))
+    return [sample for sample, _ in done], [origin for _, origin in done], forged
 
 
 def _current(got: Record, expect: Record) -> bool:
