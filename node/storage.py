@@ -305,6 +305,21 @@ class RecordStore:
             self._pruned[loc] = None
         return entry
 
+    def holds_exactly(self, loc: bytes, data: bytes, now: int, source: bytes | None) -> bool:
+        """True if the record held at `loc` is, byte for byte, `data`: a store of it changes
+        nothing, and is acknowledged without checking its signatures again. They were checked
+        when it came in, and a record that was valid stays so until its values expire, which
+        `get` prunes (the time rules only refuse what is dated in the future or has expired).
+        `source`, the sender, is noted as holding this version. Most stores are such copies
+        (republished or replicated to a holder): 15,474 of 19,588 in `churn --nodes 1000
+        --hours 0.5`, each costing two ed25519 verifications before."""
+        entry = self.get(loc, now)
+        if entry is None or entry.data != data:
+            return False
+        if source is not None:
+            entry.holders.add(source)
+        return True
+
     def accept(
         self,
         loc: bytes,

@@ -36,7 +36,7 @@ from records.identity import prove_node
 from records.rke import SIGNAL
 from records.validation import MAX_RECORD_SIZE, merge_copies
 from tests.loopback import FixedClock
-from tests.records_factory import NOW, meta
+from tests.records_factory import HOUR, NOW, meta
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -299,6 +299,42 @@ def test_store_limits_per_source_and_for_everyone() -> None:
     assert a.engine.stats.dropped["rate_limited_global"] == 2
     # a second later each source may store again
     assert request_from(senders[0], a, "store", [senders[0].id, loc, record], 1.0) is True
+
+
+def test_a_store_of_the_copy_held_is_acknowledged_without_checking_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = Peer("a", ("127.0.0.1", 1001))
+    s1, s2 = Peer("s1", ("127.0.0.1", 2001)), Peer("s2", ("127.0.0.1", 2002))
+    validator = a.store.validator
+    checked: list[str] = []
+
+    def validate(key: str, record: Any, now: int) -> None:
+        checked.append(key)
+        type(validator).validate(validator, key, record, now)
+
+    monkeypatch.setattr(validator, "validate", validate)
+    record, newer = meta(), meta(name="Alice B.", now=NOW + 1)
+    loc = location(record.key)
+    assert request_from(s1, a, "store", [s1.id, loc, encode_record(record)], 0.0) is True
+    assert checked == [record.key]
+    # the same bytes again: acknowledged, the sender noted as a holder, nothing checked
+    assert request_from(s2, a, "store", [s2.id, loc, encode_record(record)], 0.0) is True
+    assert checked == [record.key]
+    held = a.store.get(loc, NOW)
+    assert held is not None
+    assert held.holders == {s1.id, s2.id}
+    # other bytes (a newer version) are checked, and replace it
+    a.engine.clock.now = NOW + 1  # type: ignore[attr-defined]
+    assert request_from(s1, a, "store", [s1.id, loc, encode_record(newer)], 1.0) is True
+    assert checked == [record.key] * 2
+    held = a.store.get(loc, NOW + 1)
+    assert held is not None
+    assert held.data == encode_record(newer)
+    # once every value has expired nothing is held: the same bytes are refused as expired
+    a.engine.clock.now = NOW + 2 * HOUR  # type: ignore[attr-defined]
+    expired = request_from(s2, a, "store", [s2.id, loc, encode_record(newer)], 2.0)
+    assert expired == [False, "expired"]
 
 
 def test_lookup_limits_per_source_and_for_everyone() -> None:

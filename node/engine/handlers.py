@@ -244,6 +244,10 @@ class RequestHandlers:
         if reason is not None:
             engine.stats.dropped[reason] += 1
             return refusal("rate_limited")
+        if engine.store.holds_exactly(
+            request.args[1], value, engine.clock.now_ms(), source=request.args[0]
+        ):
+            return True  # our very copy: nothing to check, change or write
         if engine.store.backend is not None and not engine.can_defer_write():
             engine.stats.dropped["overloaded"] += 1  # too many writes waiting on the disk
             return NO_ANSWER
