@@ -214,6 +214,18 @@ def test_adversarial_scenario_never_returns_a_forged_record() -> None:
     assert number("3paths_get_ok") == pytest.approx(made / 60, abs=1e-4)
 
 
+def test_adversarial_updates_are_what_gets_find_when_no_one_lies() -> None:
+    # with --update a get counts only the second version as found: without colluders every
+    # get finds it (a first version left anywhere, or an update never put, would fail this)
+    result = scenario(
+        "adversarial", "--nodes", "60", "--keys", "10", "--gets", "30", "--malicious", "0",
+        "--update",
+    )  # fmt: skip
+    assert result["updated"] is True
+    assert result["malicious_nodes"] == 0
+    assert result["1path_get_ok"] == result["3paths_get_ok"] == 1.0
+
+
 def test_results_record_the_node_config_and_when_things_were_done(tmp_path: Path) -> None:
     scenario(
         "partition",

@@ -8,7 +8,9 @@ with that stale copy or a forged one (its signed bytes altered); and flood hones
 stores. With ``--spoof`` they go further and answer with made-up IDs right next to the target,
 at colluders' addresses (choosing their positions; proofs of ID stop this, ``--no-proofs``
 shows what it does without them). The same network and workload run twice: gets over one
-lookup path, then over ``--paths`` disjoint paths (S/Kademlia).
+lookup path, then over ``--paths`` disjoint paths (S/Kademlia). Each record is put once, so
+the first version colluders keep is the current one; with ``--update`` every user announces again
+before the gets, and a stale copy no longer counts as found.
 
 A joining node whose bootstrap node is malicious hears only of colluders, and so does one that
 joins through such a node in turn: no lookup of its own can leave that view. The result counts
@@ -46,6 +48,7 @@ from simulations.scenarios.common import (
     user_identity,
 )
 
+_TTL_MS = int(2 * HOUR * 1000)
 ECLIPSED_SHARE = 0.9
 """An honest node with at least this share of colluders in its routing table counts as eclipsed."""
 
@@ -134,6 +137,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random nodes each joining node bootstraps through (1); a node whose only "
         "bootstrap node is malicious is eclipsed",
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="every user announces again a minute after its first put: colluders, who keep "
+        "the first version, then serve stale copies, and a get counts as ok only with the "
+        "second",
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,11 +168,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(5 * MINUTE)
             tracked = await _put_honestly(sim, honest, args.keys)
             await asyncio.sleep(MINUTE)
+            if args.update:
+                await _update_honestly(sim, tracked)
+                await asyncio.sleep(MINUTE)
             metrics: dict[str, Any] = {
                 "malicious_nodes": len(evil),
                 "paths": args.paths,
                 "spoof": args.spoof,
                 "bootstrap_via": args.bootstrap,
+                "updated": args.update,
                 "proofs": not args.no_proofs,
             }
             evil_ids = {n.identity.id for n in sim.nodes if n.index in evil}
@@ -220,15 +234,26 @@ async def _put_honestly(sim: Simulation, honest: list[SimNode], count: int) -> l
     for index in range(count):
         origin = sim.rng.choice(honest)
         user = user_identity(sim.seed, index)
-        tracked.append(Tracked(user, origin, announce(sim, user, origin, int(2 * HOUR * 1000))))
+        tracked.append(Tracked(user, origin, announce(sim, user, origin, _TTL_MS)))
+    await _put_all(tracked)
+    return tracked
 
+
+async def _update_honestly(sim: Simulation, tracked: list[Tracked]) -> None:
+    """Each user announces again through the same node: a newer version of its record, which
+    colluders holding the first one drop."""
+    for item in tracked:
+        item.record = announce(sim, item.user, item.origin, _TTL_MS)
+    await _put_all(tracked)
+
+
+async def _put_all(tracked: list[Tracked]) -> None:
     async def put(item: Tracked) -> None:
         node = item.origin.running_node
         with contextlib.suppress(DHTError):  # a failed put shows in the gets
             await node.put(item.record)
 
     await asyncio.gather(*(put(t) for t in tracked))
-    return tracked
 
 
 def _colluder_share(sim_node: SimNode, evil_ids: set[bytes]) -> float:
