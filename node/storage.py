@@ -312,7 +312,7 @@ class RecordStore:
         `get` prunes (the time rules only refuse what is dated in the future or has expired).
         `source`, the sender, is noted as holding this version. Most stores are such copies
         (republished or replicated to a holder): 15,474 of 19,588 in `churn --nodes 1000
-        --hours 0.5`, each costing two ed25519 verifications before."""
+        --hours 0.5`, each checked again before (two ed25519 verifications for a presence)."""
         entry = self.get(loc, now)
         if entry is None or entry.data != data:
             return False
