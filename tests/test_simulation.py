@@ -216,7 +216,7 @@ def test_adversarial_scenario_never_returns_a_forged_record() -> None:
 
 def test_adversarial_updates_are_what_gets_find_when_no_one_lies() -> None:
     # with --update a get counts only the second version as found: without colluders every
-    # get finds it (a first version left anywhere, or an update never put, would fail this)
+    # get finds it (were the update never put, gets would find the first version and fail)
     result = scenario(
         "adversarial", "--nodes", "60", "--keys", "10", "--gets", "30", "--malicious", "0",
         "--update",
