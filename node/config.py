@@ -178,7 +178,8 @@ class NodeConfig:
     get_paths: int = 3
     """Disjoint paths a get's lookup takes (S/Kademlia): a get succeeds if one path avoids the
     malicious nodes. Each path hears from its share of the k closest; 1 is a plain lookup
-    (about 40 % fewer messages, measurably less robust)."""
+    (about 40 % fewer messages, measurably less robust). The lookup that places a record (put,
+    republish) takes as many paths, so an update reaches honest holders if one path does."""
 
     proximity: bool = True
     """Proximity routing and neighbour selection: a lookup asks, among candidates in the same

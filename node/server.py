@@ -561,9 +561,15 @@ class DHTNode:
         return outcome.acks
 
     async def store_on_closest(self, loc: bytes, data: bytes) -> StoreOutcome:
-        """Store record bytes `data` at the `replicas` closest nodes to `loc` (after a lookup)."""
+        """Store record bytes `data` at the `replicas` closest nodes to `loc`, found over
+        `get_paths` disjoint paths as a get's: over one path whose first hops were colluders
+        (each answers with its fellows nearest the target), a put stored only on colluders,
+        which acknowledge and keep an older version. Measured with `adversarial --update`,
+        seed 1, three bootstrap nodes per joiner: updates found by 3-path gets 93.3 -> 96.5 %
+        among 20 % colluders, 95.3 -> 99.3 % among 10 %; put p50 597 -> 677 ms and churn
+        datagrams +3 % (`lookup`, `churn` at 2,000 nodes)."""
         protocol, _, store = self._parts()
-        result = await self._lookup(loc, "find_node", self.config.k)
+        result = await self._lookup(loc, "find_node", self.config.k, self.config.get_paths)
         targets = result.closest[: self.config.replicas]
         replies = await asyncio.gather(
             *(protocol.store_at(p.address, p.id, loc, data) for p in targets)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any
 
 import pytest
 
 from node import PutFailed
+from node.lookup import disjoint_lookup
 from records import Record, location
 from simulations.clock import run_virtual
 from simulations.harness import SimNode, Simulation
@@ -293,6 +295,30 @@ def test_a_get_checks_the_signatures_of_agreeing_copies_once() -> None:
     assert first == 1  # one check for every agreeing copy, the merge and the local keep
     # the two distinct copies; their merge is the fuller one's bytes, checked already
     assert second == 2
+
+
+def test_a_put_places_the_record_over_disjoint_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup that places a record takes `get_paths` disjoint paths, as a get's does: over
+    one path, colluders met first kept updates from every honest holder."""
+    paths: list[int] = []
+
+    async def spying(*args: Any, **kwargs: Any) -> Any:
+        paths.append(kwargs["paths"])
+        return await disjoint_lookup(*args, **kwargs)
+
+    monkeypatch.setattr("node.server.disjoint_lookup", spying)
+
+    async def main() -> int:
+        sim = Simulation(seed=45)
+        await sim.grow(40)
+        record = announce(sim, user_identity(45, 0), sim.nodes[1], ttl_ms=3600_000)
+        writer = sim.nodes[1].running_node
+        acks = await writer.put(record)
+        await sim.stop_all()
+        return acks
+
+    assert run_virtual(main()) == 5
+    assert paths == [3]
 
 
 def test_a_get_leaves_nothing_to_the_cycle_collector() -> None:
