@@ -316,8 +316,7 @@ class RecordStore:
         entry = self.get(loc, now)
         if entry is None or entry.data != data:
             return False
-        if source is not None:
-            entry.holders.add(source)
+        self._unchanged(loc, entry, source, origin=False, persist=False)
         return True
 
     def accept(
