@@ -16,7 +16,13 @@ from simulations.clock import run_virtual
 from simulations.harness import Simulation
 from simulations.network import SimNetwork
 from simulations.report import Timeline, timeline_figure
-from simulations.scenarios.common import announce, user_identity
+from simulations.scenarios.common import (
+    announce,
+    measure_gets,
+    put_records,
+    republish,
+    user_identity,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,6 +125,54 @@ def test_churn_scenario() -> None:
     assert result["departures"] > 10  # type: ignore[operator]
     assert result["joins"] > 10  # type: ignore[operator]
     assert result["min_sample_ok"] >= 0.95  # type: ignore[operator]
+
+
+def test_a_get_made_while_an_update_is_being_put_may_find_the_version_before() -> None:
+    # churn re-announces a user when its node comes back while samples run: a get that starts
+    # before the new version's put has ended can only find the old one, and must not count as
+    # failed for it (a 10,000-node churn run lost a sample to that); once a put of the new
+    # version has ended, only the new version counts
+    async def main() -> tuple[bool, bool, bool, bool]:
+        sim = Simulation(seed=4)
+        await sim.grow(40)
+        (item,) = await put_records(sim, 1, ttl_ms=3_600_000)
+        first = item.record
+        await asyncio.sleep(60)
+        item.record = announce(sim, item.user, item.origin, 3_600_000)
+        sim.network.crash(item.origin.host)  # its put waits on timeouts, storing nothing
+        putting = asyncio.get_running_loop().create_task(republish(item))
+        await asyncio.sleep(0)
+        (during,) = await measure_gets(sim, [item])  # finds the first version
+        still_putting = not putting.done()
+        sim.network.recover(item.origin.host)
+        await putting
+        await republish(item)
+        moved_on = item.expected is item.record and item.expected is not first
+        (after,) = await measure_gets(sim, [item])
+        await sim.stop_all()
+        return during.ok, still_putting, moved_on, after.ok
+
+    during, still_putting, moved_on, after = run_virtual(main())
+    assert still_putting  # the first get overlapped the put
+    assert during
+    assert moved_on
+    assert after
+
+
+def test_an_update_whose_put_failed_is_still_what_gets_must_find() -> None:
+    async def main() -> bool:
+        sim = Simulation(seed=4)
+        await sim.grow(10)
+        (item,) = await put_records(sim, 1, ttl_ms=3_600_000)
+        item.record = announce(sim, item.user, item.origin, 3_600_000)
+        for node in sim.live():
+            if node is not item.origin:
+                await sim.crash(node)  # nobody left to store it: the put fails
+        await republish(item)
+        await sim.stop_all()
+        return item.expected is item.record
+
+    assert run_virtual(main())
 
 
 def test_partition_scenario() -> None:

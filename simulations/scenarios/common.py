@@ -92,6 +92,15 @@ class Tracked:
     """Virtual milliseconds the last put took, if it stored the record anywhere."""
     put_acks: int = 0
     """Nodes that acknowledged the last put."""
+    settled: Record | None = None
+    """The newest version whose put has ended, failed or not (`record` until one has): what a
+    get must find. While a newer version's put is still in flight a get may find either: a
+    churn sample that fell in one counted the old copy it found as a failure."""
+
+    @property
+    def expected(self) -> Record:
+        """The version a get started now must find (or a newer one)."""
+        return self.settled or self.record
 
 
 @dataclass
@@ -144,14 +153,22 @@ async def republish(item: Tracked) -> None:
     node = item.origin.node
     if node is None or not node.running:
         return
+    record = item.record
     loop = asyncio.get_running_loop()
     started = loop.time()
     item.put_ms, item.put_acks = None, 0
     try:
-        item.put_acks = await node.put(item.record)
+        item.put_acks = await node.put(record)
     except Exception:  # a put can fail under churn; the scenario measures gets, not puts
         return
+    finally:
+        if item.settled is None or _created(record) >= _created(item.settled):
+            item.settled = record  # an older put ending late does not take it back
     item.put_ms = (loop.time() - started) * 1000
+
+
+def _created(record: Record) -> int:
+    return max(value.creationDate for value in record.values)
 
 
 def summarize_puts(items: Sequence[Tracked]) -> dict[str, float]:
@@ -170,7 +187,8 @@ def summarize_puts(items: Sequence[Tracked]) -> dict[str, float]:
 async def measure_gets(
     sim: Simulation, items: Sequence[Tracked], *, concurrency: int = 64
 ) -> list[GetSample]:
-    """One get per item from a random running node, at most `concurrency` at a time."""
+    """One get per item from a random running node, at most `concurrency` at a time; a get
+    is ok if it finds the item's `Tracked.expected` version or a newer one."""
     semaphore = asyncio.Semaphore(concurrency)
     live = sim.live()
     vias = [sim.rng.choice(live) for _ in items]
@@ -181,7 +199,7 @@ async def measure_gets(
                 if not via.alive:
                     via = sim.rng.choice(sim.live())
                 try:
-                    return await sim.timed_get(via, item.record.key, item.record)
+                    return await sim.timed_get(via, item.record.key, item.expected)
                 except NodeNotRunning:
                     continue  # the asking node left mid-get; that says nothing of the record
             return GetSample(ok=False, ms=0.0, messages=0, rounds=0)
