@@ -261,11 +261,11 @@ class Simulation:
         start = loop.time()
         record, result = await node.get_with_lookup(key)
         elapsed_ms = (loop.time() - start) * 1000
-        ok = record is not None if expect is None else _holds(record, expect)
+        ok = record is not None if expect is None else holds(record, expect)
         return GetSample(ok=ok, ms=elapsed_ms, messages=result.messages, rounds=result.rounds)
 
 
-def _holds(got: Record | None, expect: Record) -> bool:
+def holds(got: Record | None, expect: Record) -> bool:
     """True if `got` carries every value of `expect` (or a newer one for the same id2)."""
     if got is None:
         return False

@@ -16,7 +16,7 @@ from typing import Any
 from node import NodeNotRunning
 from records import Identity, Record, make_presence_record
 from simulations.clock import run_virtual
-from simulations.harness import GetSample, Percentiles, SimNode, Simulation
+from simulations.harness import GetSample, Percentiles, SimNode, Simulation, holds
 from simulations.report import (
     Progress,
     Timeline,
@@ -162,13 +162,9 @@ async def republish(item: Tracked) -> None:
     except Exception:  # a put can fail under churn; the scenario measures gets, not puts
         return
     finally:
-        if item.settled is None or _created(record) >= _created(item.settled):
+        if item.settled is None or holds(record, item.settled):
             item.settled = record  # an older put ending late does not take it back
     item.put_ms = (loop.time() - started) * 1000
-
-
-def _created(record: Record) -> int:
-    return max(value.creationDate for value in record.values)
 
 
 def summarize_puts(items: Sequence[Tracked]) -> dict[str, float]:
