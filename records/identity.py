@@ -15,6 +15,7 @@ import hmac
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from records.errors import InvalidKeyFile
 
@@ -22,6 +23,11 @@ PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 ID_SIZE = 20
 _FILE_HEADER = b"kadnode-ed25519-seed-v1\n"
+# Messages from this size on are signed through OpenSSL (`cryptography`): the same signature
+# (ed25519 is deterministic), but its SHA-512 is faster and it copies nothing: a 4.2 MB message
+# took 7.7 ms against libsodium's 18.8 ms here. Short messages (records) stay with libsodium,
+# faster for them (16 us against 24).
+_LARGE_MESSAGE = 64 * 1024
 
 
 def identity_id(public_key: bytes) -> bytes:
@@ -64,10 +70,11 @@ class Identity:
     (32, 20, 64)
     """
 
-    __slots__ = ("_signing_key", "id", "public_key")
+    __slots__ = ("_large_key", "_signing_key", "id", "public_key")
 
     def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
         self._signing_key = signing_key
+        self._large_key: Ed25519PrivateKey | None = None
         self.public_key: bytes = bytes(signing_key.verify_key)
         self.id: bytes = identity_id(self.public_key)
 
@@ -90,7 +97,11 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         """A 64-byte detached ed25519 signature of `data`."""
-        return self._signing_key.sign(data).signature
+        if len(data) < _LARGE_MESSAGE:
+            return self._signing_key.sign(data).signature
+        if self._large_key is None:
+            self._large_key = Ed25519PrivateKey.from_private_bytes(bytes(self._signing_key))
+        return self._large_key.sign(data)
 
     @property
     def x25519_public_key(self) -> bytes:

@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import nacl.signing
 import pytest
 
 from node.keyfile import load_identity, load_or_create_identity, save_identity
@@ -37,6 +38,17 @@ def test_sign_and_verify() -> None:
     assert not verify_signature(me.public_key, b"hellO", sig)
     assert not verify_signature(Identity.generate().public_key, b"hello", sig)
     assert not verify_signature(me.public_key, b"hello", sig[:63])
+
+
+def test_a_large_message_gets_the_signature_libsodium_makes() -> None:
+    """Large messages are signed through OpenSSL: the very same (deterministic) signature."""
+    me = Identity.from_seed(bytes(range(32)))
+    for size in (64 * 1024 - 1, 64 * 1024, 1_000_003):
+        data = os.urandom(size)
+        sig = me.sign(data)
+        assert sig == nacl.signing.SigningKey(bytes(range(32))).sign(data).signature
+        assert verify_signature(me.public_key, data, sig)
+        assert not verify_signature(me.public_key, data[:-1] + bytes([data[-1] ^ 1]), sig)
 
 
 def test_repr_never_shows_the_secret() -> None:
