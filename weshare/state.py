@@ -24,6 +24,8 @@ from typing import Any
 from weshare.formats import HASH_SIZE, ActionFile, ActionType, Truncation
 from weshare.lineage import Version
 
+_WAL_PAGES = 16384  # checkpoint the write-ahead log when it holds this many pages
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS Config (
     domain VARCHAR(128), key VARCHAR(64) NOT NULL, value TEXT NOT NULL);
@@ -104,6 +106,15 @@ class State:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # A sync writes megabytes at once (inline content in Outbox and Log). Measured on 1,000
+        # small files (4 MB): with SQLite's defaults a checkpoint (two fsyncs) followed nearly
+        # every commit and deleting an Outbox row rewrote its pages with zeros; its 18 commits
+        # took 0.37 s, 0.10 s with these. Zeroing deleted rows protects nothing here: the same
+        # plaintext sits in the user's folder.
+        self._db.execute("PRAGMA secure_delete=FAST")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")  # 64 MiB of 4 KiB pages
+        self._db.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 4096}")
+        self._db.execute("PRAGMA cache_size=-65536")  # KiB: a batch's pages stay in memory
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
