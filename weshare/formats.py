@@ -28,20 +28,26 @@ KEY_SIZE = 32  # AES-256
 _T = TypeVar("_T")
 
 
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_CHANGE = struct.Struct(">HIII")  # a Change: kind u16, start, end, count u32
+
+
 class _Writer:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
 
     def u16(self, value: int) -> _Writer:
-        self._parts.append(struct.pack(">H", value))
+        self._parts.append(_U16.pack(value))
         return self
 
     def u32(self, value: int) -> _Writer:
-        self._parts.append(struct.pack(">I", value))
+        self._parts.append(_U32.pack(value))
         return self
 
     def u64(self, value: int) -> _Writer:
-        self._parts.append(struct.pack(">Q", value))
+        self._parts.append(_U64.pack(value))
         return self
 
     def raw(self, data: bytes) -> _Writer:
@@ -70,25 +76,33 @@ class _Reader:
         self._at = 0
         self._what = what
 
-    def raw(self, size: int) -> bytes:
-        end = self._at + size
-        if end > len(self._data):
+    def _skip(self, size: int) -> int:
+        """Where the next `size` bytes start; moves past them."""
+        at = self._at
+        if at + size > len(self._data):
             raise InvalidFile(f"{self._what}: truncated")
-        chunk = bytes(self._data[self._at : end])
-        self._at = end
-        return chunk
+        self._at = at + size
+        return at
+
+    def raw(self, size: int) -> bytes:
+        at = self._skip(size)
+        return bytes(self._data[at : at + size])
 
     def u16(self) -> int:
-        value: int = struct.unpack(">H", self.raw(2))[0]
+        value: int = _U16.unpack_from(self._data, self._skip(2))[0]
         return value
 
     def u32(self) -> int:
-        value: int = struct.unpack(">I", self.raw(4))[0]
+        value: int = _U32.unpack_from(self._data, self._skip(4))[0]
         return value
 
     def u64(self) -> int:
-        value: int = struct.unpack(">Q", self.raw(8))[0]
+        value: int = _U64.unpack_from(self._data, self._skip(8))[0]
         return value
+
+    def fields(self, layout: struct.Struct) -> tuple[int, ...]:
+        """Integers laid out as `layout` says, read in one go."""
+        return layout.unpack_from(self._data, self._skip(layout.size))
 
     def blob(self) -> bytes:
         return self.raw(self.u32())
@@ -366,7 +380,7 @@ class FileChange:
             writer.raw(digest)
         writer.text(self.message).u32(len(self.changes))
         for change in self.changes:
-            writer.u16(change.kind).u32(change.start).u32(change.end).u32(change.count)
+            writer.raw(_CHANGE.pack(change.kind, change.start, change.end, change.count))
         return writer.bytes()
 
     def encode_into(self, writer: _Writer) -> None:
@@ -387,10 +401,10 @@ class FileChange:
         message = header.text()
 
         def change() -> Change:
-            kind = header.u16()
+            kind, start, end, count = header.fields(_CHANGE)
             if kind not in ChangeType._value2member_map_:
                 raise InvalidFile(f"C.x: unknown change type {kind}")
-            return Change(ChangeType(kind), header.u32(), header.u32(), header.u32())
+            return Change(ChangeType(kind), start, end, count)
 
         changes = header.items(change)
         header.end()

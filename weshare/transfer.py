@@ -252,9 +252,12 @@ def split_and_put(session: Session, loop: asyncio.AbstractEventLoop, path: Path)
     return parts
 
 
-async def put_change(session: Session, name: str, plaintext: bytes) -> None:
+async def put_change(
+    session: Session, name: str, plaintext: bytes, change: ChangeFile | None = None
+) -> None:
     """Put a queued change file under `name` (or find it there from an earlier attempt), then
-    take it off the Outbox. If another writer took the name, move to a fresh id."""
+    take it off the Outbox. If another writer took the name, move to a fresh id. `change` is
+    `plaintext` decoded, when the caller has it."""
     for _ in range(32):  # bounded: each retry takes an id above every change listed
         full = session.full(name)
         key_id, key = session.keyring.current
@@ -285,7 +288,7 @@ async def put_change(session: Session, name: str, plaintext: bytes) -> None:
     state, domain, public = session.state, session.domain, session.identity.public_key
     with state.transaction():
         if public in state.members_at(domain, parse_object_name("C", name) or 0):
-            rows = change_rows(name, ChangeFile.decode(plaintext), public)
+            rows = change_rows(name, change or ChangeFile.decode(plaintext), public)
             state.add_log(domain, rows)
             state.mark_object(domain, name, None)
             if rows:
