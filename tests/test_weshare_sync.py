@@ -3,13 +3,16 @@ fork until one is chosen, a killed sync is finished by the next one."""
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import weshare.sync
 from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
 from weshare import UsageError, Weshare
 from weshare.discovery import discover
@@ -221,6 +224,49 @@ async def test_only_an_admin_invites(pair: Pair, tmp_path: Path) -> None:
         await pair.bob.sync(DOMAIN)
         with pytest.raises(UsageError, match="only an admin"):
             await pair.bob.invite(DOMAIN, carol.get_public(), "carol")
+
+
+async def test_a_sync_reads_each_small_file_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        (pair.a / f"f{n}.txt").write_text(f"file {n}")
+    opened: collections.Counter[str] = collections.Counter()
+    real_open = Path.open
+
+    def counting_open(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.parent == pair.a:
+            opened[path.name] += 1
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    assert (await pair.alice.sync(DOMAIN)).pushed == 5
+    assert opened == {f"f{n}.txt": 1 for n in range(5)}  # the push sends what discovery read
+
+
+@pytest.mark.parametrize("kept_bytes", [weshare.sync.KEPT_BYTES, 0], ids=["kept", "read-again"])
+async def test_a_small_file_edited_between_discovery_and_push(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, kept_bytes: int
+) -> None:
+    """Discovery's bytes go up as they were hashed (or, beyond the bytes a sync keeps, the
+    file is read again and skipped if it changed); the edit goes up with the next sync."""
+    (pair.a / "f.txt").write_text("as discovered")
+    monkeypatch.setattr(weshare.sync, "KEPT_BYTES", kept_bytes)
+    real_push = weshare.sync.push
+
+    async def edit_then_push(session: Any, kept: Any = None) -> int:
+        (pair.a / "f.txt").write_text("edited after discovery")
+        return await real_push(session, kept)
+
+    monkeypatch.setattr(weshare.sync, "push", edit_then_push)
+    first = await pair.alice.sync(DOMAIN)
+    assert first.pushed == (1 if kept_bytes else 0)
+    monkeypatch.undo()
+    await pair.sync_both()
+    assert tree(pair.b) == {"f.txt": b"edited after discovery"}
+    contents = [row.data for row in pair.bob.log(DOMAIN)]
+    assert contents == ([b"as discovered"] if kept_bytes else []) + [b"edited after discovery"]
+    assert pair.bob.forks(DOMAIN) == () == pair.alice.forks(DOMAIN)
 
 
 async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair: Pair) -> None:

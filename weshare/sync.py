@@ -51,6 +51,31 @@ from weshare.truncate import collect_fossils
 
 BATCH_INLINE_BYTES = 8 * 1024 * 1024  # inline data per change file
 BATCH_ENTRIES = 4096
+KEPT_BYTES = 64 * 1024 * 1024  # small files' content kept from discovery for the push
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A small file as discovery read it: its content, its part ids and the file's size and
+    modification time when it was read (the push sends these bytes without reading again if
+    the Files row still describes them)."""
+
+    data: bytes
+    ids: list[bytes]
+    modtime: str
+    size: int
+
+
+def read_small(path: Path, id_key: bytes) -> tuple[Kept | None, list[Part]]:
+    """Blocking: split a file that was small when listed; if it still is, with its bytes as
+    read (its stat taken from the open file), else without (it grew: not read into memory)."""
+    with path.open("rb") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_size > INLINE_LIMIT:
+            return None, split_file(path, id_key)
+        data = handle.read()
+    parts = split_bytes(data, id_key)
+    return Kept(data, [part.id for part in parts], str(info.st_mtime_ns), info.st_size), parts
 
 
 @dataclass
@@ -74,22 +99,28 @@ def current_resolution(session: Session) -> Resolution:
     return resolve(session.state.versions(session.domain))
 
 
-def _small_entry(folder: Path, row: FileRow, id_key: bytes, old: list[bytes]) -> FileChange | None:
-    """Blocking: the change of a deleted or inline-sized file (its content read again, checked
-    against what discovery hashed); None if it changed since (the next discovery sees it)."""
+def _small_entry(
+    folder: Path, row: FileRow, id_key: bytes, old: list[bytes], kept: Kept | None
+) -> FileChange | None:
+    """Blocking: the change of a deleted or inline-sized file: its content as this sync's
+    discovery read it (`kept`) if the row describes those bytes, else read again and checked
+    against what discovery hashed; None if it changed since (the next discovery sees it)."""
     origin = (row.version,) if row.version else ()
     if row.status == DELETE:
         return FileChange((), origin, (), changes=diff_parts(old, []))
-    path = folder / row.name
-    try:
-        data = path.read_bytes()
-        info = path.stat()
-    except FileNotFoundError:
-        return None
-    ids = [part.id for part in split_bytes(data, id_key)]
-    if not same_stat(row, info) or content_hash(ids) != row.hash:
-        return None
-    return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=data)
+    if kept is None or (kept.modtime, kept.size, content_hash(kept.ids)) != (
+        row.modtime, row.size, row.hash,
+    ):  # fmt: skip
+        try:
+            kept, _ = read_small(folder / row.name, id_key)
+        except FileNotFoundError:
+            return None
+        if kept is None or (kept.modtime, kept.size, content_hash(kept.ids)) != (
+            row.modtime, row.size, row.hash,
+        ):  # fmt: skip
+            return None
+    ids = kept.ids
+    return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=kept.data)
 
 
 async def _large_entry(session: Session, row: FileRow, old: list[bytes]) -> FileChange | None:
@@ -109,17 +140,22 @@ async def _large_entry(session: Session, row: FileRow, old: list[bytes]) -> File
 
 
 def _small_entries(
-    folder: Path, rows: list[FileRow], id_key: bytes, old: dict[str, list[bytes]]
-) -> list[FileChange | None]:
-    return [_small_entry(folder, row, id_key, old.get(row.version or "", [])) for row in rows]
+    folder: Path, rows: list[FileRow], id_key: bytes, old: dict[str, list[bytes]],
+    kept: dict[str, Kept],
+) -> list[FileChange | None]:  # fmt: skip
+    return [
+        _small_entry(folder, row, id_key, old.get(row.version or "", []), kept.get(row.name))
+        for row in rows
+    ]
 
 
 def _is_small(row: FileRow) -> bool:
     return row.status == DELETE or row.size <= INLINE_LIMIT
 
 
-async def push(session: Session) -> int:
-    """Commit every file marked for push; returns how many file changes were committed."""
+async def push(session: Session, kept: dict[str, Kept] | None = None) -> int:
+    """Commit every file marked for push; returns how many file changes were committed.
+    `kept`: small files as this sync's discovery read them, by name."""
     await flush_outbox(session)
     state, domain = session.state, session.domain
     pending = state.pending_files(domain)
@@ -134,7 +170,7 @@ async def push(session: Session) -> int:
         for start in range(0, len(small), BATCH_ENTRIES):
             rows = small[start : start + BATCH_ENTRIES]
             entries = await asyncio.to_thread(
-                _small_entries, session.folder, rows, session.id_key, old
+                _small_entries, session.folder, rows, session.id_key, old, kept or {}
             )
             made += [(e, r) for e, r in zip(entries, rows, strict=True) if e is not None]
             session.progress.advance(sum(r.size for r in rows if r.status != DELETE))
@@ -163,7 +199,8 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
     put it; returns its name."""
     state, domain = session.state, session.domain
     name = next_change_name(session)
-    plaintext = ChangeFile(tuple(entry for entry, _ in batch)).encode()
+    change = ChangeFile(tuple(entry for entry, _ in batch))
+    plaintext = change.encode()
     with state.transaction():
         state.add_outbox(domain, name, plaintext)
         updated = []
@@ -173,7 +210,7 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
             elif row is not None:
                 updated.append(replace(row, push=False, version=ref_of(name, index)))
         state.put_files(domain, updated)
-    await put_change(session, name, plaintext)
+    await put_change(session, name, plaintext, change)
     return name
 
 
@@ -355,17 +392,27 @@ async def sync_session(session: Session) -> SyncReport:
     def placements() -> dict[str, Placement]:
         return current_resolution(session).placements  # only when a local file changed
 
+    kept: dict[str, Kept] = {}
+    kept_bytes = 0
+
     def split(path: Path, size: int) -> list[Part]:
-        # a large file's parts go up while it is hashed (one read); small ones travel inline
+        # a large file's parts go up while it is hashed (one read); small ones travel inline,
+        # their bytes kept for the push (up to KEPT_BYTES: the push reads the others again)
+        nonlocal kept_bytes
         if size > INLINE_LIMIT:
             return split_and_put(session, loop, path)
-        return split_file(path, session.id_key)
+        read, parts = read_small(path, session.id_key)
+        if read is not None and kept_bytes + read.size <= KEPT_BYTES:
+            kept[path.relative_to(session.folder).as_posix()] = read
+            kept_bytes += read.size
+        return parts
 
     found = await asyncio.to_thread(
         discover, session.state, session.domain, session.folder, session.id_key, placements, split
     )
     report = SyncReport(found)
-    report.pushed = await push(session)
+    report.pushed = await push(session, kept)
+    kept.clear()
     report.pulled = await pull(session)
     report.deleted = await collect_fossils(session)
     resolution = current_resolution(session)
