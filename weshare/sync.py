@@ -99,6 +99,13 @@ def current_resolution(session: Session) -> Resolution:
     return resolve(session.state.versions(session.domain))
 
 
+def _describes(row: FileRow, kept: Kept | None) -> bool:
+    """True if `row` is the file `kept` was read from, as it was then."""
+    return kept is not None and (kept.modtime, kept.size, content_hash(kept.ids)) == (
+        row.modtime, row.size, row.hash,
+    )  # fmt: skip
+
+
 def _small_entry(
     folder: Path, row: FileRow, id_key: bytes, old: list[bytes], kept: Kept | None
 ) -> FileChange | None:
@@ -108,17 +115,14 @@ def _small_entry(
     origin = (row.version,) if row.version else ()
     if row.status == DELETE:
         return FileChange((), origin, (), changes=diff_parts(old, []))
-    if kept is None or (kept.modtime, kept.size, content_hash(kept.ids)) != (
-        row.modtime, row.size, row.hash,
-    ):  # fmt: skip
+    if not _describes(row, kept):
         try:
             kept, _ = read_small(folder / row.name, id_key)
         except FileNotFoundError:
             return None
-        if kept is None or (kept.modtime, kept.size, content_hash(kept.ids)) != (
-            row.modtime, row.size, row.hash,
-        ):  # fmt: skip
+        if not _describes(row, kept):
             return None
+    assert kept is not None  # `_describes` said so
     ids = kept.ids
     return FileChange((row.name,), origin, tuple(ids), changes=diff_parts(old, ids), data=kept.data)
 
