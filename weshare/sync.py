@@ -56,14 +56,13 @@ KEPT_BYTES = 64 * 1024 * 1024  # small files' content kept from discovery for th
 
 @dataclass(frozen=True)
 class Kept:
-    """A small file as discovery read it: its content, its part ids and the file's size and
-    modification time when it was read (the push sends these bytes without reading again if
-    the Files row still describes them)."""
+    """A small file as discovery read it: its content, its part ids and the file's stat when
+    it was read (the push sends these bytes without reading again if the Files row still
+    describes them)."""
 
     data: bytes
     ids: list[bytes]
-    modtime: str
-    size: int
+    info: os.stat_result
 
 
 def read_small(path: Path, id_key: bytes) -> tuple[Kept | None, list[Part]]:
@@ -75,7 +74,7 @@ def read_small(path: Path, id_key: bytes) -> tuple[Kept | None, list[Part]]:
             return None, split_file(path, id_key)
         data = handle.read()
     parts = split_bytes(data, id_key)
-    return Kept(data, [part.id for part in parts], str(info.st_mtime_ns), info.st_size), parts
+    return Kept(data, [part.id for part in parts], info), parts
 
 
 @dataclass
@@ -101,9 +100,7 @@ def current_resolution(session: Session) -> Resolution:
 
 def _describes(row: FileRow, kept: Kept | None) -> bool:
     """True if `row` is the file `kept` was read from, as it was then."""
-    return kept is not None and (kept.modtime, kept.size, content_hash(kept.ids)) == (
-        row.modtime, row.size, row.hash,
-    )  # fmt: skip
+    return kept is not None and same_stat(row, kept.info) and content_hash(kept.ids) == row.hash
 
 
 def _small_entry(
@@ -406,9 +403,9 @@ async def sync_session(session: Session) -> SyncReport:
         if size > INLINE_LIMIT:
             return split_and_put(session, loop, path)
         read, parts = read_small(path, session.id_key)
-        if read is not None and kept_bytes + read.size <= KEPT_BYTES:
+        if read is not None and kept_bytes + len(read.data) <= KEPT_BYTES:
             kept[path.relative_to(session.folder).as_posix()] = read
-            kept_bytes += read.size
+            kept_bytes += len(read.data)
         return parts
 
     found = await asyncio.to_thread(
