@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import weshare.sync
+import weshare.transfer
 from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
 from weshare import UsageError, Weshare
 from weshare.discovery import discover
@@ -64,6 +65,31 @@ async def test_an_edit_uploads_only_the_parts_it_touched(pair: Pair) -> None:
     assert first.uploaded > len(data)
     assert second.uploaded < len(data) * 0.4  # 1-3 parts of ~12 (512 KiB average)
     assert pulled.downloaded < len(data) * 0.4  # bob reuses the parts his copy holds
+
+
+async def test_the_parts_of_a_file_are_written_one_at_a_time(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts are decrypted side by side, but writes to one file take turns (the kernel
+    serializes them anyway, spinning)."""
+    data = os.urandom(6 * 1024 * 1024)  # ~12 parts
+    (pair.a / "video.bin").write_bytes(data)
+    await pair.alice.sync(DOMAIN)
+    writing: collections.Counter[Path] = collections.Counter()
+    most: collections.Counter[Path] = collections.Counter()
+    real_write_at = weshare.transfer._write_at
+
+    def slow_write_at(path: Path, offset: int, view: memoryview) -> None:
+        writing[path] += 1
+        most[path] = max(most[path], writing[path])
+        time.sleep(0.02)  # a write long enough for others to arrive meanwhile
+        real_write_at(path, offset, view)
+        writing[path] -= 1
+
+    monkeypatch.setattr(weshare.transfer, "_write_at", slow_write_at)
+    await pair.bob.sync(DOMAIN)
+    assert (pair.b / "video.bin").read_bytes() == data
+    assert list(most.values()) == [1]  # one file, never two writes at once
 
 
 async def test_a_writer_records_its_change_without_reading_it_back(pair: Pair) -> None:

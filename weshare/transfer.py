@@ -480,9 +480,12 @@ class _Fetched:
 
 
 def _place(session: Session, part: bytes, fetched: _Fetched, out: bytearray, temp: Path,
-           offset: int) -> bool:  # fmt: skip
+           offset: int, writing: threading.Lock) -> bool:  # fmt: skip
     """Blocking: check part `part` (a local copy by its id; an object decrypted, then by its
-    id) and write it at `offset` of `temp`. False if the local copy is not the part any more."""
+    id) and write it at `offset` of `temp`, holding `writing`. False if the local copy is not
+    the part any more. Parts are checked side by side but written to a file one at a time: the
+    kernel serializes writes to one file anyway, and its waiters spin (a 256 MiB pull here:
+    1.0-1.1 s of system CPU with writes side by side, 0.7 s taking turns)."""
     if fetched.body is not None:
         plain = _open_part(session, part, fetched.body, out)
     elif fetched.source is not None:
@@ -492,7 +495,8 @@ def _place(session: Session, part: bytes, fetched: _Fetched, out: bytearray, tem
         plain = found
     else:
         return False
-    _write_at(temp, offset, plain)
+    with writing:
+        _write_at(temp, offset, plain)
     return True
 
 
@@ -528,17 +532,18 @@ async def write_version(session: Session, row: LogRow, temp: Path, local: LocalP
     offset = 0
     buffers = Buffers()
     gate = asyncio.Semaphore(PARALLEL_TRANSFERS)
+    writing = threading.Lock()
     fd = await asyncio.to_thread(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     os.close(fd)
 
     async def place(part: bytes, fetched: _Fetched, at: int) -> None:
         try:
             out = buffers.take(fetched.length)
-            if not await asyncio.to_thread(_place, session, part, fetched, out, temp, at):
+            if not await asyncio.to_thread(_place, session, part, fetched, out, temp, at, writing):
                 remote = await _get_part(session, part)  # the local copy changed meanwhile
                 if remote.length != fetched.length:  # the same id is the same bytes
                     raise InvalidFile(f"part {part.hex()}: not the length its id had here")
-                await asyncio.to_thread(_place, session, part, remote, out, temp, at)
+                await asyncio.to_thread(_place, session, part, remote, out, temp, at, writing)
             buffers.give(out)
         finally:
             gate.release()
