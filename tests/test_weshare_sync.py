@@ -138,6 +138,42 @@ async def test_concurrent_edits_fork_until_one_is_chosen(pair: Pair) -> None:
     assert choice.message == "alice's is better"
 
 
+async def test_a_sync_that_finds_nothing_changed_resolves_nothing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Applying again after a complete apply, with nothing changed in the folder or the Log,
+    would find every file in place; a deleted fork copy or a local edit is a change."""
+    (pair.a / "plan.md").write_text("v1")
+    await pair.sync_both()
+    (pair.a / "plan.md").write_text("alice's plan")
+    (pair.b / "plan.md").write_text("bob's plan")
+    await pair.sync_both()
+    await pair.alice.sync(DOMAIN)
+    resolved: list[int] = []
+    real_resolution = weshare.sync.current_resolution
+
+    def counting_resolution(session: Any) -> Any:
+        if session.state is pair.alice.state:
+            resolved.append(1)
+        return real_resolution(session)
+
+    monkeypatch.setattr(weshare.sync, "current_resolution", counting_resolution)
+    laid_out = tree(pair.a)
+    report = await pair.alice.sync(DOMAIN)
+    assert (report.forks, report.written, report.removed, len(resolved)) == (1, 0, 0, 0)
+    copy = next(name for name in laid_out if ".sync-conflict-" in name)
+    (pair.a / copy).unlink()  # a fork copy is not pushed, so only the apply puts it back
+    report = await pair.alice.sync(DOMAIN)
+    assert (report.forks, report.written, len(resolved)) == (1, 1, 1)
+    assert tree(pair.a) == laid_out
+    await pair.alice.sync(DOMAIN)
+    assert len(resolved) == 1
+    (pair.b / "other.txt").write_text("new")
+    await pair.bob.sync(DOMAIN)
+    assert (await pair.alice.sync(DOMAIN)).written == 1  # a pull changes the Log
+    assert len(resolved) == 2
+
+
 async def test_a_modify_beats_a_concurrent_delete_but_stays_a_fork(pair: Pair) -> None:
     (pair.a / "f.txt").write_text("v1")
     await pair.sync_both()

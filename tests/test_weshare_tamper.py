@@ -102,6 +102,20 @@ async def test_a_tampered_part_never_lands_in_a_file(pair: Pair) -> None:
     assert "decryption failed" in report.problems[0]
 
 
+async def test_a_file_that_could_not_be_written_is_written_by_a_later_sync(pair: Pair) -> None:
+    """A sync that finds nothing new still applies when the last apply left a problem."""
+    (pair.a / "big.bin").write_bytes(bytes(range(256)) * 4000)
+    await pair.alice.sync(DOMAIN)
+    part = sorted((pair.exchange / DOMAIN / "merkle").glob("*.mrk"))[0]
+    good = part.read_bytes()
+    _flip(part, 30)
+    assert len((await pair.bob.sync(DOMAIN)).problems) == 1
+    part.write_bytes(good)  # the exchange is repaired; nothing else changed anywhere
+    report = await pair.bob.sync(DOMAIN)
+    assert (report.problems, report.pulled, report.written) == ([], 0, 1)
+    assert (pair.b / "big.bin").read_bytes() == bytes(range(256)) * 4000
+
+
 async def test_a_replayed_old_users_file_is_refused(pair: Pair, tmp_path: Path) -> None:
     await pair.bob.sync(DOMAIN)
     users = _objects(pair, "U.")

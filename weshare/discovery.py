@@ -64,6 +64,9 @@ class Discovered:
     renamed: int = 0
     deleted: int = 0
     adopted: int = 0
+    as_recorded: bool = False
+    """The folder held exactly the files Files records, as recorded (fork copies included),
+    and nothing else: discovery changed nothing."""
 
 
 def discover(
@@ -140,6 +143,13 @@ def discover(
             updates.append(replace(row, status=DELETE, push=True))
             found.deleted += 1
 
+    if not updates and not dropped:
+        found.as_recorded = all(
+            name in on_disk and same_stat(row, on_disk[name])
+            for name, row in rows.items()
+            if row.status == FORK  # others differing from the folder were updates
+        )
+        return found
     with state.transaction():
         for name in dropped:
             state.drop_file(domain, name)

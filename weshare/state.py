@@ -60,7 +60,18 @@ CREATE TABLE IF NOT EXISTS Truncations (
 CREATE TABLE IF NOT EXISTS Outbox (
     domain VARCHAR(128) NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (domain, name));
+CREATE TABLE IF NOT EXISTS Generation (n INTEGER NOT NULL);
+INSERT INTO Generation (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM Generation);
 """
+# Every write to Log or Files counts in Generation, in the same transaction as the write: a
+# sync that finds the count where its last complete apply left it knows the folder's versions
+# and their Files rows are as that apply left them (`State.generation`).
+_SCHEMA += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {table.lower()}_{event.lower()} AFTER {event} ON {table} "
+    "BEGIN UPDATE Generation SET n = n + 1; END;\n"
+    for table in ("Log", "Files")
+    for event in ("INSERT", "UPDATE", "DELETE")
+)
 
 WAITING = "waiting for its key: "  # Objects.refused of a file whose key we do not hold yet
 
@@ -148,6 +159,22 @@ class State:
             "ON CONFLICT (ifnull(domain, ''), key) DO UPDATE SET value = excluded.value",
             (domain, key, value),
         )
+
+    def generation(self) -> int:
+        """How many writes Log and Files have seen (counted by triggers, never decreasing)."""
+        return int(self._db.execute("SELECT n FROM Generation").fetchone()[0])
+
+    def settled(self, domain: str) -> tuple[int, int] | None:
+        """(`generation`, open forks) when the domain's last apply completed with no problem."""
+        value = self.get_config(domain, "settled")
+        if value is None:
+            return None
+        generation, forks = value.split()
+        return int(generation), int(forks)
+
+    def set_settled(self, domain: str, forks: int) -> None:
+        """Record that an apply just completed with no problem, leaving `forks` open."""
+        self.set_config(domain, "settled", f"{self.generation()} {forks}")
 
     def domains(self) -> list[str]:
         """Every domain this client belongs to."""

@@ -416,9 +416,20 @@ async def sync_session(session: Session) -> SyncReport:
     kept.clear()
     report.pulled = await pull(session)
     report.deleted = await collect_fossils(session)
-    resolution = current_resolution(session)
-    report.written, report.removed = await apply(session, resolution)
-    report.forks = len(resolution.forks)
+    state = session.state
+    settled = state.settled(session.domain)
+    if found.as_recorded and settled is not None and settled[0] == state.generation():
+        # nothing in the folder, Log or Files has changed since an apply completed: applying
+        # again would find every file in place (resolving every version and walking the
+        # folder again: most of a sync that finds nothing to do)
+        report.forks = settled[1]
+    else:
+        problems = len(session.problems)
+        resolution = current_resolution(session)
+        report.written, report.removed = await apply(session, resolution)
+        report.forks = len(resolution.forks)
+        if len(session.problems) == problems:
+            state.set_settled(session.domain, report.forks)
     report.uploaded, report.downloaded = session.uploaded, session.downloaded
     report.problems = list(session.problems)
     return report
