@@ -49,6 +49,12 @@ def test_two_users_share_through_a_folder_exchange(tmp_path: Path) -> None:
     (tmp_path / "bob-files" / "hello.txt").write_text("bob's version\n")
     weshare(tmp_path, "--state", "alice", "sync")
     weshare(tmp_path, "--state", "bob", "sync")
+    again = weshare(tmp_path, "--state", "bob", "sync", "demo")  # nothing changed since
+    assert "wrote 0, removed 0, forks 1," in again
+    copy = next(p for p in (tmp_path / "bob-files").iterdir() if ".sync-conflict-" in p.name)
+    copy.unlink()  # a fork's copy is not pushed: the apply lays it out again
+    assert "wrote 1, removed 0, forks 1," in weshare(tmp_path, "--state", "bob", "sync", "demo")
+    assert copy.exists()
     forks = weshare(tmp_path, "--state", "bob", "forks", "demo")
     refs = re.findall(r"(C\.\d{19}/\d+) .*alice", forks)
     assert forks.startswith("hello.txt:"), forks
