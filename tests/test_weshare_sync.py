@@ -108,12 +108,17 @@ async def test_a_writer_records_its_change_without_reading_it_back(pair: Pair) -
     assert tree(pair.b) == {"big.bin": big, "note.txt": b"hello"}
 
 
-async def test_concurrent_edits_fork_until_one_is_chosen(pair: Pair) -> None:
+async def _fork_plan(pair: Pair) -> None:
+    """Both users edit plan.md at once, then sync (alice, bob, alice): a fork."""
     (pair.a / "plan.md").write_text("v1")
     await pair.sync_both()
     (pair.a / "plan.md").write_text("alice's plan")
     (pair.b / "plan.md").write_text("bob's plan")
     await pair.sync_both()
+
+
+async def test_concurrent_edits_fork_until_one_is_chosen(pair: Pair) -> None:
+    await _fork_plan(pair)
     await pair.bob.sync(DOMAIN)
 
     for client, folder in ((pair.alice, pair.a), (pair.bob, pair.b)):
@@ -142,12 +147,8 @@ async def test_a_sync_that_finds_nothing_changed_resolves_nothing(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Applying again after a complete apply, with nothing changed in the folder or the Log,
-    would find every file in place; a deleted fork copy or a local edit is a change."""
-    (pair.a / "plan.md").write_text("v1")
-    await pair.sync_both()
-    (pair.a / "plan.md").write_text("alice's plan")
-    (pair.b / "plan.md").write_text("bob's plan")
-    await pair.sync_both()
+    would find every file in place; a deleted fork copy or a pulled change is a change."""
+    await _fork_plan(pair)
     await pair.alice.sync(DOMAIN)
     resolved: list[int] = []
     real_resolution = weshare.sync.current_resolution

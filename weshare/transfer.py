@@ -525,8 +525,8 @@ async def write_version(session: Session, row: LogRow, temp: Path, local: LocalP
     """Write version `row`, whose content is in parts, to `temp` (the caller renames it into
     place); returns its parts. Parts come from local files that hold them when possible (checked
     by their id), else from the exchange. Objects are fetched a few ahead, in order (a part's
-    offset is the sum of the lengths before it); each is decrypted, checked and written at its
-    offset on a thread of its own while the next ones arrive."""
+    offset is the sum of the lengths before it); each is decrypted and checked on a thread of
+    its own while the next ones arrive, then written at its offset (one write at a time)."""
     ids = row.part_ids
     parts: list[Part] = []
     offset = 0
