@@ -245,6 +245,21 @@ def test_changes_turn_the_origin_into_the_new_part_list(old: list[bytes], new: l
     assert ChangeFile.decode(encoded).entries[0].changes == changes
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [  # BLAKE3's published test vectors (keyed_hash, first 32 bytes)
+        (0, "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26"),
+        (1024, "75c46f6f3d9eb4f55ecaaee480db732e6c2105546f1e675003687c31719c7ba4"),
+    ],
+)
+def test_part_ids_are_keyed_blake3(size: int, expected: str) -> None:
+    key = b"whats the Elvish word for friend"
+    data = bytes(i % 251 for i in range(size))
+    assert part_id(key, data).hex() == expected
+    assert part_id(key, memoryview(data)).hex() == expected
+    assert part_id(bytes(32), data).hex() != expected  # another key, another id
+
+
 @given(st.binary(max_size=2048) | st.sampled_from([b"x" * MIN_PART, b"y" * (MIN_PART + 1)]))
 def test_small_data_is_one_part_as_fastcdc_cuts_it(data: bytes) -> None:
     key = b"k" * 32

@@ -61,7 +61,7 @@ def _floor_s(data: bytes | bytearray) -> float:
     sealed, plain = bytearray(MAX_PART + ENCRYPTED_OVERHEAD), bytearray(MAX_PART)
     start = time.process_time()
     view = memoryview(data)
-    for part in split_bytes(view, id_key):  # FastCDC and HMAC-SHA256, as a writer
+    for part in split_bytes(view, id_key):  # FastCDC and keyed BLAKE3, as a writer
         name = f"{DOMAIN}/merkle/{part.id.hex()}.mrk"
         body = encrypt_into(1, key, name, view[part.offset : part.offset + part.length], sealed)
         if part_id(id_key, decrypt_into({1: key}, name, body, plain)) != part.id:  # a reader
