@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.weshare_pair import DOMAIN, Pair, PassThrough, pair, tree
-from weshare.crypto import decrypt, part_id
-from weshare.errors import ExchangeError
+from weshare.crypto import decrypt, legacy_part_id, legacy_part_id_key, part_id
+from weshare.errors import ExchangeError, ObjectNotFound
 from weshare.exchange import Exchange
 from weshare.parts import Part, split_file
 from weshare.transfer import PARALLEL_TRANSFERS, Session, part_name, split_and_put
@@ -85,3 +85,37 @@ async def test_a_failed_put_raises_its_error_and_leaves_nothing_hanging(pair: Pa
     await pair.alice.sync(DOMAIN)  # the next sync puts the rest and commits
     await pair.bob.sync(DOMAIN)
     assert tree(pair.b) == {"big.bin": data}
+
+
+async def test_a_domain_written_with_the_first_part_ids_is_still_read(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Part ids were HMAC-SHA256 before they were BLAKE3: what alice wrote then (inline small
+    files, a large file's parts) is still read, and her next edits (BLAKE3) follow it."""
+    rng = random.Random(11)
+    small, large = rng.randbytes(3000), rng.randbytes(6 * 1024 * 1024)
+    (pair.a / "small.txt").write_bytes(small)
+    (pair.a / "large.bin").write_bytes(large)
+    with monkeypatch.context() as old_writer:
+        old_writer.setattr("weshare.transfer.part_id_key", legacy_part_id_key)
+        old_writer.setattr("weshare.transfer.part_id", legacy_part_id)
+        old_writer.setattr("weshare.parts.part_id", legacy_part_id)
+        await pair.alice.sync(DOMAIN)
+    async with pair.alice._session(DOMAIN) as session:  # the parts went up by their old ids
+        legacy_key = legacy_part_id_key(session.keyring.keys[min(session.keyring.keys)])
+        cuts = split_file(pair.a / "large.bin", session.id_key)
+        assert len(cuts) > 2
+        for cut in cuts:
+            old_id = legacy_part_id(legacy_key, large[cut.offset : cut.offset + cut.length])
+            assert await session.exchange.get(session.full(part_name(old_id)))
+            with pytest.raises(ObjectNotFound):
+                await session.exchange.get(session.full(part_name(cut.id)))
+    report = await pair.bob.sync(DOMAIN)
+    assert report.problems == []
+    assert tree(pair.b) == {"large.bin": large, "small.txt": small}
+    (pair.a / "large.bin").write_bytes(large + b"appended")
+    (pair.a / "small.txt").write_bytes(small[:100])
+    await pair.alice.sync(DOMAIN)
+    report = await pair.bob.sync(DOMAIN)
+    assert report.problems == []
+    assert tree(pair.b) == {"large.bin": large + b"appended", "small.txt": small[:100]}

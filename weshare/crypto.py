@@ -14,12 +14,15 @@
 - **Part ids** are keyed BLAKE3 of the part's plaintext under a key derived from the domain key
   (HKDF-SHA256), so the exchange cannot confirm a guessed file by its hashes (as Kopia does).
   Every byte shared is hashed twice (by its writer, and by each reader to check it), and BLAKE3
-  does that at 7 GB/s here against 1.9 for HMAC-SHA256.
+  does that at 7 GB/s here against 1.9 for HMAC-SHA256. Ids made before were HMAC-SHA256 under
+  another derived key (`legacy_part_id`): readers still accept them (`part_matches`), so
+  domains written then stay readable; writers make BLAKE3 ids only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
 from collections.abc import Mapping
@@ -178,6 +181,22 @@ def part_id(id_key: bytes, data: bytes | memoryview) -> bytes:
     """The keyed id of a part: BLAKE3 of its plaintext in keyed mode, 32 bytes (the hashing
     releases the GIL, so readers check parts side by side)."""
     return blake3.blake3(data, key=id_key).digest()
+
+
+def legacy_part_id_key(domain_key: bytes) -> bytes:
+    """The key of the part ids written before they were BLAKE3 (`legacy_part_id`)."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"weshare part id v1").derive(domain_key)
+
+
+def legacy_part_id(legacy_key: bytes, data: bytes | memoryview) -> bytes:
+    """A part id as writers made them before BLAKE3: HMAC-SHA256 of the plaintext."""
+    return hmac.digest(legacy_key, data, "sha256")
+
+
+def part_matches(id_key: bytes, legacy_key: bytes, data: bytes | memoryview, part: bytes) -> bool:
+    """True if `part` is the id of `data`: BLAKE3 under `id_key` or, for parts written before
+    it, HMAC-SHA256 under `legacy_key` (only tried when BLAKE3 does not match)."""
+    return part_id(id_key, data) == part or legacy_part_id(legacy_key, data) == part
 
 
 def content_hash(part_ids: list[bytes] | tuple[bytes, ...]) -> str:

@@ -29,9 +29,12 @@ from weshare.crypto import (
     decrypt_into,
     encrypt,
     encrypt_into,
+    legacy_part_id,
+    legacy_part_id_key,
     open_signed,
     part_id,
     part_id_key,
+    part_matches,
     sign_file,
 )
 from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
@@ -95,6 +98,11 @@ class Session:
         """The part-id key: from the domain's first key, so ids stay the same across rekeys."""
         return part_id_key(self.keyring.keys[min(self.keyring.keys)])
 
+    @cached_property
+    def id_keys(self) -> tuple[bytes, bytes]:
+        """`id_key` and the key of part ids made before they were BLAKE3, for `part_matches`."""
+        return self.id_key, legacy_part_id_key(self.keyring.keys[min(self.keyring.keys)])
+
     def full(self, name: str) -> str:
         """The exchange object name of a domain file."""
         return f"{self.domain}/{name}"
@@ -139,7 +147,9 @@ def part_name(part: bytes) -> str:
 # --- push ---------------------------------------------------------------------------------
 
 
-def _read_part(path: Path, part: Part, id_key: bytes, out: bytearray) -> memoryview | None:
+def _read_part(
+    path: Path, part: Part, id_keys: tuple[bytes, bytes], out: bytearray
+) -> memoryview | None:
     """Blocking: part `part` of the file at `path`, read into `out`; None if those bytes are not
     the part any more (the file changed since it was split) or the file is gone."""
     try:
@@ -152,7 +162,7 @@ def _read_part(path: Path, part: Part, id_key: bytes, out: bytearray) -> memoryv
             return None
     finally:
         os.close(fd)
-    return view if part_id(id_key, view) == part.id else None
+    return view if part_matches(*id_keys, view, part.id) else None
 
 
 def _seal_part(
@@ -161,7 +171,7 @@ def _seal_part(
     """Blocking: the encrypted object of part `part` of `path`, in `sealed` (None as for
     `_read_part`). The bytes encrypted are the bytes whose id was just checked, so an object
     never holds other content than its name says, even if the file is being written."""
-    view = _read_part(path, part, session.id_key, plain)
+    view = _read_part(path, part, session.id_keys, plain)
     if view is None:
         return None
     key_id, key = session.keyring.current
@@ -355,9 +365,21 @@ def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -
     change = ChangeFile.decode(plaintext)
     for entry in change.entries:
         inline = bool(entry.data) or not entry.hashes
-        if inline and tuple(p.id for p in split_bytes(entry.data, session.id_key)) != entry.hashes:
+        if inline and not _inline_matches(session, entry.data, entry.hashes):
             raise InvalidFile(f"{name}: inline data does not match its part hashes")
     return change_rows(name, change, signer)
+
+
+def _inline_matches(session: Session, data: bytes, hashes: tuple[bytes, ...]) -> bool:
+    """True if `data` splits into parts whose ids are `hashes`: BLAKE3 ids, or all of them as
+    they were made before BLAKE3 (a change file is written with one kind only)."""
+    parts = split_bytes(data, session.id_key)
+    if tuple(p.id for p in parts) == hashes:
+        return True
+    legacy_key = session.id_keys[1]
+    view = memoryview(data)
+    legacy = (legacy_part_id(legacy_key, view[p.offset : p.offset + p.length]) for p in parts)
+    return len(parts) == len(hashes) and tuple(legacy) == hashes
 
 
 def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -> ActionFile:
@@ -441,11 +463,11 @@ LocalParts = dict[bytes, tuple[Path, int, int]]  # part id -> (file, offset, len
 
 
 def _read_local(
-    id_key: bytes, source: tuple[Path, int, int], part: bytes, out: bytearray
+    id_keys: tuple[bytes, bytes], source: tuple[Path, int, int], part: bytes, out: bytearray
 ) -> memoryview | None:
     path, offset, length = source
     try:  # checked by its id: the file may have changed since
-        return _read_part(path, Part(part, offset, length), id_key, out)
+        return _read_part(path, Part(part, offset, length), id_keys, out)
     except OSError:
         return None
 
@@ -453,7 +475,7 @@ def _read_local(
 def _open_part(session: Session, part: bytes, data: bytes, out: bytearray) -> memoryview:
     name = session.full(part_name(part))
     plain = decrypt_into(session.keyring.keys, name, data, out)
-    if part_id(session.id_key, plain) != part:
+    if not part_matches(*session.id_keys, plain, part):
         raise InvalidFile(f"{name}: content does not match its id")
     return plain
 
@@ -489,7 +511,7 @@ def _place(session: Session, part: bytes, fetched: _Fetched, out: bytearray, tem
     if fetched.body is not None:
         plain = _open_part(session, part, fetched.body, out)
     elif fetched.source is not None:
-        found = _read_local(session.id_key, fetched.source, part, out)
+        found = _read_local(session.id_keys, fetched.source, part, out)
         if found is None:
             return False
         plain = found
