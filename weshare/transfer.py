@@ -372,7 +372,7 @@ def read_change(session: Session, name: str, data: bytes, members: set[bytes]) -
 
 def _inline_matches(session: Session, data: bytes, hashes: tuple[bytes, ...]) -> bool:
     """True if `data` splits into parts whose ids are `hashes`: BLAKE3 ids, or all of them as
-    they were made before BLAKE3 (a change file is written with one kind only)."""
+    they were made before BLAKE3 (a writer makes one kind only)."""
     parts = split_bytes(data, session.id_key)
     if tuple(p.id for p in parts) == hashes:
         return True
