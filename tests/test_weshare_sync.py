@@ -356,6 +356,54 @@ async def test_applying_never_overwrites_a_local_edit_waiting_to_be_pushed(pair:
     ]
 
 
+async def test_an_apply_looks_only_at_the_files_it_may_change(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(20):
+        (pair.a / f"f{n}.txt").write_text(f"file {n}")
+    await pair.sync_both()
+    (pair.a / "f3.txt").write_text("changed")
+    await pair.alice.sync(DOMAIN)
+    looked: list[list[str]] = []
+    real_stat_files = weshare.sync._stat_files
+
+    def spy(folder: Path, paths: list[str]) -> Any:
+        looked.append(sorted(paths))
+        return real_stat_files(folder, paths)
+
+    def no_walk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the apply walked the whole folder")
+
+    monkeypatch.setattr(weshare.sync, "_stat_files", spy)
+    monkeypatch.setattr(weshare.sync, "walk", no_walk)
+    assert (await pair.bob.sync(DOMAIN)).written == 1
+    assert looked == [["f3.txt"]]  # not the 19 files that hold their version
+    assert (pair.b / "f3.txt").read_text() == "changed"
+
+
+async def test_a_file_deleted_during_a_sync_stays_deleted_and_the_next_sync_pushes_that(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (pair.a / "keep.txt").write_text("kept")
+    (pair.a / "gone.txt").write_text("deleted by bob while he syncs")
+    await pair.sync_both()
+    (pair.a / "new.txt").write_text("new")
+    await pair.alice.sync(DOMAIN)
+    real_pull = weshare.transfer.pull
+
+    async def delete_then_pull(session: Any) -> int:
+        (pair.b / "gone.txt").unlink()  # after discovery, before the apply
+        return await real_pull(session)
+
+    monkeypatch.setattr(weshare.sync, "pull", delete_then_pull)
+    await pair.bob.sync(DOMAIN)
+    monkeypatch.undo()
+    assert tree(pair.b) == {"keep.txt": b"kept", "new.txt": b"new"}  # not brought back
+    assert (await pair.bob.sync(DOMAIN)).discovered.deleted == 1
+    await pair.alice.sync(DOMAIN)
+    assert tree(pair.a) == {"keep.txt": b"kept", "new.txt": b"new"}
+
+
 async def test_a_change_from_a_writer_whose_clock_lags_is_still_found(pair: Pair) -> None:
     (pair.a / "a.txt").write_text("now")
     await pair.sync_both()

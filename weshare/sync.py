@@ -18,6 +18,7 @@ import asyncio
 import functools
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -218,11 +219,10 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
 # --- apply ---------------------------------------------------------------------------------
 
 
-def _local_parts(
-    folder: Path, rows: dict[str, FileRow], on_disk: dict[str, os.stat_result]
-) -> LocalParts:
-    """Parts that local files hold as their rows say, by the walk `on_disk` (checked again
-    when read: a file may have changed since)."""
+def _local_parts(folder: Path, rows: dict[str, FileRow]) -> LocalParts:
+    """Blocking: parts that local files hold as their rows say, by a walk of the folder
+    (checked again when read: a file may have changed since)."""
+    on_disk = walk(folder)
     local: LocalParts = {}
     for name, row in rows.items():
         info = on_disk.get(name)
@@ -296,16 +296,58 @@ async def _write_large(
     return await asyncio.to_thread(_row_for, placement, target, parts)
 
 
+def _holds(row: FileRow | None, placement: Placement) -> bool:
+    """True if `row` records its file as holding `placement` already, nothing to push."""
+    return (
+        row is not None
+        and not row.push
+        and row.version == placement.version.ref
+        and row.hash == placement.version.hash
+        and row.status == (FORK if placement.conflict else SYNC)
+    )
+
+
+def _to_check(resolution: Resolution, rows: dict[str, FileRow]) -> list[str]:
+    """The paths an apply may have to write or remove: placements their rows do not record as
+    held, rows no placement wants, and every fork copy (one deleted is laid out again). A row
+    that holds its placement is left alone without looking at the folder: had its file
+    changed or gone before discovery, discovery would have marked it to push (so it would not
+    hold); if it changed or went since, the next discovery pushes that (a file deleted during
+    a sync is not brought back)."""
+    placements = resolution.placements
+    paths = [
+        path for path, placement in placements.items() if not _holds(rows.get(path), placement)
+    ]
+    paths += [name for name, row in rows.items() if name not in placements or row.status == FORK]
+    return paths
+
+
+def _stat_files(folder: Path, paths: list[str]) -> dict[str, os.stat_result]:
+    """Blocking: `walk`'s view of `paths` alone (regular files only; absent ones left out)."""
+    found: dict[str, os.stat_result] = {}
+    for path in paths:
+        try:
+            info = os.stat(folder / path, follow_symlinks=False)
+        except OSError:  # gone, or in a folder we cannot read (which `walk` skips too)
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found[path] = info
+    return found
+
+
 def _plan(
     session: Session, resolution: Resolution, rows: dict[str, FileRow],
-    on_disk: dict[str, os.stat_result],
+    on_disk: dict[str, os.stat_result], paths: list[str],
 ) -> list[Placement]:  # fmt: skip
-    """The placements to write; rows already holding their version are brought up to date."""
+    """The placements to write among `paths` (`_to_check`); rows already holding their version
+    are brought up to date."""
     state, domain = session.state, session.domain
     to_write: list[Placement] = []
     current: list[FileRow] = []
+    placements = resolution.placements
     with state.transaction():
-        for path, placement in sorted(resolution.placements.items()):
+        for path in sorted({path for path in paths if path in placements}):
+            placement = placements[path]
             row, info = rows.get(path), on_disk.get(path)
             if row is not None and row.push:
                 continue  # a local change waits for the next push
@@ -327,8 +369,9 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
     (written, removed)."""
     state, domain, folder = session.state, session.domain, session.folder
     rows = state.files(domain)
-    on_disk = await asyncio.to_thread(walk, folder)
-    to_write = _plan(session, resolution, rows, on_disk)
+    paths = _to_check(resolution, rows)
+    on_disk = await asyncio.to_thread(_stat_files, folder, paths)
+    to_write = _plan(session, resolution, rows, on_disk, paths)
     log = state.log(domain, [placement.version.ref for placement in to_write])
     small = [p for p in to_write if log[p.version.ref].data is not None]
     large = [p for p in to_write if log[p.version.ref].data is None]
@@ -341,7 +384,7 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
             written += await asyncio.to_thread(_write_inline, folder, chunk, log, session.id_key)
             session.progress.advance(len(chunk))
         if large:
-            local = await asyncio.to_thread(_local_parts, folder, rows, on_disk)
+            local = await asyncio.to_thread(_local_parts, folder, rows)
         for placement in large:
             try:
                 written.append(
