@@ -19,6 +19,7 @@ import functools
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -307,7 +308,7 @@ def _holds(row: FileRow | None, placement: Placement) -> bool:
     )
 
 
-def _to_check(resolution: Resolution, rows: dict[str, FileRow]) -> list[str]:
+def _to_check(resolution: Resolution, rows: dict[str, FileRow]) -> set[str]:
     """The paths an apply may have to write or remove: placements their rows do not record as
     held, rows no placement wants, and every fork copy (one deleted is laid out again). A row
     that holds its placement is left alone without looking at the folder: had its file
@@ -315,14 +316,12 @@ def _to_check(resolution: Resolution, rows: dict[str, FileRow]) -> list[str]:
     hold); if it changed or went since, the next discovery pushes that (a file deleted during
     a sync is not brought back)."""
     placements = resolution.placements
-    paths = [
-        path for path, placement in placements.items() if not _holds(rows.get(path), placement)
-    ]
-    paths += [name for name, row in rows.items() if name not in placements or row.status == FORK]
+    paths = {path for path, wanted in placements.items() if not _holds(rows.get(path), wanted)}
+    paths.update(name for name, row in rows.items() if name not in placements or row.status == FORK)
     return paths
 
 
-def _stat_files(folder: Path, paths: list[str]) -> dict[str, os.stat_result]:
+def _stat_files(folder: Path, paths: Iterable[str]) -> dict[str, os.stat_result]:
     """Blocking: `walk`'s view of `paths` alone (regular files only; absent ones left out)."""
     found: dict[str, os.stat_result] = {}
     for path in paths:
@@ -337,7 +336,7 @@ def _stat_files(folder: Path, paths: list[str]) -> dict[str, os.stat_result]:
 
 def _plan(
     session: Session, resolution: Resolution, rows: dict[str, FileRow],
-    on_disk: dict[str, os.stat_result], paths: list[str],
+    on_disk: dict[str, os.stat_result], paths: set[str],
 ) -> list[Placement]:  # fmt: skip
     """The placements to write among `paths` (`_to_check`); rows already holding their version
     are brought up to date."""
@@ -346,7 +345,7 @@ def _plan(
     current: list[FileRow] = []
     placements = resolution.placements
     with state.transaction():
-        for path in sorted({path for path in paths if path in placements}):
+        for path in sorted(paths & placements.keys()):
             placement = placements[path]
             row, info = rows.get(path), on_disk.get(path)
             if row is not None and row.push:
