@@ -104,6 +104,7 @@ def _reference_resolve(versions: list[Version]) -> Resolution:
         grouped.setdefault(find(head.ref), []).append(head)
     placements: dict[str, Placement] = {}
     forks = []
+    losers = []
     for members in sorted(grouped.values(), key=lambda m: min(v.ref for v in m)):
         ordered = tuple(
             sorted(members, key=lambda v: (v.path is not None, v.change_id, v.ref), reverse=True)
@@ -114,10 +115,12 @@ def _reference_resolve(versions: list[Version]) -> Resolution:
         if winner.path is None:
             continue
         placements[winner.path] = Placement(winner.path, winner, conflict=False)
-        for other in others:
-            if other.path is not None:
-                name = conflict_name(other.path, other)
-                placements.setdefault(name, Placement(name, other, conflict=True))
+        losers += [other for other in others if other.path is not None]
+    for other in losers:
+        assert other.path is not None
+        names = (conflict_name(other.path, other, copy) for copy in range(1, len(placements) + 2))
+        name = next(name for name in names if name not in placements)
+        placements[name] = Placement(name, other, conflict=True)
     return Resolution(placements, tuple(forks))
 
 
@@ -133,6 +136,19 @@ def _histories(draw: st.DrawFn) -> list[Version]:
         writer = draw(st.sampled_from([A, B]))
         versions.append(v(f"C.{index + 1}/{draw(st.integers(0, 2))}", path, *origin, writer=writer))
     return versions
+
+
+@given(_histories())
+def test_every_live_head_is_laid_out_once(versions: list[Version]) -> None:
+    """A head that is not a deletion has a place of its own, whatever names collide (one
+    writer's versions of a path within a second, a file named like a conflict copy)."""
+    result = resolve(versions)
+    followed = {origin for version in versions for origin in version.origin}
+    live_heads = {
+        version.ref for version in versions if version.ref not in followed and version.path
+    }
+    laid_out = [placement.version.ref for placement in result.placements.values()]
+    assert sorted(laid_out) == sorted(live_heads)
 
 
 @given(_histories())

@@ -95,11 +95,14 @@ def ref_of(change_name: str, index: int) -> str:
     return f"{change_name}/{index}"
 
 
-def conflict_name(path: str, version: Version) -> str:
-    """Where a fork's losing live version is placed (Syncthing's conflict naming)."""
+def conflict_name(path: str, version: Version, copy: int = 1) -> str:
+    """Where a fork's losing live version is placed (Syncthing's conflict naming). A `copy`
+    above 1 tells apart copies that would otherwise share a name (versions of one path by one
+    writer within one second)."""
     stem, ext = splitext(path)
     when = datetime.fromtimestamp(id_time_ms(version.change_id) / 1000, UTC)
-    return f"{stem}.sync-conflict-{when:%Y%m%d-%H%M%S}-{version.writer.hex()[:7]}{ext}"
+    counter = f"-{copy}" if copy > 1 else ""
+    return f"{stem}.sync-conflict-{when:%Y%m%d-%H%M%S}-{version.writer.hex()[:7]}{counter}{ext}"
 
 
 class _Groups:
@@ -154,6 +157,7 @@ def resolve(versions: Iterable[Version]) -> Resolution:
 
     placements: dict[str, Placement] = {}
     forks: list[Fork] = []
+    losers: list[tuple[str, Version]] = []
     # most groups are one head (a file nobody edited concurrently): no sorting for those
     for members in sorted(grouped.values(), key=_lowest_ref):
         if len(members) == 1:
@@ -165,8 +169,13 @@ def resolve(versions: Iterable[Version]) -> Resolution:
         if winner.path is None:
             continue  # deleted (every head of the group is a deletion)
         placements[winner.path] = Placement(winner.path, winner, conflict=False)
-        for other in others:
-            if other.path is not None:
-                name = conflict_name(other.path, other)
-                placements.setdefault(name, Placement(name, other, conflict=True))
+        losers += [(other.path, other) for other in others if other.path is not None]
+    # every live head is laid out: a conflict copy never takes a path another version has
+    for path, other in losers:
+        copy = 1
+        name = conflict_name(path, other)
+        while name in placements:  # bounded: each turn tries a name not tried before
+            copy += 1
+            name = conflict_name(path, other, copy)
+        placements[name] = Placement(name, other, conflict=True)
     return Resolution(placements, tuple(forks))
