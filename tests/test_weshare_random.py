@@ -1,15 +1,16 @@
-"""Two users making random creates, edits (small files inline, large ones in parts), renames,
-deletions, syncs, choices that end a fork, and syncs killed midway then restarted (seeded):
-once both have synced until nothing moves, their folders are the same and nothing is lost.
+"""Two or three users making random creates, edits (small files inline, large ones in parts),
+renames, deletions, syncs, choices that end a fork, and syncs killed midway then restarted
+(seeded): once all have synced until nothing moves, their folders are the same and nothing is lost.
 Content goes away only when a user edited or deleted the file holding it in their own folder,
 or chose another head of its fork; every other content written survives, at its path or as a
 fork's conflict copy.
 
-It found conflict copies dropped when two shared a name (seed 36 here fails without that
-fix; `test_every_live_head_is_laid_out_once` catches it directly). The 60 seeds kill 162 syncs
-(95 before a put, 58 after the change file's, 9 reading a part); without the Outbox flush after
-a kill, 30 of them fail. Run wider once: 300 more seeds of 60 steps and 60 seeds of 200 steps
-passed (and, before kills and large files were among the steps, 400 of 60 and 100 of 150)."""
+It found conflict copies dropped when two shared a name (three of these runs fail without that
+fix; `test_every_live_head_is_laid_out_once` catches it directly). The 60 two-user seeds kill
+162 syncs (95 before a put, 58 after the change file's, 9 reading a part); without the Outbox
+flush after a kill, 30 of them fail. Run wider once: two users, 300 more seeds of 60 steps and
+60 seeds of 200 steps (and, before kills and large files were among the steps, 400 of 60 and
+100 of 150); three users, 200 seeds of 100 steps. All passed."""
 
 from __future__ import annotations
 
@@ -44,11 +45,22 @@ def _own_files(folder: Path) -> list[str]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("seed", range(60))
-async def test_random_edits_by_two_users_converge_and_lose_nothing(pair: Pair, seed: int) -> None:
+@pytest.mark.parametrize(
+    ("users", "seed"), [(2, seed) for seed in range(60)] + [(3, seed) for seed in range(30)]
+)
+async def test_random_edits_by_several_users_converge_and_lose_nothing(
+    pair: Pair, users: int, seed: int
+) -> None:
     rng = random.Random(seed)
     sides = {"alice": (pair.alice, pair.a), "bob": (pair.bob, pair.b)}
     opened: list[Weshare] = []
+    if users == 3:
+        carol = Weshare(pair.tmp / "carol-state")
+        opened.append(carol)
+        await carol.start()
+        invite = await pair.alice.invite(DOMAIN, carol.get_public(), "carol")
+        await carol.join(invite, pair.tmp / "carol", "carol")
+        sides["carol"] = (carol, pair.tmp / "carol")
     async with pair.alice._session(DOMAIN) as session:
         id_key = session.id_key
     written: dict[str, bytes] = {}  # by content hash, as versions name it
@@ -119,9 +131,10 @@ async def test_random_edits_by_two_users_converge_and_lose_nothing(pair: Pair, s
         for _ in range(QUIET_ROUNDS):
             for client, _ in sides.values():
                 assert (await client.sync(DOMAIN)).problems == []
-        (alice, a), (bob, b) = sides["alice"], sides["bob"]
-        assert tree(a) == tree(b)
-        assert alice.forks(DOMAIN) == bob.forks(DOMAIN)
+        (alice, a), *others = sides.values()
+        for other, folder in others:
+            assert tree(folder) == tree(a)
+            assert other.forks(DOMAIN) == alice.forks(DOMAIN)
         kept = set(tree(a).values())
         lost = set(written.values()) - destroyed - kept
         assert not lost, f"lost: {sorted(content[:12] for content in lost)}"
