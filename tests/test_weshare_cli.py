@@ -59,6 +59,7 @@ def test_two_users_share_through_a_folder_exchange(tmp_path: Path) -> None:
     refs = re.findall(r"(C\.\d{19}/\d+) .*alice", forks)
     assert forks.startswith("hello.txt:"), forks
     assert len(refs) == 1, forks
+    assert f"at {copy.name}" in forks  # where the losing head is laid out
     weshare(tmp_path, "--state", "bob", "choose", "demo", refs[0])
     weshare(tmp_path, "--state", "alice", "sync")
     for side in ("alice-files", "bob-files"):

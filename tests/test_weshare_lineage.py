@@ -34,6 +34,19 @@ def test_two_edits_of_one_version_fork_and_the_newer_takes_the_path() -> None:
     assert [h.ref for h in result.forks[0].heads] == ["C.3/0", "C.2/0"]
 
 
+def test_copies_that_would_share_a_name_are_told_apart() -> None:
+    """One writer's two versions of a path within a second, both losing to a third: each gets
+    a copy of its own (``-2`` after the writer), and `places` says where each head is."""
+    first, second = v("C.2/0", "f.txt", "C.1/0"), v("C.2/1", "f.txt", "C.1/0")
+    winner = v("C.3/0", "f.txt", "C.1/0", writer=B)
+    result = resolve([v("C.1/0", "f.txt"), first, second, winner])
+    name = conflict_name("f.txt", first)
+    assert conflict_name("f.txt", second) == name  # the clash
+    places = result.places()
+    assert places == {"C.3/0": "f.txt", "C.2/1": name, "C.2/0": name[:-4] + "-2.txt"}
+    assert set(places.values()) == set(result.placements)
+
+
 def test_a_choice_that_follows_both_heads_ends_the_fork() -> None:
     versions = [v("C.1/0", "f"), v("C.2/0", "f", "C.1/0"), v("C.3/0", "f", "C.1/0")]
     chosen = v("C.4/0", "f", "C.2/0", "C.3/0", h="C.2/0")

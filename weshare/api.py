@@ -367,10 +367,11 @@ class Weshare:
 
     def forks(self, domain: str) -> tuple[Fork, ...]:
         """Open forks, as of the last sync."""
-        self._require(domain)
-        return self._resolution(domain).forks
+        return self.resolution(domain).forks
 
-    def _resolution(self, domain: str) -> Resolution:
+    def resolution(self, domain: str) -> Resolution:
+        """Where every version seen belongs (`Resolution.places`) and the open forks."""
+        self._require(domain)
         return resolve(self.state.versions(domain))
 
     def log(self, domain: str) -> list[LogRow]:

@@ -27,7 +27,6 @@ from weshare.errors import ExchangeError, InvalidFile, UsageError, WeshareError
 from weshare.exchange import describe
 from weshare.formats import FLAG_ADMIN
 from weshare.ids import id_time_ms
-from weshare.lineage import conflict_name
 from weshare.sync import SyncReport
 
 _INVITE_PREFIX = "weshare-invite-v1:"
@@ -313,18 +312,14 @@ async def _log(client: Weshare, args: argparse.Namespace) -> int:
 
 
 async def _forks(client: Weshare, args: argparse.Namespace) -> int:
-    forks = client.forks(args.domain)
-    if not forks:
+    resolution = client.resolution(args.domain)
+    places = resolution.places()
+    if not resolution.forks:
         print("no forks")
-    for fork in forks:
+    for fork in resolution.forks:
         print(f"{fork.path}:")
-        for index, head in enumerate(fork.heads):
-            if head.path is None:
-                where = "deleted"
-            elif index == 0:
-                where = f"at {head.path}"
-            else:
-                where = f"at {conflict_name(head.path, head)}"
+        for head in fork.heads:
+            where = "deleted" if head.path is None else f"at {places.get(head.ref, head.path)}"
             who = _who(client, args.domain, head.writer)
             print(f"  {head.ref}  {_when(head.change_id)}  {who}  {where}")
     return 0

@@ -65,6 +65,10 @@ class Resolution:
     placements: dict[str, Placement]
     forks: tuple[Fork, ...]
 
+    def places(self) -> dict[str, str]:
+        """Where each version laid out is (its path, or its conflict copy's), by ref."""
+        return {placement.version.ref: path for path, placement in self.placements.items()}
+
 
 ALIAS_PREFIX = "="  # an origin that says "this entry is that version" (a truncation's base)
 _ALIAS = re.compile(r"^=(C\.(\d{19})/(\d{1,9}))/([0-9a-f]{64})$")
