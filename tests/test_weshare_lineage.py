@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weshare.lineage import Fork, Placement, Resolution, Version, conflict_name, resolve
+from weshare.errors import InvalidFile
+from weshare.lineage import (
+    Fork,
+    Placement,
+    Resolution,
+    Version,
+    alias_of,
+    conflict_name,
+    parse_alias,
+    resolve,
+)
 
 A, B = b"\xaa" * 32, b"\xbb" * 32
 
@@ -45,6 +56,33 @@ def test_copies_that_would_share_a_name_are_told_apart() -> None:
     places = result.places()
     assert places == {"C.3/0": "f.txt", "C.2/1": name, "C.2/0": name[:-4] + "-2.txt"}
     assert set(places.values()) == set(result.placements)
+
+
+def test_an_alias_comes_first_and_the_versions_it_descends_from_follow() -> None:
+    old = Version(f"C.{1 << 22:019d}/3", 1 << 22, A, "f", (), "h")
+    alias = alias_of(old)
+    later = 5 << 22
+    assert parse_alias((alias,), later) == (old.ref, old.change_id, A)
+    assert parse_alias((alias, "C.1/0", "C.2/0"), later) == (old.ref, old.change_id, A)
+    assert parse_alias(("C.1/0", alias), later) is None  # not a base entry
+    assert parse_alias((), later) is None
+    with pytest.raises(InvalidFile):
+        parse_alias((alias, alias), later)  # one alias per entry
+    with pytest.raises(InvalidFile):
+        parse_alias((alias,), 1 << 22)  # an alias stands for an older change than its base
+    with pytest.raises(InvalidFile):
+        parse_alias(("=C.1/0/zz",), later)
+
+
+def test_versions_that_follow_one_unseen_version_are_one_lineage() -> None:
+    """A base holds a head, not the older version a concurrent change followed: through that
+    version, held or not, both are heads of one lineage."""
+    head, concurrent = v("C.3/0", "f", "C.1/0", "C.2/0"), v("C.4/0", "g", "C.1/0", writer=B)
+    with_old = resolve([v("C.1/0", "f"), v("C.2/0", "f", "C.1/0"), head, concurrent])
+    without = resolve([head, concurrent])
+    assert [[h.ref for h in f.heads] for f in without.forks] == [["C.4/0", "C.3/0"]]
+    assert without.forks == with_old.forks
+    assert without.places() == with_old.places()
 
 
 def test_a_choice_that_follows_both_heads_ends_the_fork() -> None:
@@ -106,7 +144,7 @@ def _reference_resolve(versions: list[Version]) -> Resolution:
         for origin in version.origin:
             if origin in by_ref:
                 followed.add(origin)
-                union(version.ref, origin)
+            union(version.ref, origin)
     heads = [version for ref, version in by_ref.items() if ref not in followed]
     first_on_path: dict[str, str] = {}
     for head in heads:

@@ -107,6 +107,40 @@ async def test_truncate_merges_old_changes_and_deletes_them_after_a_grace_period
 
 
 @pytest.mark.timeout(30)
+async def test_a_reader_of_the_base_sees_the_fork_a_concurrent_rename_makes(tmp_path: Path) -> None:
+    """Bob renames f.txt to g.txt from v1 while alice edits it to v2 and truncates (v1 is not
+    a head: the base holds only v2). A reader that gets v2 from the base must still see that
+    bob's g.txt and v2 descend from v1: the same fork as the readers that read v1."""
+    pair = await open_pair(tmp_path)
+    carol = Weshare(tmp_path / "carol-state")
+    try:
+        (pair.a / "f.txt").write_text("v1")
+        await pair.sync_both()
+        (pair.a / "f.txt").write_text("v2 by alice")
+        (pair.b / "f.txt").rename(pair.b / "g.txt")  # bob has not seen v2
+        await pair.alice.sync(DOMAIN)
+        await pair.alice.truncate(DOMAIN, grace_ms=0)
+        assert (await pair.alice.sync(DOMAIN)).deleted > 0  # v1's change file is gone
+        await pair.bob.sync(DOMAIN)
+        await pair.alice.sync(DOMAIN)
+        await carol.start()
+        await carol.join(
+            await pair.alice.invite(DOMAIN, carol.get_public(), "carol"), tmp_path / "c"
+        )
+        await carol.sync(DOMAIN)
+        trees = [tree(folder) for folder in (pair.a, pair.b, tmp_path / "c")]
+        assert trees[0] == trees[1] == trees[2]
+        assert sorted(trees[0].values()) == [b"v1", b"v2 by alice"]  # both kept: a fork
+        heads = [[h.ref for h in f.heads] for f in carol.forks(DOMAIN)]
+        assert len(heads) == 1
+        assert heads == [[h.ref for h in f.heads] for f in pair.alice.forks(DOMAIN)]
+    finally:
+        await pair.alice.close()
+        await pair.bob.close()
+        await carol.close()
+
+
+@pytest.mark.timeout(30)
 async def test_rekey_all_writes_every_change_again_under_the_new_key(tmp_path: Path) -> None:
     pair = await open_pair(tmp_path)
     try:

@@ -81,10 +81,13 @@ def alias_of(version: Version) -> str:
 
 
 def parse_alias(origin: tuple[str, ...], base_id: int) -> tuple[str, int, bytes] | None:
-    """``(ref, change id, writer)`` if `origin` is one alias, else None. `InvalidFile` for a
-    malformed alias or one that does not stand for an older change than its base."""
-    if len(origin) != 1 or not origin[0].startswith(ALIAS_PREFIX):
+    """``(ref, change id, writer)`` if `origin` starts with an alias (a base entry: the
+    versions it descends from follow), else None. `InvalidFile` for a malformed alias, one
+    that does not stand for an older change than its base, or a second alias."""
+    if not origin or not origin[0].startswith(ALIAS_PREFIX):
         return None
+    if any(other.startswith(ALIAS_PREFIX) for other in origin[1:]):
+        raise InvalidFile("C.x: one alias per entry")
     match = _ALIAS.match(origin[0])
     if match is None:
         raise InvalidFile("C.x: malformed alias")
@@ -147,7 +150,9 @@ def resolve(versions: Iterable[Version]) -> Resolution:
         for origin in version.origin:
             if origin in by_ref:
                 followed.add(origin)
-                groups.union(version.ref, origin)
+            # an origin not seen (truncated away, or not read yet) still links its followers:
+            # every reader groups the same versions whichever old ones it holds
+            groups.union(version.ref, origin)
     heads = [version for ref, version in by_ref.items() if ref not in followed]
     first_on_path: dict[str, str] = {}
     for head in heads:

@@ -345,8 +345,10 @@ def change_rows(name: str, change: ChangeFile, signer: bytes) -> list[LogRow]:
         inline = bool(entry.data) or not entry.hashes
         alias = parse_alias(entry.origin, change_id)
         if alias is not None:  # a truncation's base: the version it stands for, as it was
-            ref, version_id, writer = alias
-            version = Version(ref, version_id, writer, entry.path, (), content_hash(entry.hashes))
+            ref, version_id, writer = alias  # and the versions it descends from
+            version = Version(
+                ref, version_id, writer, entry.path, entry.origin[1:], content_hash(entry.hashes)
+            )
         else:
             version = Version(
                 ref_of(name, index), change_id, signer, entry.path, entry.origin,

@@ -26,7 +26,7 @@ from weshare.crypto import encrypt, sign_file
 from weshare.errors import UsageError
 from weshare.formats import ActionFile, ActionType, FileChange, Truncation
 from weshare.ids import parse_object_name
-from weshare.lineage import alias_of
+from weshare.lineage import Version, alias_of
 from weshare.parts import diff_parts
 from weshare.state import LogRow
 from weshare.transfer import Session, next_change_name
@@ -35,8 +35,25 @@ DEFAULT_GRACE_MS = 24 * 3600 * 1000  # fossils stay a day after the base is writ
 BASE_ENTRIES = 4096
 
 
+def _ancestry(version: Version, rows: dict[str, LogRow]) -> tuple[str, ...]:
+    """Every version `version` descends from, through origins (those not in `rows` too)."""
+    seen: set[str] = set()
+    todo = list(version.origin)
+    while todo:  # bounded: each ref is expanded once
+        ref = todo.pop()
+        if ref not in seen:
+            seen.add(ref)
+            row = rows.get(ref)
+            if row is not None:
+                todo.extend(row.version.origin)
+    return tuple(sorted(seen))
+
+
 def base_entries(rows: dict[str, LogRow]) -> list[FileChange]:
-    """The base that stands for the versions `rows`: one alias entry per head among them."""
+    """The base that stands for the versions `rows`: one alias entry per head among them, its
+    origins the alias, then every version it descends from. A change made concurrently may
+    follow one of those; a reader that gets the head from the base links the two through it
+    as a reader that read the old files does (`lineage.resolve`), so both see the same fork."""
     followed = {origin for row in rows.values() for origin in row.version.origin}
     entries = []
     for ref, row in rows.items():
@@ -47,7 +64,7 @@ def base_entries(rows: dict[str, LogRow]) -> list[FileChange]:
         path = (version.path,) if version.path is not None else ()
         entry = FileChange(
             path,
-            (alias_of(version),),
+            (alias_of(version), *_ancestry(version, rows)),
             tuple(ids),
             row.message,
             diff_parts([], ids),
