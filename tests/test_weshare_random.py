@@ -2,6 +2,7 @@
 renames, deletions, syncs, choices that end a fork, truncations (old change files deleted at
 once, or an hour later), and syncs killed midway then restarted (seeded): once all have synced
 until nothing moves, their folders are the same, they see the same forks, and nothing is lost.
+Through a folder exchange, and a few runs through each server the tests start (S3, SFTP, Azure).
 Content goes away only when a user edited or deleted the file holding it in their own folder,
 or chose another head of its fork; every other content written survives, at its path or as a
 fork's conflict copy.
@@ -17,15 +18,17 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
+from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, open_pair, pair, tree
+from tests.weshare_servers import exchange_config, s3_server, sftp_server
 from weshare import UsageError, Weshare
 from weshare.crypto import content_hash
 from weshare.parts import split_bytes
 
-__all__ = ["pair"]  # the fixture, used by name
+__all__ = ["exchange_config", "pair", "s3_server", "sftp_server"]  # fixtures, used by name
 
 NAMES = ("a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt")
 STEPS = 60
@@ -57,6 +60,28 @@ def _own_files(folder: Path) -> list[str]:
 async def test_random_edits_by_several_users_converge_and_lose_nothing(
     pair: Pair, users: int, seed: int
 ) -> None:
+    await _random_steps(pair, users, seed)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("exchange_config", ["s3", "sftp", "azure"], indirect=True)
+@pytest.mark.parametrize(
+    ("users", "seed"), [(2, seed) for seed in range(4)] + [(3, seed) for seed in range(2)]
+)
+async def test_random_edits_through_a_server_exchange(
+    exchange_config: dict[str, Any], tmp_path: Path, users: int, seed: int
+) -> None:
+    """The same through the servers the tests start on 127.0.0.1 (S3, SFTP, Azure)."""
+    pair = await open_pair(tmp_path, [exchange_config])
+    try:
+        await _random_steps(pair, users, seed)
+    finally:
+        await pair.alice.close()
+        await pair.bob.close()
+
+
+async def _random_steps(pair: Pair, users: int, seed: int) -> None:
+    """`STEPS` random steps of `users` users from `seed`, then the checks (module docstring)."""
     rng = random.Random(seed)
     sides = {"alice": (pair.alice, pair.a), "bob": (pair.bob, pair.b)}
     opened: list[Weshare] = []

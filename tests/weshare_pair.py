@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from weshare import Exchange, FolderExchange, Weshare
+from weshare import Exchange, Weshare
 from weshare.api import system_clock
-from weshare.exchange import ExchangeFactory
+from weshare.exchange import ExchangeFactory, default_kinds
 
 DOMAIN = "team.weshare.test"
 
@@ -78,10 +78,12 @@ class FaultyExchange(PassThrough):
 
 
 def faulty_kinds(**faults: Any) -> dict[str, ExchangeFactory]:
-    def factory(config: Mapping[str, Any]) -> Exchange:
-        return FaultyExchange(FolderExchange(Path(config["path"])), **faults)
+    """Every exchange kind, each wrapped in a `FaultyExchange` with `faults`."""
 
-    return {"folder": factory}
+    def wrapping(make: ExchangeFactory) -> ExchangeFactory:
+        return lambda config: FaultyExchange(make(config), **faults)
+
+    return {kind: wrapping(make) for kind, make in default_kinds().items()}
 
 
 @dataclass
