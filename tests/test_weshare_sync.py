@@ -226,6 +226,27 @@ async def test_a_killed_push_is_finished_by_the_next_sync(
         assert restarted.status(DOMAIN).pending == 0
 
 
+async def test_a_rename_undone_after_a_killed_push_keeps_the_file(pair: Pair) -> None:
+    """A sync killed before its change file went up leaves the rename a.txt -> b.txt queued;
+    the user renames it back. The next sync must not take a.txt for the version the remote
+    side still wants there (the queued rename follows it) and push b.txt's deletion: the
+    content would be gone everywhere. Found by the randomized test (seed 732, 200 steps)."""
+    (pair.a / "a.txt").write_text("keep me")
+    await pair.sync_both()
+    (pair.a / "a.txt").rename(pair.a / "b.txt")
+    crashing = Weshare(pair.tmp / "alice-state", kinds=faulty_kinds(before_put="/C."))
+    await pair.alice.close()
+    async with crashing:
+        with pytest.raises(Killed):
+            await crashing.sync(DOMAIN)
+    (pair.a / "b.txt").rename(pair.a / "a.txt")
+    async with Weshare(pair.tmp / "alice-state") as restarted:
+        await restarted.sync(DOMAIN)
+        await pair.bob.sync(DOMAIN)
+        await restarted.sync(DOMAIN)
+    assert tree(pair.a) == tree(pair.b) == {"a.txt": b"keep me"}
+
+
 async def test_a_killed_download_is_finished_by_the_next_sync(pair: Pair) -> None:
     big = random.Random(1).randbytes(2_000_000)  # os.urandom made 2 parts 7 % of the time
     assert len(split_bytes(big, b"k" * 32)) == 4  # the kill comes at the third of four
