@@ -7,11 +7,13 @@ Content goes away only when a user edited or deleted the file holding it in thei
 or chose another head of its fork; every other content written survives, at its path or as a
 fork's conflict copy.
 
-It found two defects, each now pinned by a test of its own: conflict copies that shared a name
-dropped from the folder (`test_every_live_head_is_laid_out_once`), and readers of a
+It found three defects, each now pinned by a test of its own: conflict copies that shared a
+name dropped from the folder (`test_every_live_head_is_laid_out_once`); readers of a
 truncation's base that lost a version's ancestors, so they saw another fork, or none, than
-readers of the old change files (in `test_weshare_truncate.py`, a concurrent rename). Of the
-90 runs here, 25 fail without that fix, and 32 without the Outbox flush after a kill."""
+readers of the old change files (in `test_weshare_truncate.py`, a concurrent rename); and a
+file renamed back after a killed push, deleted everywhere (seed 732 of 200 steps;
+`test_a_rename_undone_after_a_killed_push_keeps_the_file`). Of the folder runs here, 25 fail
+without the truncation fix, and 32 without the Outbox flush after a kill."""
 
 from __future__ import annotations
 
