@@ -158,8 +158,8 @@ def _is_small(row: FileRow) -> bool:
 
 async def push(session: Session, kept: dict[str, Kept] | None = None) -> int:
     """Commit every file marked for push; returns how many file changes were committed.
-    `kept`: small files as this sync's discovery read them, by name."""
-    await flush_outbox(session)
+    `kept`: small files as this sync's discovery read them, by name. Change files a killed sync
+    queued went up before discovery (`sync_session`)."""
     state, domain = session.state, session.domain
     pending = state.pending_files(domain)
     if not pending:
