@@ -425,6 +425,60 @@ async def test_a_file_deleted_during_a_sync_stays_deleted_and_the_next_sync_push
     assert tree(pair.a) == {"keep.txt": b"kept", "new.txt": b"new"}
 
 
+def _edit_after_the_apply_looks(
+    monkeypatch: pytest.MonkeyPatch, path: Path, content: bytes
+) -> None:
+    """The user writes `content` to `path` right after the apply has looked at the folder:
+    while a download runs, in the window an apply cannot close (it writes in the meantime)."""
+    real = weshare.sync._stat_files
+
+    def stat_then_edit(folder: Path, paths: Any) -> dict[str, os.stat_result]:
+        found = real(folder, paths)
+        path.write_bytes(content)
+        return found
+
+    monkeypatch.setattr(weshare.sync, "_stat_files", stat_then_edit)
+
+
+@pytest.mark.parametrize("size", [100, 300_000])  # inline, and in parts
+async def test_a_local_edit_made_while_a_sync_downloads_the_file_is_kept(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    (pair.a / "f.bin").write_bytes(b"1" * size)
+    await pair.sync_both()
+    (pair.a / "f.bin").write_bytes(b"2" * size + b" alice's edit")
+    await pair.alice.sync(DOMAIN)
+    bobs = b"bob's edit, made while his sync downloads alice's"
+    _edit_after_the_apply_looks(monkeypatch, pair.b / "f.bin", bobs)
+    report = await pair.bob.sync(DOMAIN)
+    monkeypatch.undo()
+    assert (report.written, report.problems) == (0, [])
+    assert (pair.b / "f.bin").read_bytes() == bobs  # not overwritten
+    await pair.bob.sync(DOMAIN)  # pushes bob's edit: a fork with alice's
+    await pair.sync_both()
+    assert tree(pair.a) == tree(pair.b)
+    assert {bobs, b"2" * size + b" alice's edit"} <= set(tree(pair.a).values())
+    assert len(pair.alice.forks(DOMAIN)) == 1
+
+
+async def test_a_local_edit_made_while_a_sync_removes_the_file_is_kept(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (pair.a / "g.txt").write_text("alice deletes this")
+    await pair.sync_both()
+    (pair.a / "g.txt").unlink()
+    await pair.alice.sync(DOMAIN)
+    bobs = b"bob's edit, made while his sync removes the file"
+    _edit_after_the_apply_looks(monkeypatch, pair.b / "g.txt", bobs)
+    report = await pair.bob.sync(DOMAIN)
+    monkeypatch.undo()
+    assert (report.removed, report.problems) == (0, [])
+    assert (pair.b / "g.txt").read_bytes() == bobs
+    await pair.bob.sync(DOMAIN)
+    await pair.alice.sync(DOMAIN)
+    assert (pair.a / "g.txt").read_bytes() == bobs
+
+
 async def test_a_change_from_a_writer_whose_clock_lags_is_still_found(pair: Pair) -> None:
     (pair.a / "a.txt").write_text("now")
     await pair.sync_both()

@@ -245,8 +245,7 @@ def _remove_empty_parents(folder: Path, path: Path) -> None:
         parent = parent.parent
 
 
-def _row_for(placement: Placement, target: Path, parts: list[Part]) -> FileRow:
-    info = target.stat()
+def _row_for(placement: Placement, info: os.stat_result, parts: list[Part]) -> FileRow:
     status = FORK if placement.conflict else SYNC
     return FileRow(placement.path, placement.version.hash, str(info.st_mtime_ns), info.st_size,
                    status, False, encode_parts(parts), placement.version.ref)  # fmt: skip
@@ -256,11 +255,35 @@ def _temp_beside(target: Path) -> Path:
     return target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
 
 
+def _current(path: Path) -> os.stat_result | None:
+    """`path`'s stat now; None if it is not there (or cannot be looked at, as `walk` skips)."""
+    try:
+        return os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _move_into_place(temp: Path, target: Path, row: FileRow | None) -> os.stat_result | None:
+    """Blocking: rename the finished `temp` over `target`, unless the user changed `target`
+    since the apply looked (a download takes a while): a file that is not there, or that still
+    looks as its Files `row` says (that version is in the Log), is safe to replace; any other
+    is an edit the next sync pushes, so `temp` goes and None comes back. The stat returned is
+    the temp file's, taken before the rename: an edit right after it still shows."""
+    now = _current(target)
+    if now is not None and (row is None or not same_stat(row, now)):
+        temp.unlink()
+        return None
+    info = os.stat(temp)
+    os.replace(temp, target)
+    return info
+
+
 def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogRow],
-                  id_key: bytes) -> list[FileRow | str]:  # fmt: skip
+                  rows: dict[str, FileRow], id_key: bytes) -> list[FileRow | str]:  # fmt: skip
     """Blocking: write small versions whose content travelled inline (temp file, then rename).
-    A row per file written, or the problem that stopped it. The parts are the version's own:
-    the pull checked that the data splits into them."""
+    A row per file written, or the problem that stopped it; nothing for a file the user
+    changed meanwhile (`_move_into_place`). The parts are the version's own: the pull checked
+    that the data splits into them."""
     done: list[FileRow | str] = []
     folders: set[Path] = set()
     for placement in placements:
@@ -275,8 +298,9 @@ def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogR
                 target.parent.mkdir(parents=True, exist_ok=True)
                 folders.add(target.parent)
             temp.write_bytes(data)
-            os.replace(temp, target)
-            done.append(_row_for(placement, target, parts))
+            info = _move_into_place(temp, target, rows.get(placement.path))
+            if info is not None:
+                done.append(_row_for(placement, info, parts))
         except OSError as exc:
             temp.unlink(missing_ok=True)
             done.append(f"{placement.path}: {exc}")
@@ -284,17 +308,19 @@ def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogR
 
 
 async def _write_large(
-    session: Session, placement: Placement, row: LogRow, local: LocalParts
-) -> FileRow:
+    session: Session, placement: Placement, row: LogRow, local: LocalParts, held: FileRow | None
+) -> FileRow | None:
+    """Write a version in parts to a temp file, then move it to its path (`_move_into_place`,
+    `held` the path's Files row); None if the user changed the file meanwhile."""
     target = session.folder / placement.path
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
     temp = _temp_beside(target)
     try:
         parts = await write_version(session, row, temp, local)
-        await asyncio.to_thread(os.replace, temp, target)
+        info = await asyncio.to_thread(_move_into_place, temp, target, held)
     finally:
         await asyncio.to_thread(temp.unlink, missing_ok=True)
-    return await asyncio.to_thread(_row_for, placement, target, parts)
+    return None if info is None else _row_for(placement, info, parts)
 
 
 def _holds(row: FileRow | None, placement: Placement) -> bool:
@@ -380,15 +406,20 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
     try:
         for start in range(0, len(small), BATCH_ENTRIES):
             chunk = small[start : start + BATCH_ENTRIES]
-            written += await asyncio.to_thread(_write_inline, folder, chunk, log, session.id_key)
+            written += await asyncio.to_thread(
+                _write_inline, folder, chunk, log, rows, session.id_key
+            )
             session.progress.advance(len(chunk))
         if large:
             local = await asyncio.to_thread(_local_parts, folder, rows)
         for placement in large:
             try:
-                written.append(
-                    await _write_large(session, placement, log[placement.version.ref], local)
+                version = log[placement.version.ref]
+                done = await _write_large(
+                    session, placement, version, local, rows.get(placement.path)
                 )
+                if done is not None:
+                    written.append(done)
             except (InvalidFile, OSError) as exc:
                 written.append(f"{placement.path}: {exc}")
     finally:
@@ -396,7 +427,7 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
         with state.transaction():
             state.put_files(domain, (done for done in written if isinstance(done, FileRow)))
     session.problems += [done for done in written if isinstance(done, str)]
-    removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows, on_disk)
+    removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows)
     return sum(isinstance(done, FileRow) for done in written), removed
 
 
@@ -404,18 +435,17 @@ def _pieces(row: LogRow) -> int:
     return len(row.part_ids)
 
 
-def _remove_unwanted(
-    session: Session,
-    resolution: Resolution,
-    rows: dict[str, FileRow],
-    on_disk: dict[str, os.stat_result],
-) -> int:
+def _remove_unwanted(session: Session, resolution: Resolution, rows: dict[str, FileRow]) -> int:
+    """Blocking: remove the files no version wants any more, each only if it still looks as
+    its row says when it is removed (an edit made during the sync is pushed by the next)."""
     state, domain, folder = session.state, session.domain, session.folder
     removed = 0
     for name, row in rows.items():
         if name in resolution.placements or row.push or row.version is None:
             continue
-        info = on_disk.get(name)
+        info = _current(folder / name)
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            info = None  # not a file of ours (`walk` skips it too)
         if info is not None and same_stat(row, info):
             (folder / name).unlink(missing_ok=True)
             _remove_empty_parents(folder, folder / name)
