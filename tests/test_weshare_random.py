@@ -18,12 +18,15 @@ without the truncation fix, and 32 without the Outbox flush after a kill."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import weshare.sync
 from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, open_pair, pair, tree
 from tests.weshare_servers import exchange_config, s3_server, sftp_server
 from weshare import UsageError, Weshare
@@ -82,6 +85,34 @@ async def test_random_edits_through_a_server_exchange(
         await pair.bob.close()
 
 
+@contextlib.contextmanager
+def _acting_during_the_apply(
+    target: Path, content: bytes | None
+) -> Iterator[dict[str, list[bytes]]]:
+    """While in it, the first time the apply looks at the folder, `target` is written with
+    `content` (deleted if None) just after. The dict yielded is then filled: "before" holds
+    what `target` held (nothing if it was not there)."""
+    real = weshare.sync._stat_files
+    acted: dict[str, list[bytes]] = {}
+
+    def look_then_act(folder: Path, paths: Any) -> dict[str, os.stat_result]:
+        found = real(folder, paths)
+        weshare.sync._stat_files = real  # once
+        acted["before"] = [target.read_bytes()] if target.is_file() else []
+        if content is None:
+            target.unlink(missing_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        return found
+
+    weshare.sync._stat_files = look_then_act
+    try:
+        yield acted
+    finally:
+        weshare.sync._stat_files = real
+
+
 async def _random_steps(pair: Pair, users: int, seed: int) -> None:
     """`STEPS` random steps of `users` users from `seed`, then the checks (module docstring)."""
     rng = random.Random(seed)
@@ -114,6 +145,7 @@ async def _random_steps(pair: Pair, users: int, seed: int) -> None:
                 "choose",
                 "crash",
                 "truncate",
+                "busy",
             ]
             action = rng.choice(actions)
             # a unique content per write, each of its own length (an edit within the file
@@ -144,6 +176,14 @@ async def _random_steps(pair: Pair, users: int, seed: int) -> None:
                     source.rename(target)
             elif action == "sync":
                 assert (await client.sync(DOMAIN)).problems == []
+            elif action == "busy":  # the user writes or deletes a file while a sync applies
+                target = folder / rng.choice(NAMES)
+                edit = rng.random() < 0.7
+                with _acting_during_the_apply(target, content if edit else None) as acted:
+                    assert (await client.sync(DOMAIN)).problems == []
+                destroyed.update(acted.get("before", []))
+                if edit and acted:
+                    written[content_hash([p.id for p in split_bytes(content, id_key)])] = content
             elif action == "choose" and client.forks(DOMAIN):
                 fork = rng.choice(client.forks(DOMAIN))
                 keep = rng.choice(fork.heads)
