@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.weshare_pair import tree
 from weshare.cli import main
 
 COMMANDS = ["init", "public", "add-exchange", "invite", "remove", "rekey", "truncate", "join",
@@ -145,3 +147,83 @@ def test_membership_and_truncation_commands(
     assert f"exchange folder: {tmp_path / 'exchange'}" in status
     assert bob[:7] not in status
     assert main(["--state", str(tmp_path / "bob"), "sync", "demo"]) == 2  # not a user any more
+
+
+def _sync_killed_until_it_ends(cwd: Path, state: str, first_delay: float) -> int:
+    """Run `python -m weshare --state STATE sync`, killed (SIGKILL: no cleanup of any kind)
+    after `first_delay` seconds, then a little later each time, until a run ends by itself;
+    returns how many were killed. Bounded: the last run is never killed."""
+    killed = 0
+    for attempt in range(40):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "weshare", "--state", state, "sync"],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _, err = process.communicate(timeout=first_delay + 0.05 * attempt)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            killed += 1
+            continue
+        assert process.returncode == 0, err
+        return killed
+    weshare(cwd, "--state", state, "sync")
+    return killed
+
+
+@pytest.mark.timeout(300)
+def test_syncs_killed_at_any_moment_lose_nothing(tmp_path: Path) -> None:
+    """Real processes killed with SIGKILL at growing delays (files half written, SQLite
+    transactions cut, change files queued), each sync rerun until it ends by itself; then both
+    folders hold exactly what the users made: creates, edits on each side, deletions, renames."""
+    weshare(tmp_path, "--state", "alice", "init", "demo", "--folder", "a", "--name", "alice")
+    weshare(tmp_path, "--state", "alice", "add-exchange", "demo",
+            '{"kind": "folder", "path": "exchange"}')  # fmt: skip
+    bob_key = weshare(tmp_path, "--state", "bob", "public").strip()
+    weshare(tmp_path, "--state", "alice", "invite", "demo", bob_key, "--name", "bob",
+            "--out", "invite.txt")  # fmt: skip
+    weshare(tmp_path, "--state", "bob", "join", "invite.txt", "--folder", "b")
+    rng = random.Random(7)
+    made: dict[str, bytes] = {}
+    for n in range(1500):
+        made[f"d{n % 9}/f{n}.txt"] = rng.randbytes(rng.randint(1, 8000))
+    for n in range(6):
+        made[f"big{n}.bin"] = rng.randbytes(4 * 1024 * 1024)
+
+    def lay_out(folder: Path, files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+
+    lay_out(tmp_path / "a", made)
+    kills = _sync_killed_until_it_ends(tmp_path, "alice", 0.3)
+    kills += _sync_killed_until_it_ends(tmp_path, "bob", 0.3)
+    assert tree(tmp_path / "b") == made
+
+    alice_edits = {f"d{n % 9}/f{n}.txt": b"alice %d" % n for n in range(0, 300)}
+    alice_edits["big0.bin"] = made["big0.bin"][:1000] + b"alice" + made["big0.bin"][1000:]
+    bob_edits = {f"d{n % 9}/f{n}.txt": b"bob %d" % n for n in range(300, 600)}
+    bob_edits["big1.bin"] = rng.randbytes(3 * 1024 * 1024)
+    lay_out(tmp_path / "a", alice_edits)
+    lay_out(tmp_path / "b", bob_edits)
+    deleted = [f"d{n % 9}/f{n}.txt" for n in range(600, 700)] + ["big2.bin"]
+    for name in deleted:
+        (tmp_path / "a" / name).unlink()
+    renamed = {f"d{n % 9}/f{n}.txt": f"moved/f{n}.txt" for n in range(700, 800)}
+    (tmp_path / "b" / "moved").mkdir()
+    for old, new in renamed.items():
+        (tmp_path / "b" / old).rename(tmp_path / "b" / new)
+    for state in ("alice", "bob", "alice"):
+        kills += _sync_killed_until_it_ends(tmp_path, state, 0.25)
+
+    expected = {**made, **alice_edits, **bob_edits}
+    for name in deleted:
+        del expected[name]
+    for old, new in renamed.items():
+        expected[new] = expected.pop(old)
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == dict(sorted(expected.items()))
+    assert "no forks" in weshare(tmp_path, "--state", "alice", "forks", "demo")
+    assert kills >= 5  # the kills landed in the syncs, not after them
