@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.weshare_pair import tree
+from tests.weshare_servers import KINDS, exchange_config, s3_server, sftp_server
 from weshare.cli import main
+
+__all__ = ["exchange_config", "s3_server", "sftp_server"]  # fixtures, used by name
 
 COMMANDS = ["init", "public", "add-exchange", "invite", "remove", "rekey", "truncate", "join",
             "sync", "status", "log", "forks", "choose"]  # fmt: skip
@@ -149,43 +155,56 @@ def test_membership_and_truncation_commands(
     assert main(["--state", str(tmp_path / "bob"), "sync", "demo"]) == 2  # not a user any more
 
 
-def _sync_killed_until_it_ends(cwd: Path, state: str, first_delay: float) -> int:
+async def _run(cwd: Path, *args: str) -> str:
+    """`python -m weshare ARGS` without blocking the loop (the SFTP server runs in it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "weshare", *args, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, (args, out, err)
+    return out.decode()
+
+
+async def _sync_killed_until_it_ends(cwd: Path, state: str) -> int:
     """Run `python -m weshare --state STATE sync`, killed (SIGKILL: no cleanup of any kind)
-    after `first_delay` seconds, then a little later each time, until a run ends by itself;
-    returns how many were killed. Bounded: the last run is never killed."""
+    after 0.25 s, then 15 % later each time, until a run ends by itself; returns how many were
+    killed. Bounded: after 30 kills the last run is not killed."""
     killed = 0
-    for attempt in range(40):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "weshare", "--state", state, "sync"],
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+    for attempt in range(30):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "weshare", "--state", state, "sync", cwd=cwd,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
         try:
-            _, err = process.communicate(timeout=first_delay + 0.05 * attempt)
-        except subprocess.TimeoutExpired:
+            _, err = await asyncio.wait_for(process.communicate(), 0.25 * 1.15**attempt)
+        except TimeoutError:
             process.kill()
-            process.communicate()
+            await process.wait()
             killed += 1
             continue
         assert process.returncode == 0, err
         return killed
-    weshare(cwd, "--state", state, "sync")
+    await _run(cwd, "--state", state, "sync")
     return killed
 
 
 @pytest.mark.timeout(300)
-def test_syncs_killed_at_any_moment_lose_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("exchange_config", KINDS, indirect=True)
+async def test_syncs_killed_at_any_moment_lose_nothing(
+    tmp_path: Path, exchange_config: dict[str, Any]
+) -> None:
     """Real processes killed with SIGKILL at growing delays (files half written, SQLite
-    transactions cut, change files queued), each sync rerun until it ends by itself; then both
-    folders hold exactly what the users made: creates, edits on each side, deletions, renames."""
-    weshare(tmp_path, "--state", "alice", "init", "demo", "--folder", "a", "--name", "alice")
-    weshare(tmp_path, "--state", "alice", "add-exchange", "demo",
-            '{"kind": "folder", "path": "exchange"}')  # fmt: skip
-    bob_key = weshare(tmp_path, "--state", "bob", "public").strip()
-    weshare(tmp_path, "--state", "alice", "invite", "demo", bob_key, "--name", "bob",
-            "--out", "invite.txt")  # fmt: skip
-    weshare(tmp_path, "--state", "bob", "join", "invite.txt", "--folder", "b")
+    transactions cut, change files queued, requests cut), each sync rerun until it ends by
+    itself; then both folders hold exactly what the users made: creates, edits on each side,
+    deletions, renames. Through each kind of exchange."""
+    (tmp_path / "exchange.json").write_text(json.dumps(exchange_config))
+    await _run(tmp_path, "--state", "alice", "init", "demo", "--folder", "a", "--name", "alice")
+    await _run(tmp_path, "--state", "alice", "add-exchange", "demo", "@exchange.json")
+    bob_key = (await _run(tmp_path, "--state", "bob", "public")).strip()
+    await _run(tmp_path, "--state", "alice", "invite", "demo", bob_key, "--name", "bob",
+               "--out", "invite.txt")  # fmt: skip
+    await _run(tmp_path, "--state", "bob", "join", "invite.txt", "--folder", "b")
     rng = random.Random(7)
     made: dict[str, bytes] = {}
     for n in range(1500):
@@ -199,8 +218,8 @@ def test_syncs_killed_at_any_moment_lose_nothing(tmp_path: Path) -> None:
             (folder / name).write_bytes(data)
 
     lay_out(tmp_path / "a", made)
-    kills = _sync_killed_until_it_ends(tmp_path, "alice", 0.3)
-    kills += _sync_killed_until_it_ends(tmp_path, "bob", 0.3)
+    kills = await _sync_killed_until_it_ends(tmp_path, "alice")
+    kills += await _sync_killed_until_it_ends(tmp_path, "bob")
     assert tree(tmp_path / "b") == made
 
     alice_edits = {f"d{n % 9}/f{n}.txt": b"alice %d" % n for n in range(0, 300)}
@@ -217,7 +236,7 @@ def test_syncs_killed_at_any_moment_lose_nothing(tmp_path: Path) -> None:
     for old, new in renamed.items():
         (tmp_path / "b" / old).rename(tmp_path / "b" / new)
     for state in ("alice", "bob", "alice"):
-        kills += _sync_killed_until_it_ends(tmp_path, state, 0.25)
+        kills += await _sync_killed_until_it_ends(tmp_path, state)
 
     expected = {**made, **alice_edits, **bob_edits}
     for name in deleted:
@@ -225,5 +244,5 @@ def test_syncs_killed_at_any_moment_lose_nothing(tmp_path: Path) -> None:
     for old, new in renamed.items():
         expected[new] = expected.pop(old)
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == dict(sorted(expected.items()))
-    assert "no forks" in weshare(tmp_path, "--state", "alice", "forks", "demo")
+    assert "no forks" in await _run(tmp_path, "--state", "alice", "forks", "demo")
     assert kills >= 5  # the kills landed in the syncs, not after them

@@ -67,15 +67,18 @@ class S3Server:
         self.server = self._make(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
 
-    def bucket(self) -> dict[str, Any]:
-        """A new bucket, and the exchange configuration that reaches it."""
+    def _client(self) -> Any:
         import boto3  # type: ignore[import-untyped]
 
-        name = f"weshare-{uuid.uuid4().hex[:12]}"
-        client = boto3.client(
+        return boto3.client(
             "s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY_ID,
             aws_secret_access_key=S3_SECRET, region_name="us-east-1",
         )  # fmt: skip
+
+    def bucket(self) -> dict[str, Any]:
+        """A new bucket, and the exchange configuration that reaches it."""
+        name = f"weshare-{uuid.uuid4().hex[:12]}"
+        client = self._client()
         client.create_bucket(Bucket=name)
         client.close()
         return {
@@ -83,6 +86,16 @@ class S3Server:
             "access_key_id": S3_KEY_ID, "secret_access_key": S3_SECRET, "timeout_s": 5,
             "retries": 1,
         }  # fmt: skip
+
+    def drop(self, bucket: str) -> None:
+        """Delete `bucket` and its objects (moto keeps an object over 5 MiB in a temporary
+        file, open until the object goes)."""
+        client = self._client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=item["Key"])
+        client.delete_bucket(Bucket=bucket)
+        client.close()
 
 
 def _start_obstore_runtime(config: dict[str, Any]) -> None:
@@ -251,7 +264,9 @@ async def exchange_config(
     if kind == "folder":
         yield {"kind": "folder", "path": str(tmp_path / "exchange")}
     elif kind == "s3":
-        yield s3_server.bucket()
+        config = s3_server.bucket()
+        yield config
+        await asyncio.to_thread(s3_server.drop, config["bucket"])
     elif kind == "sftp":
         yield sftp_server.config("/")
     else:
