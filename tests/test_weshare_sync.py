@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import weshare.sync
 import weshare.transfer
 from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
-from weshare import UsageError, Weshare
+from weshare import StateInUse, UsageError, Weshare
 from weshare.discovery import discover
 from weshare.ids import EPOCH_MS, SnowflakeIds
 from weshare.lineage import Placement
@@ -537,3 +538,44 @@ async def test_a_second_exchange_gets_a_copy_and_every_write(pair: Pair) -> None
         str(pair.exchange),
         str(second),
     ]
+
+
+async def test_one_user_on_two_devices_writing_in_the_same_millisecond_loses_nothing(
+    pair: Pair,
+) -> None:
+    """The same identity on two devices (a copied state) makes the same change ids: a change
+    file found under our name but holding the other device's change is not ours."""
+    (pair.a / "a.txt").write_text("shared")
+    await pair.sync_both()
+    await pair.bob.sync(DOMAIN)
+    await pair.bob.close()
+    shutil.copytree(pair.tmp / "bob-state", pair.tmp / "bob2-state")
+    shutil.copytree(pair.b, pair.tmp / "bob2")
+    now = time.time_ns() // 1_000_000 + 1000
+    first = Weshare(pair.tmp / "bob-state", clock=lambda: now)
+    second = Weshare(pair.tmp / "bob2-state", clock=lambda: now)
+    async with first, second:
+        with second.state.transaction():
+            second.state.set_config(DOMAIN, "folder", str(pair.tmp / "bob2"))
+        (pair.b / "x.txt").write_text("from the first device")
+        (pair.tmp / "bob2" / "y.txt").write_text("from the second device")
+        assert (await first.sync(DOMAIN)).pushed == 1
+        assert (await second.sync(DOMAIN)).pushed == 1
+        await first.sync(DOMAIN)
+        await pair.alice.sync(DOMAIN)
+        expected = {"a.txt": b"shared", "x.txt": b"from the first device",
+                    "y.txt": b"from the second device"}  # fmt: skip
+        assert tree(pair.a) == tree(pair.b) == tree(pair.tmp / "bob2") == expected
+
+
+async def test_a_second_client_on_the_same_state_is_refused_until_the_first_closes(
+    pair: Pair,
+) -> None:
+    """Two processes syncing one state at once (a scheduled sync while one still runs) would
+    push the same edits twice and interleave their SQLite writes: the state is locked."""
+    second = Weshare(pair.tmp / "bob-state")
+    with pytest.raises(StateInUse, match=f"pid {os.getpid()}"):
+        await second.start()
+    await pair.bob.close()
+    async with second:
+        assert second.domains() == [DOMAIN]

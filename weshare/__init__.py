@@ -13,6 +13,7 @@ from weshare.errors import (
     InvalidFile,
     KeyNotHeld,
     ObjectNotFound,
+    StateInUse,
     UsageError,
     WeshareError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "KeyNotHeld",
     "ObjectNotFound",
     "Progress",
+    "StateInUse",
     "SyncReport",
     "Truncation",
     "UsageError",

@@ -29,6 +29,11 @@ class ObjectNotFound(ExchangeError):
     """The exchange has no object of that name."""
 
 
+class StateInUse(WeshareError):
+    """Another process (or client) has this local state open: one at a time, or two syncs would
+    push the same edits twice and interleave their writes. The message names its pid."""
+
+
 class UsageError(WeshareError):
     """The caller asked for something that cannot be done as asked (unknown domain, bad
     configuration, not a member yet...). The CLI turns it into exit status 2."""

@@ -13,7 +13,9 @@ between "decided" and "on the exchange", so a rerun puts the very same bytes).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weshare.errors import StateInUse
 from weshare.formats import HASH_SIZE, ActionFile, ActionType, Truncation
 from weshare.lineage import Version
 
+LOCK_FILE = "weshare.lock"
 _WAL_PAGES = 16384  # checkpoint the write-ahead log when it holds this many pages
 
 _SCHEMA = """
@@ -108,13 +112,41 @@ class LogRow:
         return [self.parts[i : i + HASH_SIZE] for i in range(0, len(self.parts), HASH_SIZE)]
 
 
+def _lock(path: Path) -> int:
+    """An exclusive `flock` on `path`, which then holds our pid (for the message another process
+    gets); `StateInUse` if another holds it. The kernel releases it when the process dies, even
+    by ``kill -9``: no stale lock is left behind. (The node's data dir lock, `node.datadir`, is
+    the same idea; weshare does not import the DHT package.)"""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise StateInUse(
+            f"the state in {path.parent} is in use by pid {holder} (a sync may still be "
+            "running; try again when it ends)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
 class State:
-    """The SQLite database of one client (all its domains)."""
+    """The SQLite database of one client (all its domains), locked for this client while open."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)  # it holds the private key (seed: identity.private)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = _lock(path.parent / LOCK_FILE)
+        try:
+            path.touch(mode=0o600, exist_ok=True)  # it holds the private key (seed 004)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except BaseException:
+            os.close(self._lock)
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         # A sync writes megabytes at once (inline content in Outbox and Log). Measured on 1,000
@@ -129,8 +161,9 @@ class State:
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and let another process open it."""
         self._db.close()
+        os.close(self._lock)  # the only descriptor of the lock file: releases the flock
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

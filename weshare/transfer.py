@@ -276,13 +276,18 @@ async def put_change(
             session.uploaded += len(body)
             break
         try:
-            _, signer = open_signed(full, await session.exchange.get(full))
+            content, signer = open_signed(full, await session.exchange.get(full))
+            ours = signer == session.identity.public_key and (
+                decrypt(session.keyring.keys, full, content) == plaintext
+            )
         except InvalidFile:
-            signer = b""
-        if signer == session.identity.public_key:
+            ours = False
+        if ours:
             break  # our own earlier attempt went through before a kill
-        # another writer took the name: move above every change listed now (racing writers
-        # that lost together do not all try the next id, and lose again, one by one)
+        # another writer took the name (our own key on another device, or in another process,
+        # makes the same ids in the same millisecond: what it put there is not this change):
+        # move above every change listed now (racing writers that lost together do not all
+        # try the next id, and lose again, one by one)
         taken = await session.exchange.list(session.full("C."), after=full)
         newest = max((parse_object_name("C", n.rpartition("/")[2]) or 0 for n in taken), default=0)
         floor = max(parse_object_name("C", name) or 0, newest)
