@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import subprocess
@@ -169,12 +170,17 @@ async def _run(cwd: Path, *args: str) -> str:
 async def _sync_killed_until_it_ends(cwd: Path, state: str) -> int:
     """Run `python -m weshare --state STATE sync`, killed (SIGKILL: no cleanup of any kind)
     after 0.25 s, then 15 % later each time, until a run ends by itself; returns how many were
-    killed. Bounded: after 30 kills the last run is not killed."""
+    killed. Bounded: after 30 kills the last run is not killed. The processes get a temporary
+    folder of their own: one killed while a library's import runs a compiler (`ctypes.util.
+    find_library`, on asyncssh's import) leaves that compiler's temporary files behind."""
     killed = 0
+    temp = cwd / "process-temp"
+    temp.mkdir(exist_ok=True)
     for attempt in range(30):
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "weshare", "--state", state, "sync", cwd=cwd,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "TMPDIR": str(temp)},
         )  # fmt: skip
         try:
             _, err = await asyncio.wait_for(process.communicate(), 0.25 * 1.15**attempt)
