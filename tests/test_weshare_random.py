@@ -1,19 +1,22 @@
 """Two or three users making random creates, edits (small files inline, large ones in parts),
 renames, deletions, syncs, choices that end a fork, truncations (old change files deleted at
-once, or an hour later), and syncs killed midway then restarted (seeded): once all have synced
-until nothing moves, their folders are the same, they see the same forks, and nothing is lost.
-Through a folder exchange, and a few runs through each server the tests start (S3, SFTP, Azure).
-Content goes away only when a user edited or deleted the file holding it in their own folder,
-or chose another head of its fork; every other content written survives, at its path or as a
-fork's conflict copy.
+once, or an hour later), syncs killed midway then restarted, and files written or deleted while
+a sync applies (seeded): once all have synced until nothing moves, their folders are the same,
+they see the same forks, and nothing is lost. Through a folder exchange, and a few runs through
+each server the tests start (S3, SFTP, Azure). Content goes away only when a user edited or
+deleted the file holding it in their own folder, or chose another head of its fork; every other
+content written survives, at its path or as a fork's conflict copy.
 
-It found three defects, each now pinned by a test of its own: conflict copies that shared a
+It found four defects, each now pinned by a test of its own: conflict copies that shared a
 name dropped from the folder (`test_every_live_head_is_laid_out_once`); readers of a
 truncation's base that lost a version's ancestors, so they saw another fork, or none, than
-readers of the old change files (in `test_weshare_truncate.py`, a concurrent rename); and a
-file renamed back after a killed push, deleted everywhere (seed 732 of 200 steps;
-`test_a_rename_undone_after_a_killed_push_keeps_the_file`). Of the folder runs here, 25 fail
-without the truncation fix, and 32 without the Outbox flush after a kill."""
+readers of the old change files (in `test_weshare_truncate.py`, a concurrent rename); a file
+renamed back after a killed push, deleted everywhere (seed 732 of 200 steps;
+`test_a_rename_undone_after_a_killed_push_keeps_the_file`); and a file edited or deleted while
+a sync applied, replaced or removed by the apply (`test_a_local_edit_made_while_a_sync_*`). Of
+the folder runs here, 25 fail without the truncation fix, 32 without the Outbox flush after a
+kill (counted before the step that acts during an apply), and 32 without the check just before
+each rename and removal."""
 
 from __future__ import annotations
 
