@@ -4,7 +4,9 @@ alone, then every kind (folder, S3, SFTP, Azure) against a real server on 127.0.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,34 @@ async def test_every_kind_keeps_the_interface(exchange: Exchange) -> None:
     await exchange.delete("d/C.2")
     await exchange.delete("d/C.2")  # deleting what is gone is fine
     assert await exchange.list("d/C.") == ["d/C.1", "d/C.3"]
+
+
+@pytest.mark.parametrize("exchange_config", KINDS, indirect=True)
+@pytest.mark.timeout(30)
+async def test_every_kind_sweeps_what_killed_puts_left_and_nothing_else(
+    exchange: Exchange, exchange_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A put cut off between its temporary file and its link (a killed writer, a lost SFTP
+    connection) leaves the temporary file: a sweep removes those older than it is told, and
+    never an object or a younger temporary file (a put may be running). S3 and Azure puts
+    leave nothing."""
+    for name in ("d/C.1", "d/merkle/ab.mrk", "e/C.1"):
+        assert await exchange.put_if_absent(name, b"object")
+    disk = {"folder": Path(exchange_config.get("path", "")), "sftp": tmp_path / "sftp-root"}
+    root = disk.get(exchange_config["kind"])
+    if root is not None:
+        day_ago = time.time() - 86_400
+        for name in ("d/.tmp-old", "d/merkle/.tmp-old", "d/.tmp-new", "e/.tmp-old"):
+            (root / name).write_bytes(b"half an object")
+        for name in ("d/.tmp-old", "d/merkle/.tmp-old", "e/.tmp-old"):
+            os.utime(root / name, (day_ago, day_ago))
+    assert await exchange.sweep("d/", 3600) == (2 if root is not None else 0)
+    if root is not None:
+        left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        assert left == ["d/.tmp-new", "d/C.1", "d/merkle/ab.mrk", "e/.tmp-old", "e/C.1"]
+    assert await exchange.get("d/merkle/ab.mrk") == b"object"
+    assert await exchange.sweep("d/", 3600) == 0
+    assert await exchange.sweep("nothing/", 3600) == 0
 
 
 @pytest.mark.parametrize("exchange_config", KINDS, indirect=True)

@@ -579,3 +579,53 @@ async def test_a_second_client_on_the_same_state_is_refused_until_the_first_clos
     await pair.bob.close()
     async with second:
         assert second.domains() == [DOMAIN]
+
+
+async def test_a_sync_sweeps_leftovers_from_the_exchange_once_a_day(pair: Pair) -> None:
+    day_ago = time.time() - 2 * 86_400
+
+    def leave(name: str) -> None:  # what a writer killed between its temp file and link left
+        path = pair.exchange / DOMAIN / "merkle" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a part")
+        os.utime(path, (day_ago, day_ago))
+
+    leave(".tmp-first")
+    assert (await pair.alice.sync(DOMAIN)).swept == 1
+    leave(".tmp-second")
+    assert (await pair.alice.sync(DOMAIN)).swept == 0  # once a day
+    with pair.alice.state.transaction():
+        yesterday = time.time_ns() // 1_000_000 - 86_400_001
+        pair.alice.state.set_config(DOMAIN, "swept", str(yesterday))
+    assert (await pair.alice.sync(DOMAIN)).swept == 1
+    assert not list((pair.exchange / DOMAIN / "merkle").iterdir())
+
+
+@pytest.mark.parametrize("remote", ["delete", "rename"])
+async def test_an_apply_killed_after_removing_a_file_pushes_no_deletion(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, remote: str
+) -> None:
+    """Killed between removing a file the remote side no longer wants there and dropping its
+    row, the next discovery finds a tracked file gone: that is what the remote side wants, not
+    a deletion of ours (pushed, it made a fork of two deletions, or of a rename and a deletion,
+    that a user had to end by hand; found by the kill test across processes)."""
+    (pair.a / "f.txt").write_text("shared")
+    await pair.sync_both()
+    if remote == "delete":
+        (pair.a / "f.txt").unlink()
+    else:
+        (pair.a / "f.txt").rename(pair.a / "g.txt")
+    await pair.alice.sync(DOMAIN)
+
+    def killed(*args: Any) -> None:
+        raise Killed("after the removal, before its row went")
+
+    monkeypatch.setattr(pair.bob.state, "drop_file", killed)
+    with pytest.raises(Killed):
+        await pair.bob.sync(DOMAIN)
+    monkeypatch.undo()
+    assert not (pair.b / "f.txt").exists()
+    assert (await pair.bob.sync(DOMAIN)).pushed == 0
+    await pair.sync_both()
+    assert tree(pair.a) == tree(pair.b) == ({} if remote == "delete" else {"g.txt": b"shared"})
+    assert not pair.alice.forks(DOMAIN) and not pair.bob.forks(DOMAIN)

@@ -38,6 +38,9 @@ class PassThrough:
     async def delete(self, name: str) -> None:
         await self.inner.delete(name)
 
+    async def sweep(self, prefix: str, older_than_s: float) -> int:
+        return await self.inner.sweep(prefix, older_than_s)
+
     async def close(self) -> None:
         await self.inner.close()
 

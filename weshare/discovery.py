@@ -5,8 +5,10 @@ Blocking (walks the folder, hashes files, writes SQLite): run it with `asyncio.t
 A file whose size and modification time match its Files row is taken as unchanged. Otherwise
 it is split into parts and hashed; a new path whose hash equals a vanished tracked file is a
 rename (seed: "the hash is calculated so to check for rename cases"); a vanished file nobody
-renamed is a deletion. A file that already holds what the remote side wants at that path (a
-sync killed after writing it, before recording it) is adopted, not pushed back.
+renamed is a deletion, unless the remote side wants nothing at that path any more (a sync
+killed after removing it, before dropping its row): then its row goes and nothing is pushed. A
+file that already holds what the remote side wants at that path (a sync killed after writing
+it, before recording it) is adopted, not pushed back.
 """
 
 from __future__ import annotations
@@ -79,9 +81,9 @@ def discover(
 ) -> Discovered:
     """Compare the folder with Files and mark what must be pushed (Files.push). `placements()`
     says where the remote side wants each version (asked only if a changed file's content is
-    that of a version in Log: only then can the remote side want it there). `split(path,
-    size)` cuts and hashes a new or changed file (by default `split_file`; a sync also puts a
-    large file's parts on the exchange as it goes)."""
+    that of a version in Log, or a tracked file is gone: only then can the answer matter).
+    `split(path, size)` cuts and hashes a new or changed file (by default `split_file`; a sync
+    also puts a large file's parts on the exchange as it goes)."""
     rows = state.files(domain)
     on_disk = walk(folder, clean=True)
     found = Discovered()
@@ -139,6 +141,12 @@ def discover(
     for row in vanished.values():
         if row.version is None:
             dropped.append(row.name)  # made and removed before it was ever pushed
+        elif row.name not in placements():
+            # the remote side wants nothing at this path any more (deleted or moved there): an
+            # apply killed after removing the file but before dropping its row, or a user who
+            # did the same; a deletion pushed would only make a fork with the remote change
+            dropped.append(row.name)
+            found.adopted += 1
         else:
             updates.append(replace(row, status=DELETE, push=True))
             found.deleted += 1

@@ -12,9 +12,11 @@ the same protocol; `weshare.replicas` puts several exchanges of one domain behin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +43,13 @@ class Exchange(Protocol):
 
     async def delete(self, name: str) -> None:
         """Remove the object if it is there (truncation, issue 16)."""
+        ...
+
+    async def sweep(self, prefix: str, older_than_s: float) -> int:
+        """Remove what writers killed midway left under `prefix` (a folder, ``demo/``, and the
+        folders in it) more than `older_than_s` seconds ago: temporary files of a put that
+        never finished (no put takes that long). Returns how many; 0 for stores whose puts
+        leave nothing behind (S3, Azure)."""
         ...
 
     async def close(self) -> None:
@@ -122,6 +131,19 @@ class FolderExchange:
     def _delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
+    def _sweep(self, prefix: str, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder, _, names in os.walk(self._path(prefix.rstrip("/"))):
+            for name in names:
+                if name.startswith(_TEMP_PREFIX):
+                    path = os.path.join(folder, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(path, follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(path)
+                            removed += 1
+        return removed
+
     async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
         """See `Exchange.put_if_absent`."""
         return await asyncio.to_thread(self._wrap, self._put, name, data)
@@ -137,6 +159,11 @@ class FolderExchange:
     async def delete(self, name: str) -> None:
         """See `Exchange.delete`."""
         await asyncio.to_thread(self._wrap, self._delete, name)
+
+    async def sweep(self, prefix: str, older_than_s: float) -> int:
+        """See `Exchange.sweep`: the temporary files `put_if_absent` writes first."""
+        removed: int = await asyncio.to_thread(self._wrap, self._sweep, prefix, older_than_s)
+        return removed
 
     async def close(self) -> None:
         """Nothing to release."""

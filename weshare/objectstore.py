@@ -108,6 +108,10 @@ class ObjectStoreExchange:
         except Exception as exc:
             raise self._error(exc) from None
 
+    async def sweep(self, prefix: str, older_than_s: float) -> int:
+        """See `weshare.exchange.Exchange.sweep`: a put is one request, nothing is left."""
+        return 0
+
     async def close(self) -> None:
         """Nothing to release: obstore pools its connections per store."""
 

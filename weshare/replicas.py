@@ -127,6 +127,18 @@ class ExchangeSet:
             if isinstance(result, BaseException):
                 raise result
 
+    async def sweep(self, prefix: str, older_than_s: float) -> int:
+        """On every exchange (each may hold its own leftovers); the total removed (raises
+        after trying them all if one failed)."""
+        results = await asyncio.gather(
+            *(exchange.sweep(prefix, older_than_s) for exchange in self.exchanges),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(result for result in results if isinstance(result, int))
+
     async def close(self) -> None:
         """Close every exchange."""
         for exchange in self.exchanges:

@@ -23,6 +23,7 @@ import contextlib
 import posixpath
 import secrets
 import stat
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -203,6 +204,36 @@ class SftpExchange:
                 await sftp.remove(path)
 
         await self._run(remove())
+
+    async def sweep(self, prefix: str, older_than_s: float) -> int:
+        """See `weshare.exchange.Exchange.sweep`: temporary files of puts whose connection
+        was lost (or whose writer was killed) before the link."""
+
+        async def remove_stale() -> int:
+            sftp = await self._client()
+            cutoff = time.time() - older_than_s
+            removed = 0
+            folders = [self._path(prefix.rstrip("/"))]
+            while folders:  # bounded: the tree under the domain's folder
+                folder = folders.pop()
+                try:
+                    entries = await sftp.readdir(folder)
+                except asyncssh.SFTPNoSuchFile:
+                    continue
+                for entry in entries:
+                    name, attrs = str(entry.filename), entry.attrs
+                    if name in (".", ".."):
+                        continue
+                    if stat.S_ISDIR(attrs.permissions or 0):
+                        folders.append(posixpath.join(folder, name))
+                    elif name.startswith(_TEMP_PREFIX) and (attrs.mtime or cutoff) < cutoff:
+                        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                            await sftp.remove(posixpath.join(folder, name))
+                            removed += 1
+            return removed
+
+        removed: int = await self._run(remove_stale())
+        return removed
 
     async def close(self) -> None:
         """Close the SSH connection."""

@@ -49,7 +49,7 @@ from weshare.transfer import (
     upload_parts,
     write_version,
 )
-from weshare.truncate import collect_fossils
+from weshare.truncate import collect_fossils, sweep_leftovers
 
 BATCH_INLINE_BYTES = 8 * 1024 * 1024  # inline data per change file
 BATCH_ENTRIES = 4096
@@ -92,6 +92,7 @@ class SyncReport:
     uploaded: int = 0  # bytes put on the exchange
     downloaded: int = 0  # bytes read from the exchange
     deleted: int = 0  # old change files deleted (a truncation's grace period over)
+    swept: int = 0  # temporary files killed writers left on the exchanges (a daily sweep)
     problems: list[str] = field(default_factory=list)  # files that could not be written
 
 
@@ -493,6 +494,7 @@ async def sync_session(session: Session) -> SyncReport:
     kept.clear()
     report.pulled = await pull(session)
     report.deleted = await collect_fossils(session)
+    report.swept = await sweep_leftovers(session)
     state = session.state
     settled = state.settled(session.domain)
     if found.as_recorded and settled is not None and settled[0] == state.generation():

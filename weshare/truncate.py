@@ -23,7 +23,7 @@ is on the exchange at any moment, and no client can tell when none will.
 from __future__ import annotations
 
 from weshare.crypto import encrypt, sign_file
-from weshare.errors import UsageError
+from weshare.errors import ExchangeError, UsageError
 from weshare.formats import ActionFile, ActionType, FileChange, Truncation
 from weshare.ids import parse_object_name
 from weshare.lineage import Version, alias_of
@@ -33,6 +33,8 @@ from weshare.transfer import Session, next_change_name
 
 DEFAULT_GRACE_MS = 24 * 3600 * 1000  # fossils stay a day after the base is written
 BASE_ENTRIES = 4096
+SWEEP_EVERY_MS = 24 * 3600 * 1000  # how often a client sweeps a domain's exchanges
+LEFTOVER_AGE_S = 24 * 3600.0  # a temporary file this old is no put still running
 
 
 def _ancestry(version: Version, rows: dict[str, LogRow]) -> tuple[str, ...]:
@@ -128,3 +130,24 @@ async def collect_fossils(session: Session) -> int:
         with state.transaction():
             state.finish_truncation(domain, name)
     return deleted
+
+
+async def sweep_leftovers(session: Session) -> int:
+    """Once a day per client and domain: remove from the exchanges what writers killed midway
+    (or cut off) left there more than a day ago, temporary files of puts that never finished
+    (`Exchange.sweep`; a folder's or SFTP server's clock that lags ours by more than a day
+    could take a put in progress, which then fails and is done again by its next sync).
+    Returns how many were removed. Housekeeping: an exchange that fails it (one of several
+    may be down while the others serve the sync) does not fail the sync, and the next sync
+    sweeps again."""
+    state, domain = session.state, session.domain
+    now = session.clock()
+    if now - int(state.get_config(domain, "swept") or 0) < SWEEP_EVERY_MS:
+        return 0
+    try:
+        removed = await session.exchange.sweep(f"{domain}/", LEFTOVER_AGE_S)
+    except ExchangeError:
+        return 0
+    with state.transaction():
+        state.set_config(domain, "swept", str(now))
+    return removed
