@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -185,8 +186,10 @@ async def _sync_killed_until_it_ends(cwd: Path, state: str) -> int:
         try:
             _, err = await asyncio.wait_for(process.communicate(), 0.25 * 1.15**attempt)
         except TimeoutError:
-            process.kill()
-            await process.wait()
+            with contextlib.suppress(ProcessLookupError):  # it may end just then
+                process.kill()
+            if await process.wait() == 0:
+                return killed
             killed += 1
             continue
         assert process.returncode == 0, err
