@@ -628,4 +628,5 @@ async def test_an_apply_killed_after_removing_a_file_pushes_no_deletion(
     assert (await pair.bob.sync(DOMAIN)).pushed == 0
     await pair.sync_both()
     assert tree(pair.a) == tree(pair.b) == ({} if remote == "delete" else {"g.txt": b"shared"})
-    assert not pair.alice.forks(DOMAIN) and not pair.bob.forks(DOMAIN)
+    assert not pair.alice.forks(DOMAIN)
+    assert not pair.bob.forks(DOMAIN)
