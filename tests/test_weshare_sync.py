@@ -3,6 +3,7 @@ fork until one is chosen, a killed sync is finished by the next one."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import random
@@ -17,6 +18,7 @@ import weshare.sync
 import weshare.transfer
 from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
 from weshare import StateInUse, UsageError, Weshare
+from weshare.cli import main as cli_main
 from weshare.discovery import discover
 from weshare.ids import EPOCH_MS, SnowflakeIds
 from weshare.lineage import Placement
@@ -630,3 +632,26 @@ async def test_an_apply_killed_after_removing_a_file_pushes_no_deletion(
     assert tree(pair.a) == tree(pair.b) == ({} if remote == "delete" else {"g.txt": b"shared"})
     assert not pair.alice.forks(DOMAIN)
     assert not pair.bob.forks(DOMAIN)
+
+
+async def test_a_reader_opens_a_state_in_use_and_cannot_write_through_it(
+    pair: Pair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status`, `log` and `forks` while a sync runs: a read-only client shares the state."""
+    (pair.b / "b.txt").write_text("bob's")
+    await pair.bob.sync(DOMAIN)
+    async with Weshare(pair.tmp / "bob-state", read_only=True) as reader:
+        assert reader.status(DOMAIN).files == 1
+        assert [row.version.path for row in reader.log(DOMAIN)] == ["b.txt"]
+        with pytest.raises(UsageError, match="read-only"):
+            await reader.sync(DOMAIN)
+        (pair.b / "c.txt").write_text("written while a reader is open")
+        assert (await pair.bob.sync(DOMAIN)).pushed == 1  # the writer goes on
+    state = str(pair.tmp / "bob-state")
+    for command in ("status", "log", "forks"):  # the CLI reads without the lock
+        args = ["--state", state, command, *([DOMAIN] if command != "status" else [])]
+        assert await asyncio.to_thread(cli_main, args) == 0
+    assert await asyncio.to_thread(cli_main, ["--state", state, "sync"]) == 1  # bob holds it
+    assert "in use by pid" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="no weshare state"):
+        await Weshare(pair.tmp / "nobody", read_only=True).start()

@@ -74,7 +74,9 @@ class Weshare:
     """A weshare client whose state (identity, domains, files seen) lives in `state_dir`.
 
     Use ``async with Weshare(path) as client`` or call `start` and `close`. One operation at a
-    time runs per client (a lock); exchanges are opened for each operation and closed after."""
+    time runs per client (a lock); exchanges are opened for each operation and closed after.
+    One client at a time opens a state (`StateInUse` otherwise); with `read_only` a client only
+    reads it (`status`, `log`, `forks`: while a sync runs, say) and may share it."""
 
     def __init__(
         self,
@@ -83,8 +85,10 @@ class Weshare:
         kinds: Mapping[str, ExchangeFactory] | None = None,
         clock: Callable[[], int] = system_clock,
         progress: Progress | None = None,
+        read_only: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.read_only = read_only
         self._kinds = dict(default_kinds() if kinds is None else kinds)
         self._clock = clock
         self._progress = progress or NoProgress()
@@ -96,8 +100,13 @@ class Weshare:
 
     async def start(self) -> str:
         """Open the state (creating it and an identity the first time); the public key, hex."""
-        state = State(self.state_dir / DATABASE)
+        if self.read_only and not (self.state_dir / DATABASE).is_file():
+            raise UsageError(f"no weshare state in {self.state_dir}")
+        state = State(self.state_dir / DATABASE, exclusive=not self.read_only)
         private = state.get_config(None, "identity.private")  # seed 004 Config keys
+        if private is None and self.read_only:
+            state.close()
+            raise UsageError(f"no identity in {self.state_dir} yet")
         if private is None:
             identity = Identity.generate()
             with state.transaction():
@@ -130,6 +139,10 @@ class Weshare:
         if self._state is None:
             raise UsageError("Weshare is not started")
         return self._state
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise UsageError(f"the state in {self.state_dir} was opened read-only")
 
     @property
     def identity(self) -> Identity:
@@ -172,6 +185,7 @@ class Weshare:
         """seed 004 AddDomain: a new domain whose founding admin is this user, shared from the
         local `folder` (default ``<state_dir>/files/<name>``). It reaches others once an exchange
         is added."""
+        self._writable()
         if not _DOMAIN.match(name):
             raise UsageError(f"{name!r} is not a domain name (like public.weshare.zone)")
         if self.state.get_config(name, "folder") is not None:
@@ -192,6 +206,7 @@ class Weshare:
         `weshare.exchange.default_kinds`). The first exchange of a new domain is laid out by
         its founding admin; a further one gets a copy of what the domain's exchanges hold, then
         every write goes to each and reads to the nearest (`weshare.replicas`)."""
+        self._writable()
         self._require(domain)
         normalized = normalize_config(config)
         known = self._exchanges(domain)
@@ -253,6 +268,7 @@ class Weshare:
 
     @asynccontextmanager
     async def _session(self, domain: str) -> AsyncIterator[Session]:
+        self._writable()
         folder = self._require(domain)
         configs = self._exchanges(domain)
         if not configs:
@@ -334,6 +350,7 @@ class Weshare:
     async def join(self, invite: bytes, folder: Path | str, user_name: str = "") -> str:
         """Join the domain an invite sealed to us names, shared from local `folder`; returns the
         domain. Sync to fetch its files."""
+        self._writable()
         opened = open_invite(self.identity, invite)
         domain = opened.config.get("domain")
         exchanges = opened.config.get("exchanges")

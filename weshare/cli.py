@@ -2,7 +2,8 @@
 
 Bad input (unknown domain, malformed key, invite or configuration) exits with status 2 and one
 line ``error: ...`` on stderr; an exchange that fails exits with 1. Long syncs draw a progress
-bar on stderr when it is a terminal.
+bar on stderr when it is a terminal. One command at a time writes a state (another exits 1,
+naming the pid that holds it); `status`, `log` and `forks` only read, and run while a sync does.
 """
 
 from __future__ import annotations
@@ -185,8 +186,12 @@ def _read_invite(path: Path) -> bytes:
         raise UsageError("invite is not valid base64") from exc
 
 
+_READERS = frozenset({"status", "log", "forks"})  # they only read: they run while a sync does
+
+
 async def _run(args: argparse.Namespace) -> int:
-    async with Weshare(args.state, progress=TqdmProgress()) as client:
+    reader = args.command in _READERS
+    async with Weshare(args.state, progress=TqdmProgress(), read_only=reader) as client:
         return await _COMMANDS[args.command](client, args)
 
 

@@ -138,14 +138,16 @@ def _lock(path: Path) -> int:
 class State:
     """The SQLite database of one client (all its domains), locked for this client while open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = True) -> None:
+        """Open (or create) the database at `path`; `exclusive` (a client that writes) locks
+        it, a reader (`status` while a sync runs) does not."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(path.parent / LOCK_FILE)
+        self._lock = _lock(path.parent / LOCK_FILE) if exclusive else None
         try:
             path.touch(mode=0o600, exist_ok=True)  # it holds the private key (seed 004)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except BaseException:
-            os.close(self._lock)
+            self._unlock()
             raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -163,7 +165,12 @@ class State:
     def close(self) -> None:
         """Close the database and let another process open it."""
         self._db.close()
-        os.close(self._lock)  # the only descriptor of the lock file: releases the flock
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            os.close(lock)  # the only descriptor of the lock file: releases the flock
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
