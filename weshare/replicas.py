@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from weshare.errors import ExchangeError, ObjectNotFound
@@ -102,12 +102,7 @@ class ExchangeSet:
         if not others:
             return created
         body: bytes | memoryview = data if created else await first.get(name)
-        results = await asyncio.gather(
-            *(other.put_if_absent(name, body) for other in others), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await _all(other.put_if_absent(name, body) for other in others)
         return created
 
     async def get(self, name: str) -> bytes:
@@ -120,24 +115,12 @@ class ExchangeSet:
 
     async def delete(self, name: str) -> None:
         """From every exchange (raises after trying them all if one failed)."""
-        results = await asyncio.gather(
-            *(exchange.delete(name) for exchange in self.exchanges), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await _all(exchange.delete(name) for exchange in self.exchanges)
 
     async def sweep(self, prefix: str, older_than_s: float) -> int:
         """On every exchange (each may hold its own leftovers); the total removed (raises
         after trying them all if one failed)."""
-        results = await asyncio.gather(
-            *(exchange.sweep(prefix, older_than_s) for exchange in self.exchanges),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return sum(result for result in results if isinstance(result, int))
+        return sum(await _all(exchange.sweep(prefix, older_than_s) for exchange in self.exchanges))
 
     async def close(self) -> None:
         """Close every exchange."""
@@ -172,3 +155,13 @@ async def copy_domain(source: Exchange, target: Exchange, domain: str) -> int:
             if isinstance(result, BaseException):
                 raise result
     return copied
+
+
+async def _all(calls: Iterable[Awaitable[_T]]) -> list[_T]:
+    """Every call's result, run together; the first failure is raised once all have ended (a
+    write or removal is tried on every exchange even if one fails)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [result for result in results if not isinstance(result, BaseException)]

@@ -264,6 +264,12 @@ def _current(path: Path) -> os.stat_result | None:
         return None
 
 
+def _current_file(path: Path) -> os.stat_result | None:
+    """`_current`, for a regular file only (what `walk` counts as a file)."""
+    info = _current(path)
+    return info if info is not None and stat.S_ISREG(info.st_mode) else None
+
+
 def _move_into_place(temp: Path, target: Path, row: FileRow | None) -> os.stat_result | None:
     """Blocking: rename the finished `temp` over `target`, unless the user changed `target`
     since the apply looked (a download takes a while): a file that is not there, or that still
@@ -350,15 +356,7 @@ def _to_check(resolution: Resolution, rows: dict[str, FileRow]) -> set[str]:
 
 def _stat_files(folder: Path, paths: Iterable[str]) -> dict[str, os.stat_result]:
     """Blocking: `walk`'s view of `paths` alone (regular files only; absent ones left out)."""
-    found: dict[str, os.stat_result] = {}
-    for path in paths:
-        try:
-            info = os.stat(folder / path, follow_symlinks=False)
-        except OSError:  # gone, or in a folder we cannot read (which `walk` skips too)
-            continue
-        if stat.S_ISREG(info.st_mode):
-            found[path] = info
-    return found
+    return {path: info for path in paths if (info := _current_file(folder / path)) is not None}
 
 
 def _plan(
@@ -444,9 +442,7 @@ def _remove_unwanted(session: Session, resolution: Resolution, rows: dict[str, F
     for name, row in rows.items():
         if name in resolution.placements or row.push or row.version is None:
             continue
-        info = _current(folder / name)
-        if info is not None and not stat.S_ISREG(info.st_mode):
-            info = None  # not a file of ours (`walk` skips it too)
+        info = _current_file(folder / name)
         if info is not None and same_stat(row, info):
             (folder / name).unlink(missing_ok=True)
             _remove_empty_parents(folder, folder / name)
@@ -464,7 +460,7 @@ async def sync_session(session: Session) -> SyncReport:
 
     @functools.cache
     def placements() -> dict[str, Placement]:
-        return current_resolution(session).placements  # only when a local file changed
+        return current_resolution(session).placements  # only when a local file changed or went
 
     kept: dict[str, Kept] = {}
     kept_bytes = 0
