@@ -1,22 +1,25 @@
 """Two or three users making random creates, edits (small files inline, large ones in parts),
 renames, deletions, syncs, choices that end a fork, truncations (old change files deleted at
-once, or an hour later), syncs killed midway then restarted, and files written or deleted while
-a sync applies (seeded): once all have synced until nothing moves, their folders are the same,
-they see the same forks, and nothing is lost. Through a folder exchange, and a few runs through
-each server the tests start (S3, SFTP, Azure). Content goes away only when a user edited or
-deleted the file holding it in their own folder, or chose another head of its fork; every other
-content written survives, at its path or as a fork's conflict copy.
+once, or an hour later), new domain keys (alone, or with every change written again), syncs
+killed midway then restarted, and files written or deleted while a sync applies (seeded): once
+all have synced until nothing moves, their folders are the same, they see the same forks, and
+nothing is lost. Through a folder exchange, and a few runs through each server the tests start
+(S3, SFTP, Azure). Content goes away only when a user edited or deleted the file holding it in
+their own folder, or chose another head of its fork; every other content written survives, at
+its path or as a fork's conflict copy.
 
-It found four defects, each now pinned by a test of its own: conflict copies that shared a
-name dropped from the folder (`test_every_live_head_is_laid_out_once`); readers of a
-truncation's base that lost a version's ancestors, so they saw another fork, or none, than
-readers of the old change files (in `test_weshare_truncate.py`, a concurrent rename); a file
-renamed back after a killed push, deleted everywhere (seed 732 of 200 steps;
-`test_a_rename_undone_after_a_killed_push_keeps_the_file`); and a file edited or deleted while
-a sync applied, replaced or removed by the apply (`test_a_local_edit_made_while_a_sync_*`). Of
-the folder runs here, 25 fail without the truncation fix, 32 without the Outbox flush after a
-kill (counted before the step that acts during an apply), and 32 without the check just before
-each rename and removal."""
+It found five defects, each now pinned by a test of its own: conflict copies that shared a name
+dropped from the folder (`test_every_live_head_is_laid_out_once`); readers of a truncation's
+base that lost a version's ancestors, so they saw another fork, or none, than readers of the old
+change files (in `test_weshare_truncate.py`, a concurrent rename); a file renamed back after a
+killed push, deleted everywhere (seed 732 of 200 steps;
+`test_a_rename_undone_after_a_killed_push_keeps_the_file`); a file edited or deleted while a
+sync applied, replaced or removed by the apply (`test_a_local_edit_made_while_a_sync_*`); and
+`rekey --all` on a domain without a change yet, which failed with "nothing to truncate" once the
+new key was out (`test_rekey_all_before_any_change_only_gives_a_new_key`). Of the folder runs
+here, 25 failed without the truncation fix, 32 without the Outbox flush after a kill (counted
+before the step that acts during an apply), and 32 without the check just before each rename and
+removal (counted before the rekey step); 4 fail without the rekey fix."""
 
 from __future__ import annotations
 
@@ -149,6 +152,7 @@ async def _random_steps(pair: Pair, users: int, seed: int) -> None:
                 "crash",
                 "truncate",
                 "busy",
+                "rekey",
             ]
             action = rng.choice(actions)
             # a unique content per write, each of its own length (an edit within the file
@@ -197,6 +201,11 @@ async def _random_steps(pair: Pair, users: int, seed: int) -> None:
             elif action == "truncate" and who == "alice":  # the admin merges what she read
                 with contextlib.suppress(UsageError):  # nothing new to truncate
                     await client.truncate(DOMAIN, grace_ms=rng.choice([0, 3_600_000]))
+            elif action == "rekey" and who == "alice":  # a new domain key, maybe for everything
+                if rng.random() < 0.5:
+                    await client.rekey(DOMAIN)
+                else:
+                    await client.rekey(DOMAIN, everything=True, grace_ms=rng.choice([0, 3_600_000]))
             elif action == "crash":  # the process dies in a sync; a restarted one goes on
                 await client.close()
                 kinds = faulty_kinds(**rng.choice(FAULTS))

@@ -141,6 +141,28 @@ async def test_a_reader_of_the_base_sees_the_fork_a_concurrent_rename_makes(tmp_
 
 
 @pytest.mark.timeout(30)
+async def test_rekey_all_before_any_change_only_gives_a_new_key(tmp_path: Path) -> None:
+    """Nothing to write again is no error (it was "nothing to truncate", raised after the new
+    key was already out); the next changes use the new key."""
+    pair = await open_pair(tmp_path)
+    try:
+        before = max(_keyring(pair.alice).keys)
+        await pair.alice.rekey(DOMAIN, everything=True, grace_ms=0)
+        assert max(_keyring(pair.alice).keys) > before
+        (pair.a / "after.txt").write_text("under the new key")
+        await pair.sync_both()
+        assert tree(pair.b) == {"after.txt": b"under the new key"}
+        assert max(_keyring(pair.bob).keys) == max(_keyring(pair.alice).keys)
+    finally:
+        await pair.alice.close()
+        await pair.bob.close()
+
+
+def _keyring(client: Weshare) -> Keyring:
+    return Keyring.decode(bytes.fromhex(client.state.get_config(DOMAIN, "keyring") or ""))
+
+
+@pytest.mark.timeout(30)
 async def test_rekey_all_writes_every_change_again_under_the_new_key(tmp_path: Path) -> None:
     pair = await open_pair(tmp_path)
     try:

@@ -42,7 +42,7 @@ from weshare.replicas import ExchangeSet, copy_domain
 from weshare.state import LogRow, State
 from weshare.sync import SyncReport, choose, sync_session
 from weshare.transfer import NoProgress, Progress, Session
-from weshare.truncate import DEFAULT_GRACE_MS, truncate
+from weshare.truncate import DEFAULT_GRACE_MS, fossils_below, truncate
 
 _DOMAIN = re.compile(
     r"^(?=.{1,128}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
@@ -324,8 +324,9 @@ class Weshare:
         """A new domain key for the same users (admins only): a new `U.x`; new changes use it.
         With `everything` (``rekey --all``) every change read so far is also written again
         under the new key, as a truncation's base, and the old change files go after
-        `grace_ms`. (Parts of large files keep the key they were written with: their names
-        are their ids, and an object is never rewritten.)"""
+        `grace_ms`; a domain with no change yet only gets the new key. (Parts of large files
+        keep the key they were written with: their names are their ids, and an object is
+        never rewritten.)"""
         async with self._session(domain) as session:
             if everything:
                 await sync_session(session)  # the base is to hold every change there is
@@ -334,7 +335,7 @@ class Weshare:
                 self._users_id(domain),
             )  # fmt: skip
             session.keyring = await self._refresh(session.exchange, domain) or session.keyring
-            if everything:
+            if everything and fossils_below(self.state, domain):  # none: nothing to write again
                 await truncate(session, grace_ms)
 
     async def truncate(

@@ -28,7 +28,7 @@ from weshare.formats import ActionFile, ActionType, FileChange, Truncation
 from weshare.ids import parse_object_name
 from weshare.lineage import Version, alias_of
 from weshare.parts import diff_parts
-from weshare.state import LogRow
+from weshare.state import LogRow, State
 from weshare.transfer import Session, next_change_name
 
 DEFAULT_GRACE_MS = 24 * 3600 * 1000  # fossils stay a day after the base is written
@@ -76,6 +76,16 @@ def base_entries(rows: dict[str, LogRow]) -> list[FileChange]:
     return entries
 
 
+def fossils_below(state: State, domain: str, cutoff: int = 1 << 63) -> list[str]:
+    """The change files read and accepted here whose id is below `cutoff`: what a truncation
+    at `cutoff` replaces (none: nothing to truncate)."""
+    return [
+        name
+        for name in state.accepted(domain, "C.")
+        if (parse_object_name("C", name) or 0) < cutoff
+    ]
+
+
 async def truncate(session: Session, grace_ms: int, before: int | None = None) -> Truncation:
     """Phase 1: write the base of every change read below `before` (default: all read), then
     the `A.x` that names it and its fossils. Returns what the action says."""
@@ -83,11 +93,7 @@ async def truncate(session: Session, grace_ms: int, before: int | None = None) -
 
     state, domain = session.state, session.domain
     cutoff = (1 << 63) if before is None else before
-    fossils = [
-        name
-        for name in state.accepted(domain, "C.")
-        if (parse_object_name("C", name) or 0) < cutoff
-    ]
+    fossils = fossils_below(state, domain, cutoff)
     if not fossils:
         raise UsageError("nothing to truncate")
     rows = {ref: row for ref, row in state.log(domain).items() if row.version.change_id < cutoff}
