@@ -181,5 +181,10 @@ async def test_rekey_gives_everyone_a_new_key_for_new_changes(pair: Pair) -> Non
 
     assert key_id(new) > key_id(old)
     assert tree(pair.b) == {"old.txt": b"old key", "new.txt": b"new key"}
-    with pytest.raises(UsageError, match="only an admin"):
+    with pytest.raises(UsageError, match="only an admin of the domain can change the domain key"):
         await pair.bob.rekey(DOMAIN)
+    (pair.a / "later.txt").write_text("not pulled by a refused rekey")
+    await pair.alice.sync(DOMAIN)
+    with pytest.raises(UsageError, match="can change the domain key"):  # before its sync
+        await pair.bob.rekey(DOMAIN, everything=True)
+    assert not (pair.b / "later.txt").exists()

@@ -37,6 +37,7 @@ from weshare.membership import (
     refresh_members,
     rekey,
     remove_user,
+    require_admin,
 )
 from weshare.replicas import ExchangeSet, copy_domain
 from weshare.state import LogRow, State
@@ -328,6 +329,7 @@ class Weshare:
         keep the key they were written with: their names are their ids, and an object is
         never rewritten.)"""
         async with self._session(domain) as session:
+            require_admin(self.state, domain, self.identity, "change the domain key")
             if everything:
                 await sync_session(session)  # the base is to hold every change there is
             await rekey(

@@ -155,10 +155,14 @@ def _stored_keyring(state: State, domain: str) -> Keyring | None:
     return None if value is None else Keyring.decode(bytes.fromhex(value))
 
 
-def _require_admin(state: State, domain: str, admin: Identity) -> dict[bytes, tuple[int, str, str]]:
+def require_admin(
+    state: State, domain: str, admin: Identity, doing: str = "add or remove users"
+) -> dict[bytes, tuple[int, str, str]]:
+    """The members of `domain`; `UsageError` unless `admin` is one of its admins (seed 004:
+    only admins add and remove users). `doing` names the refused operation."""
     members = state.members(domain)
     if admin.public_key not in members or not members[admin.public_key][0] & FLAG_ADMIN:
-        raise UsageError("only an admin of the domain can add or remove users")  # seed 004
+        raise UsageError(f"only an admin of the domain can {doing}")
     return members
 
 
@@ -196,7 +200,7 @@ async def add_user(
     name2: str,
 ) -> None:
     """Write a `U.x` that adds `public` (as a follower) to the current users."""
-    members = dict(_require_admin(state, domain, admin))
+    members = dict(require_admin(state, domain, admin))
     members.pop(public, None)
     members[public] = (0, name, name2)
     await _put_users(exchange, state, domain, admin, keyring, new_id, members)
@@ -214,7 +218,7 @@ async def remove_user(
     """Write a `U.x` without `public` whose keyring gains a new domain key (id `new_id`), sealed
     to the remaining users only: changes made from then on use it, so the removed user reads
     none of them (Keybase teams do the same; old content keeps its old key)."""
-    members = dict(_require_admin(state, domain, admin))
+    members = dict(require_admin(state, domain, admin))
     if public not in members:
         raise UsageError("not a user of the domain")
     if public == admin.public_key:
@@ -233,7 +237,7 @@ async def rekey(
     new_id: int,
 ) -> None:
     """Write a `U.x` with the same users and a new domain key (id `new_id`)."""
-    members = _require_admin(state, domain, admin)
+    members = require_admin(state, domain, admin, "change the domain key")
     rekeyed = Keyring({**keyring.keys, new_id: new_key()})
     await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
 
