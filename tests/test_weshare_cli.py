@@ -209,8 +209,8 @@ async def test_syncs_killed_at_any_moment_lose_nothing(
     """Real processes killed with SIGKILL at growing delays (files half written, SQLite
     transactions cut, change files queued, requests cut), each sync rerun until it ends by
     itself; then both folders hold exactly what the users made: creates, edits on each side,
-    deletions, renames; and a truncation killed the same way changes nothing the users see.
-    Through each kind of exchange."""
+    deletions, renames; and a truncation, then a rekey of everything, killed the same way
+    change nothing the users see. Through each kind of exchange."""
     (tmp_path / "exchange.json").write_text(json.dumps(exchange_config))
     await _run(tmp_path, "--state", "alice", "init", "demo", "--folder", "a", "--name", "alice")
     await _run(tmp_path, "--state", "alice", "add-exchange", "demo", "@exchange.json")
@@ -264,6 +264,18 @@ async def test_syncs_killed_at_any_moment_lose_nothing(
     truncate = ("truncate", "demo", "--grace-hours", "0")
     kills += await _killed_until_it_ends(tmp_path, "alice", *truncate)
     for state in ("bob", "alice", "bob"):
+        kills += await _killed_until_it_ends(tmp_path, state)
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == dict(sorted(expected.items()))
+    for state in ("alice", "bob"):
+        assert "no forks" in await _run(tmp_path, "--state", state, "forks", "demo")
+
+    # a rekey that writes everything again, killed the same way (a rerun makes one more key):
+    # nothing changes for either user, and what alice writes next reaches bob
+    rekey = ("rekey", "demo", "--all", "--grace-hours", "0")
+    kills += await _killed_until_it_ends(tmp_path, "alice", *rekey)
+    expected["after-rekey.txt"] = b"under the newest key"
+    lay_out(tmp_path / "a", {"after-rekey.txt": expected["after-rekey.txt"]})
+    for state in ("alice", "bob", "alice", "bob"):
         kills += await _killed_until_it_ends(tmp_path, state)
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == dict(sorted(expected.items()))
     for state in ("alice", "bob"):
