@@ -119,6 +119,30 @@ async def test_reads_go_to_the_nearest_exchange_and_fall_back(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(30)
+async def test_a_listing_holds_what_any_exchange_holds(tmp_path: Path) -> None:
+    """A change that reached the first exchange only (its writer cut off from the other) is
+    listed for a reader whose nearest exchange is the other. Listed from the nearest alone,
+    it showed only once its writer copied it there, perhaps hours later: below the window
+    that reader lists from by then (`listing_floor`), so it was never read."""
+    far = Slow(FolderExchange(tmp_path / "far"), 0.02)
+    near = Slow(FolderExchange(tmp_path / "near"), 0.0)
+    exchanges = ExchangeSet([far, near])
+    assert await exchanges.put_if_absent("d/C.1", b"one")
+    assert await FolderExchange(tmp_path / "far").put_if_absent("d/C.2", b"the first only")
+    for _ in range(3):
+        assert await exchanges.get("d/C.1") == b"one"
+    assert exchanges.nearest_first() == [1, 0]
+    assert await exchanges.list("d/C.") == ["d/C.1", "d/C.2"]
+    assert await exchanges.list("d/C.", after="d/C.1") == ["d/C.2"]
+    assert await exchanges.get("d/C.2") == b"the first only"  # from the one that has it
+    far.broken = True
+    assert await exchanges.list("d/C.") == ["d/C.1"]  # one exchange answering is enough
+    near.broken = True
+    with pytest.raises(ExchangeError, match="unreachable"):
+        await exchanges.list("d/C.")
+
+
+@pytest.mark.timeout(30)
 async def test_the_first_exchange_decides_racing_writes_and_the_others_copy_it(
     tmp_path: Path,
 ) -> None:

@@ -16,8 +16,9 @@ import pytest
 
 import weshare.sync
 import weshare.transfer
-from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, pair, tree
+from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, open_pair, pair, tree
 from weshare import StateInUse, UsageError, Weshare
+from weshare.api import system_clock
 from weshare.cli import main as cli_main
 from weshare.discovery import discover
 from weshare.ids import EPOCH_MS, SnowflakeIds
@@ -248,6 +249,48 @@ async def test_a_rename_undone_after_a_killed_push_keeps_the_file(pair: Pair) ->
         await pair.bob.sync(DOMAIN)
         await restarted.sync(DOMAIN)
     assert tree(pair.a) == tree(pair.b) == {"a.txt": b"keep me"}
+
+
+async def test_a_change_put_long_after_a_killed_push_still_reaches_readers(
+    tmp_path: Path,
+) -> None:
+    """A push that failed before its change file went up (killed, or the exchange out of
+    reach) leaves it queued under an id stamped then; the next sync may come hours later.
+    Readers list change files from a window below the newest they have read: put under its
+    old id, the change fell below that window for a reader that had read newer ones, and
+    that reader never saw it."""
+    now = [system_clock()]
+
+    def clock() -> int:
+        return now[0]
+
+    pair = await open_pair(tmp_path, clocks=(clock, clock))
+    try:
+        (pair.a / "late.txt").write_text("alice's edit, pushed an hour late")
+        await pair.alice.close()
+        async with Weshare(pair.tmp / "alice-state", kinds=faulty_kinds(before_put="/C."),
+                           clock=clock) as crashing:  # fmt: skip
+            with pytest.raises(Killed):
+                await crashing.sync(DOMAIN)
+        now[0] += 3_600_000
+        (pair.b / "bob.txt").write_text("bob, meanwhile")
+        await pair.bob.sync(DOMAIN)  # bob has read (his own) changes an hour newer
+        async with Weshare(pair.tmp / "alice-state", clock=clock) as restarted:
+            now[0] += 1000
+            await restarted.sync(DOMAIN)
+            now[0] += 1000
+            await pair.bob.sync(DOMAIN)
+            assert (
+                tree(pair.b)
+                == tree(pair.a)
+                == {
+                    "bob.txt": b"bob, meanwhile",
+                    "late.txt": b"alice's edit, pushed an hour late",
+                }
+            )
+            assert restarted.forks(DOMAIN) == pair.bob.forks(DOMAIN) == ()
+    finally:
+        await pair.bob.close()
 
 
 async def test_a_killed_download_is_finished_by_the_next_sync(pair: Pair) -> None:

@@ -2,7 +2,7 @@
 
 Every exchange holds the whole domain. Writes go to each; reads go to the nearest one that
 answers (seed 004: "the closest exchange (round-robin latency is used) available"), and fall
-back to the next nearest on failure.
+back to the next nearest on failure; a listing is the union of every exchange that answers.
 
 - **Which write wins** is decided by the first exchange of the domain's list (the same order
   for every user: the `exchanges` configuration): a name is created there first, then copied
@@ -110,8 +110,39 @@ class ExchangeSet:
         return await self._read(lambda exchange: exchange.get(name))
 
     async def list(self, prefix: str, after: str = "") -> list[str]:
-        """From the nearest exchange that answers."""
-        return await self._read(lambda exchange: exchange.list(prefix, after))
+        """Every name on any exchange that answers, in order; `ExchangeError` if none does.
+
+        Not the nearest exchange's alone: one may lack a write (its writer was cut off from
+        it), which then shows there only when its writer copies it over, maybe hours later,
+        below the window a reader lists change files from by then (`listing_floor`): a reader
+        listing only that exchange would never read it. A write reaches the first exchange
+        before any other, so a listing that includes the first holds every name written."""
+
+        async def one(index: int) -> list[str]:
+            start = self._timer()
+            try:
+                names = await self.exchanges[index].list(prefix, after)
+            except ExchangeError:
+                self.latency[index] = _FAILED
+                raise
+            self._sample(index, self._timer() - start)
+            return names
+
+        results = await asyncio.gather(
+            *(one(index) for index in range(len(self.exchanges))), return_exceptions=True
+        )
+        found: set[str] = set()
+        errors: list[ExchangeError] = []
+        for result in results:
+            if isinstance(result, ExchangeError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found.update(result)
+        if len(errors) == len(results):
+            raise ExchangeError("; ".join(str(e) for e in errors))
+        return sorted(found)
 
     async def delete(self, name: str) -> None:
         """From every exchange (raises after trying them all if one failed)."""

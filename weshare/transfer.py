@@ -40,13 +40,14 @@ from weshare.crypto import (
 from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
 from weshare.exchange import Exchange
 from weshare.formats import ActionFile, ChangeFile, Keyring, Truncation
-from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
+from weshare.ids import EPOCH_MS, SnowflakeIds, id_time_ms, object_name, parse_object_name
 from weshare.lineage import Version, parse_alias, ref_of
 from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
+REQUEUE_AFTER_MS = LISTING_WINDOW_MS // 4  # a queued change this old goes up under a fresh id
 PARALLEL_TRANSFERS = 4
 
 
@@ -312,9 +313,30 @@ async def put_change(
 
 
 async def flush_outbox(session: Session) -> None:
-    """Put change files that a killed sync queued but may not have put."""
+    """Put change files that a killed (or cut off) sync queued but may not have put.
+
+    One queued more than `REQUEUE_AFTER_MS` ago and not on the exchange goes up under a fresh
+    id: readers list change files from `LISTING_WINDOW_MS` below the newest they have read, so
+    one put under an id stamped long before (the next sync may come hours after the failed
+    one) fell below that window for every reader that had read a newer change, and they never
+    saw it. One queued a moment ago keeps its name: the put of a process killed just then may
+    still land (an S3 server finishing a request whose sender died), and the same change
+    under two names would be two versions."""
     for name, plaintext in session.state.outbox(session.domain):
+        made = id_time_ms(parse_object_name("C", name) or 0)
+        if session.clock() - made > REQUEUE_AFTER_MS and not await _on_exchange(session, name):
+            fresh = next_change_name(session)
+            session.state.rename_change(session.domain, name, fresh)
+            name = fresh
         await put_change(session, name, plaintext)
+
+
+async def _on_exchange(session: Session, name: str) -> bool:
+    try:
+        await session.exchange.get(session.full(name))
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def next_change_name(session: Session, prefix: str = "C") -> str:
