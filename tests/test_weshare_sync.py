@@ -293,6 +293,32 @@ async def test_a_change_put_long_after_a_killed_push_still_reaches_readers(
         await pair.bob.close()
 
 
+async def test_a_writer_whose_clock_lags_far_behind_is_still_read(tmp_path: Path) -> None:
+    """Bob's clock is an hour behind. His push comes a while after his last pull, and its id
+    was made above the newest change he had seen then: alice had read newer changes of her
+    own since, more than the listing window above his, and never listed his."""
+    now = [system_clock()]
+    pair = await open_pair(tmp_path, clocks=(lambda: now[0], lambda: now[0] - 3_600_000))
+    try:
+        await pair.sync_both()
+        now[0] += 15 * 60_000
+        (pair.a / "alice.txt").write_text("alice, a quarter of an hour later")
+        await pair.alice.sync(DOMAIN)
+        now[0] += 60_000
+        (pair.b / "bob.txt").write_text("bob, whose clock lags")
+        await pair.bob.sync(DOMAIN)
+        now[0] += 60_000
+        await pair.alice.sync(DOMAIN)
+        expected = {
+            "alice.txt": b"alice, a quarter of an hour later",
+            "bob.txt": b"bob, whose clock lags",
+        }
+        assert tree(pair.a) == tree(pair.b) == expected
+    finally:
+        await pair.alice.close()
+        await pair.bob.close()
+
+
 async def test_a_killed_download_is_finished_by_the_next_sync(pair: Pair) -> None:
     big = random.Random(1).randbytes(2_000_000)  # os.urandom made 2 parts 7 % of the time
     assert len(split_bytes(big, b"k" * 32)) == 4  # the kill comes at the third of four

@@ -325,7 +325,7 @@ async def flush_outbox(session: Session) -> None:
     for name, plaintext in session.state.outbox(session.domain):
         made = id_time_ms(parse_object_name("C", name) or 0)
         if session.clock() - made > REQUEUE_AFTER_MS and not await _on_exchange(session, name):
-            fresh = next_change_name(session)
+            fresh = next_change_name(session, floor=await newest_listed(session))
             session.state.rename_change(session.domain, name, fresh)
             name = fresh
         await put_change(session, name, plaintext)
@@ -339,13 +339,21 @@ async def _on_exchange(session: Session, name: str) -> bool:
     return True
 
 
-def next_change_name(session: Session, prefix: str = "C") -> str:
-    """A name for a new change (or action) file, above every change seen on the exchange and
-    above the current `U.x`, so that it is judged by the users we know of."""
+def next_change_name(session: Session, prefix: str = "C", floor: int = 0) -> str:
+    """A name for a new change (or action) file, above every change seen on the exchange (and
+    `floor`) and above the current `U.x`, so that it is judged by the users we know of."""
     state, domain = session.state, session.domain
     newest = parse_object_name("C", state.newest_object(domain, "C.")) or 0
     users = parse_object_name("U", state.get_config(domain, "users") or "") or 0
-    return object_name(prefix, session.ids.next(session.clock(), max(newest, users)))
+    return object_name(prefix, session.ids.next(session.clock(), max(newest, users, floor)))
+
+
+async def newest_listed(session: Session) -> int:
+    """The newest change id on the exchange now (listed from the window readers list from):
+    a change about to be put goes above it (`commit`). Above only the newest one read, a
+    writer whose clock lags far behind, pushing a while after its last pull, made an id that
+    readers who had read newer changes meanwhile listed past, and they never read it."""
+    return max((parse_object_name("C", n) or 0 for n in await _listed(session, "C")), default=0)
 
 
 # --- pull ---------------------------------------------------------------------------------
@@ -424,15 +432,20 @@ def listing_floor(newest: int, now_ms: int) -> int:
     return max(0, min(newest, ceiling) - (LISTING_WINDOW_MS << 22))
 
 
-async def _new_names(session: Session, prefix: str) -> list[str]:
+async def _listed(session: Session, prefix: str) -> list[str]:
+    """The names of the `prefix` files on the exchange from the listing window up."""
     state, domain = session.state, session.domain
     newest = parse_object_name(prefix, state.newest_object(domain, f"{prefix}.")) or 0
     floor = listing_floor(newest, session.clock())
     after = session.full(object_name(prefix, floor)) if newest else ""
     listed = await session.exchange.list(session.full(f"{prefix}."), after=after)
     names = [n.rpartition("/")[2] for n in listed]
-    names = [n for n in names if parse_object_name(prefix, n) is not None]
-    seen = state.seen(domain, names)
+    return [n for n in names if parse_object_name(prefix, n) is not None]
+
+
+async def _new_names(session: Session, prefix: str) -> list[str]:
+    names = await _listed(session, prefix)
+    seen = session.state.seen(session.domain, names)
     return [n for n in names if n not in seen]
 
 
