@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import weshare.sync
 from tests.weshare_pair import DOMAIN, open_pair, tree
 from tests.weshare_servers import KINDS, exchange_config, s3_server, sftp_server
 from weshare import FolderExchange, Weshare
@@ -63,9 +64,17 @@ async def test_truncate_merges_old_changes_and_deletes_them_after_a_grace_period
 
         action = await pair.alice.truncate(DOMAIN, grace_ms=GRACE_MS)
         assert sorted(action.fossils) == before
-        # bob commits at the same moment, below alice's base, unseen by her truncation
-        (pair.b / "b.txt").write_text("bob, concurrent")
-        await pair.bob.sync(DOMAIN)
+
+        # bob commits at the same moment, below alice's base, unseen by her truncation: he
+        # listed the exchange just before her base went up (a race), so his change id goes
+        # above what was there then only
+        async def listed_before_the_base(session: Any) -> int:
+            return max(int(name.partition(".")[2]) for name in before)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(weshare.sync, "newest_listed", listed_before_the_base)
+            (pair.b / "b.txt").write_text("bob, concurrent")
+            await pair.bob.sync(DOMAIN)
         concurrent = [n for n in await changes() if n not in before and n not in action.bases]
         assert len(concurrent) == 1
         assert concurrent[0] < min(action.bases)
