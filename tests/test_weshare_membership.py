@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import weshare.sync
 from tests.weshare_pair import DOMAIN, Pair, pair, tree
 from weshare import Exchange, FolderExchange, InvalidFile, UsageError, Weshare
 from weshare.crypto import decrypt, encrypted_key_id, open_signed, sign_file
@@ -132,6 +133,36 @@ async def test_a_removed_user_reads_nothing_new_and_is_ignored(pair: Pair) -> No
         await carol.close()
         if dave is not None:
             await dave.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carol is invited, joins and pushes while bob's sync runs (after it read the users,
+    before it reads the changes). Judged by the users bob knew when his sync began, her
+    change was refused as "not a user at that point", and the refusal was kept: bob never
+    read it."""
+    real_push = weshare.sync.push
+    joined: list[Weshare] = []
+
+    async def carol_joins_meanwhile(session: Any, *args: Any) -> int:
+        if not joined:
+            joined.append(await _add(pair, "carol"))
+            (pair.tmp / "carol" / "carol.txt").write_text("carol's first file")
+            assert (await joined[0].sync(DOMAIN)).pushed == 1
+        return await real_push(session, *args)
+
+    monkeypatch.setattr(weshare.sync, "push", carol_joins_meanwhile)
+    try:
+        await pair.bob.sync(DOMAIN)
+        monkeypatch.undo()
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"carol.txt": b"carol's first file"}
+        assert not pair.bob.status(DOMAIN).refused
+    finally:
+        for client in joined:
+            await client.close()
 
 
 @pytest.mark.timeout(30)

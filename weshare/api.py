@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,13 +275,18 @@ class Weshare:
         if not configs:
             raise UsageError(f"domain {domain} has no exchange yet (add-exchange)")
         async with self._lock, self._open_set(domain, configs) as exchange:
-            keyring = await self._refresh(exchange, domain)
+            anchor = await read_anchor(exchange, domain, self._admins(domain))
+
+            def refresh() -> Awaitable[Keyring | None]:
+                return refresh_members(exchange, self.state, domain, self.identity, anchor)
+
+            keyring = await refresh()
             if keyring is None or self.identity.public_key not in self.state.members(domain):
                 raise UsageError(f"not a user of {domain} yet: no U.x on the exchange lists us")
             assert self._ids is not None
             yield Session(
                 domain, folder, self.identity, self.state, exchange, keyring, self._ids,
-                self._clock, self._progress,
+                self._clock, self._progress, refresh,
             )  # fmt: skip
 
     async def invite(self, domain: str, public: str, name: str, name2: str = "") -> bytes:

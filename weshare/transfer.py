@@ -15,7 +15,7 @@ import concurrent.futures
 import os
 import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -90,6 +90,8 @@ class Session:
     ids: SnowflakeIds
     clock: Callable[[], int]
     progress: Progress = field(default_factory=NoProgress)
+    refresh: Callable[[], Awaitable[Keyring | None]] | None = None
+    """Reads the `U.x` files put since the last read (users, keys); returns our keyring."""
     uploaded: int = 0
     downloaded: int = 0
     problems: list[str] = field(default_factory=list)
@@ -454,7 +456,15 @@ async def pull(session: Session) -> int:
     the number of versions recorded."""
     state, domain = session.state, session.domain
     recorded = 0
-    for name in await _new_names(session, "C") + state.waiting(domain, "C."):
+    changes, actions = await _new_names(session, "C"), await _new_names(session, "A")
+    # The users are read again after the listing: a user added while this sync ran (it read
+    # them when it began) may have written a change listed now, and judged by the users of
+    # before, it was refused for good ("not a user at that point"). A U.x goes up before any
+    # change its new users make (they need its key), so the users read now cover every
+    # change listed before.
+    if session.refresh is not None:
+        session.keyring = await session.refresh() or session.keyring
+    for name in changes + state.waiting(domain, "C."):
         try:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
@@ -477,7 +487,7 @@ async def pull(session: Session) -> int:
             if rows:
                 state.saw_writer(domain, rows[0].version.writer, rows[0].version.change_id)
         recorded += len(rows)
-    for name in await _new_names(session, "A"):
+    for name in actions:
         try:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
