@@ -4,12 +4,14 @@ cannot change the users."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import weshare.api
 import weshare.sync
 from tests.weshare_pair import DOMAIN, Pair, pair, tree
 from weshare import Exchange, FolderExchange, InvalidFile, UsageError, Weshare
@@ -162,6 +164,49 @@ async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
         assert not pair.bob.status(DOMAIN).refused
     finally:
         for client in joined:
+            await client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_removal_that_lost_a_race_with_another_device_says_so(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice on two devices (a copied state): the second invites carol while the first, which
+    has just read the users, removes bob. Both `U.x` follow the same one; every reader
+    accepts the first and refuses the second, so bob stayed a user with the key while the
+    first device reported the removal done."""
+    await pair.alice.close()
+    shutil.copytree(pair.tmp / "alice-state", pair.tmp / "alice-phone")
+    laptop, phone = Weshare(pair.tmp / "alice-state"), Weshare(pair.tmp / "alice-phone")
+    await laptop.start()
+    await phone.start()
+    carol = Weshare(pair.tmp / "carol-state")
+    await carol.start()
+    real_refresh = weshare.api.refresh_members
+    invites: list[bytes] = []
+
+    async def phone_invites_meanwhile(*args: Any) -> Any:
+        keyring = await real_refresh(*args)
+        if not invites:
+            invites.append(b"")
+            invites[0] = await phone.invite(DOMAIN, carol.get_public(), "carol")
+        return keyring
+
+    try:
+        monkeypatch.setattr(weshare.api, "refresh_members", phone_invites_meanwhile)
+        with pytest.raises(UsageError, match=r"another U\.x was written at the same moment"):
+            await laptop.remove_user(DOMAIN, pair.bob.get_public())
+        monkeypatch.undo()
+        assert pair.bob.identity.public_key in laptop.status(DOMAIN).members  # not in force
+        await laptop.remove_user(DOMAIN, pair.bob.get_public())  # again, after the invite
+        await carol.join(invites[0], pair.tmp / "carol")
+        for client in (laptop, phone, carol):
+            await client.sync(DOMAIN)
+            members = client.status(DOMAIN).members
+            assert pair.bob.identity.public_key not in members
+            assert carol.identity.public_key in members
+    finally:
+        for client in (laptop, phone, carol):
             await client.close()
 
 

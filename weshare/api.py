@@ -29,6 +29,7 @@ from weshare.formats import Keyring, Truncation
 from weshare.ids import SnowflakeIds, instance_of, parse_object_name
 from weshare.lineage import Fork, Resolution, resolve
 from weshare.membership import (
+    USERS_RACE,
     add_user,
     create_domain_on,
     make_invite,
@@ -235,6 +236,17 @@ class Weshare:
             raise UsageError(f"unknown domain {domain!r}")
         return {bytes.fromhex(key) for key in json.loads(admins)}
 
+    async def _users_written(self, exchange: Exchange, domain: str, name: str) -> Keyring | None:
+        """Read the users again after writing `U.x` `name`, which every reader must accept;
+        `UsageError` if it was refused. Another `U.x` that follows the same one as ours (the
+        same admin on another device, at the same moment) comes first for every reader, who
+        refuses ours: a removal or a new key that went so would be in force nowhere, while
+        the admin took it as done."""
+        keyring = await self._refresh(exchange, domain)
+        if not self.state.accepted(domain, "U.", [name]):
+            raise UsageError(USERS_RACE)
+        return keyring
+
     async def _refresh(self, exchange: Exchange, domain: str) -> Keyring | None:
         anchor = await read_anchor(exchange, domain, self._admins(domain))
         return await refresh_members(exchange, self.state, domain, self.identity, anchor)
@@ -294,11 +306,11 @@ class Weshare:
         their invite: the admin's key and the exchanges, sealed to them (seed 004 Invite)."""
         key = _parse_key(public)
         async with self._session(domain) as session:
-            await add_user(
+            written = await add_user(
                 session.exchange, self.state, domain, self.identity, session.keyring,
                 self._users_id(domain), key, name, name2,
             )  # fmt: skip
-            await self._refresh(session.exchange, domain)
+            await self._users_written(session.exchange, domain, written)
         admins = sorted(admin.hex() for admin in self._admins(domain))
         # seed 004 Invite: the exchanges and the administrators of the group
         config = {"domain": domain, "exchanges": self._exchanges(domain), "admins": admins}
@@ -318,11 +330,11 @@ class Weshare:
         are refused by every reader. Old content keeps its old key (see `rekey`)."""
         key = _parse_key(public)
         async with self._session(domain) as session:
-            await remove_user(
+            written = await remove_user(
                 session.exchange, self.state, domain, self.identity, session.keyring,
                 self._users_id(domain), key,
             )  # fmt: skip
-            await self._refresh(session.exchange, domain)
+            await self._users_written(session.exchange, domain, written)
 
     async def rekey(
         self, domain: str, *, everything: bool = False, grace_ms: int = DEFAULT_GRACE_MS
@@ -337,11 +349,13 @@ class Weshare:
             require_admin(self.state, domain, self.identity, "change the domain key")
             if everything:
                 await sync_session(session)  # the base is to hold every change there is
-            await rekey(
+            written = await rekey(
                 session.exchange, self.state, domain, self.identity, session.keyring,
                 self._users_id(domain),
             )  # fmt: skip
-            session.keyring = await self._refresh(session.exchange, domain) or session.keyring
+            session.keyring = (
+                await self._users_written(session.exchange, domain, written) or session.keyring
+            )
             if everything and fossils_below(self.state, domain):  # none: nothing to write again
                 await truncate(session, grace_ms)
 

@@ -166,6 +166,9 @@ def require_admin(
     return members
 
 
+USERS_RACE = "another U.x was written at the same moment; try again"
+
+
 async def _put_users(
     exchange: Exchange,
     state: State,
@@ -174,9 +177,10 @@ async def _put_users(
     keyring: Keyring,
     new_id: int,
     members: Mapping[bytes, tuple[int, str, str]],
-) -> None:
-    """Write the `U.x` `new_id` listing `members`, each with `keyring` sealed to them. The
-    caller has refreshed the members just before, so `new_id` follows the current `U.x`."""
+) -> str:
+    """Write the `U.x` `new_id` listing `members`, each with `keyring` sealed to them; returns
+    its name. The caller has refreshed the members just before, so it follows the current
+    `U.x` unless another was written since (see `Weshare._users_written`)."""
     previous = parse_object_name("U", state.get_config(domain, "users") or "") or 0
     entries = tuple(
         UserEntry(key, flags, seal_to(key, keyring.encode()), first, second)
@@ -185,7 +189,8 @@ async def _put_users(
     users_name = f"{domain}/{object_name('U', new_id)}"
     body = sign_file(admin, users_name, UsersFile(previous, entries).encode())
     if not await exchange.put_if_absent(users_name, body):
-        raise UsageError("another U.x was written at the same moment; try again")
+        raise UsageError(USERS_RACE)
+    return users_name.rpartition("/")[2]
 
 
 async def add_user(
@@ -198,12 +203,12 @@ async def add_user(
     public: bytes,
     name: str,
     name2: str,
-) -> None:
-    """Write a `U.x` that adds `public` (as a follower) to the current users."""
+) -> str:
+    """Write a `U.x` that adds `public` (as a follower) to the current users; its name."""
     members = dict(require_admin(state, domain, admin))
     members.pop(public, None)
     members[public] = (0, name, name2)
-    await _put_users(exchange, state, domain, admin, keyring, new_id, members)
+    return await _put_users(exchange, state, domain, admin, keyring, new_id, members)
 
 
 async def remove_user(
@@ -214,10 +219,10 @@ async def remove_user(
     keyring: Keyring,
     new_id: int,
     public: bytes,
-) -> None:
+) -> str:
     """Write a `U.x` without `public` whose keyring gains a new domain key (id `new_id`), sealed
     to the remaining users only: changes made from then on use it, so the removed user reads
-    none of them (Keybase teams do the same; old content keeps its old key)."""
+    none of them (Keybase teams do the same; old content keeps its old key). Its name."""
     members = dict(require_admin(state, domain, admin))
     if public not in members:
         raise UsageError("not a user of the domain")
@@ -225,7 +230,7 @@ async def remove_user(
         raise UsageError("an admin cannot remove themself")
     del members[public]
     rekeyed = Keyring({**keyring.keys, new_id: new_key()})
-    await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
+    return await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
 
 
 async def rekey(
@@ -235,11 +240,11 @@ async def rekey(
     admin: Identity,
     keyring: Keyring,
     new_id: int,
-) -> None:
-    """Write a `U.x` with the same users and a new domain key (id `new_id`)."""
+) -> str:
+    """Write a `U.x` with the same users and a new domain key (id `new_id`); its name."""
     members = require_admin(state, domain, admin, "change the domain key")
     rekeyed = Keyring({**keyring.keys, new_id: new_key()})
-    await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
+    return await _put_users(exchange, state, domain, admin, rekeyed, new_id, members)
 
 
 def make_invite(admin: Identity, receiver: bytes, config: Mapping[str, Any]) -> bytes:
