@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import weshare.api
+import weshare.membership
 import weshare.sync
 from tests.weshare_pair import DOMAIN, Pair, pair, tree
 from weshare import Exchange, FolderExchange, InvalidFile, UsageError, Weshare
@@ -182,7 +182,7 @@ async def test_a_removal_that_lost_a_race_with_another_device_says_so(
     await phone.start()
     carol = Weshare(pair.tmp / "carol-state")
     await carol.start()
-    real_refresh = weshare.api.refresh_members
+    real_refresh = weshare.membership.refresh_members
     invites: list[bytes] = []
 
     async def phone_invites_meanwhile(*args: Any) -> Any:
@@ -193,7 +193,7 @@ async def test_a_removal_that_lost_a_race_with_another_device_says_so(
         return keyring
 
     try:
-        monkeypatch.setattr(weshare.api, "refresh_members", phone_invites_meanwhile)
+        monkeypatch.setattr("weshare.api.refresh_members", phone_invites_meanwhile)
         with pytest.raises(UsageError, match=r"another U\.x was written at the same moment"):
             await laptop.remove_user(DOMAIN, pair.bob.get_public())
         monkeypatch.undo()
