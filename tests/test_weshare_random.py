@@ -1,48 +1,57 @@
 """Two or three users making random creates, edits (small files inline, large ones in parts),
 renames, deletions, syncs, choices that end a fork, truncations (old change files deleted at
 once, or an hour later), new domain keys (alone, or with every change written again), syncs
-killed midway then restarted, and files written or deleted while a sync applies (seeded): once
-all have synced until nothing moves, their folders are the same, they see the same forks, and
-nothing is lost. Through a folder exchange, and a few runs through each server the tests start
-(S3, SFTP, Azure). Content goes away only when a user edited or deleted the file holding it in
-their own folder, or chose another head of its fork; every other content written survives, at
-its path or as a fork's conflict copy.
+killed midway then restarted, files written or deleted while a sync applies, and pauses of 20
+minutes, with each user's clock right, an hour behind or 5 minutes ahead (seeded): once all have
+synced until nothing moves, their folders are the same, they see the same forks, and nothing is
+lost. Through a folder exchange, and a few runs through each server the tests start (S3, SFTP,
+Azure). Content goes away only when a user edited or deleted the file holding it in their own
+folder, or chose another head of its fork; every other content written survives, at its path or
+as a fork's conflict copy.
 
-It found five defects, each now pinned by a test of its own: conflict copies that shared a name
+It found seven defects, each now pinned by a test of its own: conflict copies that shared a name
 dropped from the folder (`test_every_live_head_is_laid_out_once`); readers of a truncation's
 base that lost a version's ancestors, so they saw another fork, or none, than readers of the old
 change files (in `test_weshare_truncate.py`, a concurrent rename); a file renamed back after a
 killed push, deleted everywhere (seed 732 of 200 steps;
 `test_a_rename_undone_after_a_killed_push_keeps_the_file`); a file edited or deleted while a
-sync applied, replaced or removed by the apply (`test_a_local_edit_made_while_a_sync_*`); and
-`rekey --all` on a domain without a change yet, which failed with "nothing to truncate" once the
-new key was out (`test_rekey_all_before_any_change_only_gives_a_new_key`). Of the folder runs
-here, 25 failed without the truncation fix, 32 without the Outbox flush after a kill (counted
-before the step that acts during an apply), and 32 without the check just before each rename and
-removal (counted before the rekey step); 4 fail without the rekey fix."""
+sync applied, replaced or removed by the apply (`test_a_local_edit_made_while_a_sync_*`); `rekey
+--all` on a domain without a change yet, which failed with "nothing to truncate" once the new
+key was out (`test_rekey_all_before_any_change_only_gives_a_new_key`); once its clocks jumped
+and lagged, a user back after a while who had edited a file and never read what others wrote
+meanwhile (`test_a_user_back_after_a_while_reads_what_came_meanwhile`), and a restarted process,
+its clock behind, that made the very name a killed one had queued
+(`test_a_choice_after_a_killed_push_takes_a_name_of_its_own`). Of the folder runs here, 25
+failed without the truncation fix, 32 without the Outbox flush after a kill (counted before the
+step that acts during an apply), and 32 without the check just before each rename and removal
+(counted before the rekey step); 4 failed without the rekey fix (counted before the clocks), and
+58 of the 96 runs made here (folder and servers) without the listing fix."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import weshare.sync
-from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, open_pair, pair, tree
+from tests.weshare_pair import DOMAIN, Killed, faulty_kinds, open_pair, tree
 from tests.weshare_servers import exchange_config, s3_server, sftp_server
 from weshare import UsageError, Weshare
+from weshare.api import system_clock
 from weshare.crypto import content_hash
 from weshare.parts import split_bytes
 
-__all__ = ["exchange_config", "pair", "s3_server", "sftp_server"]  # fixtures, used by name
+__all__ = ["exchange_config", "s3_server", "sftp_server"]  # fixtures, used by name
 
 NAMES = ("a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt")
 STEPS = 60
+SKEWS = (0, 0, -3_600_000, 300_000)  # each user's clock: right, an hour behind, 5 min ahead
 QUIET_ROUNDS = 4  # syncs of each side at the end, after the random steps
 FAULTS = (  # where a crashing sync dies (`FaultyExchange`)
     {"before_put": ".mrk"},  # before a large file's first part is up
@@ -69,9 +78,9 @@ def _own_files(folder: Path) -> list[str]:
     ("users", "seed"), [(2, seed) for seed in range(60)] + [(3, seed) for seed in range(30)]
 )
 async def test_random_edits_by_several_users_converge_and_lose_nothing(
-    pair: Pair, users: int, seed: int
+    tmp_path: Path, users: int, seed: int
 ) -> None:
-    await _random_steps(pair, users, seed)
+    await _random_steps(tmp_path, None, users, seed)
 
 
 @pytest.mark.timeout(120)
@@ -83,12 +92,20 @@ async def test_random_edits_through_a_server_exchange(
     exchange_config: dict[str, Any], tmp_path: Path, users: int, seed: int
 ) -> None:
     """The same through the servers the tests start on 127.0.0.1 (S3, SFTP, Azure)."""
-    pair = await open_pair(tmp_path, [exchange_config])
-    try:
-        await _random_steps(pair, users, seed)
-    finally:
-        await pair.alice.close()
-        await pair.bob.close()
+    await _random_steps(tmp_path, [exchange_config], users, seed)
+
+
+@dataclass
+class _Clocks:
+    """Each user's clock: the system's, plus `jump` for everyone (a pause: a step that comes
+    20 minutes after the last) and a skew of their own (a clock an hour behind lies beyond
+    the window readers list change files from)."""
+
+    jump: int = 0
+    skew: dict[str, int] = field(default_factory=dict)
+
+    def of(self, who: str) -> Callable[[], int]:
+        return lambda: system_clock() + self.jump + self.skew.get(who, 0)
 
 
 @contextlib.contextmanager
@@ -119,23 +136,28 @@ def _acting_during_the_apply(
         weshare.sync._stat_files = real
 
 
-async def _random_steps(pair: Pair, users: int, seed: int) -> None:
-    """`STEPS` random steps of `users` users from `seed`, then the checks (module docstring)."""
+async def _random_steps(
+    tmp_path: Path, configs: list[dict[str, Any]] | None, users: int, seed: int
+) -> None:
+    """`STEPS` random steps of `users` users from `seed` through the exchanges `configs` (a
+    folder if None), then the checks (module docstring)."""
     rng = random.Random(seed)
+    clocks = _Clocks(skew={who: rng.choice(SKEWS) for who in ("alice", "bob", "carol")})
+    pair = await open_pair(tmp_path, configs, (clocks.of("alice"), clocks.of("bob")))
     sides = {"alice": (pair.alice, pair.a), "bob": (pair.bob, pair.b)}
-    opened: list[Weshare] = []
-    if users == 3:
-        carol = Weshare(pair.tmp / "carol-state")
-        opened.append(carol)
-        await carol.start()
-        invite = await pair.alice.invite(DOMAIN, carol.get_public(), "carol")
-        await carol.join(invite, pair.tmp / "carol", "carol")
-        sides["carol"] = (carol, pair.tmp / "carol")
-    async with pair.alice._session(DOMAIN) as session:
-        id_key = session.id_key
+    opened: list[Weshare] = [pair.alice, pair.bob]
     written: dict[str, bytes] = {}  # by content hash, as versions name it
     destroyed: set[bytes] = set()  # content a user gave up in their own folder
     try:
+        if users == 3:
+            carol = Weshare(pair.tmp / "carol-state", clock=clocks.of("carol"))
+            opened.append(carol)
+            await carol.start()
+            invite = await pair.alice.invite(DOMAIN, carol.get_public(), "carol")
+            await carol.join(invite, pair.tmp / "carol", "carol")
+            sides["carol"] = (carol, pair.tmp / "carol")
+        async with pair.alice._session(DOMAIN) as session:
+            id_key = session.id_key
         for step in range(STEPS):
             who = rng.choice(list(sides))
             client, folder = sides[who]
@@ -153,6 +175,7 @@ async def _random_steps(pair: Pair, users: int, seed: int) -> None:
                 "truncate",
                 "busy",
                 "rekey",
+                "pause",
             ]
             action = rng.choice(actions)
             # a unique content per write, each of its own length (an edit within the file
@@ -206,14 +229,17 @@ async def _random_steps(pair: Pair, users: int, seed: int) -> None:
                     await client.rekey(DOMAIN)
                 else:
                     await client.rekey(DOMAIN, everything=True, grace_ms=rng.choice([0, 3_600_000]))
+            elif action == "pause":  # the next step comes 20 minutes later, for everyone
+                clocks.jump += 20 * 60_000
             elif action == "crash":  # the process dies in a sync; a restarted one goes on
                 await client.close()
                 kinds = faulty_kinds(**rng.choice(FAULTS))
-                async with Weshare(pair.tmp / f"{who}-state", kinds=kinds) as crashing:
+                clock = clocks.of(who)
+                async with Weshare(pair.tmp / f"{who}-state", kinds=kinds, clock=clock) as crashing:
                     # a sync with nothing to put or read where it would die completes
                     with contextlib.suppress(Killed):
                         await crashing.sync(DOMAIN)
-                restarted = Weshare(pair.tmp / f"{who}-state")
+                restarted = Weshare(pair.tmp / f"{who}-state", clock=clock)
                 opened.append(restarted)
                 await restarted.start()
                 sides[who] = (restarted, folder)

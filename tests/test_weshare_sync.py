@@ -16,11 +16,22 @@ import pytest
 
 import weshare.sync
 import weshare.transfer
-from tests.weshare_pair import DOMAIN, Killed, Pair, faulty_kinds, open_pair, pair, tree
+from tests.weshare_pair import (
+    DOMAIN,
+    Killed,
+    Pair,
+    PassThrough,
+    faulty_kinds,
+    open_pair,
+    pair,
+    tree,
+)
 from weshare import StateInUse, UsageError, Weshare
 from weshare.api import system_clock
 from weshare.cli import main as cli_main
 from weshare.discovery import discover
+from weshare.errors import ExchangeError
+from weshare.exchange import ExchangeFactory, default_kinds
 from weshare.ids import EPOCH_MS, SnowflakeIds
 from weshare.lineage import Placement
 from weshare.parts import split_bytes
@@ -293,6 +304,57 @@ async def test_a_change_put_long_after_a_killed_push_still_reaches_readers(
         await pair.bob.close()
 
 
+async def test_a_push_retried_at_once_in_the_same_process_keeps_its_name(pair: Pair) -> None:
+    """A put that failed here (a timeout) may still land on the server: retried at once by
+    the same process, the queued change keeps its name, so it cannot be put under two (a
+    change queued by another process, or long ago, takes a fresh one: the test above)."""
+
+    class TimesOutOnce(PassThrough):
+        async def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
+            if "/C." in name and not failed:
+                failed.append(name)
+                raise ExchangeError("timed out")
+            return await self.inner.put_if_absent(name, data)
+
+    failed: list[str] = []
+    kinds = {kind: _wrapped(make, TimesOutOnce) for kind, make in default_kinds().items()}
+    await pair.alice.close()
+    async with Weshare(pair.tmp / "alice-state", kinds=kinds) as alice:
+        (pair.a / "a.txt").write_text("put once")
+        with pytest.raises(ExchangeError, match="timed out"):
+            await alice.sync(DOMAIN)
+        await alice.sync(DOMAIN)
+    assert [p.name for p in (pair.exchange / DOMAIN).glob("C.*")] == [failed[0].rpartition("/")[2]]
+
+
+def _wrapped(make: ExchangeFactory, wrapper: type[PassThrough]) -> ExchangeFactory:
+    return lambda config: wrapper(make(config))
+
+
+async def test_a_user_back_after_a_while_reads_what_came_meanwhile(tmp_path: Path) -> None:
+    """Alice is away for an hour, comes back and edits a file before her next sync. A sync
+    pushes before it pulls, and the pull listed change files from the window below the
+    newest change read, her own just pushed: bob's changes of the hour before lay below it,
+    and she never read them. The pull now lists from below the newest its last listing
+    held, whatever was pushed since."""
+    now = [system_clock()]
+    pair = await open_pair(tmp_path, clocks=(lambda: now[0], lambda: now[0]))
+    try:
+        await pair.sync_both()
+        now[0] += 30 * 60_000
+        (pair.b / "bob.txt").write_text("bob, while alice was away")
+        await pair.bob.sync(DOMAIN)
+        now[0] += 30 * 60_000
+        (pair.a / "alice.txt").write_text("alice, back")
+        await pair.alice.sync(DOMAIN)
+        await pair.bob.sync(DOMAIN)
+        expected = {"alice.txt": b"alice, back", "bob.txt": b"bob, while alice was away"}
+        assert tree(pair.a) == tree(pair.b) == expected
+    finally:
+        await pair.alice.close()
+        await pair.bob.close()
+
+
 async def test_a_writer_whose_clock_lags_far_behind_is_still_read(tmp_path: Path) -> None:
     """Bob's clock is an hour behind. His push comes a while after his last pull, and its id
     was made above the newest change he had seen then: alice had read newer changes of her
@@ -316,6 +378,63 @@ async def test_a_writer_whose_clock_lags_far_behind_is_still_read(tmp_path: Path
         assert tree(pair.a) == tree(pair.b) == expected
     finally:
         await pair.alice.close()
+        await pair.bob.close()
+
+
+async def test_junk_names_with_huge_ids_move_no_id(pair: Pair) -> None:
+    """An exchange is untrusted. A name whose 19 digits go beyond 63 bits is no object name
+    (it crashed every pull: SQLite holds 64-bit signed integers); one stamped decades ahead
+    is refused when read, and writers, who go above the change files listed, do not go
+    above it (ids would run out)."""
+    beyond = pair.exchange / DOMAIN / "C.9999999999999999999"
+    ahead = pair.exchange / DOMAIN / f"C.{(1 << 63) - 1}"
+    beyond.write_bytes(b"junk")
+    ahead.write_bytes(b"junk")
+    (pair.a / "a.txt").write_text("after the junk")
+    await pair.sync_both()
+    (pair.b / "b.txt").write_text("bob too")
+    await pair.sync_both()
+    assert tree(pair.a) == tree(pair.b) == {"a.txt": b"after the junk", "b.txt": b"bob too"}
+    ours = sorted(p.name for p in (pair.exchange / DOMAIN).glob("C.*"))[:-2]
+    assert ours
+    assert all(name < "C.1" for name in ours)  # ids of this century
+    for client in (pair.alice, pair.bob):
+        assert [name for name, _ in client.status(DOMAIN).refused] == [ahead.name]
+
+
+async def test_a_choice_after_a_killed_push_takes_a_name_of_its_own(tmp_path: Path) -> None:
+    """A process killed before its change file went up leaves it queued. Another process
+    starts its ids afresh, and with a clock behind the exchange's ids it makes them from the
+    newest listed: it made the very name queued, and choosing a fork before the next sync
+    failed (an IntegrityError on the Outbox). Found by the randomized test."""
+    now = [system_clock()]
+
+    def lagging() -> int:
+        return now[0] - 3_600_000
+
+    pair = await open_pair(tmp_path, clocks=(lagging, lambda: now[0]))
+    try:
+        (pair.a / "f.txt").write_text("first")
+        await pair.sync_both()
+        (pair.a / "f.txt").write_text("alice's")
+        (pair.b / "f.txt").write_text("bob's")
+        await pair.bob.sync(DOMAIN)
+        await pair.alice.sync(DOMAIN)
+        [fork] = pair.alice.forks(DOMAIN)
+        (pair.a / "g.txt").write_text("queued when the process died")
+        await pair.alice.close()
+        kinds = faulty_kinds(before_put="/C.")
+        async with Weshare(pair.tmp / "alice-state", kinds=kinds, clock=lagging) as crashing:
+            with pytest.raises(Killed):
+                await crashing.sync(DOMAIN)
+        async with Weshare(pair.tmp / "alice-state", clock=lagging) as restarted:
+            await restarted.choose(DOMAIN, fork.heads[0].ref)
+            await restarted.sync(DOMAIN)
+            await pair.bob.sync(DOMAIN)
+            assert tree(pair.b) == tree(pair.a)
+            assert tree(pair.b)["g.txt"] == b"queued when the process died"
+            assert pair.bob.forks(DOMAIN) == restarted.forks(DOMAIN) == ()
+    finally:
         await pair.bob.close()
 
 

@@ -94,6 +94,7 @@ class Weshare:
         self._kinds = dict(default_kinds() if kinds is None else kinds)
         self._clock = clock
         self._progress = progress or NoProgress()
+        self._queued: dict[str, float] = {}  # change files this process queued (Session.queued)
         self._state: State | None = None
         self._identity: Identity | None = None
         self._ids: SnowflakeIds | None = None
@@ -298,7 +299,7 @@ class Weshare:
             assert self._ids is not None
             yield Session(
                 domain, folder, self.identity, self.state, exchange, keyring, self._ids,
-                self._clock, self._progress, refresh,
+                self._clock, self._progress, refresh, self._queued,
             )  # fmt: skip
 
     async def invite(self, domain: str, public: str, name: str, name2: str = "") -> bytes:

@@ -12,6 +12,7 @@ from snowflake import MAX_INSTANCE, Snowflake
 
 EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z; 41 bits of ms from it last until 2093
 _DIGITS = 19
+MAX_ID = 1 << 63  # snowflake ids are 63 bits (41 time, 10 instance, 12 sequence)
 
 
 def object_name(prefix: str, snowflake_id: int) -> str:
@@ -20,10 +21,14 @@ def object_name(prefix: str, snowflake_id: int) -> str:
 
 
 def parse_object_name(prefix: str, name: str) -> int | None:
-    """The id in `name` if it is ``<prefix>.<19 digits>``, else None."""
+    """The id in `name` if it is ``<prefix>.<19 digits>`` and fits a snowflake's 63 bits, else
+    None (19 digits go beyond: such a name on an exchange crashed every pull that met it, as
+    SQLite holds 64-bit signed integers)."""
     head = prefix + "."
     digits = name[len(head) :]
-    if not name.startswith(head) or len(digits) != _DIGITS or not digits.isdigit():
+    if not name.startswith(head) or len(digits) != _DIGITS or not digits.isascii():
+        return None
+    if not digits.isdigit() or int(digits) >= MAX_ID:
         return None
     return int(digits)
 

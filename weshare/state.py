@@ -479,6 +479,12 @@ class State:
         )
         return [(str(r[0]), bytes(r[1])) for r in rows]
 
+    def newest_queued(self, domain: str) -> str:
+        """The greatest name in Outbox ('' if none)."""
+        row = self._db.execute("SELECT max(name) FROM Outbox WHERE domain = ?", (domain,))
+        value = row.fetchone()[0]
+        return "" if value is None else str(value)
+
     def add_outbox(self, domain: str, name: str, body: bytes) -> None:
         """Queue a change file."""
         self._db.execute(

@@ -19,6 +19,7 @@ import functools
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -206,6 +207,7 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
     name = next_change_name(session, floor=await newest_listed(session))
     change = ChangeFile(tuple(entry for entry, _ in batch))
     plaintext = change.encode()
+    session.queued[name] = time.monotonic()
     with state.transaction():
         state.add_outbox(domain, name, plaintext)
         updated = []

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import math
 import os
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,14 +42,15 @@ from weshare.crypto import (
 from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
 from weshare.exchange import Exchange
 from weshare.formats import ActionFile, ChangeFile, Keyring, Truncation
-from weshare.ids import EPOCH_MS, SnowflakeIds, id_time_ms, object_name, parse_object_name
+from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
 from weshare.lineage import Version, parse_alias, ref_of
 from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
-REQUEUE_AFTER_MS = LISTING_WINDOW_MS // 4  # a queued change this old goes up under a fresh id
+REQUEUE_AFTER_S = 150.0  # a change this process queued this long ago goes up under a fresh id
+JUNK_AHEAD_MS = 24 * 3600 * 1000  # a change id this far ahead of our clock is not gone above
 PARALLEL_TRANSFERS = 4
 
 
@@ -92,6 +95,8 @@ class Session:
     progress: Progress = field(default_factory=NoProgress)
     refresh: Callable[[], Awaitable[Keyring | None]] | None = None
     """Reads the `U.x` files put since the last read (users, keys); returns our keyring."""
+    queued: dict[str, float] = field(default_factory=dict)
+    """Change files this process queued: name -> `time.monotonic()` then (`flush_outbox`)."""
     uploaded: int = 0
     downloaded: int = 0
     problems: list[str] = field(default_factory=list)
@@ -296,6 +301,7 @@ async def put_change(
         floor = max(parse_object_name("C", name) or 0, newest)
         fresh = object_name("C", session.ids.next(session.clock(), floor))
         session.state.rename_change(session.domain, name, fresh)
+        session.queued[fresh] = time.monotonic()
         name = fresh
     else:
         raise InvalidFile("could not find a free change id")
@@ -317,16 +323,19 @@ async def put_change(
 async def flush_outbox(session: Session) -> None:
     """Put change files that a killed (or cut off) sync queued but may not have put.
 
-    One queued more than `REQUEUE_AFTER_MS` ago and not on the exchange goes up under a fresh
-    id: readers list change files from `LISTING_WINDOW_MS` below the newest they have read, so
-    one put under an id stamped long before (the next sync may come hours after the failed
-    one) fell below that window for every reader that had read a newer change, and they never
-    saw it. One queued a moment ago keeps its name: the put of a process killed just then may
-    still land (an S3 server finishing a request whose sender died), and the same change
-    under two names would be two versions."""
+    One not on the exchange goes up under a fresh id, unless this process queued it less
+    than `REQUEUE_AFTER_S` ago. Readers list change files from `LISTING_WINDOW_MS` below the
+    newest they listed, so one put under its old id after a pause (the next sync may come
+    hours after the failed one, and a writer whose clock lags made an id from the newest it
+    saw then) fell below that window for every reader that had listed newer changes
+    meanwhile, and they never read it. One this process queued a moment ago keeps its name:
+    a put that timed out here may still land on the server, and the same change under two
+    names would be two versions. (A killed process's last put has landed or never will by
+    the time another process starts.)"""
+    now = time.monotonic()
     for name, plaintext in session.state.outbox(session.domain):
-        made = id_time_ms(parse_object_name("C", name) or 0)
-        if session.clock() - made > REQUEUE_AFTER_MS and not await _on_exchange(session, name):
+        recent = now - session.queued.get(name, -math.inf) < REQUEUE_AFTER_S
+        if not recent and not await _on_exchange(session, name):
             fresh = next_change_name(session, floor=await newest_listed(session))
             session.state.rename_change(session.domain, name, fresh)
             name = fresh
@@ -343,11 +352,15 @@ async def _on_exchange(session: Session, name: str) -> bool:
 
 def next_change_name(session: Session, prefix: str = "C", floor: int = 0) -> str:
     """A name for a new change (or action) file, above every change seen on the exchange (and
-    `floor`) and above the current `U.x`, so that it is judged by the users we know of."""
+    `floor`), above the current `U.x`, so that it is judged by the users we know of, and above
+    every change queued here (a killed process queued it: this one's ids start afresh, and
+    with a clock behind the exchange's ids it made that very name again)."""
     state, domain = session.state, session.domain
     newest = parse_object_name("C", state.newest_object(domain, "C.")) or 0
+    queued = parse_object_name("C", state.newest_queued(domain)) or 0
     users = parse_object_name("U", state.get_config(domain, "users") or "") or 0
-    return object_name(prefix, session.ids.next(session.clock(), max(newest, users, floor)))
+    above = max(newest, queued, users, floor)
+    return object_name(prefix, session.ids.next(session.clock(), above))
 
 
 async def newest_listed(session: Session) -> int:
@@ -355,7 +368,12 @@ async def newest_listed(session: Session) -> int:
     a change about to be put goes above it (`commit`). Above only the newest one read, a
     writer whose clock lags far behind, pushing a while after its last pull, made an id that
     readers who had read newer changes meanwhile listed past, and they never read it."""
-    return max((parse_object_name("C", n) or 0 for n in await _listed(session, "C")), default=0)
+    # a name stamped more than a day ahead of our clock is junk (an untrusted exchange may
+    # hold any name), or a writer's clock that wrong: going above it would throw our ids
+    # that far ahead, or past the last id a name can hold
+    ceiling = max(0, session.clock() + JUNK_AHEAD_MS - EPOCH_MS) << 22
+    listed = (parse_object_name("C", n) or 0 for n in await _listed(session, "C"))
+    return max((x for x in listed if x <= ceiling), default=0)
 
 
 # --- pull ---------------------------------------------------------------------------------
@@ -427,17 +445,25 @@ def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -
 
 
 def listing_floor(newest: int, now_ms: int) -> int:
-    """Where to start listing change files: `LISTING_WINDOW_MS` below the newest one read, so a
-    writer whose clock is a little behind is still found; a newest id stamped in the future (a
-    writer's clock far ahead) counts as now, so it cannot hide everyone else's changes."""
+    """Where to start listing change files: `LISTING_WINDOW_MS` below `newest` (the newest
+    accepted one the last listing held), so a writer whose clock is a little behind is still
+    found; a newest id stamped in the future (a writer's clock far ahead) counts as now, so it
+    cannot hide everyone else's changes."""
     ceiling = max(0, now_ms + LISTING_WINDOW_MS - EPOCH_MS) << 22  # ids carry ms in top bits
     return max(0, min(newest, ceiling) - (LISTING_WINDOW_MS << 22))
 
 
+def _listing_mark(state: State, domain: str, prefix: str) -> int:
+    """The newest accepted `prefix` file the last complete pull listed (0: none yet). Listing
+    resumes below it, not below the newest file read: a sync pushes before it pulls, and
+    below its own fresh change, a user back after a while skipped every change made in
+    the meantime more than the window before it."""
+    return parse_object_name(prefix, state.get_config(domain, f"listed {prefix}") or "") or 0
+
+
 async def _listed(session: Session, prefix: str) -> list[str]:
     """The names of the `prefix` files on the exchange from the listing window up."""
-    state, domain = session.state, session.domain
-    newest = parse_object_name(prefix, state.newest_object(domain, f"{prefix}.")) or 0
+    newest = _listing_mark(session.state, session.domain, prefix)
     floor = listing_floor(newest, session.clock())
     after = session.full(object_name(prefix, floor)) if newest else ""
     listed = await session.exchange.list(session.full(f"{prefix}."), after=after)
@@ -445,10 +471,18 @@ async def _listed(session: Session, prefix: str) -> list[str]:
     return [n for n in names if parse_object_name(prefix, n) is not None]
 
 
-async def _new_names(session: Session, prefix: str) -> list[str]:
-    names = await _listed(session, prefix)
-    seen = session.state.seen(session.domain, names)
+def _unseen(state: State, domain: str, names: list[str]) -> list[str]:
+    seen = state.seen(domain, names)
     return [n for n in names if n not in seen]
+
+
+def _mark_listed(state: State, domain: str, prefix: str, names: list[str]) -> None:
+    """After a pull read `names` (listed): the newest of them accepted is where the next
+    listing resumes (refused ones do not count: junk with a huge id cannot move it)."""
+    accepted = state.accepted(domain, f"{prefix}.", names)
+    newest = parse_object_name(prefix, accepted[-1]) if accepted else None
+    if newest is not None and newest > _listing_mark(state, domain, prefix):
+        state.set_config(domain, f"listed {prefix}", accepted[-1])
 
 
 async def pull(session: Session) -> int:
@@ -456,7 +490,9 @@ async def pull(session: Session) -> int:
     the number of versions recorded."""
     state, domain = session.state, session.domain
     recorded = 0
-    changes, actions = await _new_names(session, "C"), await _new_names(session, "A")
+    listed_changes, listed_actions = await _listed(session, "C"), await _listed(session, "A")
+    changes = _unseen(state, domain, listed_changes)
+    actions = _unseen(state, domain, listed_actions)
     # The users are read again after the listing: a user added while this sync ran (it read
     # them when it began) may have written a change listed now, and judged by the users of
     # before, it was refused for good ("not a user at that point"). A U.x goes up before any
@@ -505,6 +541,9 @@ async def pull(session: Session) -> int:
             state.mark_object(domain, name, reason)
             if truncation is not None:
                 state.add_truncation(domain, name, truncation)
+    with state.transaction():
+        _mark_listed(state, domain, "C", listed_changes)
+        _mark_listed(state, domain, "A", listed_actions)
     return recorded
 
 
