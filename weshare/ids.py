@@ -26,11 +26,12 @@ def parse_object_name(prefix: str, name: str) -> int | None:
     SQLite holds 64-bit signed integers)."""
     head = prefix + "."
     digits = name[len(head) :]
-    if not name.startswith(head) or len(digits) != _DIGITS or not digits.isascii():
+    if not name.startswith(head) or len(digits) != _DIGITS:
         return None
-    if not digits.isdigit() or int(digits) >= MAX_ID:
+    if not (digits.isascii() and digits.isdigit()):  # not "²" and the like, which int() refuses
         return None
-    return int(digits)
+    value = int(digits)
+    return value if value < MAX_ID else None
 
 
 def id_time_ms(snowflake_id: int) -> int:

@@ -48,7 +48,7 @@ from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
-LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest change seen (clock skew)
+LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest listed before (skew)
 REQUEUE_AFTER_S = 150.0  # a change this process queued this long ago goes up under a fresh id
 JUNK_AHEAD_MS = 24 * 3600 * 1000  # a change id this far ahead of our clock is not gone above
 PARALLEL_TRANSFERS = 4
