@@ -446,7 +446,8 @@ def read_action(session: Session, name: str, data: bytes, members: set[bytes]) -
 
 def listing_floor(newest: int, now_ms: int) -> int:
     """Where to start listing change files: `LISTING_WINDOW_MS` below `newest` (the newest
-    accepted one the last listing held), so a writer whose clock is a little behind is still
+    accepted one the last listing held, no higher than our clock then: `_mark_listed`), so a
+    writer whose clock is a little behind is still
     found; a newest id stamped in the future (a writer's clock far ahead) counts as now, so it
     cannot hide everyone else's changes."""
     ceiling = max(0, now_ms + LISTING_WINDOW_MS - EPOCH_MS) << 22  # ids carry ms in top bits
@@ -476,13 +477,18 @@ def _unseen(state: State, domain: str, names: list[str]) -> list[str]:
     return [n for n in names if n not in seen]
 
 
-def _mark_listed(state: State, domain: str, prefix: str, names: list[str]) -> None:
-    """After a pull read `names` (listed): the newest of them accepted is where the next
-    listing resumes (refused ones do not count: junk with a huge id cannot move it)."""
+def _mark_listed(state: State, domain: str, prefix: str, names: list[str], at_ms: int) -> None:
+    """After a pull that listed `names` at `at_ms` (our clock) and read them: the newest of
+    them accepted is where the next listing resumes (refused ones do not count: junk with a
+    huge id cannot move it), but no higher than `at_ms`. A change stamped ahead of that (its
+    writer's clock days ahead) would put the next listing above changes made meanwhile by
+    clocks that are right, which it would never list."""
     accepted = state.accepted(domain, f"{prefix}.", names)
-    newest = parse_object_name(prefix, accepted[-1]) if accepted else None
-    if newest is not None and newest > _listing_mark(state, domain, prefix):
-        state.set_config(domain, f"listed {prefix}", accepted[-1])
+    if not accepted:
+        return
+    newest = min(parse_object_name(prefix, accepted[-1]) or 0, max(0, at_ms - EPOCH_MS) << 22)
+    if newest > _listing_mark(state, domain, prefix):
+        state.set_config(domain, f"listed {prefix}", object_name(prefix, newest))
 
 
 async def pull(session: Session) -> int:
@@ -490,6 +496,7 @@ async def pull(session: Session) -> int:
     the number of versions recorded."""
     state, domain = session.state, session.domain
     recorded = 0
+    listed_at = session.clock()
     listed_changes, listed_actions = await _listed(session, "C"), await _listed(session, "A")
     changes = _unseen(state, domain, listed_changes)
     actions = _unseen(state, domain, listed_actions)
@@ -542,8 +549,8 @@ async def pull(session: Session) -> int:
             if truncation is not None:
                 state.add_truncation(domain, name, truncation)
     with state.transaction():
-        _mark_listed(state, domain, "C", listed_changes)
-        _mark_listed(state, domain, "A", listed_actions)
+        _mark_listed(state, domain, "C", listed_changes, listed_at)
+        _mark_listed(state, domain, "A", listed_actions, listed_at)
     return recorded
 
 
