@@ -50,7 +50,7 @@ from weshare.state import WAITING, LogRow, State
 _T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest listed before (skew)
 REQUEUE_AFTER_S = 150.0  # a change this process queued this long ago goes up under a fresh id
-JUNK_AHEAD_MS = 24 * 3600 * 1000  # a change id this far ahead of our clock is not gone above
+AHEAD_MS = 365 * 24 * 3600 * 1000  # no id of ours goes this far ahead of our clock
 PARALLEL_TRANSFERS = 4
 
 
@@ -359,8 +359,15 @@ def next_change_name(session: Session, prefix: str = "C", floor: int = 0) -> str
     newest = parse_object_name("C", state.newest_object(domain, "C.")) or 0
     queued = parse_object_name("C", state.newest_queued(domain)) or 0
     users = parse_object_name("U", state.get_config(domain, "users") or "") or 0
-    above = max(newest, queued, users, floor)
+    # a user's change stamped decades ahead (a clock that wrong, or malice) is not followed
+    # there: ids would run out (63 bits)
+    above = min(max(newest, queued, users, floor), _ahead(session.clock()))
     return object_name(prefix, session.ids.next(session.clock(), above))
+
+
+def _ahead(now_ms: int) -> int:
+    """The id made `AHEAD_MS` after `now_ms`."""
+    return max(0, now_ms + AHEAD_MS - EPOCH_MS) << 22
 
 
 async def newest_listed(session: Session) -> int:
@@ -368,10 +375,11 @@ async def newest_listed(session: Session) -> int:
     a change about to be put goes above it (`commit`). Above only the newest one read, a
     writer whose clock lags far behind, pushing a while after its last pull, made an id that
     readers who had read newer changes meanwhile listed past, and they never read it."""
-    # a name stamped more than a day ahead of our clock is junk (an untrusted exchange may
-    # hold any name), or a writer's clock that wrong: going above it would throw our ids
-    # that far ahead, or past the last id a name can hold
-    ceiling = max(0, session.clock() + JUNK_AHEAD_MS - EPOCH_MS) << 22
+    # a name stamped more than a year ahead of our clock is junk (an untrusted exchange may
+    # hold any name, and it has not been read: no user may have signed it), or a clock that
+    # wrong: going above it would throw our ids that far ahead, or past the last id there is.
+    # A writer's clock days ahead is followed: its readers list from there.
+    ceiling = _ahead(session.clock())
     listed = (parse_object_name("C", n) or 0 for n in await _listed(session, "C"))
     return max((x for x in listed if x <= ceiling), default=0)
 
