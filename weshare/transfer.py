@@ -489,7 +489,7 @@ def _mark_listed(state: State, domain: str, prefix: str, names: list[str], at_ms
     """After a pull that listed `names` at `at_ms` (our clock) and read them: the newest of
     them accepted is where the next listing resumes (refused ones do not count: junk with a
     huge id cannot move it), but no higher than `at_ms`. A change stamped ahead of that (its
-    writer's clock days ahead) would put the next listing above changes made meanwhile by
+    writer's clock over a year ahead) would put the next listing above changes made meanwhile by
     clocks that are right, which it would never list."""
     accepted = state.accepted(domain, f"{prefix}.", names)
     if not accepted:
