@@ -13,6 +13,7 @@ import pytest
 
 import weshare.membership
 import weshare.sync
+import weshare.transfer
 from tests.weshare_pair import DOMAIN, Pair, pair, tree
 from weshare import Exchange, FolderExchange, InvalidFile, UsageError, Weshare
 from weshare.crypto import decrypt, encrypted_key_id, open_signed, sign_file
@@ -159,6 +160,42 @@ async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
     try:
         await pair.bob.sync(DOMAIN)
         monkeypatch.undo()
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"carol.txt": b"carol's first file"}
+        assert not pair.bob.status(DOMAIN).refused
+    finally:
+        for client in joined:
+            await client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_changes_refused_before_the_users_were_read_are_judged_again_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state kept by a version whose pull judged changes by the users read when the sync
+    began refused a new user's first change for good; the first pull of this version reads
+    it again."""
+    real_push, real_pull = weshare.sync.push, weshare.transfer.pull
+    joined: list[Weshare] = []
+
+    async def carol_joins_meanwhile(session: Any, *args: Any) -> int:
+        if not joined:
+            joined.append(await _add(pair, "carol"))
+            (pair.tmp / "carol" / "carol.txt").write_text("carol's first file")
+            await joined[0].sync(DOMAIN)
+        return await real_push(session, *args)
+
+    async def pull_as_before(session: Any) -> int:
+        session.refresh = None  # the users as read when the sync began
+        return await real_pull(session)
+
+    monkeypatch.setattr(weshare.sync, "push", carol_joins_meanwhile)
+    monkeypatch.setattr("weshare.sync.pull", pull_as_before)
+    try:
+        await pair.bob.sync(DOMAIN)
+        monkeypatch.undo()
+        assert "not a user at that point" in dict(pair.bob.status(DOMAIN).refused).popitem()[1]
+        pair.bob.state.set_config(DOMAIN, "judged again", "")  # as that version left it
         await pair.bob.sync(DOMAIN)
         assert tree(pair.b) == {"carol.txt": b"carol's first file"}
         assert not pair.bob.status(DOMAIN).refused

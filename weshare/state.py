@@ -403,10 +403,14 @@ class State:
 
     def waiting(self, domain: str, prefix: str) -> list[str]:
         """Remote files with `prefix` put aside until we hold their key (see `WAITING`)."""
+        return self.refused_as(domain, prefix, WAITING + "%")
+
+    def refused_as(self, domain: str, prefix: str, reason: str) -> list[str]:
+        """Remote files with `prefix` refused with a reason LIKE `reason`, in order."""
         rows = self._db.execute(
             "SELECT name FROM Objects WHERE domain = ? AND name LIKE ? AND refused LIKE ? "
             "ORDER BY name",
-            (domain, prefix + "%", WAITING + "%"),
+            (domain, prefix + "%", reason),
         )
         return [str(r[0]) for r in rows]
 

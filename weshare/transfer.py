@@ -49,6 +49,7 @@ from weshare.state import WAITING, LogRow, State
 
 _T = TypeVar("_T")
 LISTING_WINDOW_MS = 10 * 60 * 1000  # re-list this far below the newest listed before (skew)
+NOT_A_USER = "was not a user at that point"  # the end of a refusal's reason
 REQUEUE_AFTER_S = 150.0  # a change this process queued this long ago goes up under a fresh id
 AHEAD_MS = 365 * 24 * 3600 * 1000  # no id of ours goes this far ahead of our clock
 PARALLEL_TRANSFERS = 4
@@ -395,7 +396,7 @@ def _open_from_user(
     full = session.full(name)
     content, signer = open_signed(full, data)
     if signer not in members:  # issue 16: judged by the users when its id was made
-        raise InvalidFile(f"{name}: signed by someone who was not a user at that point")
+        raise InvalidFile(f"{name}: signed by someone who {NOT_A_USER}")
     return decrypt(session.keyring.keys, full, content), signer
 
 
@@ -515,7 +516,14 @@ async def pull(session: Session) -> int:
     # change listed before.
     if session.refresh is not None:
         session.keyring = await session.refresh() or session.keyring
-    for name in changes + state.waiting(domain, "C."):
+    # Once per state: changes refused so by a version that judged them before reading the
+    # users (see above) are judged again; those that were right to refuse are refused again.
+    again = (
+        []
+        if state.get_config(domain, "judged again")
+        else state.refused_as(domain, "C.", f"%{NOT_A_USER}")
+    )
+    for name in changes + state.waiting(domain, "C.") + again:
         try:
             data = await session.exchange.get(session.full(name))
         except ObjectNotFound:
@@ -559,6 +567,7 @@ async def pull(session: Session) -> int:
     with state.transaction():
         _mark_listed(state, domain, "C", listed_changes, listed_at)
         _mark_listed(state, domain, "A", listed_actions, listed_at)
+        state.set_config(domain, "judged again", "1")
     return recorded
 
 
