@@ -138,14 +138,10 @@ async def test_a_removed_user_reads_nothing_new_and_is_ignored(pair: Pair) -> No
             await dave.close()
 
 
-@pytest.mark.timeout(30)
-async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Carol is invited, joins and pushes while bob's sync runs (after it read the users,
-    before it reads the changes). Judged by the users bob knew when his sync began, her
-    change was refused as "not a user at that point", and the refusal was kept: bob never
-    read it."""
+def _carol_joins_during_the_next_push(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> list[Weshare]:
+    """Make the next sync's push (bob's: after it read the users, before it reads the
+    changes) first invite carol, who joins and pushes carol.txt. Returns the list that then
+    holds her client (to close)."""
     real_push = weshare.sync.push
     joined: list[Weshare] = []
 
@@ -157,6 +153,18 @@ async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
         return await real_push(session, *args)
 
     monkeypatch.setattr(weshare.sync, "push", carol_joins_meanwhile)
+    return joined
+
+
+@pytest.mark.timeout(30)
+async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carol is invited, joins and pushes while bob's sync runs (after it read the users,
+    before it reads the changes). Judged by the users bob knew when his sync began, her
+    change was refused as "not a user at that point", and the refusal was kept: bob never
+    read it."""
+    joined = _carol_joins_during_the_next_push(pair, monkeypatch)
     try:
         await pair.bob.sync(DOMAIN)
         monkeypatch.undo()
@@ -175,21 +183,13 @@ async def test_changes_refused_before_the_users_were_read_are_judged_again_once(
     """A state kept by a version whose pull judged changes by the users read when the sync
     began refused a new user's first change for good; the first pull of this version reads
     it again."""
-    real_push, real_pull = weshare.sync.push, weshare.transfer.pull
-    joined: list[Weshare] = []
-
-    async def carol_joins_meanwhile(session: Any, *args: Any) -> int:
-        if not joined:
-            joined.append(await _add(pair, "carol"))
-            (pair.tmp / "carol" / "carol.txt").write_text("carol's first file")
-            await joined[0].sync(DOMAIN)
-        return await real_push(session, *args)
+    real_pull = weshare.transfer.pull
+    joined = _carol_joins_during_the_next_push(pair, monkeypatch)
 
     async def pull_as_before(session: Any) -> int:
         session.refresh = None  # the users as read when the sync began
         return await real_pull(session)
 
-    monkeypatch.setattr(weshare.sync, "push", carol_joins_meanwhile)
     monkeypatch.setattr("weshare.sync.pull", pull_as_before)
     try:
         await pair.bob.sync(DOMAIN)

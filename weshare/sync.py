@@ -43,8 +43,7 @@ from weshare.transfer import (
     LocalParts,
     Session,
     flush_outbox,
-    newest_listed,
-    next_change_name,
+    new_change_name,
     pull,
     put_change,
     split_and_put,
@@ -204,7 +203,7 @@ async def commit(session: Session, batch: list[tuple[FileChange, FileRow | None]
     """Queue one change file holding `batch`, point the Files rows (if any) at its versions,
     put it; returns its name."""
     state, domain = session.state, session.domain
-    name = next_change_name(session, floor=await newest_listed(session))
+    name = await new_change_name(session)
     change = ChangeFile(tuple(entry for entry, _ in batch))
     plaintext = change.encode()
     session.queued[name] = time.monotonic()

@@ -337,7 +337,7 @@ async def flush_outbox(session: Session) -> None:
     for name, plaintext in session.state.outbox(session.domain):
         recent = now - session.queued.get(name, -math.inf) < REQUEUE_AFTER_S
         if not recent and not await _on_exchange(session, name):
-            fresh = next_change_name(session, floor=await newest_listed(session))
+            fresh = await new_change_name(session)
             session.state.rename_change(session.domain, name, fresh)
             name = fresh
         await put_change(session, name, plaintext)
@@ -366,6 +366,12 @@ def next_change_name(session: Session, prefix: str = "C", floor: int = 0) -> str
     return object_name(prefix, session.ids.next(session.clock(), above))
 
 
+async def new_change_name(session: Session) -> str:
+    """A name for a change file about to be put: above every change listed on the exchange now
+    (`newest_listed`) as well as what `next_change_name` goes above."""
+    return next_change_name(session, floor=await newest_listed(session))
+
+
 def _ahead(now_ms: int) -> int:
     """The id made `AHEAD_MS` after `now_ms`."""
     return max(0, now_ms + AHEAD_MS - EPOCH_MS) << 22
@@ -373,7 +379,7 @@ def _ahead(now_ms: int) -> int:
 
 async def newest_listed(session: Session) -> int:
     """The newest change id on the exchange now (listed from the window readers list from):
-    a change about to be put goes above it (`commit`). Above only the newest one read, a
+    a change about to be put goes above it (`new_change_name`). Above only the newest one read, a
     writer whose clock lags far behind, pushing a while after its last pull, made an id that
     readers who had read newer changes meanwhile listed past, and they never read it."""
     # a name stamped more than a year ahead of our clock is junk (an untrusted exchange may
