@@ -471,6 +471,24 @@ async def test_a_choice_after_a_killed_push_takes_a_name_of_its_own(tmp_path: Pa
         await pair.bob.close()
 
 
+async def test_a_change_whose_name_was_taken_moves_below_junk_names(pair: Pair) -> None:
+    """A queued change whose name another writer took moves above the changes listed. A
+    junk name with the last id there is was among them: the change went up one above it,
+    under a name no reader parses (20 digits), and nobody ever read it."""
+    (pair.a / "a.txt").write_text("its name was taken")
+    await pair.alice.close()
+    async with Weshare(pair.tmp / "alice-state", kinds=faulty_kinds(before_put="/C.")) as dying:
+        with pytest.raises(Killed):
+            await dying.sync(DOMAIN)
+        [(queued, _)] = dying.state.outbox(DOMAIN)
+    (pair.exchange / DOMAIN / queued).write_bytes(b"another writer's object")
+    (pair.exchange / DOMAIN / f"C.{(1 << 63) - 1}").write_bytes(b"junk")
+    async with Weshare(pair.tmp / "alice-state") as alice:
+        await alice.sync(DOMAIN)
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"a.txt": b"its name was taken"}
+
+
 async def test_a_killed_download_is_finished_by_the_next_sync(pair: Pair) -> None:
     big = random.Random(1).randbytes(2_000_000)  # os.urandom made 2 parts 7 % of the time
     assert len(split_bytes(big, b"k" * 32)) == 4  # the kill comes at the third of four

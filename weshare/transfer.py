@@ -296,11 +296,9 @@ async def put_change(
         # another writer took the name (our own key on another device, or in another process,
         # makes the same ids in the same millisecond: what it put there is not this change):
         # move above every change listed now (racing writers that lost together do not all
-        # try the next id, and lose again, one by one)
-        taken = await session.exchange.list(session.full("C."), after=full)
-        newest = max((parse_object_name("C", n.rpartition("/")[2]) or 0 for n in taken), default=0)
-        floor = max(parse_object_name("C", name) or 0, newest)
-        fresh = object_name("C", session.ids.next(session.clock(), floor))
+        # try the next id, and lose again, one by one), junk names aside (a listing of its own
+        # here once went above a name holding the last id there is, to a name no reader parses)
+        fresh = await new_change_name(session, above=parse_object_name("C", name) or 0)
         session.state.rename_change(session.domain, name, fresh)
         session.queued[fresh] = time.monotonic()
         name = fresh
@@ -366,10 +364,10 @@ def next_change_name(session: Session, prefix: str = "C", floor: int = 0) -> str
     return object_name(prefix, session.ids.next(session.clock(), above))
 
 
-async def new_change_name(session: Session) -> str:
+async def new_change_name(session: Session, above: int = 0) -> str:
     """A name for a change file about to be put: above every change listed on the exchange now
-    (`newest_listed`) as well as what `next_change_name` goes above."""
-    return next_change_name(session, floor=await newest_listed(session))
+    (`newest_listed`), above id `above`, and above what `next_change_name` goes above."""
+    return next_change_name(session, floor=max(above, await newest_listed(session)))
 
 
 def _ahead(now_ms: int) -> int:
