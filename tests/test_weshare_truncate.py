@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import weshare.sync
+import weshare.transfer
 from tests.weshare_pair import DOMAIN, open_pair, tree
 from tests.weshare_servers import KINDS, exchange_config, s3_server, sftp_server
 from weshare import FolderExchange, Weshare
@@ -72,7 +72,7 @@ async def test_truncate_merges_old_changes_and_deletes_them_after_a_grace_period
             return max(int(name.partition(".")[2]) for name in before)
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(weshare.sync, "newest_listed", listed_before_the_base)
+            patch.setattr(weshare.transfer, "newest_listed", listed_before_the_base)
             (pair.b / "b.txt").write_text("bob, concurrent")
             await pair.bob.sync(DOMAIN)
         concurrent = [n for n in await changes() if n not in before and n not in action.bases]
