@@ -172,7 +172,21 @@ def _reference_resolve(versions: list[Version]) -> Resolution:
         names = (conflict_name(other.path, other, copy) for copy in range(1, len(placements) + 2))
         name = next(name for name in names if name not in placements)
         placements[name] = Placement(name, other, conflict=True)
-    return Resolution(placements, tuple(forks))
+    folders = [
+        path for path in sorted(placements) if any(p.startswith(f"{path}/") for p in placements)
+    ]
+    moved = {}
+    for path in folders:
+        placement = placements.pop(path)
+        names = (conflict_name(path, placement.version, copy) for copy in range(1, 99))
+        name = next(
+            name
+            for name in names
+            if name not in placements and not any(p.startswith(f"{name}/") for p in placements)
+        )
+        placements[name] = Placement(name, placement.version, placement.conflict)
+        moved[path] = name
+    return Resolution(placements, tuple(forks), moved)
 
 
 @st.composite
@@ -183,7 +197,7 @@ def _histories(draw: st.DrawFn) -> list[Version]:
     for index in range(draw(st.integers(0, 30))):
         earlier = [version.ref for version in versions] + ["C.999/0"]
         origin = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True))
-        path = draw(st.sampled_from(["f", "g", "d/h.txt", None]))
+        path = draw(st.sampled_from(["f", "g", "d", "d/h.txt", "d/h.txt/i", None]))
         writer = draw(st.sampled_from([A, B]))
         versions.append(v(f"C.{index + 1}/{draw(st.integers(0, 2))}", path, *origin, writer=writer))
     return versions
@@ -203,7 +217,42 @@ def test_every_live_head_is_laid_out_once(versions: list[Version]) -> None:
 
 
 @given(_histories())
+def test_no_file_is_placed_where_another_needs_a_folder(versions: list[Version]) -> None:
+    """The tree can be laid out: no placement's path is a folder another one lies in."""
+    paths = resolve(versions).placements
+    assert not [path for path in paths if any(other.startswith(f"{path}/") for other in paths)]
+
+
+@given(_histories())
 def test_resolution_is_the_plain_one(versions: list[Version]) -> None:
     fast, plain = resolve(versions), _reference_resolve(versions)
     assert list(fast.placements.items()) == list(plain.placements.items())
     assert fast.forks == plain.forks
+    assert fast.moved == plain.moved
+
+
+def test_a_file_where_another_version_needs_a_folder_is_placed_beside_it() -> None:
+    """One user's file "d" and another's "d/e.txt" (or "d" replaced by a folder): the folder
+    keeps the name, the file goes beside it as a file like any other (no fork), and takes its
+    name again once nothing lies in that folder."""
+    file, inside = v("C.1/0", "d"), v("C.2/0", "d/e.txt", writer=B)
+    result = resolve([file, inside])
+    name = conflict_name("d", file)
+    assert result.placements == {
+        "d/e.txt": Placement("d/e.txt", inside, conflict=False),
+        name: Placement(name, file, conflict=False),
+    }
+    assert result.moved == {"d": name}
+    assert result.forks == ()
+    assert result.places() == {"C.1/0": name, "C.2/0": "d/e.txt"}
+
+    back = resolve([file, inside, v("C.3/0", None, "C.2/0", writer=B)])
+    assert back.placements == {"d": Placement("d", file, conflict=False)}
+    assert back.moved == {}
+
+
+def test_files_in_folders_that_are_files_too_are_each_placed_beside_theirs() -> None:
+    result = resolve([v("C.1/0", "x"), v("C.2/0", "x/y"), v("C.3/0", "x/y/z")])
+    assert set(result.moved) == {"x", "x/y"}
+    assert set(result.placements) == {"x/y/z", *result.moved.values()}
+    assert result.moved["x/y"].startswith("x/y.sync-conflict-")

@@ -171,6 +171,8 @@ def _print_report(domain: str, report: SyncReport) -> None:
         f"uploaded {report.uploaded} B, downloaded {report.downloaded} B"
         + (f", deleted {report.deleted} old change files" if report.deleted else "")
     )
+    for path, name in report.moved.items():
+        print(f"  {path}: written as {name}, as other files need {path} as a folder")
     for problem in report.problems:
         print(f"  problem: {problem}", file=sys.stderr)
 
@@ -321,6 +323,8 @@ async def _forks(client: Weshare, args: argparse.Namespace) -> int:
     places = resolution.places()
     if not resolution.forks:
         print("no forks")
+    for path, name in resolution.moved.items():
+        print(f"{path}: at {name}, as other files need {path} as a folder (not a fork)")
     for fork in resolution.forks:
         print(f"{fork.path}:")
         for head in fork.heads:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from posixpath import splitext
 
@@ -64,6 +64,9 @@ class Resolution:
 
     placements: dict[str, Placement]
     forks: tuple[Fork, ...]
+    moved: dict[str, str] = field(default_factory=dict)
+    """Files moved aside because another version needs their path as a folder: where each
+    is placed, by the path its version names (see `resolve`)."""
 
     def places(self) -> dict[str, str]:
         """Where each version laid out is (its path, or its conflict copy's), by ref."""
@@ -187,4 +190,34 @@ def resolve(versions: Iterable[Version]) -> Resolution:
             copy += 1
             name = conflict_name(path, other, copy)
         placements[name] = Placement(name, other, conflict=True)
-    return Resolution(placements, tuple(forks))
+    return Resolution(placements, tuple(forks), _move_files_out_of_folders(placements))
+
+
+def folders_of(path: str) -> Iterable[str]:
+    """The folders `path` lies in, below the shared folder: ``a/b/c`` is in ``a`` and ``a/b``."""
+    at = path.find("/")
+    while at != -1:
+        yield path[:at]
+        at = path.find("/", at + 1)
+
+
+def _move_files_out_of_folders(placements: dict[str, Placement]) -> dict[str, str]:
+    """Move aside every file placed at a path that other placements need as a folder (one user
+    replaced a file by a folder of the same name, or two made one of each at once): the folder
+    keeps the name, the file goes beside it under a conflict name, a file like any other (an
+    edit or a rename of it is a change that follows its version). Nothing is lost, every
+    reader lays out the same tree, and once no version lies in that folder any more the file
+    takes its path again. Returns where each moved file went, by its path."""
+    folders = {folder for path in placements for folder in folders_of(path)}
+    clashing = sorted(path for path in placements if path in folders)
+    moved: dict[str, str] = {}
+    for path in clashing:
+        placement = placements.pop(path)
+        copy = 1
+        name = conflict_name(path, placement.version)
+        while name in placements or name in folders:  # bounded, as for a fork's copies
+            copy += 1
+            name = conflict_name(path, placement.version, copy)
+        placements[name] = replace(placement, path=name)
+        moved[path] = name
+    return moved

@@ -15,6 +15,7 @@ finished by the next one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import secrets
@@ -28,7 +29,7 @@ from weshare.crypto import content_hash
 from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
 from weshare.errors import InvalidFile, UsageError
 from weshare.formats import ChangeFile, FileChange
-from weshare.lineage import Fork, Placement, Resolution, ref_of, resolve
+from weshare.lineage import Fork, Placement, Resolution, folders_of, ref_of, resolve
 from weshare.parts import (
     INLINE_LIMIT,
     Part,
@@ -95,6 +96,7 @@ class SyncReport:
     deleted: int = 0  # old change files deleted (a truncation's grace period over)
     swept: int = 0  # temporary files killed writers left on the exchanges (a daily sweep)
     problems: list[str] = field(default_factory=list)  # files that could not be written
+    moved: dict[str, str] = field(default_factory=dict)  # `Session.moved`
 
 
 def current_resolution(session: Session) -> Resolution:
@@ -258,6 +260,13 @@ def _temp_beside(target: Path) -> Path:
     return target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
 
 
+def _discard(temp: Path) -> None:
+    """Blocking: remove a temp file that may not be there, nor its folder (one that something
+    in the way kept from being made): what failed is reported, not this."""
+    with contextlib.suppress(OSError):
+        temp.unlink()
+
+
 def _current(path: Path) -> os.stat_result | None:
     """`path`'s stat now; None if it is not there (or cannot be looked at, as `walk` skips)."""
     try:
@@ -270,6 +279,54 @@ def _current_file(path: Path) -> os.stat_result | None:
     """`_current`, for a regular file only (what `walk` counts as a file)."""
     info = _current(path)
     return info if info is not None and stat.S_ISREG(info.st_mode) else None
+
+
+def _obstacles(folder: Path, placements: Iterable[Placement]) -> dict[str, str]:
+    """Blocking: what keeps each of `placements` from being written, by its path: a folder it
+    lies in that is not a folder (a file, or a link: nothing is written through one), or
+    anything but a file at its own path (a folder); placements with nothing in the way are
+    left out."""
+    found: dict[str, str] = {}
+    folders: dict[str, str | None] = {}  # what is wrong with each folder looked at
+    for placement in placements:
+        path = placement.path
+        for parent in folders_of(path):
+            if parent not in folders:
+                info = _current(folder / parent)
+                folders[parent] = (
+                    f"{parent} is {_kind(info)}, not a folder"
+                    if info is not None and not stat.S_ISDIR(info.st_mode)
+                    else None
+                )
+            if (wrong := folders[parent]) is not None:
+                found[path] = wrong
+                break
+        else:
+            info = _current(folder / path)
+            if info is not None and not stat.S_ISREG(info.st_mode):
+                found[path] = f"{_kind(info)} is in its place"
+    return found
+
+
+def _kind(info: os.stat_result) -> str:
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a link" if stat.S_ISLNK(mode) else "neither a file nor a folder"
+
+
+def _remove_empty_trees(folder: Path, placements: Iterable[Placement]) -> None:
+    """Blocking: remove each folder at the path of one of `placements` that holds no file,
+    deepest first (one that does, or gets one meanwhile, stays: `rmdir` checks)."""
+    for placement in placements:
+        path = folder / placement.path
+        if not path.is_dir() or path.is_symlink():
+            continue
+        for inside, _, _ in os.walk(path, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(inside)
 
 
 def _move_into_place(temp: Path, target: Path, row: FileRow | None) -> os.stat_result | None:
@@ -311,7 +368,7 @@ def _write_inline(folder: Path, placements: list[Placement], log: dict[str, LogR
             if info is not None:
                 done.append(_row_for(placement, info, parts))
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            _discard(temp)
             done.append(f"{placement.path}: {exc}")
     return done
 
@@ -328,7 +385,7 @@ async def _write_large(
         parts = await write_version(session, row, temp, local)
         info = await asyncio.to_thread(_move_into_place, temp, target, held)
     finally:
-        await asyncio.to_thread(temp.unlink, missing_ok=True)
+        await asyncio.to_thread(_discard, temp)
     return None if info is None else _row_for(placement, info, parts)
 
 
@@ -399,10 +456,35 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
     on_disk = await asyncio.to_thread(_stat_files, folder, paths)
     to_write = _plan(session, resolution, rows, on_disk, paths)
     log = state.log(domain, [placement.version.ref for placement in to_write])
+    blocked = await asyncio.to_thread(_obstacles, folder, to_write)
+    session.progress.begin(sum(_pieces(log[p.version.ref]) for p in to_write), "download", "part")
+    try:
+        written = await _write(session, [p for p in to_write if p.path not in blocked], log, rows)
+        removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows)
+        if blocked:
+            # the files just removed may have been in the way: a file where a folder goes now,
+            # or the last files of a folder where a file goes; a folder that holds no file is
+            # in no version (only files are shared): it makes way too
+            later = [p for p in to_write if p.path in blocked]
+            await asyncio.to_thread(_remove_empty_trees, folder, later)
+            still = await asyncio.to_thread(_obstacles, folder, later)
+            session.problems += [f"{path}: not written, {why}" for path, why in still.items()]
+            written += await _write(session, [p for p in later if p.path not in still], log, rows)
+    finally:
+        session.progress.end()
+    done = set(written)
+    session.moved.update((path, name) for path, name in resolution.moved.items() if name in done)
+    return len(written), removed
+
+
+async def _write(
+    session: Session, to_write: list[Placement], log: dict[str, LogRow], rows: dict[str, FileRow]
+) -> list[str]:
+    """Write the files of `to_write` (nothing in their way), record each in Files, and the
+    problems that kept any from being written; returns the paths written."""
+    state, domain, folder = session.state, session.domain, session.folder
     small = [p for p in to_write if log[p.version.ref].data is not None]
     large = [p for p in to_write if log[p.version.ref].data is None]
-    session.progress.begin(len(small) + sum(_pieces(log[p.version.ref]) for p in large),
-                           "download", "part")  # fmt: skip
     written: list[FileRow | str] = []
     try:
         for start in range(0, len(small), BATCH_ENTRIES):
@@ -424,16 +506,16 @@ async def apply(session: Session, resolution: Resolution) -> tuple[int, int]:
             except (InvalidFile, OSError) as exc:
                 written.append(f"{placement.path}: {exc}")
     finally:
-        session.progress.end()
         with state.transaction():
             state.put_files(domain, (done for done in written if isinstance(done, FileRow)))
     session.problems += [done for done in written if isinstance(done, str)]
-    removed = await asyncio.to_thread(_remove_unwanted, session, resolution, rows)
-    return sum(isinstance(done, FileRow) for done in written), removed
+    return [done.name for done in written if isinstance(done, FileRow)]
 
 
 def _pieces(row: LogRow) -> int:
-    return len(row.part_ids)
+    """Progress units of writing `row`: one for a file whose content came inline, else its
+    parts."""
+    return 1 if row.data is not None else len(row.part_ids)
 
 
 def _remove_unwanted(session: Session, resolution: Resolution, rows: dict[str, FileRow]) -> int:
@@ -509,6 +591,7 @@ async def sync_session(session: Session) -> SyncReport:
             state.set_settled(session.domain, report.forks)
     report.uploaded, report.downloaded = session.uploaded, session.downloaded
     report.problems = list(session.problems)
+    report.moved = dict(session.moved)
     return report
 
 

@@ -101,6 +101,9 @@ class Session:
     uploaded: int = 0
     downloaded: int = 0
     problems: list[str] = field(default_factory=list)
+    moved: dict[str, str] = field(default_factory=dict)
+    """Files this sync wrote beside their path, which other files need as a folder: where
+    each went, by its path (`Resolution.moved`)."""
 
     @cached_property
     def id_key(self) -> bytes:
