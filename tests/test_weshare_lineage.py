@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from weshare.errors import InvalidFile
 from weshare.lineage import (
+    NAME_MAX,
     Fork,
     Placement,
     Resolution,
@@ -56,6 +57,25 @@ def test_copies_that_would_share_a_name_are_told_apart() -> None:
     places = result.places()
     assert places == {"C.3/0": "f.txt", "C.2/1": name, "C.2/0": name[:-4] + "-2.txt"}
     assert set(places.values()) == set(result.placements)
+
+
+@pytest.mark.parametrize(
+    ("path", "kept"),
+    [
+        ("d/" + "n" * 250 + ".txt", ".txt"),
+        ("é" * 125 + ".md", ".md"),  # two bytes each: cut between characters, never inside
+        ("n" * 10 + "." + "e" * 200, ""),  # an extension that alone is long goes too
+    ],
+)
+def test_a_conflict_copy_of_a_long_name_fits_in_a_name(path: str, kept: str) -> None:
+    name = conflict_name(path, v("C.1/0", path))
+    last = name.rpartition("/")[2]
+    assert len(last.encode()) <= NAME_MAX
+    assert ".sync-conflict-" in last
+    assert last.endswith(kept)
+    assert name.startswith(path.rpartition("/")[0])
+    assert path.rpartition("/")[2].startswith(last.partition(".sync-conflict-")[0])
+    assert conflict_name("short.txt", v("C.1/0", "x")).startswith("short.sync-conflict-")
 
 
 def test_an_alias_comes_first_and_the_versions_it_descends_from_follow() -> None:

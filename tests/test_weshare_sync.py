@@ -210,6 +210,21 @@ async def test_same_new_name_on_both_sides_keeps_both(pair: Pair) -> None:
     assert tree(pair.a) == tree(pair.b)
 
 
+async def test_both_versions_of_a_file_with_a_long_name_are_on_disk(pair: Pair) -> None:
+    """A fork's conflict copy of a 244-byte name: its name stays within 255 bytes (before, it
+    was 283 and never written: the user's own version vanished from their folder)."""
+    name = "n" * 240 + ".txt"
+    (pair.a / name).write_text("first")
+    await pair.sync_both()
+    (pair.a / name).write_text("alice")
+    (pair.b / name).write_text("bob!")
+    await pair.alice.sync(DOMAIN)
+    assert (await pair.bob.sync(DOMAIN)).problems == []
+    assert (await pair.alice.sync(DOMAIN)).problems == []
+    assert sorted(tree(pair.a).values()) == [b"alice", b"bob!"]
+    assert tree(pair.a) == tree(pair.b)
+
+
 @pytest.mark.parametrize(
     "faults",
     [

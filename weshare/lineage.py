@@ -105,14 +105,28 @@ def ref_of(change_name: str, index: int) -> str:
     return f"{change_name}/{index}"
 
 
+NAME_MAX = 255
+"""Bytes in one name on the file systems a folder may live on (ext4, XFS, APFS; NTFS: 255
+UTF-16 units, no fewer)."""
+
+
 def conflict_name(path: str, version: Version, copy: int = 1) -> str:
     """Where a fork's losing live version is placed (Syncthing's conflict naming). A `copy`
     above 1 tells apart copies that would otherwise share a name (versions of one path by one
-    writer within one second)."""
+    writer within one second). A name that would grow past `NAME_MAX` bytes loses the end of
+    its stem (whole characters), and its extension too if that alone is long: a copy no file
+    system can hold was never written."""
     stem, ext = splitext(path)
     when = datetime.fromtimestamp(id_time_ms(version.change_id) / 1000, UTC)
     counter = f"-{copy}" if copy > 1 else ""
-    return f"{stem}.sync-conflict-{when:%Y%m%d-%H%M%S}-{version.writer.hex()[:7]}{counter}{ext}"
+    marker = f".sync-conflict-{when:%Y%m%d-%H%M%S}-{version.writer.hex()[:7]}{counter}"
+    folder, slash, base = stem.rpartition("/")
+    if len(f"{base}{marker}{ext}".encode()) > NAME_MAX:
+        if len(f"{marker}{ext}".encode()) > NAME_MAX // 2:
+            base, ext = base + ext, ""
+        room = NAME_MAX - len(f"{marker}{ext}".encode())
+        base = base.encode()[:room].decode(errors="ignore")
+    return f"{folder}{slash}{base}{marker}{ext}"
 
 
 class _Groups:
