@@ -131,6 +131,15 @@ def test_a_bad_invite_file_exits_2_as_a_subprocess(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: ")
 
 
+def test_a_state_that_cannot_be_made_exits_1_with_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["--state", str(tmp_path / "a-file" / "state"), "init"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: [Errno 20] Not a directory: '{tmp_path / 'a-file' / 'state'}'\n"
+
+
 def test_membership_and_truncation_commands(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

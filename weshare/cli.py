@@ -1,9 +1,11 @@
 """``python -m weshare``: the command line over `Weshare`.
 
 Bad input (unknown domain, malformed key, invite or configuration) exits with status 2 and one
-line ``error: ...`` on stderr; an exchange that fails exits with 1. Long syncs draw a progress
-bar on stderr when it is a terminal. One command at a time writes a state (another exits 1,
-naming the pid that holds it); `status`, `log` and `forks` only read, and run while a sync does.
+line ``error: ...`` on stderr; an exchange that fails, or a local path (the state, the folder),
+exits with 1. Files a sync could not read or write are listed on stderr, the others synced, and
+the exit status is 0. Long syncs draw a progress bar on stderr when it is a terminal. One
+command at a time writes a state (another exits 1, naming the pid that holds it); `status`,
+`log` and `forks` only read, and run while a sync does.
 """
 
 from __future__ import annotations
@@ -368,5 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: exchange: {exc}", file=sys.stderr)
         return 1
     except WeshareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the state or the folder: a path, permissions, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return 1

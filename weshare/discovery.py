@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from weshare.crypto import content_hash
@@ -69,6 +69,9 @@ class Discovered:
     as_recorded: bool = False
     """The folder held exactly the files Files records, as recorded (fork copies included),
     and nothing else: discovery changed nothing."""
+    unread: list[str] = field(default_factory=list)
+    """Files that could not be read (no permission, an I/O error), with why: left as Files
+    records them (a tracked one is not taken for deleted), the others synced all the same."""
 
 
 def discover(
@@ -94,7 +97,16 @@ def discover(
         row = rows.get(path)
         if row is not None and (row.status == FORK or same_stat(row, info)):
             continue  # a fork's copy is not pushed; an unchanged file is not hashed
-        parts = split(folder / path, info.st_size) if split else split_file(folder / path, id_key)
+        try:
+            parts = (
+                split(folder / path, info.st_size) if split else split_file(folder / path, id_key)
+            )
+        except OSError as exc:
+            if exc.filename != os.fspath(folder / path):
+                raise  # not about this file (an exchange's, say)
+            if not isinstance(exc, FileNotFoundError):  # gone since the walk: seen next time
+                found.unread.append(f"{path}: not read, {exc.strerror or exc}")
+            continue
         digest = content_hash([part.id for part in parts])
         seen = FileRow(path, digest, str(info.st_mtime_ns), info.st_size, CREATE, True,
                        encode_parts(parts), None)  # fmt: skip

@@ -569,6 +569,7 @@ async def sync_session(session: Session) -> SyncReport:
     found = await asyncio.to_thread(
         discover, session.state, session.domain, session.folder, session.id_key, placements, split
     )
+    session.problems += found.unread
     report = SyncReport(found)
     report.pushed = await push(session, kept)
     kept.clear()
