@@ -18,6 +18,7 @@ import pytest
 from tests.weshare_pair import tree
 from tests.weshare_servers import KINDS, exchange_config, s3_server, sftp_server
 from weshare.cli import main
+from weshare.discovery import MARKER
 
 __all__ = ["exchange_config", "s3_server", "sftp_server"]  # fixtures, used by name
 
@@ -73,7 +74,7 @@ def test_two_users_share_through_a_folder_exchange(tmp_path: Path) -> None:
     weshare(tmp_path, "--state", "bob", "choose", "demo", refs[0])
     weshare(tmp_path, "--state", "alice", "sync")
     for side in ("alice-files", "bob-files"):
-        assert [p.name for p in (tmp_path / side).iterdir()] == ["hello.txt"]
+        assert sorted(p.name for p in (tmp_path / side).iterdir()) == [MARKER, "hello.txt"]
         assert (tmp_path / side / "hello.txt").read_text() == "alice's version\n"
     assert "no forks" in weshare(tmp_path, "--state", "alice", "forks", "demo")
     log = weshare(tmp_path, "--state", "alice", "log", "demo")

@@ -74,3 +74,35 @@ async def test_an_unreadable_file_is_reported_and_every_other_one_synced(tmp_pat
             path.chmod(0o644)
         await pair.alice.close()
         await pair.bob.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_folder_that_cannot_be_listed_is_reported_and_not_taken_for_deleted(
+    tmp_path: Path,
+) -> None:
+    prefix = _obeying_permissions()
+    pair = await open_pair(tmp_path)
+    try:
+        (pair.a / "d").mkdir()
+        (pair.a / "d" / "x.txt").write_text("x")
+        (pair.a / "e.txt").write_text("e")
+        await pair.alice.sync(DOMAIN)
+        await pair.alice.close()
+        await pair.bob.sync(DOMAIN)
+        (pair.a / "d").chmod(0)
+        (pair.a / "e.txt").write_text("e, edited")
+        state = str(pair.tmp / "alice-state")
+        sync = await asyncio.create_subprocess_exec(
+            *prefix, sys.executable, "-m", "weshare", "--state", state, "sync",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(sync.communicate(), 60)
+        assert sync.returncode == 0, err.decode()
+        assert err.decode().splitlines() == ["  problem: d/: not listed, Permission denied"]
+        assert "pushed 1 (new 0, changed 1, renamed 0, deleted 0)" in out.decode()
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"d/x.txt": b"x", "e.txt": b"e, edited"}
+    finally:
+        (pair.a / "d").chmod(0o755)
+        await pair.alice.close()
+        await pair.bob.close()

@@ -11,6 +11,7 @@ import pytest
 
 from weshare import Exchange, Weshare
 from weshare.api import system_clock
+from weshare.discovery import MARKER
 from weshare.exchange import ExchangeFactory, default_kinds
 
 DOMAIN = "team.weshare.test"
@@ -141,8 +142,9 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
+    """The shared files under `folder` (not the sync's own `MARKER`), by relative path."""
     return {
         str(path.relative_to(folder)): path.read_bytes()
         for path in sorted(folder.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path != folder / MARKER
     }

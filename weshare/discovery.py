@@ -25,11 +25,18 @@ from weshare.parts import Part, encode_parts, split_file
 from weshare.state import CREATE, DELETE, FORK, SYNC, UPDATE, FileRow, State
 
 TEMP_PREFIX = ".weshare-tmp-"  # files being written by a sync; never shared
+MARKER = ".weshare-folder"
+"""A file every sync keeps in the root of a shared folder (never shared): a folder found without
+it, once it had one, is a new copy (restored, remade, or a drive's empty mount point), whose
+missing files are not deletions (`weshare.sync.check_folder`)."""
 
 
-def walk(folder: Path, *, clean: bool = False) -> dict[str, os.stat_result]:
-    """Regular files under `folder` by relative POSIX path (symlinks and temp files skipped;
-    symlinked folders are not followed; unreadable folders are skipped, as `os.walk` does).
+def walk(
+    folder: Path, *, clean: bool = False, unlisted: dict[str, str] | None = None
+) -> dict[str, os.stat_result]:
+    """Regular files under `folder` by relative POSIX path (symlinks, temp files and the root's
+    `MARKER` skipped; symlinked folders are not followed). A folder that cannot be listed is
+    skipped, and put in `unlisted` (its path with a trailing slash, "" for `folder`: why).
     With `clean`, temp files a killed sync left behind are removed."""
     found: dict[str, os.stat_result] = {}
     folders = [(os.fspath(folder), "")]
@@ -37,11 +44,15 @@ def walk(folder: Path, *, clean: bool = False) -> dict[str, os.stat_result]:
         directory, prefix = folders.pop()
         try:
             entries = list(os.scandir(directory))
-        except OSError:
+        except OSError as exc:
+            if unlisted is not None:
+                unlisted[prefix] = exc.strerror or str(exc)
             continue
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 folders.append((entry.path, f"{prefix}{entry.name}/"))
+            elif not prefix and entry.name == MARKER:
+                continue
             elif entry.name.startswith(TEMP_PREFIX):
                 if clean:
                     os.unlink(entry.path)
@@ -70,8 +81,9 @@ class Discovered:
     """The folder held exactly the files Files records, as recorded (fork copies included),
     and nothing else: discovery changed nothing."""
     unread: list[str] = field(default_factory=list)
-    """Files that could not be read (no permission, an I/O error), with why: left as Files
-    records them (a tracked one is not taken for deleted), the others synced all the same."""
+    """Files and folders that could not be read or listed (no permission, an I/O error), with
+    why: left as Files records them (a tracked file is not taken for deleted), the others
+    synced all the same."""
 
 
 def discover(
@@ -81,15 +93,21 @@ def discover(
     id_key: bytes,
     placements: Callable[[], dict[str, Placement]],
     split: Callable[[Path, int], list[Part]] | None = None,
+    *,
+    new_copy: bool = False,
 ) -> Discovered:
     """Compare the folder with Files and mark what must be pushed (Files.push). `placements()`
     says where the remote side wants each version (asked only if a changed file's content is
     that of a version in Log, or a tracked file is gone: only then can the answer matter).
     `split(path, size)` cuts and hashes a new or changed file (by default `split_file`; a sync
-    also puts a large file's parts on the exchange as it goes)."""
+    also puts a large file's parts on the exchange as it goes). With `new_copy` the folder is
+    a new copy of the domain's: a tracked file it lacks is forgotten (the apply writes it
+    again), neither deleted nor renamed."""
     rows = state.files(domain)
-    on_disk = walk(folder, clean=True)
+    unlisted: dict[str, str] = {}
+    on_disk = walk(folder, clean=True, unlisted=unlisted)
     found = Discovered()
+    found.unread += [f"{prefix or './'}: not listed, {why}" for prefix, why in unlisted.items()]
     updates: list[FileRow] = []
     fresh: list[FileRow] = []
     logged: set[str] | None = None  # the content hash of every version in Log, when needed
@@ -129,16 +147,20 @@ def discover(
         else:
             fresh.append(seen)
 
+    unseen = tuple(unlisted)  # what lies in a folder not listed is not known to be gone
     vanished = {
         name: row
         for name, row in rows.items()
-        if name not in on_disk and row.status not in (FORK, DELETE)
+        if name not in on_disk and row.status not in (FORK, DELETE) and not name.startswith(unseen)
     }
+    dropped: list[str] = []
+    if new_copy:
+        dropped += vanished
+        vanished = {}
     by_hash: dict[str, list[FileRow]] = {}
     for row in vanished.values():
         if row.version is not None:
             by_hash.setdefault(row.hash, []).append(row)
-    dropped: list[str] = []
     for new in fresh:
         olds = by_hash.get(new.hash)
         if olds:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from weshare.crypto import content_hash
-from weshare.discovery import TEMP_PREFIX, Discovered, discover, same_stat, walk
-from weshare.errors import InvalidFile, UsageError
+from weshare.discovery import MARKER, TEMP_PREFIX, Discovered, discover, same_stat, walk
+from weshare.errors import InvalidFile, UsageError, WeshareError
 from weshare.formats import ChangeFile, FileChange
 from weshare.lineage import Fork, Placement, Resolution, folders_of, ref_of, resolve
 from weshare.parts import (
@@ -39,7 +39,7 @@ from weshare.parts import (
     split_bytes,
     split_file,
 )
-from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow
+from weshare.state import DELETE, FORK, SYNC, FileRow, LogRow, State
 from weshare.transfer import (
     LocalParts,
     Session,
@@ -565,10 +565,18 @@ async def sync_session(session: Session) -> SyncReport:
     # the Log says the remote side wants, and our own queued changes are part of that (a file
     # renamed back to where a queued rename took it from was adopted as in place, then the
     # rename went up and the pushed deletion of its new name lost the content).
+    new_copy = await asyncio.to_thread(check_folder, session.state, session.domain, session.folder)
     await flush_outbox(session)
     found = await asyncio.to_thread(
-        discover, session.state, session.domain, session.folder, session.id_key, placements, split
-    )
+        functools.partial(discover, new_copy=new_copy),
+        session.state, session.domain, session.folder, session.id_key, placements, split,
+    )  # fmt: skip
+    if new_copy:
+        session.problems.append(
+            f"{MARKER} was missing from {session.folder}: taken for a new copy of the folder (a "
+            "file it lacks is written again, not deleted)"
+        )
+        await asyncio.to_thread((session.folder / MARKER).touch)
     session.problems += found.unread
     report = SyncReport(found)
     report.pushed = await push(session, kept)
@@ -594,6 +602,27 @@ async def sync_session(session: Session) -> SyncReport:
     report.problems = list(session.problems)
     report.moved = dict(session.moved)
     return report
+
+
+def check_folder(state: State, domain: str, folder: Path) -> bool:
+    """Blocking: before a sync, make sure `folder` is the domain's shared folder as the last
+    sync left it; True if it is a new copy (see `MARKER`). A folder that is not there (moved,
+    deleted, or on a drive not mounted) stops the sync: taken as empty, it deleted every file
+    for every user. One without its marker, once it had one, is a new copy: its missing files
+    are written again, not deleted. The first sync of a state that never made the marker (a new
+    domain, or a state kept by an older version) makes it."""
+    if not folder.is_dir():
+        raise WeshareError(
+            f"{folder}: the shared folder is not there (moved, or on a drive not mounted?); "
+            "nothing was synced. Put it back, or make it again (empty) to get every file again"
+        )
+    if (folder / MARKER).is_file():
+        return False
+    if state.get_config(domain, "marker") is None:
+        (folder / MARKER).touch()
+        state.set_config(domain, "marker", MARKER)
+        return False
+    return True
 
 
 def find_fork(resolution: Resolution, ref: str) -> Fork:

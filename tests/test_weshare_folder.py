@@ -1,0 +1,98 @@
+"""The shared folder itself: gone (moved, a drive not mounted), remade empty, or a part of it
+that cannot be listed. None of these may read as "every file was deleted": a sync pushed that
+to every user before."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from tests.weshare_pair import DOMAIN, Pair, pair, tree
+from weshare import Weshare
+from weshare.cli import main as cli_main
+from weshare.discovery import MARKER
+from weshare.errors import WeshareError
+
+__all__ = ["pair"]  # the fixture, used by name
+
+
+async def _shared(pair: Pair) -> dict[str, bytes]:
+    (pair.a / "x.txt").write_text("x")
+    (pair.a / "d").mkdir()
+    (pair.a / "d" / "y.txt").write_text("y")
+    await pair.sync_both()
+    assert (pair.a / MARKER).is_file()  # the first sync made it
+    assert tree(pair.b) == {"x.txt": b"x", "d/y.txt": b"y"}
+    return tree(pair.b)
+
+
+async def test_a_folder_that_is_not_there_stops_the_sync_and_deletes_nothing(
+    pair: Pair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = await _shared(pair)
+    pair.a.rename(pair.tmp / "moved-away")
+    with pytest.raises(WeshareError, match="the shared folder is not there"):
+        await pair.alice.sync(DOMAIN)
+    assert not pair.a.exists()  # not made again: the drive may just not be mounted
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == shared
+
+    await pair.alice.close()
+    assert (
+        await asyncio.to_thread(cli_main, ["--state", str(pair.tmp / "alice-state"), "sync"]) == 1
+    )
+    assert "the shared folder is not there" in capsys.readouterr().err
+
+    (pair.tmp / "moved-away").rename(pair.a)  # put back: syncs as before
+    async with Weshare(pair.tmp / "alice-state") as alice:
+        assert (await alice.sync(DOMAIN)).problems == []
+
+
+async def test_a_folder_made_again_empty_gets_every_file_again(pair: Pair) -> None:
+    """A folder remade empty (or a drive's empty mount point) lacks the marker: it is a new
+    copy, filled again; nothing is deleted for anyone. Then deletions travel as ever."""
+    shared = await _shared(pair)
+    shutil.rmtree(pair.a)
+    pair.a.mkdir()
+    report = await pair.alice.sync(DOMAIN)
+    assert report.problems == [
+        f"{MARKER} was missing from {pair.a}: taken for a new copy of the folder (a file it "
+        "lacks is written again, not deleted)"
+    ]
+    assert (report.discovered.deleted, report.written) == (0, 2)
+    assert tree(pair.a) == shared
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == shared
+
+    (pair.a / "x.txt").unlink()
+    assert (await pair.alice.sync(DOMAIN)).problems == []
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"d/y.txt": b"y"}
+
+
+async def test_a_new_copy_pushes_what_it_holds_but_renames_and_deletes_nothing(
+    pair: Pair,
+) -> None:
+    """A new copy holding other content (a backup restored, say): what differs goes up, a file
+    under another name is a new file (taken for a rename, it would move the file for everyone),
+    and what it lacks is written again."""
+    await _shared(pair)
+    shutil.rmtree(pair.a)
+    pair.a.mkdir()
+    (pair.a / "old-name.txt").write_text("x")  # x.txt's content under another name
+    (pair.a / "d").mkdir()
+    (pair.a / "d" / "y.txt").write_text("y, as the backup had it")
+    report = await pair.alice.sync(DOMAIN)
+    assert (report.discovered.renamed, report.discovered.deleted) == (0, 0)
+    await pair.bob.sync(DOMAIN)
+    assert (
+        tree(pair.b)
+        == tree(pair.a)
+        == {
+            "x.txt": b"x",
+            "old-name.txt": b"x",
+            "d/y.txt": b"y, as the backup had it",
+        }
+    )
