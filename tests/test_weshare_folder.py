@@ -13,7 +13,7 @@ from tests.weshare_pair import DOMAIN, Pair, pair, tree
 from weshare import Weshare
 from weshare.cli import main as cli_main
 from weshare.discovery import MARKER
-from weshare.errors import WeshareError
+from weshare.errors import UsageError, WeshareError
 
 __all__ = ["pair"]  # the fixture, used by name
 
@@ -96,3 +96,48 @@ async def test_a_new_copy_pushes_what_it_holds_but_renames_and_deletes_nothing(
             "d/y.txt": b"y, as the backup had it",
         }
     )
+
+
+async def test_a_weshare_state_in_the_shared_folder_is_never_shared(pair: Pair) -> None:
+    """A state holds its identity's private key: one made inside a shared folder (by mistake,
+    from another process) is left out, whole in a folder, its own files in the root."""
+    async with Weshare(pair.a / "someone") as other, Weshare(pair.a) as root_state:
+        assert other.get_public() != root_state.get_public()
+    (pair.a / "note.txt").write_text("shared")
+    report = await pair.alice.sync(DOMAIN)
+    assert report.problems == [
+        "./: the weshare state in it is not shared (a private key among it)",
+        "someone/: not shared, it holds a weshare state (a private key among it)",
+    ]
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"note.txt": b"shared"}
+
+
+async def test_layouts_that_would_share_what_they_must_not_are_refused(pair: Pair) -> None:
+    with pytest.raises(UsageError, match="lies in it, or it in the exchange"):
+        await pair.alice.add_exchange(DOMAIN, {"kind": "folder", "path": str(pair.a / "ex")})
+    with pytest.raises(UsageError, match="overlaps"):
+        await pair.alice.add_domain("other.weshare.test", pair.a / "inside")
+    async with Weshare(pair.a / "state") as inside:
+        with pytest.raises(UsageError, match=r"the state .* would be shared from it"):
+            await inside.add_domain("other.weshare.test", pair.a)
+    await pair.alice.add_domain("other.weshare.test", pair.tmp / "other")
+    assert pair.alice.domains() == sorted([DOMAIN, "other.weshare.test"])
+
+    # a state an older version let take such an exchange: every sync is refused
+    in_folder = {"kind": "folder", "path": str(pair.a / "ex")}
+    pair.alice._store_exchanges(DOMAIN, [*pair.alice._exchanges(DOMAIN), in_folder])
+    with pytest.raises(UsageError, match="lies in it, or it in the exchange"):
+        await pair.alice.sync(DOMAIN)
+
+
+async def test_a_folder_another_domain_marked_is_not_synced(pair: Pair) -> None:
+    """Two states sharing one folder in two domains would share each other's files."""
+    await _shared(pair)
+    async with Weshare(pair.tmp / "carol-state") as carol:
+        await carol.add_domain("carol.weshare.test", pair.b)
+        await carol.add_exchange(
+            "carol.weshare.test", {"kind": "folder", "path": str(pair.tmp / "cx")}
+        )
+        with pytest.raises(WeshareError, match=f"is the shared folder of {DOMAIN}"):
+            await carol.sync("carol.weshare.test")

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from weshare.membership import (
     require_admin,
 )
 from weshare.replicas import ExchangeSet, copy_domain
-from weshare.state import LogRow, State
+from weshare.state import DATABASE, LogRow, State
 from weshare.sync import SyncReport, choose, sync_session
 from weshare.transfer import NoProgress, Progress, Session
 from weshare.truncate import DEFAULT_GRACE_MS, fossils_below, truncate
@@ -49,7 +49,6 @@ from weshare.truncate import DEFAULT_GRACE_MS, fossils_below, truncate
 _DOMAIN = re.compile(
     r"^(?=.{1,128}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
 )
-DATABASE = "weshare.db"
 
 
 def system_clock() -> int:
@@ -168,6 +167,40 @@ class Weshare:
             raise UsageError(f"unknown domain {domain!r}")
         return Path(folder)
 
+    def _check_places(
+        self, domain: str, folder: Path, configs: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Blocking: refuse a layout in which a sync would share what it must not: the state
+        (its identity's private key among it) inside the shared `folder`, a folder that
+        overlaps another domain's, or a folder exchange inside the folder (each sync would
+        share the change files it just wrote, without end) or holding it."""
+        state_dir = self.state_dir.resolve()
+        if _within(state_dir, folder):
+            raise UsageError(
+                f"{folder}: the state ({state_dir}) would be shared from it; keep it outside"
+            )
+        for other in self.domains():
+            path = self._require(other)
+            if other != domain and (_within(folder, path) or _within(path, folder)):
+                raise UsageError(f"{folder}: overlaps {path}, the folder of {other}")
+        for config in configs:
+            if config.get("kind") == "folder" and isinstance(config.get("path"), str):
+                exchange = Path(config["path"]).resolve()
+                if _within(exchange, folder) or _within(folder, exchange / domain):
+                    raise UsageError(
+                        f"{folder}: the folder exchange at {exchange} lies in it, or it in the "
+                        "exchange (a sync would share the files it just put); keep them apart"
+                    )
+
+    def _new_folder(
+        self, domain: str, folder: Path | str, configs: Iterable[Mapping[str, Any]]
+    ) -> Path:
+        """Blocking: `folder` made absolute, checked (`_check_places`) and made."""
+        path = Path(folder).resolve()
+        self._check_places(domain, path, configs)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def _exchanges(self, domain: str) -> list[dict[str, Any]]:
         """The domain's exchange configurations, credentials included (stored sealed)."""
         stored = self.state.get_config(domain, "exchanges")
@@ -193,7 +226,9 @@ class Weshare:
             raise UsageError(f"{name!r} is not a domain name (like public.weshare.zone)")
         if self.state.get_config(name, "folder") is not None:
             raise UsageError(f"domain {name} exists already")
-        path = await asyncio.to_thread(_prepare_folder, folder or self.state_dir / "files" / name)
+        path = await asyncio.to_thread(
+            self._new_folder, name, folder or self.state_dir / "files" / name, []
+        )
         first = self._next_id()
         keyring = Keyring({first: new_key()})
         with self.state.transaction():
@@ -212,6 +247,7 @@ class Weshare:
         self._writable()
         self._require(domain)
         normalized = normalize_config(config)
+        await asyncio.to_thread(self._check_places, domain, self._require(domain), [normalized])
         known = self._exchanges(domain)
         if normalized in known:
             return
@@ -287,6 +323,7 @@ class Weshare:
         configs = self._exchanges(domain)
         if not configs:
             raise UsageError(f"domain {domain} has no exchange yet (add-exchange)")
+        await asyncio.to_thread(self._check_places, domain, folder, configs)  # older states
         async with self._lock, self._open_set(domain, configs) as exchange:
             anchor = await read_anchor(exchange, domain, self._admins(domain))
 
@@ -386,7 +423,8 @@ class Weshare:
             raise InvalidFile("invite: no valid admins")
         if self.state.get_config(domain, "folder") is not None:
             raise UsageError(f"already a member of {domain}")
-        path = await asyncio.to_thread(_prepare_folder, folder)
+        configs = [config for config in exchanges if isinstance(config, Mapping)]
+        path = await asyncio.to_thread(self._new_folder, domain, folder, configs)
         with self.state.transaction():
             self.state.set_config(domain, "folder", str(path))
             self.state.set_config(domain, "admins", json.dumps(admins))
@@ -454,7 +492,6 @@ def _is_key(value: object) -> bool:
     )
 
 
-def _prepare_folder(folder: Path | str) -> Path:
-    path = Path(folder).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _within(path: Path, folder: Path) -> bool:
+    """True if `path` is `folder` or lies in it (both resolved)."""
+    return path == folder or folder in path.parents

@@ -22,7 +22,17 @@ from weshare.crypto import content_hash
 from weshare.formats import is_safe_path
 from weshare.lineage import Placement
 from weshare.parts import Part, encode_parts, split_file
-from weshare.state import CREATE, DELETE, FORK, SYNC, UPDATE, FileRow, State
+from weshare.state import (
+    CREATE,
+    DELETE,
+    FORK,
+    LOCK_FILE,
+    STATE_FILES,
+    SYNC,
+    UPDATE,
+    FileRow,
+    State,
+)
 
 TEMP_PREFIX = ".weshare-tmp-"  # files being written by a sync; never shared
 MARKER = ".weshare-folder"
@@ -32,12 +42,18 @@ missing files are not deletions (`weshare.sync.check_folder`)."""
 
 
 def walk(
-    folder: Path, *, clean: bool = False, unlisted: dict[str, str] | None = None
+    folder: Path,
+    *,
+    clean: bool = False,
+    unlisted: dict[str, str] | None = None,
+    states: list[str] | None = None,
 ) -> dict[str, os.stat_result]:
     """Regular files under `folder` by relative POSIX path (symlinks, temp files and the root's
     `MARKER` skipped; symlinked folders are not followed). A folder that cannot be listed is
-    skipped, and put in `unlisted` (its path with a trailing slash, "" for `folder`: why).
-    With `clean`, temp files a killed sync left behind are removed."""
+    skipped, and put in `unlisted` (its path with a trailing slash, "" for `folder`: why). A
+    folder that holds a weshare state (its lock file: the state holds a private key) is never
+    shared: skipped (in `folder` itself, only the state's files), and put in `states`. With
+    `clean`, temp files a killed sync left behind are removed."""
     found: dict[str, os.stat_result] = {}
     folders = [(os.fspath(folder), "")]
     while folders:
@@ -48,6 +64,14 @@ def walk(
             if unlisted is not None:
                 unlisted[prefix] = exc.strerror or str(exc)
             continue
+        if any(entry.name == LOCK_FILE for entry in entries):
+            if states is not None:
+                states.append(prefix)
+            if prefix:
+                continue
+            # in the root, the state's own files go and the rest is listed: skipping it all
+            # would take every file for deleted
+            entries = [entry for entry in entries if entry.name not in STATE_FILES]
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 folders.append((entry.path, f"{prefix}{entry.name}/"))
@@ -105,9 +129,16 @@ def discover(
     again), neither deleted nor renamed."""
     rows = state.files(domain)
     unlisted: dict[str, str] = {}
-    on_disk = walk(folder, clean=True, unlisted=unlisted)
+    states: list[str] = []
+    on_disk = walk(folder, clean=True, unlisted=unlisted, states=states)
     found = Discovered()
     found.unread += [f"{prefix or './'}: not listed, {why}" for prefix, why in unlisted.items()]
+    found.unread += [
+        f"{prefix}: not shared, it holds a weshare state (a private key among it)"
+        if prefix
+        else "./: the weshare state in it is not shared (a private key among it)"
+        for prefix in states
+    ]
     updates: list[FileRow] = []
     fresh: list[FileRow] = []
     logged: set[str] | None = None  # the content hash of every version in Log, when needed

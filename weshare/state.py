@@ -27,7 +27,12 @@ from weshare.errors import StateInUse
 from weshare.formats import HASH_SIZE, ActionFile, ActionType, Truncation
 from weshare.lineage import Version
 
+DATABASE = "weshare.db"
 LOCK_FILE = "weshare.lock"
+STATE_FILES = frozenset(
+    {LOCK_FILE, DATABASE, *(f"{DATABASE}-{end}" for end in ("wal", "shm", "journal"))}
+)
+"""The files of a state directory (the identity's private key is in the database)."""
 _WAL_PAGES = 16384  # checkpoint the write-ahead log when it holds this many pages
 
 _SCHEMA = """

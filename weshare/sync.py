@@ -576,7 +576,7 @@ async def sync_session(session: Session) -> SyncReport:
             f"{MARKER} was missing from {session.folder}: taken for a new copy of the folder (a "
             "file it lacks is written again, not deleted)"
         )
-        await asyncio.to_thread((session.folder / MARKER).touch)
+        await asyncio.to_thread(mark_folder, session.folder, session.domain)
     session.problems += found.unread
     report = SyncReport(found)
     report.pushed = await push(session, kept)
@@ -608,21 +608,34 @@ def check_folder(state: State, domain: str, folder: Path) -> bool:
     """Blocking: before a sync, make sure `folder` is the domain's shared folder as the last
     sync left it; True if it is a new copy (see `MARKER`). A folder that is not there (moved,
     deleted, or on a drive not mounted) stops the sync: taken as empty, it deleted every file
-    for every user. One without its marker, once it had one, is a new copy: its missing files
-    are written again, not deleted. The first sync of a state that never made the marker (a new
-    domain, or a state kept by an older version) makes it."""
+    for every user; so does one whose marker names another domain (two domains in one folder
+    would share each other's files). One without its marker, once it had one, is a new copy:
+    its missing files are written again, not deleted. The first sync of a state that never
+    made the marker (a new domain, or a state kept by an older version) makes it."""
     if not folder.is_dir():
         raise WeshareError(
             f"{folder}: the shared folder is not there (moved, or on a drive not mounted?); "
             "nothing was synced. Put it back, or make it again (empty) to get every file again"
         )
-    if (folder / MARKER).is_file():
+    marker = folder / MARKER
+    if marker.is_file():
+        owner = marker.read_text(errors="replace").strip()
+        if owner not in ("", domain):
+            raise WeshareError(
+                f"{folder} is the shared folder of {owner} (see its {MARKER}); nothing was "
+                "synced: each domain needs a folder of its own"
+            )
         return False
     if state.get_config(domain, "marker") is None:
-        (folder / MARKER).touch()
+        mark_folder(folder, domain)
         state.set_config(domain, "marker", MARKER)
         return False
     return True
+
+
+def mark_folder(folder: Path, domain: str) -> None:
+    """Blocking: write `folder`'s `MARKER`, naming the domain it is shared in."""
+    (folder / MARKER).write_text(f"{domain}\n")
 
 
 def find_fork(resolution: Resolution, ref: str) -> Fork:
