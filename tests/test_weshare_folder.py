@@ -106,8 +106,8 @@ async def test_a_weshare_state_in_the_shared_folder_is_never_shared(pair: Pair) 
     (pair.a / "note.txt").write_text("shared")
     report = await pair.alice.sync(DOMAIN)
     assert report.problems == [
-        "./: the weshare state in it is not shared (a private key among it)",
-        "someone/: not shared, it holds a weshare state (a private key among it)",
+        "./: the weshare state in it is not shared (a private key)",
+        "someone/: not shared, it holds a weshare state (a private key)",
     ]
     await pair.bob.sync(DOMAIN)
     assert tree(pair.b) == {"note.txt": b"shared"}

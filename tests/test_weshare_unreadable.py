@@ -1,5 +1,6 @@
-"""A file the user's process may not read: the sync says so and shares everything else, across
-a real `python -m weshare` process that obeys file permissions."""
+"""A file the sync may not read, a folder it may not list, a name it cannot share: the sync says so
+and shares everything else (across a real `python -m weshare` process that obeys file permissions
+where those matter)."""
 
 from __future__ import annotations
 
@@ -104,5 +105,27 @@ async def test_a_folder_that_cannot_be_listed_is_reported_and_not_taken_for_dele
         assert tree(pair.b) == {"d/x.txt": b"x", "e.txt": b"e, edited"}
     finally:
         (pair.a / "d").chmod(0o755)
+        await pair.alice.close()
+        await pair.bob.close()
+
+
+async def test_a_file_whose_name_cannot_be_shared_is_reported_and_the_rest_synced(
+    tmp_path: Path,
+) -> None:
+    """A name that is not UTF-8 (an old archive's Latin-1, say) crashed every sync; one with a
+    backslash was left out without a word."""
+    pair = await open_pair(tmp_path)
+    try:
+        for name in (b"caf\xe9.txt", b"back\\slash.txt"):
+            (pair.a / os.fsdecode(name)).write_bytes(b"not shareable")
+        (pair.a / "fine.txt").write_text("fine")
+        report = await pair.alice.sync(DOMAIN)
+        assert sorted(report.problems) == [
+            "back\\slash.txt: not shared, its name has a backslash, or is too long",
+            "caf\\xe9.txt: not shared, its name is not UTF-8",
+        ]
+        await pair.bob.sync(DOMAIN)
+        assert tree(pair.b) == {"fine.txt": b"fine"}
+    finally:
         await pair.alice.close()
         await pair.bob.close()

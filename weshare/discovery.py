@@ -41,19 +41,26 @@ it, once it had one, is a new copy (restored, remade, or a drive's empty mount p
 missing files are not deletions (`weshare.sync.check_folder`)."""
 
 
+@dataclass
+class Skipped:
+    """What a walk left out (`walk`): the folders it could not list, by path with a trailing
+    slash ("" for the root; what lies in them is not known to be gone), with why; and what is
+    never shared, each as a line for the user."""
+
+    unlisted: dict[str, str] = field(default_factory=dict)
+    unshared: list[str] = field(default_factory=list)
+
+
 def walk(
-    folder: Path,
-    *,
-    clean: bool = False,
-    unlisted: dict[str, str] | None = None,
-    states: list[str] | None = None,
+    folder: Path, *, clean: bool = False, skipped: Skipped | None = None
 ) -> dict[str, os.stat_result]:
     """Regular files under `folder` by relative POSIX path (symlinks, temp files and the root's
-    `MARKER` skipped; symlinked folders are not followed). A folder that cannot be listed is
-    skipped, and put in `unlisted` (its path with a trailing slash, "" for `folder`: why). A
-    folder that holds a weshare state (its lock file: the state holds a private key) is never
-    shared: skipped (in `folder` itself, only the state's files), and put in `states`. With
-    `clean`, temp files a killed sync left behind are removed."""
+    `MARKER` skipped; symlinked folders are not followed). Put in `skipped`: a folder that
+    cannot be listed; a folder that holds a weshare state (its lock file: the state holds a
+    private key; in `folder` itself only the state's files are left out); a file whose name is
+    not UTF-8 or not a safe path (`is_safe_path`). With `clean`, temp files a killed sync left
+    behind are removed."""
+    skipped = Skipped() if skipped is None else skipped
     found: dict[str, os.stat_result] = {}
     folders = [(os.fspath(folder), "")]
     while folders:
@@ -61,16 +68,17 @@ def walk(
         try:
             entries = list(os.scandir(directory))
         except OSError as exc:
-            if unlisted is not None:
-                unlisted[prefix] = exc.strerror or str(exc)
+            skipped.unlisted[prefix] = exc.strerror or str(exc)
             continue
         if any(entry.name == LOCK_FILE for entry in entries):
-            if states is not None:
-                states.append(prefix)
             if prefix:
+                skipped.unshared.append(
+                    f"{_shown(prefix)}: not shared, it holds a weshare state (a private key)"
+                )
                 continue
             # in the root, the state's own files go and the rest is listed: skipping it all
             # would take every file for deleted
+            skipped.unshared.append("./: the weshare state in it is not shared (a private key)")
             entries = [entry for entry in entries if entry.name not in STATE_FILES]
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
@@ -82,9 +90,29 @@ def walk(
                     os.unlink(entry.path)
             elif entry.is_file(follow_symlinks=False):
                 relative = prefix + entry.name
-                if is_safe_path(relative):
+                why = _unshareable(relative)
+                if why is not None:
+                    skipped.unshared.append(f"{_shown(relative)}: not shared, {why}")
+                    continue
+                try:
                     found[relative] = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since it was listed
     return found
+
+
+def _unshareable(path: str) -> str | None:
+    """Why a local file's relative `path` cannot be a name in the domain, or None."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return "its name is not UTF-8"
+    return None if is_safe_path(path) else "its name has a backslash, or is too long"
+
+
+def _shown(path: str) -> str:
+    """`path` printable, bytes that are not UTF-8 as escapes."""
+    return os.fsencode(path).decode(errors="backslashreplace")
 
 
 def same_stat(row: FileRow, info: os.stat_result) -> bool:
@@ -128,17 +156,13 @@ def discover(
     a new copy of the domain's: a tracked file it lacks is forgotten (the apply writes it
     again), neither deleted nor renamed."""
     rows = state.files(domain)
-    unlisted: dict[str, str] = {}
-    states: list[str] = []
-    on_disk = walk(folder, clean=True, unlisted=unlisted, states=states)
+    skipped = Skipped()
+    on_disk = walk(folder, clean=True, skipped=skipped)
     found = Discovered()
-    found.unread += [f"{prefix or './'}: not listed, {why}" for prefix, why in unlisted.items()]
     found.unread += [
-        f"{prefix}: not shared, it holds a weshare state (a private key among it)"
-        if prefix
-        else "./: the weshare state in it is not shared (a private key among it)"
-        for prefix in states
+        f"{_shown(prefix) or './'}: not listed, {why}" for prefix, why in skipped.unlisted.items()
     ]
+    found.unread += skipped.unshared
     updates: list[FileRow] = []
     fresh: list[FileRow] = []
     logged: set[str] | None = None  # the content hash of every version in Log, when needed
@@ -178,7 +202,7 @@ def discover(
         else:
             fresh.append(seen)
 
-    unseen = tuple(unlisted)  # what lies in a folder not listed is not known to be gone
+    unseen = tuple(skipped.unlisted)  # what lies in a folder not listed is not known gone
     vanished = {
         name: row
         for name, row in rows.items()
