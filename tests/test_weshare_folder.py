@@ -141,3 +141,22 @@ async def test_a_folder_another_domain_marked_is_not_synced(pair: Pair) -> None:
         )
         with pytest.raises(WeshareError, match=f"is the shared folder of {DOMAIN}"):
             await carol.sync("carol.weshare.test")
+
+
+async def test_syncing_every_domain_goes_on_past_one_whose_folder_is_gone(
+    pair: Pair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = "other.weshare.test"  # sorts before DOMAIN: synced first
+    await pair.alice.add_domain(other, pair.tmp / "other")
+    await pair.alice.add_exchange(other, {"kind": "folder", "path": str(pair.tmp / "ox")})
+    await pair.alice.sync(other)
+    shutil.rmtree(pair.tmp / "other")
+    (pair.a / "x.txt").write_text("x")
+    await pair.alice.close()
+    args = ["--state", str(pair.tmp / "alice-state"), "sync"]
+    assert await asyncio.to_thread(cli_main, args) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"error: {other}: {pair.tmp / 'other'}: the shared folder is not")
+    assert f"{DOMAIN}: pushed 1 " in printed.out
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"x.txt": b"x"}

@@ -3,7 +3,8 @@
 Bad input (unknown domain, malformed key, invite or configuration) exits with status 2 and one
 line ``error: ...`` on stderr; an exchange that fails, or a local path (the state, the folder),
 exits with 1. Files a sync could not read or write are listed on stderr, the others synced, and
-the exit status is 0. Long syncs draw a progress bar on stderr when it is a terminal. One
+the exit status is 0; `sync` without a domain syncs each, and one that fails stops no other (its
+error on stderr, exit 1). Long syncs draw a progress bar on stderr when it is a terminal. One
 command at a time writes a state (another exits 1, naming the pid that holds it); `status`,
 `log` and `forks` only read, and run while a sync does.
 """
@@ -287,9 +288,17 @@ def _domains(client: Weshare, domain: str | None) -> list[str]:
 
 
 async def _sync(client: Weshare, args: argparse.Namespace) -> int:
-    for domain in _domains(client, args.domain):
-        _print_report(domain, await client.sync(domain))
-    return 0
+    if args.domain is not None:
+        _print_report(args.domain, await client.sync(args.domain))
+        return 0
+    failed = 0
+    for domain in client.domains():  # one that fails (its folder gone, say) stops no other
+        try:
+            _print_report(domain, await client.sync(domain))
+        except (WeshareError, OSError) as exc:
+            print(f"error: {domain}: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 async def _status(client: Weshare, args: argparse.Namespace) -> int:
