@@ -561,11 +561,11 @@ async def sync_session(session: Session) -> SyncReport:
             kept_bytes += len(read.data)
         return parts
 
+    new_copy = await asyncio.to_thread(check_folder, session.state, session.domain, session.folder)
     # Change files a killed sync queued go up first: discovery compares the folder with what
     # the Log says the remote side wants, and our own queued changes are part of that (a file
     # renamed back to where a queued rename took it from was adopted as in place, then the
     # rename went up and the pushed deletion of its new name lost the content).
-    new_copy = await asyncio.to_thread(check_folder, session.state, session.domain, session.folder)
     await flush_outbox(session)
     found = await asyncio.to_thread(
         functools.partial(discover, new_copy=new_copy),
