@@ -1,6 +1,6 @@
-"""The shared folder itself: gone (moved, a drive not mounted), remade empty, or a part of it
-that cannot be listed. None of these may read as "every file was deleted": a sync pushed that
-to every user before."""
+"""The shared folder itself: gone (moved, a drive not mounted) or remade empty, which must not
+read as "every file was deleted" (a sync pushed that to every user before); and layouts that
+would share what they must not (a state, another domain's folder, an exchange in the folder)."""
 
 from __future__ import annotations
 
