@@ -137,9 +137,9 @@ def _make_room(folder: Path, target: Path, destroyed: set[bytes], keep: Path | N
 
 
 def _clash_of(target: str, problem: str) -> bool:
-    """True if `problem` is about a file not written because of what a user just wrote at
-    `target`: at `target`, in a folder `target` is now a file where, or where `target`'s
-    folders go."""
+    """True if `problem` says a file was not written because of what a user just wrote at
+    `target`: a file at `target` itself, one under `target` (now a file, not a folder), or
+    one at a folder of `target`'s (now a folder, not a file)."""
     path = problem.split(": not written, ", 1)[0]
     return ": not written, " in problem and (
         path == target or path.startswith(f"{target}/") or path in folders_of(target)
