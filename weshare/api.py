@@ -175,18 +175,18 @@ class Weshare:
         overlaps another domain's, or a folder exchange inside the folder (each sync would
         share the change files it just wrote, without end) or holding it."""
         state_dir = self.state_dir.resolve()
-        if _within(state_dir, folder):
+        if state_dir.is_relative_to(folder):
             raise UsageError(
                 f"{folder}: the state ({state_dir}) would be shared from it; keep it outside"
             )
         for other in self.domains():
             path = self._require(other)
-            if other != domain and (_within(folder, path) or _within(path, folder)):
+            if other != domain and (folder.is_relative_to(path) or path.is_relative_to(folder)):
                 raise UsageError(f"{folder}: overlaps {path}, the folder of {other}")
         for config in configs:
             if config.get("kind") == "folder" and isinstance(config.get("path"), str):
                 exchange = Path(config["path"]).resolve()
-                if _within(exchange, folder) or _within(folder, exchange / domain):
+                if exchange.is_relative_to(folder) or folder.is_relative_to(exchange / domain):
                     raise UsageError(
                         f"{folder}: the folder exchange at {exchange} lies in it, or it in the "
                         "exchange (a sync would share the files it just put); keep them apart"
@@ -490,8 +490,3 @@ def _is_key(value: object) -> bool:
     return (
         isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
     )
-
-
-def _within(path: Path, folder: Path) -> bool:
-    """True if `path` is `folder` or lies in it (both resolved)."""
-    return path == folder or folder in path.parents
