@@ -4,8 +4,9 @@ cannot change the users."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,13 @@ async def test_a_removed_user_reads_nothing_new_and_is_ignored(pair: Pair) -> No
             await dave.close()
 
 
-def _carol_joins_during_the_next_push(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> list[Weshare]:
-    """Make the next sync's push (bob's: after it read the users, before it reads the
-    changes) first invite carol, who joins and pushes carol.txt. Returns the list that then
-    holds her client (to close)."""
+@contextlib.asynccontextmanager
+async def _carol_joins_during_the_next_push(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    """While in it, the next sync's push (bob's: after it read the users, before it reads the
+    changes) first invites carol, who joins and pushes carol.txt; her client is closed on the
+    way out."""
     real_push = weshare.sync.push
     joined: list[Weshare] = []
 
@@ -153,7 +157,17 @@ def _carol_joins_during_the_next_push(pair: Pair, monkeypatch: pytest.MonkeyPatc
         return await real_push(session, *args)
 
     monkeypatch.setattr(weshare.sync, "push", carol_joins_meanwhile)
-    return joined
+    try:
+        yield
+    finally:
+        for client in joined:
+            await client.close()
+
+
+async def _bob_reads_carol(pair: Pair) -> None:
+    await pair.bob.sync(DOMAIN)
+    assert tree(pair.b) == {"carol.txt": b"carol's first file"}
+    assert not pair.bob.status(DOMAIN).refused
 
 
 @pytest.mark.timeout(30)
@@ -164,16 +178,10 @@ async def test_a_user_who_joins_and_writes_during_a_sync_is_read(
     before it reads the changes). Judged by the users bob knew when his sync began, her
     change was refused as "not a user at that point", and the refusal was kept: bob never
     read it."""
-    joined = _carol_joins_during_the_next_push(pair, monkeypatch)
-    try:
+    async with _carol_joins_during_the_next_push(pair, monkeypatch):
         await pair.bob.sync(DOMAIN)
         monkeypatch.undo()
-        await pair.bob.sync(DOMAIN)
-        assert tree(pair.b) == {"carol.txt": b"carol's first file"}
-        assert not pair.bob.status(DOMAIN).refused
-    finally:
-        for client in joined:
-            await client.close()
+        await _bob_reads_carol(pair)
 
 
 @pytest.mark.timeout(30)
@@ -184,24 +192,18 @@ async def test_changes_refused_before_the_users_were_read_are_judged_again_once(
     began refused a new user's first change for good; the first pull of this version reads
     it again."""
     real_pull = weshare.transfer.pull
-    joined = _carol_joins_during_the_next_push(pair, monkeypatch)
 
     async def pull_as_before(session: Any) -> int:
         session.refresh = None  # the users as read when the sync began
         return await real_pull(session)
 
-    monkeypatch.setattr("weshare.sync.pull", pull_as_before)
-    try:
+    async with _carol_joins_during_the_next_push(pair, monkeypatch):
+        monkeypatch.setattr("weshare.sync.pull", pull_as_before)
         await pair.bob.sync(DOMAIN)
         monkeypatch.undo()
         assert "not a user at that point" in dict(pair.bob.status(DOMAIN).refused).popitem()[1]
         pair.bob.state.set_config(DOMAIN, "judged again", "")  # as that version left it
-        await pair.bob.sync(DOMAIN)
-        assert tree(pair.b) == {"carol.txt": b"carol's first file"}
-        assert not pair.bob.status(DOMAIN).refused
-    finally:
-        for client in joined:
-            await client.close()
+        await _bob_reads_carol(pair)
 
 
 @pytest.mark.timeout(30)
