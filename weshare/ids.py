@@ -39,6 +39,12 @@ def id_time_ms(snowflake_id: int) -> int:
     return int(Snowflake.parse(snowflake_id, EPOCH_MS).milliseconds)
 
 
+def first_id_at(unix_ms: int) -> int:
+    """The lowest id made at Unix time `unix_ms` (the inverse of `id_time_ms`; 0 before the
+    epoch): ids carry their milliseconds in the top bits."""
+    return max(0, unix_ms - EPOCH_MS) << 22
+
+
 def instance_of(public_key: bytes) -> int:
     """The 10-bit instance field for a writer: the top bits of its public key."""
     return int.from_bytes(public_key[:2], "big") & int(MAX_INSTANCE)

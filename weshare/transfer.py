@@ -42,7 +42,7 @@ from weshare.crypto import (
 from weshare.errors import InvalidFile, KeyNotHeld, ObjectNotFound
 from weshare.exchange import Exchange
 from weshare.formats import ActionFile, ChangeFile, Keyring, Truncation
-from weshare.ids import EPOCH_MS, SnowflakeIds, object_name, parse_object_name
+from weshare.ids import SnowflakeIds, first_id_at, object_name, parse_object_name
 from weshare.lineage import Version, parse_alias, ref_of
 from weshare.parts import MAX_PART, Part, cut_stream, split_bytes
 from weshare.state import WAITING, LogRow, State
@@ -375,7 +375,7 @@ async def new_change_name(session: Session, above: int = 0) -> str:
 
 def _ahead(now_ms: int) -> int:
     """The id made `AHEAD_MS` after `now_ms`."""
-    return max(0, now_ms + AHEAD_MS - EPOCH_MS) << 22
+    return first_id_at(now_ms + AHEAD_MS)
 
 
 async def newest_listed(session: Session) -> int:
@@ -466,7 +466,7 @@ def listing_floor(newest: int, now_ms: int) -> int:
     writer whose clock is a little behind is still
     found; a newest id stamped in the future (a writer's clock far ahead) counts as now, so it
     cannot hide everyone else's changes."""
-    ceiling = max(0, now_ms + LISTING_WINDOW_MS - EPOCH_MS) << 22  # ids carry ms in top bits
+    ceiling = first_id_at(now_ms + LISTING_WINDOW_MS)
     return max(0, min(newest, ceiling) - (LISTING_WINDOW_MS << 22))
 
 
@@ -502,7 +502,7 @@ def _mark_listed(state: State, domain: str, prefix: str, names: list[str], at_ms
     accepted = state.accepted(domain, f"{prefix}.", names)
     if not accepted:
         return
-    newest = min(parse_object_name(prefix, accepted[-1]) or 0, max(0, at_ms - EPOCH_MS) << 22)
+    newest = min(parse_object_name(prefix, accepted[-1]) or 0, first_id_at(at_ms))
     if newest > _listing_mark(state, domain, prefix):
         state.set_config(domain, f"listed {prefix}", object_name(prefix, newest))
 
