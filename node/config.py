@@ -75,7 +75,12 @@ class NodeConfig:
     k: int = 20
     """Bucket size and how many closest nodes a lookup must hear from."""
     alpha: int = 3
-    """Requests a lookup keeps in flight."""
+    """Requests a lookup keeps in flight (each path of a get: `get_alpha`)."""
+    get_alpha: int = 4
+    """Requests each path of a get keeps in flight. Measured (`lookup`, 10,000 nodes, seeds 1
+    and 2): 4 instead of 3 took gets from p50 308 and 303 ms to 296 and 290, for 35 messages
+    instead of 27; among 500 nodes on 127.0.0.1, where a get's latency is CPU, 23 find_values
+    instead of 18 and p95 about 1 ms more."""
     replicas: int = 5
     """How many of the closest nodes store each record (r)."""
 
@@ -188,10 +193,20 @@ class NodeConfig:
     parked as a replacement). False: XOR order only, oldest contacts kept (stock Kademlia)."""
     get_quorum: int = 3
     """A get ends as soon as this many of the `replicas` nearest peers it met hold the same
-    valid copy, none of those that answered holds another or none, and every path has reached
-    its nearest peers (`node.lookup.copies_agree`). With the default 3 of 5, any write stored
-    on a majority of the 5 is among them, so a newer version shows as disagreement and the get
-    waits for every path as before. 0: a get always waits for every path's window."""
+    valid copy, none of those that answered holds another or none, and all its paths but
+    `get_lagging_paths` have reached their nearest peers (`node.lookup.copies_agree`). With the
+    default 3 of 5, any write stored on a majority of the 5 is among them, so a newer version
+    shows as disagreement and the get waits for every path as before. 0: a get always waits
+    for every path's window."""
+    get_lagging_paths: int = 2
+    """Paths of a get that may still be walking in when the nearest copies agree, if none of
+    them has met one of the `replicas` nearest peers without hearing from it; at least one
+    path must have converged. 0 waits for every path, as gets did before. Measured over seeds
+    1-4 of `adversarial --malicious 0.2 --bootstrap 3 --update` (colluders keep stale copies
+    and hide the update's honest holders), with `get_alpha` 4: gets returned the update in
+    98.5 % of cases, 98.4 % waiting for every path with `get_alpha` 3, at p50 303-337 ms
+    instead of 352-395. With `get_alpha` 3 alone, `lookup` at 10,000 nodes: p50 308 ms
+    instead of 373."""
 
     seed: int | None = None
     """Seed for the node's random choices (timer jitter, refresh targets; simulations);
@@ -226,6 +241,7 @@ class NodeConfig:
         for name in (
             "k",
             "alpha",
+            "get_alpha",
             "replicas",
             "stale_after",
             "drop_after",
@@ -245,6 +261,8 @@ class NodeConfig:
             problems.append(f"replicas ({self.replicas}) cannot exceed k ({self.k})")
         if not 0 <= self.get_quorum <= self.replicas:
             problems.append(f"get_quorum must be in 0..replicas ({self.replicas})")
+        if self.get_lagging_paths < 0:
+            problems.append("get_lagging_paths must not be negative")
         if not 0 < self.min_timeout <= self.initial_timeout <= self.max_timeout:
             problems.append("need 0 < min_timeout <= initial_timeout <= max_timeout")
         if not 0 < self.min_expected_rtt <= self.min_timeout:

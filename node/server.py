@@ -453,6 +453,7 @@ class DHTNode:
         paths: int = 1,
         accept_value: Callable[[Peer, bytes], bool] | None = None,
         quorum: int = 0,
+        alpha: int | None = None,
     ) -> LookupResult:
         protocol, table, _ = self._parts()
         engine = self._engine()
@@ -476,7 +477,11 @@ class DHTNode:
                 contact = table.get(node_id)
                 return contact.srtt if contact is not None and contact.srtt else typical
 
-        agreement = Agreement(self.config.replicas, quorum) if quorum else None
+        if alpha is None:
+            alpha = self.config.alpha
+        agreement = None
+        if quorum:
+            agreement = Agreement(self.config.replicas, quorum, self.config.get_lagging_paths)
 
         started = loop.time()
         try:
@@ -492,7 +497,7 @@ class DHTNode:
                     paths=paths,
                     own_id=self.id,
                     count=per_path,
-                    alpha=self.config.alpha,
+                    alpha=alpha,
                     query=query,
                     max_nodes_per_reply=self.config.k,
                     accept_value=accept_value,
@@ -505,7 +510,7 @@ class DHTNode:
                 ((c.id, c.address) for c in seeds),
                 own_id=self.id,
                 count=count,
-                alpha=self.config.alpha,
+                alpha=alpha,
                 query=query,
                 max_nodes_per_reply=self.config.k,
                 accept_value=accept_value,
@@ -649,6 +654,7 @@ class DHTNode:
             self.config.get_paths,
             accept_value=accept,
             quorum=0 if thorough else self.config.get_quorum,
+            alpha=self.config.get_alpha,
         )
         record = self._merge_answers(path, loc, result, list(valid.values()), checked)
         complete = answered_most(result, self.config.replicas)

@@ -53,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-proofs", action="store_true", help="our nodes trust claimed IDs, as stock does"
     )
+    parser.add_argument(
+        "--get-lagging",
+        type=int,
+        help="paths a get may leave walking in when the copies agree (default: the node's)",
+    )
+    parser.add_argument(
+        "--get-alpha", type=int, help="requests in flight per path of a get (default: the node's)"
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,9 +69,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("need --nodes >= 2, --keys >= 1 and 0 < --kill < 1")
     if args.get_paths is not None and args.get_paths < 1:
         raise SystemExit("--get-paths must be at least 1")
+    if args.get_lagging is not None and args.get_lagging < 0:
+        raise SystemExit("--get-lagging must not be negative")
+    if args.get_alpha is not None and args.get_alpha < 1:
+        raise SystemExit("--get-alpha must be at least 1")
     overrides: dict[str, Any] = {}
     if args.get_paths is not None:
         overrides["get_paths"] = args.get_paths
+    if args.get_lagging is not None:
+        overrides["get_lagging_paths"] = args.get_lagging
+    if args.get_alpha is not None:
+        overrides["get_alpha"] = args.get_alpha
     if args.no_proofs:
         overrides["prove_ids"] = False
     for name in ("rpcudp", "kademlia"):

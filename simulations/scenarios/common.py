@@ -64,6 +64,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: i
         type=int,
         help="agreeing copies that end a get early; 0: never (default: the node's default)",
     )
+    parser.add_argument(
+        "--get-lagging",
+        type=int,
+        help="paths a get may leave walking in when the copies agree; 0: wait for every path "
+        "(default: the node's default)",
+    )
+    parser.add_argument(
+        "--get-alpha",
+        type=int,
+        help="requests in flight per path of a get (default: the node's default)",
+    )
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -78,6 +89,10 @@ def check_common(args: argparse.Namespace) -> None:
         raise SystemExit("--get-paths must be at least 1")
     if args.get_quorum is not None and args.get_quorum < 0:
         raise SystemExit("--get-quorum must not be negative")
+    if args.get_lagging is not None and args.get_lagging < 0:
+        raise SystemExit("--get-lagging must not be negative")
+    if args.get_alpha is not None and args.get_alpha < 1:
+        raise SystemExit("--get-alpha must be at least 1")
 
 
 @dataclass
@@ -254,6 +269,10 @@ def run_scenario(
         sim_config["proximity"] = False
     if args.get_quorum is not None:
         sim_config["get_quorum"] = args.get_quorum
+    if args.get_lagging is not None:
+        sim_config["get_lagging_paths"] = args.get_lagging
+    if args.get_alpha is not None:
+        sim_config["get_alpha"] = args.get_alpha
 
     node_settings: dict[str, Any] = {}
 
