@@ -280,16 +280,45 @@ def test_adversarial_updates_are_what_gets_find_when_no_one_lies() -> None:
     assert result["1path_get_ok"] == result["3paths_get_ok"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lookup", "--get-lagging", "-1"], "--get-lagging must not be negative"),
+        (["lookup", "--get-alpha", "0"], "--get-alpha must be at least 1"),
+        (["bench-loopback", "--get-lagging", "-1"], "--get-lagging must not be negative"),
+        (["bench-loopback", "--get-alpha", "0"], "--get-alpha must be at least 1"),
+    ],
+)
+def test_get_options_out_of_range_are_refused_before_a_run(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        run(argv)
+
+
+def test_node_config_refuses_gets_without_requests_or_with_negative_lagging() -> None:
+    from node import NodeConfig
+
+    with pytest.raises(ValueError, match="get_alpha must be at least 1"):
+        NodeConfig(get_alpha=0)
+    with pytest.raises(ValueError, match="get_lagging_paths must not be negative"):
+        NodeConfig(get_lagging_paths=-1)
+
+
 def test_results_record_the_node_config_and_when_things_were_done(tmp_path: Path) -> None:
     scenario(
         "partition",
         *("--nodes", "60", "--keys", "10", "--split", "5", "--after", "10"),
-        *("--get-paths", "2", "--out", str(tmp_path / "partition")),
+        *("--get-paths", "2", "--get-lagging", "0", "--get-alpha", "3"),
+        *("--out", str(tmp_path / "partition")),
     )
     result = json.loads((tmp_path / "partition" / "result.json").read_text())
     node = result["config"]["node"]
     assert (node["k"], node["alpha"], node["replicas"], node["get_paths"]) == (20, 3, 5, 2)
-    assert result["config"]["node_overrides"] == {"get_paths": 2}
+    assert (node["get_lagging_paths"], node["get_alpha"]) == (0, 3)
+    assert result["config"]["node_overrides"] == {
+        "get_paths": 2,
+        "get_lagging_paths": 0,
+        "get_alpha": 3,
+    }
     timeline = result["timeline"]
     assert timeline["events"]["split"] == 0.0
     assert 0 < timeline["events"]["heal"] < 5
