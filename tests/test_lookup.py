@@ -423,7 +423,7 @@ async def test_a_get_ends_on_agreement_once_all_its_paths_but_the_lagging_have_c
     result = await get_like(net, seeds, quorum=3)
     assert b"v2" in _found(result)
     assert not result.agreed
-    # one path may lag (the node's default): the two converged paths' agreement ends the get
+    # one path may lag (the node lets two): the two converged paths' agreement ends the get
     # before the late one walks in; the price of not waiting (measured: nothing against
     # colluders, a fifth of a get's latency; `NodeConfig.get_lagging_paths`)
     net, seeds = _hidden_newer_version(late_scouts=[1])
