@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import heapq
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from node.routing import Address
@@ -177,36 +178,21 @@ class Agreement:
         """True while some path has not ended."""
         return any(not lookup.ended for lookup in self.lookups)
 
+    def _deciding(self) -> Iterator[Peer]:
+        """The `replicas` nearest peers of every path, not failed nor given up: those
+        `copies_verdict` decides on."""
+        return islice((peer for peer in self._nearest() if not _left_out(peer)), self.replicas)
+
     def wanted(self) -> set[Peer]:
-        """Peers not asked yet among the `replicas` nearest (not failed, not given up) of
-        every path: those `copies_verdict` decides on."""
-        found: set[Peer] = set()
-        nearest = 0
-        for peer in self._nearest():
-            if _left_out(peer):
-                continue
-            if peer.state == NEW:
-                found.add(peer)
-            nearest += 1
-            if nearest >= self.replicas:
-                break
-        return found
+        """Peers not asked yet among the deciding ones (`_deciding`)."""
+        return {peer for peer in self._deciding() if peer.state == NEW}
 
     def _awaits_nearest(self, lagging: list[Lookup]) -> bool:
-        """True if one of the `lagging` paths has met one of the `replicas` nearest peers
-        (not failed, not given up) and not heard from it yet: a lagging path may be left
-        behind, not a nearest peer it has found."""
+        """True if one of the `lagging` paths has met one of the deciding peers (`_deciding`)
+        and not heard from it yet: a lagging path may be left behind, not a nearest peer it
+        has found."""
         met = {id(peer) for lookup in lagging for peer in lookup.peers}
-        nearest = 0
-        for peer in self._nearest():
-            if _left_out(peer):
-                continue
-            if peer.state != ANSWERED and id(peer) in met:
-                return True
-            nearest += 1
-            if nearest >= self.replicas:
-                return False
-        return False
+        return any(peer.state != ANSWERED and id(peer) in met for peer in self._deciding())
 
     def check(self, source: Lookup) -> None:
         """After an answer to `source` or a stall in it: stop every path if the rule holds;
