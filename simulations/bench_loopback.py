@@ -25,6 +25,7 @@ from node import DHTNode, NodeConfig
 from records import Identity, Record, encode_record, make_presence_record
 from simulations.harness import Percentiles
 from simulations.report import peak_rss_mb
+from simulations.scenarios.common import add_node_options, node_overrides
 
 HOST = "127.0.0.1"
 
@@ -47,41 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         help="wall seconds allowed per stock phase (120)",
     )
-    parser.add_argument(
-        "--get-paths", type=int, help="our nodes' disjoint paths per get (default: the node's)"
-    )
-    parser.add_argument(
-        "--no-proofs", action="store_true", help="our nodes trust claimed IDs, as stock does"
-    )
-    parser.add_argument(
-        "--get-lagging",
-        type=int,
-        help="paths a get may leave walking in when the copies agree (default: the node's)",
-    )
-    parser.add_argument(
-        "--get-alpha", type=int, help="requests in flight per path of a get (default: the node's)"
-    )
+    add_node_options(parser)  # our nodes only
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``bench-loopback``; the result holds one entry per implementation."""
     if args.nodes < 2 or args.keys < 1 or not 0 < args.kill < 1:
         raise SystemExit("need --nodes >= 2, --keys >= 1 and 0 < --kill < 1")
-    if args.get_paths is not None and args.get_paths < 1:
-        raise SystemExit("--get-paths must be at least 1")
-    if args.get_lagging is not None and args.get_lagging < 0:
-        raise SystemExit("--get-lagging must not be negative")
-    if args.get_alpha is not None and args.get_alpha < 1:
-        raise SystemExit("--get-alpha must be at least 1")
-    overrides: dict[str, Any] = {}
-    if args.get_paths is not None:
-        overrides["get_paths"] = args.get_paths
-    if args.get_lagging is not None:
-        overrides["get_lagging_paths"] = args.get_lagging
-    if args.get_alpha is not None:
-        overrides["get_alpha"] = args.get_alpha
-    if args.no_proofs:
-        overrides["prove_ids"] = False
+    overrides = node_overrides(args)
     for name in ("rpcudp", "kademlia"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # stock logs every timeout at ERROR
     result: dict[str, Any] = {"benchmark": "bench-loopback"}

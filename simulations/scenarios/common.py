@@ -46,14 +46,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: i
     parser.add_argument("--loss", type=float, default=0.0, help="datagram loss rate (0)")
     parser.add_argument("--out", type=Path, help="write result.json and PNG plots here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--get-paths", type=int, help="disjoint paths per get (default: the node's default)"
-    )
-    parser.add_argument(
-        "--no-proofs",
-        action="store_true",
-        help="trust claimed node IDs, as stock kademlia does (for comparison)",
-    )
+    add_node_options(parser)
     parser.add_argument(
         "--no-proximity",
         action="store_true",
@@ -63,6 +56,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: i
         "--get-quorum",
         type=int,
         help="agreeing copies that end a get early; 0: never (default: the node's default)",
+    )
+
+
+def add_node_options(parser: argparse.ArgumentParser) -> None:
+    """Options on how our nodes get, for comparisons: every scenario and ``bench-loopback``
+    take them (`node_overrides`)."""
+    parser.add_argument(
+        "--get-paths", type=int, help="disjoint paths per get (default: the node's default)"
+    )
+    parser.add_argument(
+        "--no-proofs",
+        action="store_true",
+        help="trust claimed node IDs, as stock kademlia does (for comparison)",
     )
     parser.add_argument(
         "--get-lagging",
@@ -77,6 +83,27 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, nodes: int, keys: i
     )
 
 
+def node_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `NodeConfig` settings that `add_node_options`' options change; a value out of range
+    is refused (`SystemExit`) before anything runs."""
+    if args.get_paths is not None and args.get_paths < 1:
+        raise SystemExit("--get-paths must be at least 1")
+    if args.get_lagging is not None and args.get_lagging < 0:
+        raise SystemExit("--get-lagging must not be negative")
+    if args.get_alpha is not None and args.get_alpha < 1:
+        raise SystemExit("--get-alpha must be at least 1")
+    overrides: dict[str, Any] = {}
+    if args.get_paths is not None:
+        overrides["get_paths"] = args.get_paths
+    if args.no_proofs:
+        overrides["prove_ids"] = False
+    if args.get_lagging is not None:
+        overrides["get_lagging_paths"] = args.get_lagging
+    if args.get_alpha is not None:
+        overrides["get_alpha"] = args.get_alpha
+    return overrides
+
+
 def check_common(args: argparse.Namespace) -> None:
     """Refuse nonsense before starting a long run."""
     if args.nodes < 2:
@@ -85,14 +112,8 @@ def check_common(args: argparse.Namespace) -> None:
         raise SystemExit("--keys must be at least 1")
     if not 0.0 <= args.loss < 1.0:
         raise SystemExit("--loss must be in [0, 1)")
-    if args.get_paths is not None and args.get_paths < 1:
-        raise SystemExit("--get-paths must be at least 1")
     if args.get_quorum is not None and args.get_quorum < 0:
         raise SystemExit("--get-quorum must not be negative")
-    if args.get_lagging is not None and args.get_lagging < 0:
-        raise SystemExit("--get-lagging must not be negative")
-    if args.get_alpha is not None and args.get_alpha < 1:
-        raise SystemExit("--get-alpha must be at least 1")
 
 
 @dataclass
@@ -258,21 +279,13 @@ def run_scenario(
     metrics, wall time, peak RSS) and the plots.
     """
     check_common(args)
-    started = time.perf_counter()
-    progress = progress_bar(total, name, quiet=args.quiet)
-    sim_config = dict(config or {})
-    if args.get_paths is not None:
-        sim_config["get_paths"] = args.get_paths
-    if args.no_proofs:
-        sim_config["prove_ids"] = False
+    sim_config = {**(config or {}), **node_overrides(args)}
     if args.no_proximity:
         sim_config["proximity"] = False
     if args.get_quorum is not None:
         sim_config["get_quorum"] = args.get_quorum
-    if args.get_lagging is not None:
-        sim_config["get_lagging_paths"] = args.get_lagging
-    if args.get_alpha is not None:
-        sim_config["get_alpha"] = args.get_alpha
+    started = time.perf_counter()
+    progress = progress_bar(total, name, quiet=args.quiet)
 
     node_settings: dict[str, Any] = {}
 
